@@ -1,0 +1,992 @@
+//! The sbc configuration schema (`sbc.yaml`).
+//!
+//! One Rust type serves both sides: the operator renders it from the custom resources into a
+//! ConfigMap, and `sbc --config FILE` reads it. Field names are camelCase like the CRDs, so
+//! the pieces the CRDs share (algorithm, probing, failover) are literally the same types.
+//!
+//! [`SbcConfig::from_yaml`] refuses unknown fields and invalid values with the path of the
+//! offending field, e.g. `dispatcher.sets[0].algorithm: unknown value "roundrobin", ...`.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// An error in a configuration document, naming the field it is about.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// The document is not YAML at all.
+    #[error("not valid YAML: {0}")]
+    Yaml(String),
+    /// A field is unknown, missing or of the wrong type or value.
+    #[error("{path}: {message}")]
+    Field {
+        /// Dotted path of the field, `dispatcher.sets[0].algorithm`; `.` for the document root.
+        path: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    fn field(path: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Field {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The whole configuration of one sbc process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SbcConfig {
+    /// Sockets the sbc listens on. At least one.
+    pub listeners: Vec<Listener>,
+    /// Dispatcher sets: where requests that do not belong to a dialog go.
+    #[serde(default)]
+    pub dispatcher: DispatcherConfig,
+    /// The HTTP admin endpoint (`/metrics`, `/healthz`, `/readyz`, `/dispatcher`).
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Size and connection limits that protect the sbc from its peers.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Transaction timers and proxy behaviour.
+    #[serde(default)]
+    pub relay: RelayConfig,
+    /// What SIGTERM does.
+    #[serde(default)]
+    pub drain: DrainConfig,
+    /// Shared state. Absent: state lives in this process's memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreConfig>,
+}
+
+/// A transport the sbc can listen on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// SIP over UDP.
+    Udp,
+    /// SIP over TCP.
+    Tcp,
+    /// SIP over TLS.
+    Tls,
+    /// SIP over WebSocket (RFC 7118).
+    Ws,
+    /// SIP over secure WebSocket (RFC 7118).
+    Wss,
+}
+
+impl Transport {
+    /// The name used in Via headers (`UDP`, `TCP`, `TLS`, `WS`, `WSS`).
+    pub fn via_name(self) -> &'static str {
+        match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
+            Transport::Ws => "WS",
+            Transport::Wss => "WSS",
+        }
+    }
+
+    /// The lowercase name used in `;transport=` URI parameters and in configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+            Transport::Ws => "ws",
+            Transport::Wss => "wss",
+        }
+    }
+
+    /// Parses a transport name in any case.
+    pub fn from_name(s: &str) -> Option<Transport> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "udp" => Transport::Udp,
+            "tcp" => Transport::Tcp,
+            "tls" => Transport::Tls,
+            "ws" => Transport::Ws,
+            "wss" => Transport::Wss,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One listening socket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Listener {
+    /// Transport of this socket.
+    pub transport: Transport,
+    /// Local address to bind, `IP:PORT`.
+    #[schemars(with = "String")]
+    pub address: SocketAddr,
+    /// Host (and optional port) written into Via, Record-Route and Contact instead of the bound
+    /// address: a Service's external IP or a node's public IP. Absent: the bound address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<String>,
+}
+
+/// The dispatcher: sets of destinations and how requests are spread over them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DispatcherConfig {
+    /// The set initial requests go to.
+    #[serde(default = "default_set_id")]
+    pub default_set: u32,
+    /// The sets, each with a unique id.
+    #[serde(default)]
+    pub sets: Vec<DispatcherSetConfig>,
+}
+
+impl Default for DispatcherConfig {
+    fn default() -> Self {
+        DispatcherConfig {
+            default_set: default_set_id(),
+            sets: Vec::new(),
+        }
+    }
+}
+
+fn default_set_id() -> u32 {
+    1
+}
+
+/// One dispatcher set (Kamailio's `setid`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DispatcherSetConfig {
+    /// The set id, as in `dispatcher.list`.
+    pub id: u32,
+    /// How a destination is chosen.
+    #[serde(default)]
+    pub algorithm: Algorithm,
+    /// The destinations of the set.
+    #[serde(default)]
+    pub destinations: Vec<DestinationConfig>,
+    /// OPTIONS health probing of the destinations.
+    #[serde(default)]
+    pub probing: Probing,
+    /// When and how often a call moves on to the next destination.
+    #[serde(default)]
+    pub failover: Failover,
+}
+
+/// A dispatcher algorithm. Accepts the name or Kamailio's number (`4` = `round-robin`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, JsonSchema)]
+#[schemars(with = "AlgorithmSchema")]
+pub enum Algorithm {
+    /// 0: hash over the Call-ID.
+    HashCallId,
+    /// 1: hash over the From URI.
+    HashFromUri,
+    /// 2: hash over the To URI.
+    HashToUri,
+    /// 3: hash over the Request-URI.
+    HashRequestUri,
+    /// 4: round robin.
+    #[default]
+    RoundRobin,
+    /// 5: hash over the authentication username.
+    HashAuthUsername,
+    /// 6: random.
+    Random,
+    /// 8: the first active destination in priority order.
+    Priority,
+    /// 9: weighted by `weight`.
+    Weight,
+    /// 10: call load: fewest active calls, bounded by `maxload`.
+    CallLoad,
+    /// 11: relative weight (`rweight`) over the active destinations.
+    RelativeWeight,
+}
+
+/// The schema of [`Algorithm`]: a name or a Kamailio number.
+#[derive(JsonSchema)]
+#[allow(dead_code)]
+#[serde(untagged)]
+enum AlgorithmSchema {
+    /// The algorithm's name.
+    Name(AlgorithmName),
+    /// Kamailio's algorithm number (0-6, 8-11).
+    Number(u8),
+}
+
+#[derive(JsonSchema)]
+#[allow(dead_code)]
+#[serde(rename_all = "kebab-case")]
+enum AlgorithmName {
+    HashCallid,
+    HashFromUri,
+    HashToUri,
+    HashRuri,
+    RoundRobin,
+    HashAuthUsername,
+    Random,
+    Priority,
+    Weight,
+    CallLoad,
+    RelativeWeight,
+}
+
+impl Algorithm {
+    /// Every algorithm, in Kamailio number order.
+    pub const ALL: [Algorithm; 11] = [
+        Algorithm::HashCallId,
+        Algorithm::HashFromUri,
+        Algorithm::HashToUri,
+        Algorithm::HashRequestUri,
+        Algorithm::RoundRobin,
+        Algorithm::HashAuthUsername,
+        Algorithm::Random,
+        Algorithm::Priority,
+        Algorithm::Weight,
+        Algorithm::CallLoad,
+        Algorithm::RelativeWeight,
+    ];
+
+    /// The name used in configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::HashCallId => "hash-callid",
+            Algorithm::HashFromUri => "hash-from-uri",
+            Algorithm::HashToUri => "hash-to-uri",
+            Algorithm::HashRequestUri => "hash-ruri",
+            Algorithm::RoundRobin => "round-robin",
+            Algorithm::HashAuthUsername => "hash-auth-username",
+            Algorithm::Random => "random",
+            Algorithm::Priority => "priority",
+            Algorithm::Weight => "weight",
+            Algorithm::CallLoad => "call-load",
+            Algorithm::RelativeWeight => "relative-weight",
+        }
+    }
+
+    /// Kamailio's number for this algorithm.
+    pub fn number(self) -> u8 {
+        match self {
+            Algorithm::HashCallId => 0,
+            Algorithm::HashFromUri => 1,
+            Algorithm::HashToUri => 2,
+            Algorithm::HashRequestUri => 3,
+            Algorithm::RoundRobin => 4,
+            Algorithm::HashAuthUsername => 5,
+            Algorithm::Random => 6,
+            Algorithm::Priority => 8,
+            Algorithm::Weight => 9,
+            Algorithm::CallLoad => 10,
+            Algorithm::RelativeWeight => 11,
+        }
+    }
+
+    /// The algorithm with Kamailio's number `n`, if we implement it.
+    pub fn from_number(n: u64) -> Option<Algorithm> {
+        Algorithm::ALL
+            .into_iter()
+            .find(|a| u64::from(a.number()) == n)
+    }
+
+    /// The algorithm named `s` (a name, or a number written as text).
+    pub fn from_name(s: &str) -> Option<Algorithm> {
+        if let Ok(n) = s.parse::<u64>() {
+            return Algorithm::from_number(n);
+        }
+        Algorithm::ALL.into_iter().find(|a| a.name() == s)
+    }
+
+    fn expected() -> String {
+        let names: Vec<String> = Algorithm::ALL
+            .iter()
+            .map(|a| format!("\"{}\" ({})", a.name(), a.number()))
+            .collect();
+        format!("expected one of {}", names.join(", "))
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Serialize for Algorithm {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for Algorithm {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Algorithm;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "an algorithm name or Kamailio number")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Algorithm, E> {
+                Algorithm::from_number(n).ok_or_else(|| {
+                    E::custom(format!("unknown value {n}, {}", Algorithm::expected()))
+                })
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Algorithm, E> {
+                u64::try_from(n)
+                    .ok()
+                    .and_then(Algorithm::from_number)
+                    .ok_or_else(|| {
+                        E::custom(format!("unknown value {n}, {}", Algorithm::expected()))
+                    })
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Algorithm, E> {
+                Algorithm::from_name(s).ok_or_else(|| {
+                    E::custom(format!("unknown value {s:?}, {}", Algorithm::expected()))
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// One destination of a dispatcher set, with Kamailio's flags, priority and attributes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DestinationConfig {
+    /// SIP URI of the destination: `sip:10.0.0.5:5060;transport=tcp`.
+    pub uri: String,
+    /// Kamailio destination flags (1 inactive, 2 probing, 4 disabled, 8 probing always).
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub flags: u32,
+    /// Priority: higher first for the `priority` algorithm and when listing.
+    #[serde(default, skip_serializing_if = "is_zero_i32")]
+    pub priority: i32,
+    /// Weight for the `weight` algorithm (0..100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub weight: Option<u32>,
+    /// Relative weight for the `relative-weight` algorithm (1..100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub rweight: Option<u32>,
+    /// Destination unique id (Kamailio's `duid`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duid: Option<String>,
+    /// Maximum active calls for the `call-load` algorithm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maxload: Option<u32>,
+    /// Local socket to send from (`proto:ip:port`), as Kamailio's `socket=` attribute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<String>,
+    /// From URI for OPTIONS probes to this destination (Kamailio's `ping_from=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ping_from: Option<String>,
+    /// Free text shown in listings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+fn is_zero_u32(v: &u32) -> bool {
+    *v == 0
+}
+fn is_zero_i32(v: &i32) -> bool {
+    *v == 0
+}
+
+/// OPTIONS probing of a set's destinations (Kamailio's `ds_ping_*` settings).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Probing {
+    /// Probe at all.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Milliseconds between two probes of one destination.
+    #[serde(default = "default_probe_interval_ms")]
+    #[schemars(range(min = 100))]
+    pub interval_ms: u64,
+    /// Milliseconds to wait for a reply before the probe counts as failed.
+    #[serde(default = "default_probe_timeout_ms")]
+    #[schemars(range(min = 10))]
+    pub timeout_ms: u64,
+    /// Consecutive failed probes that take a destination out.
+    #[serde(default = "one")]
+    #[schemars(range(min = 1))]
+    pub failure_threshold: u32,
+    /// Consecutive successful probes that bring it back.
+    #[serde(default = "one")]
+    #[schemars(range(min = 1))]
+    pub success_threshold: u32,
+    /// Reply codes that count as a failure although the destination answered
+    /// (any other reply counts as alive).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failure_codes: Vec<u16>,
+    /// Request-URI user part and From for the probes, Kamailio's `ds_ping_from`.
+    #[serde(default = "default_ping_from")]
+    pub from: String,
+}
+
+impl Default for Probing {
+    fn default() -> Self {
+        Probing {
+            enabled: true,
+            interval_ms: default_probe_interval_ms(),
+            timeout_ms: default_probe_timeout_ms(),
+            failure_threshold: 1,
+            success_threshold: 1,
+            failure_codes: Vec::new(),
+            from: default_ping_from(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn one() -> u32 {
+    1
+}
+fn default_probe_interval_ms() -> u64 {
+    5000
+}
+fn default_probe_timeout_ms() -> u64 {
+    2000
+}
+fn default_ping_from() -> String {
+    "sip:dispatcher@localhost".to_owned()
+}
+
+/// Failover to the next destination of the set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Failover {
+    /// Reply codes that move the call on: a code (`"503"`) or a class (`"5xx"`).
+    /// A transaction timeout always does; a 6xx or the caller's CANCEL never does.
+    #[serde(default = "default_failover_codes")]
+    pub codes: Vec<String>,
+    /// Destinations tried per request at most, the first included.
+    #[serde(default = "default_attempts")]
+    #[schemars(range(min = 1, max = 16))]
+    pub max_attempts: u32,
+    /// Milliseconds to wait for any reply from a destination before moving on
+    /// (Kamailio's `fr_timer`).
+    #[serde(default = "default_reply_timeout_ms")]
+    #[schemars(range(min = 100))]
+    pub reply_timeout_ms: u64,
+    /// Take a destination out when a request to it times out (until a probe brings it back).
+    #[serde(default = "yes")]
+    pub mark_down_on_timeout: bool,
+}
+
+impl Default for Failover {
+    fn default() -> Self {
+        Failover {
+            codes: default_failover_codes(),
+            max_attempts: default_attempts(),
+            reply_timeout_ms: default_reply_timeout_ms(),
+            mark_down_on_timeout: true,
+        }
+    }
+}
+
+impl Failover {
+    /// Whether a final reply `code` moves the request on to the next destination.
+    pub fn fails_over_on(&self, code: u16) -> bool {
+        if code >= 600 {
+            return false;
+        }
+        self.codes.iter().any(|c| code_matches(c, code))
+    }
+}
+
+fn code_matches(pattern: &str, code: u16) -> bool {
+    let p = pattern.as_bytes();
+    let c = code.to_string();
+    let c = c.as_bytes();
+    p.len() == 3
+        && c.len() == 3
+        && p.iter()
+            .zip(c)
+            .all(|(p, c)| p.eq_ignore_ascii_case(&b'x') || p == c)
+}
+
+fn valid_code_pattern(p: &str) -> bool {
+    let b = p.as_bytes();
+    b.len() == 3
+        && (b'1'..=b'6').contains(&b[0])
+        && b[1..]
+            .iter()
+            .all(|c| c.is_ascii_digit() || c.eq_ignore_ascii_case(&b'x'))
+}
+
+fn default_failover_codes() -> Vec<String> {
+    vec!["408".to_owned(), "5xx".to_owned()]
+}
+fn default_attempts() -> u32 {
+    3
+}
+fn default_reply_timeout_ms() -> u64 {
+    3000
+}
+
+/// The admin HTTP endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of `/metrics`, `/healthz`, `/readyz` and the `sbc ctl` API.
+    #[serde(default = "default_admin_address")]
+    #[schemars(with = "String")]
+    pub address: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            address: default_admin_address(),
+        }
+    }
+}
+
+fn default_admin_address() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9090))
+}
+
+/// Limits that protect the sbc from its peers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Limits {
+    /// Largest SIP message accepted, in bytes (stream and datagram).
+    #[serde(default = "default_max_message_bytes")]
+    #[schemars(range(min = 1024, max = 65535))]
+    pub max_message_bytes: usize,
+    /// Open stream connections accepted from one source IP.
+    #[serde(default = "default_max_conn_per_source")]
+    #[schemars(range(min = 1))]
+    pub max_connections_per_source: u32,
+    /// Open stream connections in all.
+    #[serde(default = "default_max_connections")]
+    #[schemars(range(min = 1))]
+    pub max_connections: u32,
+    /// Seconds a stream connection may stay idle before it is closed.
+    #[serde(default = "default_idle_secs")]
+    #[schemars(range(min = 1))]
+    pub tcp_idle_timeout_secs: u64,
+    /// Server transactions open at once; beyond it new requests get 503.
+    #[serde(default = "default_max_transactions")]
+    #[schemars(range(min = 1))]
+    pub max_transactions: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: default_max_message_bytes(),
+            max_connections_per_source: default_max_conn_per_source(),
+            max_connections: default_max_connections(),
+            tcp_idle_timeout_secs: default_idle_secs(),
+            max_transactions: default_max_transactions(),
+        }
+    }
+}
+
+fn default_max_message_bytes() -> usize {
+    65535
+}
+fn default_max_conn_per_source() -> u32 {
+    256
+}
+fn default_max_connections() -> u32 {
+    16384
+}
+fn default_idle_secs() -> u64 {
+    600
+}
+fn default_max_transactions() -> usize {
+    200_000
+}
+
+/// Transaction timers and proxy behaviour (RFC 3261 section 17).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RelayConfig {
+    /// T1, the round-trip estimate, in milliseconds.
+    #[serde(default = "default_t1_ms")]
+    #[schemars(range(min = 50))]
+    pub t1_ms: u64,
+    /// T2, the cap on non-INVITE retransmission intervals, in milliseconds.
+    #[serde(default = "default_t2_ms")]
+    #[schemars(range(min = 100))]
+    pub t2_ms: u64,
+    /// Milliseconds an INVITE may ring (after a provisional reply) before it is cancelled
+    /// (Kamailio's `fr_inv_timer`).
+    #[serde(default = "default_invite_timeout_ms")]
+    #[schemars(range(min = 1000))]
+    pub invite_timeout_ms: u64,
+    /// Add Record-Route to initial requests so the dialog keeps passing through the sbc.
+    #[serde(default = "yes")]
+    pub record_route: bool,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            t1_ms: default_t1_ms(),
+            t2_ms: default_t2_ms(),
+            invite_timeout_ms: default_invite_timeout_ms(),
+            record_route: true,
+        }
+    }
+}
+
+fn default_t1_ms() -> u64 {
+    500
+}
+fn default_t2_ms() -> u64 {
+    4000
+}
+fn default_invite_timeout_ms() -> u64 {
+    120_000
+}
+
+/// What SIGTERM does: stop taking calls, let open ones finish, exit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DrainConfig {
+    /// Seconds to wait for open transactions before exiting anyway.
+    #[serde(default = "default_grace_secs")]
+    pub grace_period_secs: u64,
+    /// Retry-After sent with the 503 that refuses new INVITEs while draining.
+    #[serde(default = "default_retry_after")]
+    pub retry_after_secs: u32,
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        DrainConfig {
+            grace_period_secs: default_grace_secs(),
+            retry_after_secs: default_retry_after(),
+        }
+    }
+}
+
+fn default_grace_secs() -> u64 {
+    30
+}
+fn default_retry_after() -> u32 {
+    5
+}
+
+/// Where shared state lives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `redis://[:password@]host:port/db` or `rediss://...`.
+    pub url: String,
+    /// Prefix of every key, one per SbcCluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_prefix: Option<String>,
+    /// Milliseconds to wait for the store before falling back to local state.
+    #[serde(default = "default_store_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_store_timeout_ms() -> u64 {
+    100
+}
+
+impl SbcConfig {
+    /// Parses and validates a YAML document. Errors name the offending field.
+    pub fn from_yaml(text: &str) -> Result<SbcConfig, ConfigError> {
+        let value: serde_json::Value =
+            serde_saphyr::from_str(text).map_err(|e| ConfigError::Yaml(e.to_string()))?;
+        Self::from_value(value)
+    }
+
+    /// Deserializes and validates an already parsed document.
+    pub fn from_value(value: serde_json::Value) -> Result<SbcConfig, ConfigError> {
+        let config: SbcConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            ConfigError::field(path, e.into_inner().to_string())
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Renders the document as YAML, the form the operator writes into the ConfigMap.
+    pub fn to_yaml(&self) -> String {
+        serde_saphyr::to_string(self).unwrap_or_default()
+    }
+
+    /// Checks what the types alone cannot: ranges, uniqueness, URIs.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.listeners.is_empty() {
+            return Err(ConfigError::field(
+                "listeners",
+                "at least one listener is required",
+            ));
+        }
+        for (i, l) in self.listeners.iter().enumerate() {
+            if let Some(adv) = &l.advertise
+                && (adv.is_empty() || adv.contains(|c: char| c.is_whitespace() || c == ';'))
+            {
+                return Err(ConfigError::field(
+                    format!("listeners[{i}].advertise"),
+                    format!("{adv:?} is not a host or host:port"),
+                ));
+            }
+            if self.listeners[..i]
+                .iter()
+                .any(|o| o.transport == l.transport && o.address == l.address)
+            {
+                return Err(ConfigError::field(
+                    format!("listeners[{i}]"),
+                    format!("{}:{} is listed twice", l.transport, l.address),
+                ));
+            }
+        }
+        for (i, set) in self.dispatcher.sets.iter().enumerate() {
+            let p = format!("dispatcher.sets[{i}]");
+            if self.dispatcher.sets[..i].iter().any(|o| o.id == set.id) {
+                return Err(ConfigError::field(
+                    format!("{p}.id"),
+                    format!("set id {} is used twice", set.id),
+                ));
+            }
+            set.validate(&p)?;
+        }
+        if self.limits.max_message_bytes < 1024 || self.limits.max_message_bytes > 65535 {
+            return Err(ConfigError::field(
+                "limits.maxMessageBytes",
+                format!(
+                    "{} is out of range 1024..=65535",
+                    self.limits.max_message_bytes
+                ),
+            ));
+        }
+        if self.relay.t1_ms == 0 || self.relay.t2_ms < self.relay.t1_ms {
+            return Err(ConfigError::field(
+                "relay.t2Ms",
+                "t1Ms must be positive and t2Ms at least t1Ms",
+            ));
+        }
+        if let Some(store) = &self.store
+            && !(store.url.starts_with("redis://") || store.url.starts_with("rediss://"))
+        {
+            return Err(ConfigError::field(
+                "store.url",
+                format!("{:?} is not a redis:// or rediss:// URL", store.url),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl DispatcherSetConfig {
+    /// Validates one set; `path` is where it sits in the document.
+    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        for (j, d) in self.destinations.iter().enumerate() {
+            let dp = format!("{path}.destinations[{j}]");
+            if let Err(why) = check_sip_uri(&d.uri) {
+                return Err(ConfigError::field(format!("{dp}.uri"), why));
+            }
+            if let Some(w) = d.weight
+                && w > 100
+            {
+                return Err(ConfigError::field(
+                    format!("{dp}.weight"),
+                    format!("{w} is out of range 0..=100"),
+                ));
+            }
+            if let Some(w) = d.rweight
+                && !(1..=100).contains(&w)
+            {
+                return Err(ConfigError::field(
+                    format!("{dp}.rweight"),
+                    format!("{w} is out of range 1..=100"),
+                ));
+            }
+        }
+        let pr = &self.probing;
+        if pr.interval_ms < 100 {
+            return Err(ConfigError::field(
+                format!("{path}.probing.intervalMs"),
+                format!("{} is below the minimum of 100", pr.interval_ms),
+            ));
+        }
+        if pr.timeout_ms < 10 {
+            return Err(ConfigError::field(
+                format!("{path}.probing.timeoutMs"),
+                format!("{} is below the minimum of 10", pr.timeout_ms),
+            ));
+        }
+        if pr.failure_threshold == 0 {
+            return Err(ConfigError::field(
+                format!("{path}.probing.failureThreshold"),
+                "must be at least 1",
+            ));
+        }
+        if pr.success_threshold == 0 {
+            return Err(ConfigError::field(
+                format!("{path}.probing.successThreshold"),
+                "must be at least 1",
+            ));
+        }
+        let fo = &self.failover;
+        for (k, c) in fo.codes.iter().enumerate() {
+            if !valid_code_pattern(c) {
+                return Err(ConfigError::field(
+                    format!("{path}.failover.codes[{k}]"),
+                    format!("{c:?} is not a reply code (\"503\") or class (\"5xx\")"),
+                ));
+            }
+        }
+        if !(1..=16).contains(&fo.max_attempts) {
+            return Err(ConfigError::field(
+                format!("{path}.failover.maxAttempts"),
+                format!("{} is out of range 1..=16", fo.max_attempts),
+            ));
+        }
+        if fo.reply_timeout_ms < 100 {
+            return Err(ConfigError::field(
+                format!("{path}.failover.replyTimeoutMs"),
+                format!("{} is below the minimum of 100", fo.reply_timeout_ms),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Checks that `uri` is a `sip:`/`sips:` URI with a host, as destinations must be.
+pub fn check_sip_uri(uri: &str) -> Result<(), String> {
+    let rest = uri
+        .strip_prefix("sip:")
+        .or_else(|| uri.strip_prefix("sips:"))
+        .ok_or_else(|| format!("{uri:?} is not a sip: or sips: URI"))?;
+    let hostport = rest.split([';', '?']).next().unwrap_or("");
+    let hostport = hostport.rsplit('@').next().unwrap_or("");
+    if hostport.is_empty() || hostport.starts_with(':') {
+        return Err(format!("{uri:?} has no host"));
+    }
+    if hostport.contains(|c: char| c.is_whitespace() || c == '<' || c == '>') {
+        return Err(format!("{uri:?} has an invalid host"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+listeners:
+  - transport: udp
+    address: 127.0.0.1:5060
+  - transport: tcp
+    address: 127.0.0.1:5060
+    advertise: sbc.example.com
+dispatcher:
+  sets:
+    - id: 1
+      algorithm: 4
+      destinations:
+        - uri: sip:127.0.0.1:5071
+        - uri: sip:127.0.0.1:5072;transport=tcp
+          weight: 50
+      probing:
+        intervalMs: 1000
+"#;
+
+    #[test]
+    fn good_config_parses_with_defaults() {
+        let c = SbcConfig::from_yaml(GOOD).expect("valid");
+        assert_eq!(c.listeners.len(), 2);
+        assert_eq!(c.dispatcher.sets[0].algorithm, Algorithm::RoundRobin);
+        assert_eq!(c.dispatcher.sets[0].probing.interval_ms, 1000);
+        assert_eq!(c.dispatcher.sets[0].failover.max_attempts, 3);
+        assert_eq!(c.admin.address, "127.0.0.1:9090".parse().unwrap());
+        let again = SbcConfig::from_yaml(&c.to_yaml()).expect("round trip");
+        assert_eq!(again, c);
+    }
+
+    #[test]
+    fn unknown_algorithm_names_field_and_choices() {
+        let bad = GOOD.replace("algorithm: 4", "algorithm: roundrobin");
+        let err = SbcConfig::from_yaml(&bad).unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "dispatcher.sets[0].algorithm: unknown value \"roundrobin\", expected one of"
+            ),
+            "{err}"
+        );
+        assert!(err.contains("\"round-robin\" (4)"), "{err}");
+    }
+
+    #[test]
+    fn unknown_field_is_refused_with_path() {
+        let bad = GOOD.replace("intervalMs: 1000", "intervalMS: 1000");
+        let err = SbcConfig::from_yaml(&bad).unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "dispatcher.sets[0].probing.intervalMS: unknown field `intervalMS`, expected one of"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn semantic_errors_name_the_field() {
+        let cases = [
+            (
+                GOOD.replace("sip:127.0.0.1:5071", "http://x"),
+                "dispatcher.sets[0].destinations[0].uri: \"http://x\" is not a sip: or sips: URI",
+            ),
+            (
+                GOOD.replace("weight: 50", "weight: 500"),
+                "dispatcher.sets[0].destinations[1].weight: 500 is out of range 0..=100",
+            ),
+            (
+                GOOD.replace("intervalMs: 1000", "intervalMs: 5"),
+                "dispatcher.sets[0].probing.intervalMs: 5 is below the minimum of 100",
+            ),
+            (
+                GOOD.replace(
+                    "address: 127.0.0.1:5060\n  - transport: tcp",
+                    "address: 127.0.0.1:99999\n  - transport: tcp",
+                ),
+                "listeners[0].address: invalid socket address syntax",
+            ),
+        ];
+        for (doc, want) in cases {
+            let err = SbcConfig::from_yaml(&doc).unwrap_err().to_string();
+            assert_eq!(err, want);
+        }
+    }
+
+    #[test]
+    fn duplicate_set_ids_are_refused() {
+        let doc = r#"
+listeners: [{transport: udp, address: "127.0.0.1:5060"}]
+dispatcher:
+  sets: [{id: 1}, {id: 1}]
+"#;
+        assert_eq!(
+            SbcConfig::from_yaml(doc).unwrap_err().to_string(),
+            "dispatcher.sets[1].id: set id 1 is used twice"
+        );
+    }
+
+    #[test]
+    fn failover_codes_match_classes_and_never_6xx() {
+        let f = Failover::default();
+        assert!(f.fails_over_on(503));
+        assert!(f.fails_over_on(408));
+        assert!(!f.fails_over_on(486));
+        assert!(!f.fails_over_on(603));
+    }
+}

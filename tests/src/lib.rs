@@ -1,0 +1,1 @@
+//! End-to-end test support: starting sbc, sipp and servers on ephemeral loopback ports.
