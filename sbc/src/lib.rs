@@ -1,2 +1,13 @@
-//! kubesbc's SIP proxy. Modules follow the request pipeline of DESIGN.md.
+//! kubesbc's SIP proxy. Modules follow the request pipeline of DESIGN.md:
+//! transport -> sanity -> (guard, auth, throttle) -> dispatch -> relay, with config, store,
+//! telemetry and admin beside it.
 #![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+pub mod dispatch;
+pub mod relay;
+pub mod sip;
+pub mod store;
+pub mod telemetry;
+pub mod transport;

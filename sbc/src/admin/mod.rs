@@ -1,0 +1,1 @@
+//! The HTTP admin endpoint and the `sbc ctl` client.

@@ -1,0 +1,1 @@
+//! Dispatcher sets: Kamailio-compatible destination selection, probing and failover state.

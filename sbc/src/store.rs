@@ -1,0 +1,1 @@
+//! Shared state: one trait, an in-memory implementation (and, later, Redis).
