@@ -7,6 +7,7 @@ pub mod admin;
 pub mod config;
 pub mod dispatch;
 pub mod relay;
+pub mod sanity;
 pub mod sip;
 pub mod store;
 pub mod telemetry;

@@ -2,6 +2,13 @@
 
 use std::fmt;
 
+pub mod build;
+pub mod parse;
+pub mod uri;
+
+pub use parse::{Header, HeaderName, Message, ParseError, Span, StartLine};
+pub use uri::{Uri, Via};
+
 /// A SIP request method. Methods we do not know are kept as `Other` and relayed as-is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Method {

@@ -1,0 +1,110 @@
+//! Request sanity checks (Kamailio's `sanity` and `maxfwd`): what a request must carry before
+//! the proxy spends anything on it. Each failure names the status and reason the caller gets.
+
+use crate::sip::uri::{Uri, Via};
+use crate::sip::{HeaderName, Message, Method};
+
+/// A request refused with a status and a reason phrase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{code} {reason}")]
+pub struct Reject {
+    /// The status code.
+    pub code: u16,
+    /// The reason phrase naming the defect.
+    pub reason: &'static str,
+}
+
+const fn reject(code: u16, reason: &'static str) -> Reject {
+    Reject { code, reason }
+}
+
+/// Checks a parsed request and returns the Max-Forwards it carries (70 when absent).
+pub fn check_request(msg: &Message) -> Result<u32, Reject> {
+    let method = msg.method().unwrap_or(Method::Other);
+    let top_via = msg.top_via().ok_or(reject(400, "Missing Via"))?;
+    Via::parse(msg.slice(top_via)).ok_or(reject(400, "Bad Via"))?;
+    if msg.header(HeaderName::From).is_none() {
+        return Err(reject(400, "Missing From"));
+    }
+    if msg.header(HeaderName::To).is_none() {
+        return Err(reject(400, "Missing To"));
+    }
+    match msg.call_id() {
+        None => return Err(reject(400, "Missing Call-ID")),
+        Some(c) if c.is_empty() => return Err(reject(400, "Bad Call-ID")),
+        Some(_) => {}
+    }
+    if msg.header(HeaderName::CSeq).is_none() {
+        return Err(reject(400, "Missing CSeq"));
+    }
+    let (_, cseq_method) = msg.cseq().ok_or(reject(400, "Bad CSeq"))?;
+    if cseq_method != msg.method_token() {
+        return Err(reject(400, "CSeq Method Mismatch"));
+    }
+    let uri = msg.request_uri();
+    let parsed = Uri::parse(uri).ok_or(reject(400, "Bad Request-URI"))?;
+    let scheme = parsed.scheme;
+    if !(scheme.eq_ignore_ascii_case(b"sip")
+        || scheme.eq_ignore_ascii_case(b"sips")
+        || scheme.eq_ignore_ascii_case(b"tel"))
+    {
+        return Err(reject(416, "Unsupported URI Scheme"));
+    }
+    let max_forwards = match msg.header_value(HeaderName::MaxForwards) {
+        None => 70,
+        Some(v) => crate::sip::parse::parse_u32(v)
+            .filter(|n| *n <= 255)
+            .ok_or(reject(400, "Bad Max-Forwards"))?,
+    };
+    if max_forwards == 0 && method != Method::Ack {
+        return Err(reject(483, "Too Many Hops"));
+    }
+    Ok(max_forwards)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn check(s: &str) -> Result<u32, Reject> {
+        check_request(&Message::parse(Bytes::copy_from_slice(s.as_bytes()), 65535).unwrap())
+    }
+
+    const OK: &str = "OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:x@y>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 5\r\n\r\n";
+
+    #[test]
+    fn each_defect_has_its_status() {
+        assert_eq!(check(OK), Ok(5));
+        let cases = [
+            ("Call-ID: c\r\n", "", "400 Missing Call-ID"),
+            ("From: <sip:x@y>;tag=1\r\n", "", "400 Missing From"),
+            ("To: <sip:a@b>\r\n", "", "400 Missing To"),
+            ("CSeq: 1 OPTIONS\r\n", "", "400 Missing CSeq"),
+            ("CSeq: 1 OPTIONS", "CSeq: one OPTIONS", "400 Bad CSeq"),
+            (
+                "CSeq: 1 OPTIONS",
+                "CSeq: 1 INVITE",
+                "400 CSeq Method Mismatch",
+            ),
+            (
+                "Via: SIP/2.0/UDP h;branch=z9hG4bK1\r\n",
+                "",
+                "400 Missing Via",
+            ),
+            ("Via: SIP/2.0/UDP h", "Via: nonsense", "400 Bad Via"),
+            ("Max-Forwards: 5", "Max-Forwards: 0", "483 Too Many Hops"),
+            (
+                "Max-Forwards: 5",
+                "Max-Forwards: -1",
+                "400 Bad Max-Forwards",
+            ),
+            ("sip:a@b SIP", "http://a SIP", "416 Unsupported URI Scheme"),
+            ("sip:a@b SIP", "sip: SIP", "400 Bad Request-URI"),
+        ];
+        for (from, to, want) in cases {
+            let text = OK.replacen(from, to, 1);
+            assert_eq!(check(&text).unwrap_err().to_string(), want, "{text}");
+        }
+    }
+}

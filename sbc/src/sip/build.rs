@@ -1,0 +1,391 @@
+//! Writing messages: local responses, and the edits a proxy makes to what it relays, done as
+//! splices over the received bytes so everything the proxy does not touch is copied verbatim.
+
+use std::io::Write;
+
+use super::parse::{HeaderName, Message, split_values};
+
+/// One replacement of a byte range (an insertion when the range is empty).
+struct Splice {
+    at: std::ops::Range<usize>,
+    with: Piece,
+}
+
+enum Piece {
+    Owned(Vec<u8>),
+    Empty,
+}
+
+fn apply(buf: &[u8], end: usize, splices: &mut [Splice], extra: usize) -> Vec<u8> {
+    splices.sort_by_key(|s| (s.at.start, s.at.end));
+    let mut out = Vec::with_capacity(end + extra + 64);
+    let mut pos = 0;
+    for s in splices.iter() {
+        let start = s.at.start.max(pos).min(end);
+        out.extend_from_slice(&buf[pos..start]);
+        match &s.with {
+            Piece::Owned(v) => out.extend_from_slice(v),
+            Piece::Empty => {}
+        }
+        pos = s.at.end.max(start).min(end);
+    }
+    out.extend_from_slice(&buf[pos..end]);
+    out
+}
+
+/// Removes the first value of a (possibly multi-valued) header line: the whole line when it
+/// holds one value, else the value and its trailing comma.
+fn remove_first_value(msg: &Message, name: HeaderName) -> Option<std::ops::Range<usize>> {
+    let h = msg.headers.iter().find(|h| h.name == name)?;
+    let mut vals = split_values(msg.bytes(), h.value);
+    let first = vals.next()?;
+    match vals.next() {
+        None => Some(h.line.range()),
+        Some(second) => Some(first.start as usize..second.start as usize),
+    }
+}
+
+/// What to change in a request being relayed.
+#[derive(Debug, Default)]
+pub struct RequestEdits<'a> {
+    /// Our Via value, prepended: `SIP/2.0/UDP host:port;branch=z9hG4bK...`.
+    pub via: &'a [u8],
+    /// Our Record-Route value, added on top: `<sip:host:port;lr>`.
+    pub record_route: Option<&'a [u8]>,
+    /// Parameters to append to the received topmost Via (`;received=1.2.3.4;rport=5060`),
+    /// with an existing bare `rport` removed first when `fill_rport` is set.
+    pub top_via_params: Option<&'a [u8]>,
+    /// Remove an empty `rport` from the topmost Via (it is re-added with its value).
+    pub fill_rport: bool,
+    /// Remove the topmost Route value (it pointed at us).
+    pub drop_first_route: bool,
+    /// The Max-Forwards value to write.
+    pub max_forwards: u32,
+    /// Headers to leave out (credentials meant for us).
+    pub strip: &'a [HeaderName],
+}
+
+/// Writes a relayed request with the edits applied. Bytes beyond the body are not copied.
+pub fn relay_request(msg: &Message, e: &RequestEdits<'_>) -> Vec<u8> {
+    let buf = &msg.bytes()[..];
+    let first_header = msg.start_line.end as usize;
+    let mut splices: Vec<Splice> = Vec::with_capacity(8);
+    let mut head = Vec::with_capacity(e.via.len() + 96);
+    head.extend_from_slice(b"Via: ");
+    head.extend_from_slice(e.via);
+    head.extend_from_slice(b"\r\n");
+    if let Some(rr) = e.record_route {
+        head.extend_from_slice(b"Record-Route: ");
+        head.extend_from_slice(rr);
+        head.extend_from_slice(b"\r\n");
+    }
+    splices.push(Splice {
+        at: first_header..first_header,
+        with: Piece::Owned(head),
+    });
+
+    if let Some(top) = msg.top_via() {
+        let v = msg.slice(top);
+        let mut new_top: Option<Vec<u8>> = None;
+        if e.fill_rport {
+            // Drop a bare ";rport" so the valued one we append is the only one.
+            let mut t = Vec::with_capacity(v.len() + 40);
+            for (i, part) in v.split(|c| *c == b';').enumerate() {
+                if i > 0 && part.trim_ascii().eq_ignore_ascii_case(b"rport") {
+                    continue;
+                }
+                if i > 0 {
+                    t.push(b';');
+                }
+                t.extend_from_slice(part);
+            }
+            new_top = Some(t);
+        }
+        if let Some(p) = e.top_via_params {
+            let t = new_top.get_or_insert_with(|| v.to_vec());
+            t.extend_from_slice(p);
+        }
+        if let Some(t) = new_top {
+            splices.push(Splice {
+                at: top.range(),
+                with: Piece::Owned(t),
+            });
+        }
+    }
+
+    let mut mf = itoa(e.max_forwards);
+    match msg.header(HeaderName::MaxForwards) {
+        Some(h) => splices.push(Splice {
+            at: h.value.range(),
+            with: Piece::Owned(std::mem::take(&mut mf)),
+        }),
+        None => {
+            let mut line = b"Max-Forwards: ".to_vec();
+            line.extend_from_slice(&mf);
+            line.extend_from_slice(b"\r\n");
+            splices.push(Splice {
+                at: msg.headers_end..msg.headers_end,
+                with: Piece::Owned(line),
+            });
+        }
+    }
+
+    if e.drop_first_route
+        && let Some(r) = remove_first_value(msg, HeaderName::Route)
+    {
+        splices.push(Splice {
+            at: r,
+            with: Piece::Empty,
+        });
+    }
+    for h in &msg.headers {
+        if e.strip.contains(&h.name) {
+            splices.push(Splice {
+                at: h.line.range(),
+                with: Piece::Empty,
+            });
+        }
+    }
+    if !msg.has_content_length {
+        let mut line = b"Content-Length: ".to_vec();
+        line.extend_from_slice(&itoa(msg.body.end - msg.body.start));
+        line.extend_from_slice(b"\r\n");
+        splices.push(Splice {
+            at: msg.headers_end..msg.headers_end,
+            with: Piece::Owned(line),
+        });
+    }
+    apply(buf, msg.body.end as usize, &mut splices, 0)
+}
+
+/// Writes a relayed response: our topmost Via removed.
+pub fn relay_response(msg: &Message) -> Vec<u8> {
+    let mut splices: Vec<Splice> = Vec::with_capacity(2);
+    if let Some(r) = remove_first_value(msg, HeaderName::Via) {
+        splices.push(Splice {
+            at: r,
+            with: Piece::Empty,
+        });
+    }
+    if !msg.has_content_length {
+        splices.push(Splice {
+            at: msg.headers_end..msg.headers_end,
+            with: Piece::Owned(
+                [
+                    b"Content-Length: ".as_slice(),
+                    &itoa(msg.body.end - msg.body.start),
+                    b"\r\n",
+                ]
+                .concat(),
+            ),
+        });
+    }
+    apply(&msg.bytes()[..], msg.body.end as usize, &mut splices, 0)
+}
+
+/// Writes a response to `req` from the sbc itself (RFC 3261 section 8.2.6): Via, From, To,
+/// Call-ID and CSeq copied, a To tag added for non-100 responses that have none.
+pub fn local_response(
+    req: &Message,
+    code: u16,
+    reason: &str,
+    to_tag: &[u8],
+    extra: &[(&str, &[u8])],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256 + req.headers.len() * 8);
+    let _ = write!(out, "SIP/2.0 {code} {reason}\r\n");
+    for h in &req.headers {
+        let copy = matches!(
+            h.name,
+            HeaderName::Via | HeaderName::From | HeaderName::CallId | HeaderName::CSeq
+        ) || (h.name == HeaderName::RecordRoute && (101..300).contains(&code));
+        if copy {
+            out.extend_from_slice(req.slice(h.line));
+            if !req.slice(h.line).ends_with(b"\n") {
+                out.extend_from_slice(b"\r\n");
+            }
+        } else if h.name == HeaderName::To {
+            let v = req.slice(h.value);
+            out.extend_from_slice(b"To: ");
+            out.extend_from_slice(v);
+            if code > 100 && super::uri::tag(v).is_none() && !to_tag.is_empty() {
+                out.extend_from_slice(b";tag=");
+                out.extend_from_slice(to_tag);
+            }
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    for (name, value) in extra {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"Server: kubesbc\r\nContent-Length: 0\r\n\r\n");
+    out
+}
+
+/// Writes the hop-by-hop ACK for a non-2xx final response to an INVITE we relayed
+/// (RFC 3261 section 17.1.1.3): same Request-URI, our Via (branch), From, Call-ID, Route
+/// as the INVITE; To from the response; CSeq number with ACK.
+pub fn ack_for(invite: &Message, response: &Message) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(b"ACK ");
+    out.extend_from_slice(invite.request_uri());
+    out.extend_from_slice(b" SIP/2.0\r\n");
+    if let Some(top) = invite.top_via() {
+        out.extend_from_slice(b"Via: ");
+        out.extend_from_slice(invite.slice(top));
+        out.extend_from_slice(b"\r\n");
+    }
+    for h in &invite.headers {
+        if matches!(
+            h.name,
+            HeaderName::From | HeaderName::CallId | HeaderName::Route | HeaderName::MaxForwards
+        ) {
+            out.extend_from_slice(invite.slice(h.line));
+        }
+    }
+    if let Some(to) = response.header(HeaderName::To) {
+        out.extend_from_slice(response.slice(to.line));
+    }
+    if let Some((n, _)) = invite.cseq() {
+        let _ = write!(out, "CSeq: {n} ACK\r\n");
+    }
+    out.extend_from_slice(b"Content-Length: 0\r\n\r\n");
+    out
+}
+
+/// Writes the CANCEL for an INVITE we relayed (RFC 3261 section 9.1): same Request-URI,
+/// topmost Via (our branch), From, To, Call-ID, Route and CSeq number.
+pub fn cancel_for(invite: &Message) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(b"CANCEL ");
+    out.extend_from_slice(invite.request_uri());
+    out.extend_from_slice(b" SIP/2.0\r\n");
+    if let Some(top) = invite.top_via() {
+        out.extend_from_slice(b"Via: ");
+        out.extend_from_slice(invite.slice(top));
+        out.extend_from_slice(b"\r\n");
+    }
+    for h in &invite.headers {
+        if matches!(
+            h.name,
+            HeaderName::From
+                | HeaderName::To
+                | HeaderName::CallId
+                | HeaderName::Route
+                | HeaderName::MaxForwards
+        ) {
+            out.extend_from_slice(invite.slice(h.line));
+        }
+    }
+    if let Some((n, _)) = invite.cseq() {
+        let _ = write!(out, "CSeq: {n} CANCEL\r\n");
+    }
+    out.extend_from_slice(b"Content-Length: 0\r\n\r\n");
+    out
+}
+
+/// Decimal digits of `n` without going through `fmt`.
+pub fn itoa(n: impl Into<u64>) -> Vec<u8> {
+    let mut n: u64 = n.into();
+    let mut tmp = [0u8; 20];
+    let mut i = tmp.len();
+    loop {
+        i -= 1;
+        tmp[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    tmp[i..].to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn parse(s: &str) -> Message {
+        Message::parse(Bytes::copy_from_slice(s.as_bytes()), 65535).unwrap()
+    }
+
+    const REQ: &str = "INVITE sip:bob@b SIP/2.0\r\n\
+Via: SIP/2.0/UDP 10.0.0.9:5090;branch=z9hG4bKa;rport\r\n\
+Route: <sip:127.0.0.1:5060;lr>, <sip:10.1.1.1;lr>\r\n\
+Max-Forwards: 70\r\n\
+From: <sip:a@a>;tag=1\r\n\
+To: <sip:bob@b>\r\n\
+Call-ID: c1\r\n\
+CSeq: 7 INVITE\r\n\
+Proxy-Authorization: Digest x\r\n\
+Content-Length: 3\r\n\r\nabcTRAILING";
+
+    #[test]
+    fn relayed_request_has_our_via_rr_and_edits() {
+        let m = parse(REQ);
+        let out = relay_request(
+            &m,
+            &RequestEdits {
+                via: b"SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKours",
+                record_route: Some(b"<sip:127.0.0.1:5060;lr>"),
+                top_via_params: Some(b";received=10.0.0.8;rport=5091"),
+                fill_rport: true,
+                drop_first_route: true,
+                max_forwards: 69,
+                strip: &[HeaderName::ProxyAuthorization],
+            },
+        );
+        let out = String::from_utf8(out).unwrap();
+        assert_eq!(
+            out,
+            "INVITE sip:bob@b SIP/2.0\r\n\
+Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKours\r\n\
+Record-Route: <sip:127.0.0.1:5060;lr>\r\n\
+Via: SIP/2.0/UDP 10.0.0.9:5090;branch=z9hG4bKa;received=10.0.0.8;rport=5091\r\n\
+Route: <sip:10.1.1.1;lr>\r\n\
+Max-Forwards: 69\r\n\
+From: <sip:a@a>;tag=1\r\n\
+To: <sip:bob@b>\r\n\
+Call-ID: c1\r\n\
+CSeq: 7 INVITE\r\n\
+Content-Length: 3\r\n\r\nabc"
+        );
+        let again = parse(&out);
+        assert_eq!(again.values(HeaderName::Via).count(), 2);
+    }
+
+    #[test]
+    fn relayed_response_loses_top_via() {
+        let m = parse(
+            "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1, SIP/2.0/UDP b;branch=z9hG4bK2\r\nVia: SIP/2.0/UDP c;branch=z9hG4bK3\r\nCall-ID: x\r\n\r\n",
+        );
+        let out = String::from_utf8(relay_response(&m)).unwrap();
+        assert!(
+            out.contains("Via: SIP/2.0/UDP b;branch=z9hG4bK2\r\nVia: SIP/2.0/UDP c"),
+            "{out}"
+        );
+        assert!(out.ends_with("Content-Length: 0\r\n\r\n"), "{out}");
+    }
+
+    #[test]
+    fn local_response_adds_to_tag() {
+        let m = parse(REQ);
+        let out = String::from_utf8(local_response(
+            &m,
+            503,
+            "Service Unavailable",
+            b"t1",
+            &[("Retry-After", b"5")],
+        ))
+        .unwrap();
+        assert!(out.starts_with("SIP/2.0 503 Service Unavailable\r\nVia: SIP/2.0/UDP 10.0.0.9"));
+        assert!(out.contains("To: <sip:bob@b>;tag=t1\r\n"));
+        assert!(out.contains("Retry-After: 5\r\n"));
+        assert!(out.contains("CSeq: 7 INVITE\r\n"));
+        let trying = String::from_utf8(local_response(&m, 100, "Trying", b"t1", &[])).unwrap();
+        assert!(trying.contains("To: <sip:bob@b>\r\n"));
+    }
+}

@@ -1,0 +1,601 @@
+//! A zero-copy SIP parser: the message keeps its received bytes and records where the start
+//! line, each header and the body are. A proxy touches a handful of headers (Via, Route,
+//! Record-Route, Max-Forwards, Call-ID, CSeq, Content-Length), so nothing else is decoded.
+
+use bytes::Bytes;
+
+use super::Method;
+
+/// Most headers a message may carry; more is refused as a denial-of-service attempt.
+pub const MAX_HEADERS: usize = 128;
+
+/// A byte range inside a message's buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Span {
+    /// First byte.
+    pub start: u32,
+    /// One past the last byte.
+    pub end: u32,
+}
+
+impl Span {
+    fn new(start: usize, end: usize) -> Span {
+        // Messages are capped far below 4 GiB (64 KiB), so the casts cannot truncate.
+        Span {
+            start: start as u32,
+            end: end as u32,
+        }
+    }
+
+    /// The range as `usize` bounds.
+    pub fn range(self) -> std::ops::Range<usize> {
+        self.start as usize..self.end as usize
+    }
+
+    /// Whether the span is empty.
+    pub fn is_empty(self) -> bool {
+        self.start >= self.end
+    }
+}
+
+/// Headers the proxy looks at, recognised by full or compact name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderName {
+    /// Via / v
+    Via,
+    /// From / f
+    From,
+    /// To / t
+    To,
+    /// Call-ID / i
+    CallId,
+    /// CSeq
+    CSeq,
+    /// Max-Forwards
+    MaxForwards,
+    /// Route
+    Route,
+    /// Record-Route
+    RecordRoute,
+    /// Contact / m
+    Contact,
+    /// Content-Length / l
+    ContentLength,
+    /// Content-Type / c
+    ContentType,
+    /// Authorization
+    Authorization,
+    /// Proxy-Authorization
+    ProxyAuthorization,
+    /// User-Agent
+    UserAgent,
+    /// Any other header.
+    Other,
+}
+
+impl HeaderName {
+    fn classify(name: &[u8]) -> HeaderName {
+        if name.len() == 1 {
+            return match name[0].to_ascii_lowercase() {
+                b'v' => HeaderName::Via,
+                b'f' => HeaderName::From,
+                b't' => HeaderName::To,
+                b'i' => HeaderName::CallId,
+                b'm' => HeaderName::Contact,
+                b'l' => HeaderName::ContentLength,
+                b'c' => HeaderName::ContentType,
+                _ => HeaderName::Other,
+            };
+        }
+        const NAMES: [(&[u8], HeaderName); 14] = [
+            (b"via", HeaderName::Via),
+            (b"from", HeaderName::From),
+            (b"to", HeaderName::To),
+            (b"call-id", HeaderName::CallId),
+            (b"cseq", HeaderName::CSeq),
+            (b"max-forwards", HeaderName::MaxForwards),
+            (b"route", HeaderName::Route),
+            (b"record-route", HeaderName::RecordRoute),
+            (b"contact", HeaderName::Contact),
+            (b"content-length", HeaderName::ContentLength),
+            (b"content-type", HeaderName::ContentType),
+            (b"authorization", HeaderName::Authorization),
+            (b"proxy-authorization", HeaderName::ProxyAuthorization),
+            (b"user-agent", HeaderName::UserAgent),
+        ];
+        NAMES
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map_or(HeaderName::Other, |(_, h)| *h)
+    }
+}
+
+/// One header line (continuation lines included).
+#[derive(Debug, Clone, Copy)]
+pub struct Header {
+    /// Which header it is.
+    pub name: HeaderName,
+    /// The name as written.
+    pub name_span: Span,
+    /// The value, trimmed of surrounding white space.
+    pub value: Span,
+    /// The whole line including its line terminator.
+    pub line: Span,
+}
+
+/// The first line of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartLine {
+    /// `METHOD Request-URI SIP/2.0`
+    Request {
+        /// The method.
+        method: Method,
+        /// The method token as written (extension methods keep their name).
+        method_span: Span,
+        /// The Request-URI.
+        uri: Span,
+    },
+    /// `SIP/2.0 CODE Reason`
+    Response {
+        /// The status code.
+        code: u16,
+        /// The reason phrase.
+        reason: Span,
+    },
+}
+
+/// Why a message could not be parsed. [`ParseError::response`] says how to answer a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    /// Not a SIP start line at all: dropped, never answered.
+    #[error("not a SIP message")]
+    Garbage,
+    /// The header block never ends.
+    #[error("truncated header")]
+    Truncated,
+    /// A header line without a colon, or an empty name.
+    #[error("malformed header line")]
+    BadHeader,
+    /// More than [`MAX_HEADERS`] headers.
+    #[error("too many headers")]
+    TooManyHeaders,
+    /// A SIP version other than 2.0.
+    #[error("unsupported SIP version")]
+    BadVersion,
+    /// Content-Length not a number, or larger than the datagram.
+    #[error("bad Content-Length")]
+    BadContentLength,
+    /// A status line whose code is not three digits 100..699.
+    #[error("bad status code")]
+    BadStatus,
+    /// The message exceeds the size limit.
+    #[error("message too large")]
+    TooLarge,
+}
+
+impl ParseError {
+    /// The status and reason a request with this defect gets, or None when it is dropped.
+    pub fn response(self) -> Option<(u16, &'static str)> {
+        match self {
+            ParseError::Garbage | ParseError::Truncated | ParseError::BadStatus => None,
+            ParseError::BadHeader => Some((400, "Malformed Header")),
+            ParseError::TooManyHeaders => Some((400, "Too Many Headers")),
+            ParseError::BadVersion => Some((505, "Version Not Supported")),
+            ParseError::BadContentLength => Some((400, "Bad Content-Length")),
+            ParseError::TooLarge => Some((513, "Message Too Large")),
+        }
+    }
+}
+
+/// A parsed SIP message over its received bytes.
+#[derive(Debug, Clone)]
+pub struct Message {
+    buf: Bytes,
+    /// The start line.
+    pub start: StartLine,
+    /// The start line's span including its terminator.
+    pub start_line: Span,
+    /// Every header in order.
+    pub headers: Vec<Header>,
+    /// Where the header block ends (the empty line's first byte).
+    pub headers_end: usize,
+    /// The body (Content-Length bytes, or the rest of a datagram without one).
+    pub body: Span,
+    /// Whether a Content-Length header was present.
+    pub has_content_length: bool,
+}
+
+/// Finds the end of the header block: returns (index of the empty line, index after it).
+pub fn find_headers_end(buf: &[u8]) -> Option<(usize, usize)> {
+    let mut i = 0;
+    while i < buf.len() {
+        let nl = i + memchr(b'\n', &buf[i..])?;
+        // The line that follows this `\n` is empty?
+        let next = nl + 1;
+        if buf.get(next) == Some(&b'\n') {
+            return Some((next, next + 1));
+        }
+        if buf.get(next) == Some(&b'\r') && buf.get(next + 1) == Some(&b'\n') {
+            return Some((next, next + 2));
+        }
+        i = next;
+    }
+    None
+}
+
+fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
+    hay.iter().position(|&b| b == needle)
+}
+
+fn trim(buf: &[u8], mut s: usize, mut e: usize) -> (usize, usize) {
+    while s < e && matches!(buf[s], b' ' | b'\t' | b'\r' | b'\n') {
+        s += 1;
+    }
+    while e > s && matches!(buf[e - 1], b' ' | b'\t' | b'\r' | b'\n') {
+        e -= 1;
+    }
+    (s, e)
+}
+
+/// Parses an unsigned decimal number of at most 9 digits.
+pub fn parse_u32(b: &[u8]) -> Option<u32> {
+    if b.is_empty() || b.len() > 9 || !b.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(b.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0')))
+}
+
+impl Message {
+    /// Parses a whole message (a datagram, or a frame cut by the stream framer).
+    /// Bytes after Content-Length are discarded (RFC 3261 section 18.3).
+    pub fn parse(buf: Bytes, max_size: usize) -> Result<Message, ParseError> {
+        if buf.len() > max_size {
+            return Err(ParseError::TooLarge);
+        }
+        let b = &buf[..];
+        // Leading CRLFs before a message are allowed (section 7.5).
+        let mut pos = 0;
+        while pos < b.len() && (b[pos] == b'\r' || b[pos] == b'\n') {
+            pos += 1;
+        }
+        let line_end = pos + memchr(b'\n', &b[pos..]).ok_or(ParseError::Garbage)?;
+        let (ls, le) = trim(b, pos, line_end);
+        let start = parse_start_line(b, ls, le)?;
+        let start_line = Span::new(pos, line_end + 1);
+
+        let (hend, body_start) = find_headers_end(&b[pos..])
+            .map(|(a, c)| (a + pos, c + pos))
+            .ok_or(ParseError::Truncated)?;
+
+        let mut headers: Vec<Header> = Vec::with_capacity(16);
+        let mut content_length: Option<usize> = None;
+        let mut i = line_end + 1;
+        while i < hend {
+            let nl = i + memchr(b'\n', &b[i..hend]).map_or(hend - i - 1, |n| n);
+            let mut line_end = nl + 1;
+            // Folded continuation lines belong to the header above.
+            while line_end < hend && matches!(b[line_end], b' ' | b'\t') {
+                line_end += memchr(b'\n', &b[line_end..hend]).map_or(hend - line_end, |n| n + 1);
+            }
+            let line_end = line_end.min(hend);
+            let colon = memchr(b':', &b[i..line_end]).ok_or(ParseError::BadHeader)? + i;
+            let (ns, ne) = trim(b, i, colon);
+            if ns == ne || b[ns..ne].iter().any(|c| c.is_ascii_whitespace()) {
+                return Err(ParseError::BadHeader);
+            }
+            let (vs, ve) = trim(b, colon + 1, line_end);
+            let name = HeaderName::classify(&b[ns..ne]);
+            if name == HeaderName::ContentLength {
+                let n = parse_u32(&b[vs..ve]).ok_or(ParseError::BadContentLength)?;
+                content_length = Some(n as usize);
+            }
+            if headers.len() == MAX_HEADERS {
+                return Err(ParseError::TooManyHeaders);
+            }
+            headers.push(Header {
+                name,
+                name_span: Span::new(ns, ne),
+                value: Span::new(vs, ve),
+                line: Span::new(i, line_end),
+            });
+            i = line_end;
+        }
+        let body = match content_length {
+            Some(n) => {
+                let end = body_start
+                    .checked_add(n)
+                    .ok_or(ParseError::BadContentLength)?;
+                if end > b.len() {
+                    return Err(ParseError::BadContentLength);
+                }
+                Span::new(body_start, end)
+            }
+            None => Span::new(body_start, b.len()),
+        };
+        Ok(Message {
+            buf,
+            start,
+            start_line,
+            headers,
+            headers_end: hend,
+            body,
+            has_content_length: content_length.is_some(),
+        })
+    }
+
+    /// The message's bytes.
+    pub fn bytes(&self) -> &Bytes {
+        &self.buf
+    }
+
+    /// The bytes of a span.
+    pub fn slice(&self, s: Span) -> &[u8] {
+        self.buf.get(s.range()).unwrap_or(&[])
+    }
+
+    /// The method, for a request.
+    pub fn method(&self) -> Option<Method> {
+        match self.start {
+            StartLine::Request { method, .. } => Some(method),
+            StartLine::Response { .. } => None,
+        }
+    }
+
+    /// Whether this is a request.
+    pub fn is_request(&self) -> bool {
+        matches!(self.start, StartLine::Request { .. })
+    }
+
+    /// The status code, for a response.
+    pub fn code(&self) -> Option<u16> {
+        match self.start {
+            StartLine::Response { code, .. } => Some(code),
+            StartLine::Request { .. } => None,
+        }
+    }
+
+    /// The Request-URI, for a request.
+    pub fn request_uri(&self) -> &[u8] {
+        match self.start {
+            StartLine::Request { uri, .. } => self.slice(uri),
+            StartLine::Response { .. } => &[],
+        }
+    }
+
+    /// The method token as written.
+    pub fn method_token(&self) -> &[u8] {
+        match self.start {
+            StartLine::Request { method_span, .. } => self.slice(method_span),
+            StartLine::Response { .. } => &[],
+        }
+    }
+
+    /// The first header of a kind.
+    pub fn header(&self, name: HeaderName) -> Option<&Header> {
+        self.headers.iter().find(|h| h.name == name)
+    }
+
+    /// The value of the first header of a kind.
+    pub fn header_value(&self, name: HeaderName) -> Option<&[u8]> {
+        self.header(name).map(|h| self.slice(h.value))
+    }
+
+    /// The value of the first header with this (case-insensitive) name.
+    pub fn header_value_named(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|h| {
+                self.slice(h.name_span)
+                    .eq_ignore_ascii_case(name.as_bytes())
+            })
+            .map(|h| self.slice(h.value))
+    }
+
+    /// The Call-ID.
+    pub fn call_id(&self) -> Option<&[u8]> {
+        self.header_value(HeaderName::CallId)
+    }
+
+    /// CSeq number and method.
+    pub fn cseq(&self) -> Option<(u32, &[u8])> {
+        let v = self.header_value(HeaderName::CSeq)?;
+        let mut it = v
+            .split(|c| *c == b' ' || *c == b'\t')
+            .filter(|p| !p.is_empty());
+        let n = parse_u32(it.next()?)?;
+        let m = it.next()?;
+        if it.next().is_some() {
+            return None;
+        }
+        Some((n, m))
+    }
+
+    /// The body.
+    pub fn body(&self) -> &[u8] {
+        self.slice(self.body)
+    }
+
+    /// Header values of a kind, each comma-separated value on its own (topmost first).
+    pub fn values(&self, name: HeaderName) -> impl Iterator<Item = Span> + '_ {
+        self.headers
+            .iter()
+            .filter(move |h| h.name == name)
+            .flat_map(move |h| split_values(&self.buf, h.value))
+    }
+
+    /// The topmost Via value.
+    pub fn top_via(&self) -> Option<Span> {
+        self.values(HeaderName::Via).next()
+    }
+}
+
+fn parse_start_line(b: &[u8], s: usize, e: usize) -> Result<StartLine, ParseError> {
+    let line = &b[s..e];
+    if line.starts_with(b"SIP/") {
+        // Status-Line = SIP-Version SP Status-Code SP Reason-Phrase
+        let sp = memchr(b' ', line).ok_or(ParseError::BadStatus)?;
+        if &line[..sp] != b"SIP/2.0" {
+            return Err(ParseError::Garbage);
+        }
+        let rest = &line[sp + 1..];
+        let code_end = memchr(b' ', rest).unwrap_or(rest.len());
+        let code = parse_u32(&rest[..code_end])
+            .filter(|c| (100..700).contains(c) && code_end == 3)
+            .ok_or(ParseError::BadStatus)?;
+        let rs = (s + sp + 1 + code_end + 1).min(e);
+        return Ok(StartLine::Response {
+            code: code as u16,
+            reason: Span::new(rs, e),
+        });
+    }
+    // Request-Line = Method SP Request-URI SP SIP-Version
+    let sp1 = memchr(b' ', line).ok_or(ParseError::Garbage)?;
+    let method = &line[..sp1];
+    if method.is_empty()
+        || !method
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(c))
+    {
+        return Err(ParseError::Garbage);
+    }
+    let rest = &line[sp1 + 1..];
+    let sp2 = rest
+        .iter()
+        .rposition(|c| *c == b' ')
+        .ok_or(ParseError::Garbage)?;
+    let version = &rest[sp2 + 1..];
+    if !version.starts_with(b"SIP/") {
+        return Err(ParseError::Garbage);
+    }
+    if version != b"SIP/2.0" {
+        return Err(ParseError::BadVersion);
+    }
+    let (us, ue) = trim(b, s + sp1 + 1, s + sp1 + 1 + sp2);
+    Ok(StartLine::Request {
+        method: Method::from_bytes(method),
+        method_span: Span::new(s, s + sp1),
+        uri: Span::new(us, ue),
+    })
+}
+
+/// Splits a header value at top-level commas (not inside quotes or `<...>`), trimming each.
+pub fn split_values(buf: &[u8], value: Span) -> impl Iterator<Item = Span> + '_ {
+    let mut pos = value.start as usize;
+    let end = (value.end as usize).min(buf.len());
+    std::iter::from_fn(move || {
+        while pos < end {
+            let start = pos;
+            let mut quoted = false;
+            let mut angle = false;
+            while pos < end {
+                match buf[pos] {
+                    b'"' if !angle => quoted = !quoted,
+                    b'\\' if quoted => pos += 1,
+                    b'<' if !quoted => angle = true,
+                    b'>' if !quoted => angle = false,
+                    b',' if !quoted && !angle => break,
+                    _ => {}
+                }
+                pos += 1;
+            }
+            let stop = pos.min(end);
+            pos = stop + 1;
+            let (s, e) = trim(buf, start, stop);
+            if s < e {
+                return Some(Span::new(s, e));
+            }
+        }
+        None
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(s: &str) -> Result<Message, ParseError> {
+        Message::parse(Bytes::copy_from_slice(s.as_bytes()), 65535)
+    }
+
+    const INVITE: &str = "INVITE sip:bob@example.com SIP/2.0\r\n\
+Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK1, SIP/2.0/TCP 10.0.0.2;branch=z9hG4bK2\r\n\
+v: SIP/2.0/UDP 10.0.0.3;branch=z9hG4bK3\r\n\
+From: \"A, B\" <sip:alice@example.com>;tag=1\r\n\
+To: <sip:bob@example.com>\r\n\
+Call-ID: abc@host\r\n\
+CSeq: 1 INVITE\r\n\
+Subject: folded\r\n  continued\r\n\
+Content-Length: 4\r\n\r\nbodyEXTRA";
+
+    #[test]
+    fn parses_request_headers_and_body() {
+        let m = msg(INVITE).unwrap();
+        assert_eq!(m.method(), Some(Method::Invite));
+        assert_eq!(m.request_uri(), b"sip:bob@example.com");
+        assert_eq!(m.call_id(), Some(&b"abc@host"[..]));
+        assert_eq!(m.cseq(), Some((1, &b"INVITE"[..])));
+        assert_eq!(m.body(), b"body");
+        let vias: Vec<_> = m
+            .values(HeaderName::Via)
+            .map(|s| m.slice(s).to_vec())
+            .collect();
+        assert_eq!(vias.len(), 3);
+        assert_eq!(vias[1], b"SIP/2.0/TCP 10.0.0.2;branch=z9hG4bK2");
+        let subj = m.header_value_named("subject").unwrap();
+        assert!(subj.starts_with(b"folded") && subj.ends_with(b"continued"));
+        let from: Vec<_> = m.values(HeaderName::From).collect();
+        assert_eq!(from.len(), 1, "comma inside quotes does not split");
+    }
+
+    #[test]
+    fn parses_response() {
+        let m = msg("SIP/2.0 180 Ringing\r\nCall-ID: x\r\n\r\n").unwrap();
+        assert_eq!(m.code(), Some(180));
+        assert!(m.body().is_empty());
+    }
+
+    #[test]
+    fn defects_are_classified() {
+        let cases = [
+            ("\x00\x01garbage", ParseError::Garbage),
+            ("hello world\r\n\r\n", ParseError::Garbage),
+            (
+                "INVITE sip:a SIP/3.0\r\nCall-ID: x\r\n\r\n",
+                ParseError::BadVersion,
+            ),
+            (
+                "INVITE sip:a SIP/2.0\r\nContent-Length: x\r\n\r\n",
+                ParseError::BadContentLength,
+            ),
+            (
+                "INVITE sip:a SIP/2.0\r\nContent-Length: 10\r\n\r\nshort",
+                ParseError::BadContentLength,
+            ),
+            (
+                "INVITE sip:a SIP/2.0\r\nno colon here\r\n\r\n",
+                ParseError::BadHeader,
+            ),
+            (
+                "INVITE sip:a SIP/2.0\r\nCall-ID: x\r\n",
+                ParseError::Truncated,
+            ),
+            ("SIP/2.0 99 Low\r\n\r\n", ParseError::BadStatus),
+        ];
+        for (text, want) in cases {
+            assert_eq!(msg(text).unwrap_err(), want, "{text:?}");
+        }
+        let many = format!(
+            "OPTIONS sip:a SIP/2.0\r\n{}\r\n",
+            "X-A: 1\r\n".repeat(MAX_HEADERS + 1)
+        );
+        assert_eq!(msg(&many).unwrap_err(), ParseError::TooManyHeaders);
+    }
+
+    #[test]
+    fn never_panics_on_prefixes() {
+        // Every prefix of a valid message parses or fails cleanly.
+        for n in 0..INVITE.len() {
+            let _ = Message::parse(Bytes::copy_from_slice(&INVITE.as_bytes()[..n]), 65535);
+        }
+    }
+}
