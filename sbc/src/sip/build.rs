@@ -33,16 +33,30 @@ fn apply(buf: &[u8], end: usize, splices: &mut [Splice], extra: usize) -> Vec<u8
     out
 }
 
-/// Removes the first value of a (possibly multi-valued) header line: the whole line when it
-/// holds one value, else the value and its trailing comma.
-fn remove_first_value(msg: &Message, name: HeaderName) -> Option<std::ops::Range<usize>> {
-    let h = msg.headers.iter().find(|h| h.name == name)?;
-    let mut vals = split_values(msg.bytes(), h.value);
-    let first = vals.next()?;
-    match vals.next() {
-        None => Some(h.line.range()),
-        Some(second) => Some(first.start as usize..second.start as usize),
+/// The byte ranges that remove the first `n` values of a header (which may be spread over
+/// several lines, several values a line): whole lines where every value goes, else the
+/// values and their trailing commas.
+fn remove_values(msg: &Message, name: HeaderName, n: usize) -> Vec<std::ops::Range<usize>> {
+    let mut left = n;
+    let mut ranges = Vec::new();
+    for h in msg.headers.iter().filter(|h| h.name == name) {
+        if left == 0 {
+            break;
+        }
+        let mut vals = split_values(msg.bytes(), h.value);
+        let first = vals.next();
+        let count = 1 + vals.by_ref().take(left).count();
+        if count <= left {
+            ranges.push(h.line.range());
+            left -= count;
+        } else if let (Some(first), Some(next)) =
+            (first, split_values(msg.bytes(), h.value).nth(left))
+        {
+            ranges.push(first.start as usize..next.start as usize);
+            left = 0;
+        }
     }
+    ranges
 }
 
 /// What to change in a request being relayed.
@@ -57,8 +71,8 @@ pub struct RequestEdits<'a> {
     pub top_via_params: Option<&'a [u8]>,
     /// Remove an empty `rport` from the topmost Via (it is re-added with its value).
     pub fill_rport: bool,
-    /// Remove the topmost Route value (it pointed at us).
-    pub drop_first_route: bool,
+    /// How many leading Route values to remove (they pointed at us).
+    pub drop_routes: usize,
     /// The Max-Forwards value to write.
     pub max_forwards: u32,
     /// Headers to leave out (credentials meant for us).
@@ -130,9 +144,7 @@ pub fn relay_request(msg: &Message, e: &RequestEdits<'_>) -> Vec<u8> {
         }
     }
 
-    if e.drop_first_route
-        && let Some(r) = remove_first_value(msg, HeaderName::Route)
-    {
+    for r in remove_values(msg, HeaderName::Route, e.drop_routes) {
         splices.push(Splice {
             at: r,
             with: Piece::Empty,
@@ -161,7 +173,7 @@ pub fn relay_request(msg: &Message, e: &RequestEdits<'_>) -> Vec<u8> {
 /// Writes a relayed response: our topmost Via removed.
 pub fn relay_response(msg: &Message) -> Vec<u8> {
     let mut splices: Vec<Splice> = Vec::with_capacity(2);
-    if let Some(r) = remove_first_value(msg, HeaderName::Via) {
+    for r in remove_values(msg, HeaderName::Via, 1) {
         splices.push(Splice {
             at: r,
             with: Piece::Empty,
@@ -287,6 +299,41 @@ pub fn cancel_for(invite: &Message) -> Vec<u8> {
     out
 }
 
+/// A response to a request that could not be parsed: the Via, From, To, Call-ID and CSeq
+/// lines found by a plain line scan are copied, so the caller can still match it.
+pub fn raw_response(buf: &[u8], code: u16, reason: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    let _ = write!(out, "SIP/2.0 {code} {reason}\r\n");
+    let head_end = super::parse::find_headers_end(buf).map_or(buf.len(), |(e, _)| e);
+    let mut lines = buf[..head_end.min(buf.len())].split(|c| *c == b'\n');
+    lines.next();
+    for line in lines.take(super::parse::MAX_HEADERS) {
+        let Some(colon) = line.iter().position(|c| *c == b':') else {
+            continue;
+        };
+        let name = line[..colon].trim_ascii();
+        let keep = [
+            &b"via"[..],
+            b"v",
+            b"from",
+            b"f",
+            b"to",
+            b"t",
+            b"call-id",
+            b"i",
+            b"cseq",
+        ]
+        .iter()
+        .any(|n| n.eq_ignore_ascii_case(name));
+        if keep {
+            out.extend_from_slice(line.trim_ascii_end());
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    out.extend_from_slice(b"Server: kubesbc\r\nContent-Length: 0\r\n\r\n");
+    out
+}
+
 /// Decimal digits of `n` without going through `fmt`.
 pub fn itoa(n: impl Into<u64>) -> Vec<u8> {
     let mut n: u64 = n.into();
@@ -333,7 +380,7 @@ Content-Length: 3\r\n\r\nabcTRAILING";
                 record_route: Some(b"<sip:127.0.0.1:5060;lr>"),
                 top_via_params: Some(b";received=10.0.0.8;rport=5091"),
                 fill_rport: true,
-                drop_first_route: true,
+                drop_routes: 1,
                 max_forwards: 69,
                 strip: &[HeaderName::ProxyAuthorization],
             },

@@ -94,13 +94,14 @@ impl Transports {
                 Transport::Udp => {
                     let mut addr = l.address;
                     for i in 0..workers.max(1) {
-                        let sock = bind_udp(addr)
-                            .and_then(UdpSocket::from_std)
-                            .map_err(|source| TransportError::Bind {
-                                transport: l.transport,
-                                addr,
-                                source,
-                            })?;
+                        let sock =
+                            bind_udp(addr)
+                                .and_then(UdpSocket::from_std)
+                                .map_err(|source| TransportError::Bind {
+                                    transport: l.transport,
+                                    addr,
+                                    source,
+                                })?;
                         if i == 0 {
                             // Port 0 binds an ephemeral port; the others join it.
                             addr = sock.local_addr().unwrap_or(addr);
@@ -109,13 +110,14 @@ impl Transports {
                     }
                 }
                 Transport::Tcp => {
-                    let sock = tokio::net::TcpListener::bind(l.address).await.map_err(|source| {
-                        TransportError::Bind {
-                            transport: l.transport,
-                            addr: l.address,
-                            source,
-                        }
-                    })?;
+                    let sock =
+                        tokio::net::TcpListener::bind(l.address)
+                            .await
+                            .map_err(|source| TransportError::Bind {
+                                transport: l.transport,
+                                addr: l.address,
+                                source,
+                            })?;
                     tcp_listeners.push(sock);
                 }
                 other => return Err(TransportError::Unsupported(other)),
@@ -126,7 +128,11 @@ impl Transports {
             tcp: Arc::new(tcp::TcpSide::new(limits.clone())),
         });
         for (_, sock) in &t.udp {
-            tokio::spawn(udp_loop(sock.clone(), limits.max_message_bytes, inbound.clone()));
+            tokio::spawn(udp_loop(
+                sock.clone(),
+                limits.max_message_bytes,
+                inbound.clone(),
+            ));
         }
         for l in tcp_listeners {
             if let Ok(a) = l.local_addr() {
@@ -145,7 +151,12 @@ impl Transports {
                 v.push((Transport::Udp, *a));
             }
         }
-        v.extend(self.tcp.local_addrs().into_iter().map(|a| (Transport::Tcp, a)));
+        v.extend(
+            self.tcp
+                .local_addrs()
+                .into_iter()
+                .map(|a| (Transport::Tcp, a)),
+        );
         v
     }
 

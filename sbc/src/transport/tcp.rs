@@ -327,7 +327,10 @@ mod tests {
         let mut b = BytesMut::from(&b"INVITE sip:b SIP/2.0\r\nContent-Length: 99999\r\n\r\n"[..]);
         assert_eq!(next_frame(&mut b, 65535), Frame::Invalid("too_large"));
         let mut b = BytesMut::from(&b"INVITE sip:b SIP/2.0\r\nContent-Length: ab\r\n\r\n"[..]);
-        assert_eq!(next_frame(&mut b, 65535), Frame::Invalid("bad_content_length"));
+        assert_eq!(
+            next_frame(&mut b, 65535),
+            Frame::Invalid("bad_content_length")
+        );
         let mut b = BytesMut::from(vec![b'a'; 70000].as_slice());
         assert_eq!(next_frame(&mut b, 65535), Frame::Invalid("too_large"));
     }
