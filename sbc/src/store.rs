@@ -196,6 +196,12 @@ impl MemoryStore {
     }
 }
 
+/// `now + ttl`, saturating: an absurd TTL (from a configuration typo) must not panic.
+fn deadline(now: Instant, ttl: Duration) -> Instant {
+    now.checked_add(ttl)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
 fn ready<'a, T: Send + 'a>(r: Result<T, StoreError>) -> StoreFuture<'a, T> {
     Box::pin(std::future::ready(r))
 }
@@ -219,7 +225,7 @@ impl Store for MemoryStore {
                         key.to_string(),
                         Entry {
                             value: Value::Int(1),
-                            expires_at: now + window,
+                            expires_at: deadline(now, window),
                         },
                     );
                     Ok(1)
@@ -241,7 +247,7 @@ impl Store for MemoryStore {
                 key.to_string(),
                 Entry {
                     value: Value::Bytes(value),
-                    expires_at: now + ttl,
+                    expires_at: deadline(now, ttl),
                 },
             );
             Ok(())
@@ -268,7 +274,7 @@ impl Store for MemoryStore {
                 key.to_string(),
                 Entry {
                     value: Value::Int(n),
-                    expires_at: now + ttl,
+                    expires_at: deadline(now, ttl),
                 },
             );
             Ok(n)
@@ -455,6 +461,16 @@ mod tests {
         }
         assert_eq!(s.list_prefix("k", 100).await.unwrap().len(), 0);
         assert!(!m.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn huge_ttl_does_not_panic() {
+        let s = store();
+        s.set_ex("forever", Bytes::from_static(b"1"), Duration::MAX)
+            .await
+            .unwrap();
+        assert_eq!(s.incr_by("forever", 1, Duration::MAX).await.unwrap(), 2);
+        assert_eq!(s.incr_window("w", Duration::MAX).await.unwrap(), 1);
     }
 
     #[tokio::test(start_paused = true)]
