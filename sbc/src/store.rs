@@ -1,1 +1,492 @@
 //! Shared state: one trait, an in-memory implementation (and, later, Redis).
+//!
+//! Every [`Store`] method is one decision and, for Redis, one round trip. The trait is
+//! dyn-compatible (methods return boxed futures) so the sbc holds an `Arc<dyn Store>` and
+//! picks the implementation at startup. Callers treat an error as "the shared store is
+//! unreachable" and fall back to local limits.
+
+use std::collections::HashMap;
+use std::collections::hash_map::DefaultHasher;
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::Bytes;
+use thiserror::Error;
+use tokio::time::Instant;
+
+/// What a store operation can fail with.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// The backend could not be reached or answered with an error.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A counter operation met a value that is not an integer.
+    #[error("value of key {0:?} is not an integer")]
+    NotAnInteger(String),
+    /// A counter would overflow.
+    #[error("counter {0:?} would overflow")]
+    Overflow(String),
+    /// The in-memory store holds its maximum number of keys.
+    #[error("store is full ({0} keys)")]
+    Full(usize),
+}
+
+/// The future every [`Store`] method returns.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// Key/value state shared by every sbc replica. Keys are UTF-8, values bytes; a key with a
+/// TTL disappears when it expires.
+pub trait Store: Send + Sync {
+    /// Fixed-window counter: increments `key` and returns the count in the current window. The
+    /// first increment starts the window, which ends (and the key expires) `window` later.
+    /// (Redis: `INCR` then `EXPIRE key window NX`, in one pipeline.)
+    fn incr_window<'a>(&'a self, key: &'a str, window: Duration) -> StoreFuture<'a, u64>;
+
+    /// The value of `key`, if it exists. A counter reads as its decimal text.
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>>;
+
+    /// Sets `key` to `value`, expiring after `ttl`. (Redis: `SET key value PX ttl`.)
+    fn set_ex<'a>(&'a self, key: &'a str, value: Bytes, ttl: Duration) -> StoreFuture<'a, ()>;
+
+    /// Removes `key`; true when it existed.
+    fn del<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool>;
+
+    /// Adds `delta` (possibly negative) to the counter `key` (0 when absent), sets its TTL to
+    /// `ttl`, and returns the new value. Safe under concurrent calls from many replicas: the
+    /// TTL only cleans up counters whose owner died. (Redis: `INCRBY` + `PEXPIRE`, pipelined.)
+    fn incr_by<'a>(&'a self, key: &'a str, delta: i64, ttl: Duration) -> StoreFuture<'a, i64>;
+
+    /// Up to `limit` live keys starting with `prefix` and their values, sorted by key (for
+    /// listings such as the bans). (Redis: `SCAN MATCH prefix*` + `MGET`.)
+    fn list_prefix<'a>(
+        &'a self,
+        prefix: &'a str,
+        limit: usize,
+    ) -> StoreFuture<'a, Vec<(String, Bytes)>>;
+}
+
+/// A stored value: counters are kept as integers so increments need no parsing.
+#[derive(Debug, Clone)]
+enum Value {
+    Bytes(Bytes),
+    Int(i64),
+}
+
+impl Value {
+    fn to_bytes(&self) -> Bytes {
+        match self {
+            Value::Bytes(b) => b.clone(),
+            Value::Int(n) => Bytes::from(n.to_string()),
+        }
+    }
+
+    fn as_int(&self, key: &str) -> Result<i64, StoreError> {
+        match self {
+            Value::Int(n) => Ok(*n),
+            Value::Bytes(b) => std::str::from_utf8(b)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| StoreError::NotAnInteger(key.to_string())),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    value: Value,
+    expires_at: Instant,
+}
+
+#[derive(Debug)]
+struct Shard {
+    map: HashMap<String, Entry>,
+    next_sweep: Instant,
+}
+
+/// Shards keep replica-local throttle decisions from contending on one lock.
+const SHARDS: usize = 16;
+/// How often a shard drops all its expired keys (besides dropping them when touched).
+const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+/// The default cap on keys.
+pub const DEFAULT_MAX_ENTRIES: usize = 1_000_000;
+
+/// The in-memory [`Store`] of a single replica. Every key has a TTL; expired keys are removed
+/// when touched and by a sweep of the shard every few seconds. The number of keys is capped:
+/// a new key beyond the cap is refused with [`StoreError::Full`].
+#[derive(Debug)]
+pub struct MemoryStore {
+    shards: Vec<Mutex<Shard>>,
+    max_per_shard: usize,
+    max_entries: usize,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        MemoryStore::new(DEFAULT_MAX_ENTRIES)
+    }
+}
+
+impl MemoryStore {
+    /// An empty store holding at most about `max_entries` keys.
+    pub fn new(max_entries: usize) -> MemoryStore {
+        let now = Instant::now();
+        MemoryStore {
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(Shard {
+                        map: HashMap::new(),
+                        next_sweep: now + SWEEP_INTERVAL,
+                    })
+                })
+                .collect(),
+            max_per_shard: max_entries.div_ceil(SHARDS).max(1),
+            max_entries,
+        }
+    }
+
+    /// Live keys, for tests and a metrics gauge (expired keys not yet swept are not counted).
+    pub fn len(&self) -> usize {
+        let now = Instant::now();
+        self.shards
+            .iter()
+            .map(|s| {
+                let s = s.lock().unwrap_or_else(|e| e.into_inner());
+                s.map.values().filter(|e| e.expires_at > now).count()
+            })
+            .sum()
+    }
+
+    /// True when no live key is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Runs `f` on the shard of `key`, after removing an expired entry for that key and, when
+    /// due, sweeping the shard. The lock is never held across an await: `f` is synchronous.
+    fn with_shard<T>(&self, key: &str, f: impl FnOnce(&mut Shard, Instant) -> T) -> T {
+        let mut h = DefaultHasher::new();
+        key.hash(&mut h);
+        let idx = (h.finish() % SHARDS as u64) as usize;
+        let shard = &self.shards[idx % self.shards.len()];
+        let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if now >= shard.next_sweep {
+            shard.map.retain(|_, e| e.expires_at > now);
+            shard.next_sweep = now + SWEEP_INTERVAL;
+        } else if shard.map.get(key).is_some_and(|e| e.expires_at <= now) {
+            shard.map.remove(key);
+        }
+        f(&mut shard, now)
+    }
+
+    /// Makes room for a new key in `shard`, or refuses it.
+    fn admit(&self, shard: &mut Shard, key: &str, now: Instant) -> Result<(), StoreError> {
+        if shard.map.contains_key(key) || shard.map.len() < self.max_per_shard {
+            return Ok(());
+        }
+        shard.map.retain(|_, e| e.expires_at > now);
+        if shard.map.len() < self.max_per_shard {
+            Ok(())
+        } else {
+            Err(StoreError::Full(self.max_entries))
+        }
+    }
+}
+
+/// `now + ttl`, saturating: an absurd TTL (from a configuration typo) must not panic.
+fn deadline(now: Instant, ttl: Duration) -> Instant {
+    now.checked_add(ttl)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
+fn ready<'a, T: Send + 'a>(r: Result<T, StoreError>) -> StoreFuture<'a, T> {
+    Box::pin(std::future::ready(r))
+}
+
+impl Store for MemoryStore {
+    fn incr_window<'a>(&'a self, key: &'a str, window: Duration) -> StoreFuture<'a, u64> {
+        ready(self.with_shard(key, |shard, now| {
+            self.admit(shard, key, now)?;
+            match shard.map.get_mut(key) {
+                Some(e) => {
+                    let n = e
+                        .value
+                        .as_int(key)?
+                        .checked_add(1)
+                        .ok_or_else(|| StoreError::Overflow(key.to_string()))?;
+                    e.value = Value::Int(n);
+                    Ok(u64::try_from(n).unwrap_or(0))
+                }
+                None => {
+                    shard.map.insert(
+                        key.to_string(),
+                        Entry {
+                            value: Value::Int(1),
+                            expires_at: deadline(now, window),
+                        },
+                    );
+                    Ok(1)
+                }
+            }
+        }))
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>> {
+        ready(Ok(self.with_shard(key, |shard, _| {
+            shard.map.get(key).map(|e| e.value.to_bytes())
+        })))
+    }
+
+    fn set_ex<'a>(&'a self, key: &'a str, value: Bytes, ttl: Duration) -> StoreFuture<'a, ()> {
+        ready(self.with_shard(key, |shard, now| {
+            self.admit(shard, key, now)?;
+            shard.map.insert(
+                key.to_string(),
+                Entry {
+                    value: Value::Bytes(value),
+                    expires_at: deadline(now, ttl),
+                },
+            );
+            Ok(())
+        }))
+    }
+
+    fn del<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool> {
+        ready(Ok(
+            self.with_shard(key, |shard, _| shard.map.remove(key).is_some())
+        ))
+    }
+
+    fn incr_by<'a>(&'a self, key: &'a str, delta: i64, ttl: Duration) -> StoreFuture<'a, i64> {
+        ready(self.with_shard(key, |shard, now| {
+            self.admit(shard, key, now)?;
+            let old = match shard.map.get(key) {
+                Some(e) => e.value.as_int(key)?,
+                None => 0,
+            };
+            let n = old
+                .checked_add(delta)
+                .ok_or_else(|| StoreError::Overflow(key.to_string()))?;
+            shard.map.insert(
+                key.to_string(),
+                Entry {
+                    value: Value::Int(n),
+                    expires_at: deadline(now, ttl),
+                },
+            );
+            Ok(n)
+        }))
+    }
+
+    fn list_prefix<'a>(
+        &'a self,
+        prefix: &'a str,
+        limit: usize,
+    ) -> StoreFuture<'a, Vec<(String, Bytes)>> {
+        let now = Instant::now();
+        let mut out: Vec<(String, Bytes)> = Vec::new();
+        for shard in &self.shards {
+            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            out.extend(
+                shard
+                    .map
+                    .iter()
+                    .filter(|(k, e)| e.expires_at > now && k.starts_with(prefix))
+                    .map(|(k, e)| (k.clone(), e.value.to_bytes())),
+            );
+            // Keep memory bounded by `limit` even when the prefix matches most keys: the
+            // smallest keys survive, as the sorted result needs.
+            if out.len() > limit.saturating_mul(2).max(1024) {
+                out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                out.truncate(limit);
+            }
+        }
+        out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        out.truncate(limit);
+        ready(Ok(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn store() -> Arc<dyn Store> {
+        Arc::new(MemoryStore::new(1000))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fixed_window_counts_then_resets() {
+        let s = store();
+        let w = Duration::from_secs(10);
+        assert_eq!(s.incr_window("pike:10.0.0.1", w).await.unwrap(), 1);
+        assert_eq!(s.incr_window("pike:10.0.0.1", w).await.unwrap(), 2);
+        assert_eq!(s.incr_window("pike:10.0.0.2", w).await.unwrap(), 1);
+        tokio::time::advance(Duration::from_secs(9)).await;
+        // The window does not slide: a hit near the end does not extend it.
+        assert_eq!(s.incr_window("pike:10.0.0.1", w).await.unwrap(), 3);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(s.incr_window("pike:10.0.0.1", w).await.unwrap(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn set_get_expire_and_delete() {
+        let s = store();
+        s.set_ex(
+            "ban:10.0.0.9",
+            Bytes::from_static(b"flood"),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            s.get("ban:10.0.0.9").await.unwrap(),
+            Some(Bytes::from_static(b"flood"))
+        );
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(s.get("ban:10.0.0.9").await.unwrap().is_some());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(s.get("ban:10.0.0.9").await.unwrap(), None);
+
+        s.set_ex("k", Bytes::from_static(b"v"), Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert!(s.del("k").await.unwrap());
+        assert!(!s.del("k").await.unwrap());
+        assert_eq!(s.get("k").await.unwrap(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn incr_by_counts_concurrent_calls_and_refreshes_ttl() {
+        let s = store();
+        let ttl = Duration::from_secs(30);
+        let mut tasks = Vec::new();
+        for _ in 0..50 {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move {
+                s.incr_by("calls:tenant-a", 1, ttl).await.unwrap()
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(s.incr_by("calls:tenant-a", -1, ttl).await.unwrap(), 49);
+        assert_eq!(
+            s.get("calls:tenant-a").await.unwrap(),
+            Some(Bytes::from_static(b"49"))
+        );
+        tokio::time::advance(Duration::from_secs(20)).await;
+        s.incr_by("calls:tenant-a", 0, ttl).await.unwrap();
+        tokio::time::advance(Duration::from_secs(20)).await;
+        assert_eq!(s.incr_by("calls:tenant-a", 0, ttl).await.unwrap(), 49);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(s.incr_by("calls:tenant-a", -1, ttl).await.unwrap(), -1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn counters_refuse_non_integers_and_overflow() {
+        let s = store();
+        s.set_ex("text", Bytes::from_static(b"abc"), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(matches!(
+            s.incr_by("text", 1, Duration::from_secs(5)).await,
+            Err(StoreError::NotAnInteger(_))
+        ));
+        s.set_ex("num", Bytes::from_static(b"41"), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(
+            s.incr_by("num", 1, Duration::from_secs(5)).await.unwrap(),
+            42
+        );
+        s.incr_by("big", i64::MAX, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(matches!(
+            s.incr_by("big", 1, Duration::from_secs(5)).await,
+            Err(StoreError::Overflow(_))
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn list_prefix_is_sorted_limited_and_skips_expired() {
+        let s = store();
+        for (k, ttl) in [("ban:b", 60), ("ban:a", 60), ("ban:c", 1), ("other", 60)] {
+            s.set_ex(k, Bytes::from(k), Duration::from_secs(ttl))
+                .await
+                .unwrap();
+        }
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let all = s.list_prefix("ban:", 100).await.unwrap();
+        let keys: Vec<&str> = all.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["ban:a", "ban:b"]);
+        assert_eq!(all[0].1, Bytes::from_static(b"ban:a"));
+        assert_eq!(s.list_prefix("ban:", 1).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn capped_and_expired_keys_are_reclaimed() {
+        let m = Arc::new(MemoryStore::new(SHARDS));
+        let s: Arc<dyn Store> = m.clone();
+        let mut refused = 0;
+        for i in 0..200 {
+            if let Err(e) = s
+                .set_ex(&format!("k{i}"), Bytes::new(), Duration::from_secs(5))
+                .await
+            {
+                assert!(matches!(e, StoreError::Full(_)));
+                refused += 1;
+            }
+        }
+        assert!(refused > 0, "the cap refuses new keys");
+        assert!(m.len() <= SHARDS);
+        // Existing keys can still be updated when full.
+        let kept = s.list_prefix("k", 1).await.unwrap();
+        let (key, _) = &kept[0];
+        s.set_ex(key, Bytes::from_static(b"x"), Duration::from_secs(5))
+            .await
+            .unwrap();
+        // Once the keys expire their room is reused.
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(m.is_empty());
+        for i in 0..200 {
+            let _ = s
+                .set_ex(&format!("n{i}"), Bytes::new(), Duration::from_secs(5))
+                .await;
+        }
+        assert_eq!(s.list_prefix("k", 100).await.unwrap().len(), 0);
+        assert!(!m.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn huge_ttl_does_not_panic() {
+        let s = store();
+        s.set_ex("forever", Bytes::from_static(b"1"), Duration::MAX)
+            .await
+            .unwrap();
+        assert_eq!(s.incr_by("forever", 1, Duration::MAX).await.unwrap(), 2);
+        assert_eq!(s.incr_window("w", Duration::MAX).await.unwrap(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sweep_removes_expired_keys_never_touched_again() {
+        let m = MemoryStore::new(1000);
+        for i in 0..100 {
+            m.set_ex(&format!("old{i}"), Bytes::new(), Duration::from_secs(1))
+                .await
+                .unwrap();
+        }
+        tokio::time::advance(SWEEP_INTERVAL + Duration::from_secs(1)).await;
+        // Touch every shard once with other keys: each sweeps its expired entries.
+        for i in 0..200 {
+            m.get(&format!("probe{i}")).await.unwrap();
+        }
+        let stored: usize = m.shards.iter().map(|s| s.lock().unwrap().map.len()).sum();
+        assert_eq!(stored, 0);
+    }
+}

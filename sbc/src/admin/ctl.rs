@@ -1,0 +1,542 @@
+//! `sbc ctl`: asks a running sbc's admin endpoint and prints the answer, the way `kamcmd`
+//! does for Kamailio. A tiny blocking HTTP/1.1 client: one request per connection, bounded by
+//! a timeout and a response size cap.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use thiserror::Error;
+
+use super::{DestinationSnapshot, DispatcherSnapshot};
+
+/// The largest admin response accepted (a listing of thousands of destinations fits).
+const MAX_RESPONSE: u64 = 16 * 1024 * 1024;
+
+/// `sbc ctl` arguments: embed with `Ctl(CtlArgs)` in the binary's subcommands.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CtlArgs {
+    /// Address of the sbc's admin endpoint (`host:port`).
+    #[arg(
+        long,
+        global = true,
+        default_value = "127.0.0.1:9090",
+        env = "SBC_ADMIN"
+    )]
+    pub admin: String,
+    /// Seconds to wait for the admin endpoint.
+    #[arg(long, global = true, default_value_t = 5)]
+    pub timeout: u64,
+    /// What to ask.
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+/// The `sbc ctl` commands.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum CtlCommand {
+    /// Dispatcher sets and destinations.
+    Dispatcher {
+        /// The dispatcher command.
+        #[command(subcommand)]
+        command: DispatcherCommand,
+    },
+    /// Readiness of the sbc (`/readyz`); exits with an error when not ready.
+    Health,
+}
+
+/// `sbc ctl dispatcher ...`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum DispatcherCommand {
+    /// Every set and each destination's flags and state, as `kamcmd dispatcher.list`.
+    List {
+        /// Print the raw JSON of `/dispatcher`.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// What `sbc ctl` can fail with.
+#[derive(Debug, Error)]
+pub enum CtlError {
+    /// The admin address does not resolve.
+    #[error("cannot resolve admin address {addr}: {reason}")]
+    Resolve {
+        /// The address given.
+        addr: String,
+        /// Why it does not resolve.
+        reason: String,
+    },
+    /// No connection to the admin endpoint.
+    #[error(
+        "cannot reach the sbc admin endpoint at {addr}: {source} (is sbc running? see --admin)"
+    )]
+    Connect {
+        /// The address given.
+        addr: String,
+        /// The last connection error.
+        source: io::Error,
+    },
+    /// Reading or writing failed (including timeouts).
+    #[error("admin endpoint {addr}: {source}")]
+    Io {
+        /// The address given.
+        addr: String,
+        /// What failed.
+        source: io::Error,
+    },
+    /// The endpoint did not answer HTTP that this client understands.
+    #[error("admin endpoint {addr} sent a malformed response: {reason}")]
+    BadResponse {
+        /// The address given.
+        addr: String,
+        /// What was wrong.
+        reason: &'static str,
+    },
+    /// The endpoint answered with an unexpected status.
+    #[error("admin endpoint answered {status}: {body}")]
+    Status {
+        /// The HTTP status.
+        status: u16,
+        /// The first line of the body.
+        body: String,
+    },
+    /// The listing is not the JSON this version understands.
+    #[error("unexpected dispatcher listing: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The sbc is not ready (its `/readyz` reason).
+    #[error("sbc is not ready: {0}")]
+    NotReady(String),
+    /// Writing the output failed.
+    #[error("cannot write output: {0}")]
+    Output(io::Error),
+}
+
+/// Runs a `sbc ctl` command, printing to stdout.
+pub fn run(args: CtlArgs) -> Result<(), CtlError> {
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    run_to(&args, &mut out)
+}
+
+/// Runs a `sbc ctl` command, printing to `out`.
+pub fn run_to(args: &CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
+    let timeout = Duration::from_secs(args.timeout.max(1));
+    match &args.command {
+        CtlCommand::Dispatcher {
+            command: DispatcherCommand::List { json },
+        } => {
+            let (status, body) = http_get(&args.admin, "/dispatcher", timeout)?;
+            if status != 200 {
+                return Err(status_error(status, &body));
+            }
+            if *json {
+                out.write_all(&body).map_err(CtlError::Output)?;
+                if !body.ends_with(b"\n") {
+                    out.write_all(b"\n").map_err(CtlError::Output)?;
+                }
+            } else {
+                let snap: DispatcherSnapshot = serde_json::from_slice(&body)?;
+                write_dispatcher_list(out, &snap).map_err(CtlError::Output)?;
+            }
+            Ok(())
+        }
+        CtlCommand::Health => {
+            let (status, body) = http_get(&args.admin, "/readyz", timeout)?;
+            let line = first_line(&body);
+            writeln!(out, "{line}").map_err(CtlError::Output)?;
+            match status {
+                200 => Ok(()),
+                503 => Err(CtlError::NotReady(
+                    line.strip_prefix("not ready: ")
+                        .unwrap_or(&line)
+                        .to_string(),
+                )),
+                _ => Err(status_error(status, &body)),
+            }
+        }
+    }
+}
+
+fn status_error(status: u16, body: &[u8]) -> CtlError {
+    CtlError::Status {
+        status,
+        body: first_line(body),
+    }
+}
+
+/// The first line of a body, at most 200 characters, control characters escaped.
+fn first_line(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let line = text.lines().next().unwrap_or("");
+    clean(&line.chars().take(200).collect::<String>())
+}
+
+/// Escapes control characters, so that a listing cannot drive the terminal.
+fn clean(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_string();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// Prints a dispatcher listing in the shape of `kamcmd dispatcher.list` (without its braces).
+pub fn write_dispatcher_list(out: &mut dyn Write, snap: &DispatcherSnapshot) -> io::Result<()> {
+    writeln!(out, "NRSETS: {}", snap.sets.len())?;
+    for set in &snap.sets {
+        writeln!(out, "SET:")?;
+        writeln!(out, "    ID: {}", set.id)?;
+        writeln!(out, "    ALGORITHM: {}", clean(&set.algorithm))?;
+        if set.destinations.is_empty() {
+            writeln!(out, "    TARGETS: none")?;
+            continue;
+        }
+        writeln!(out, "    TARGETS:")?;
+        for d in &set.destinations {
+            write_destination(out, d)?;
+        }
+    }
+    Ok(())
+}
+
+fn write_destination(out: &mut dyn Write, d: &DestinationSnapshot) -> io::Result<()> {
+    const I: &str = "            ";
+    writeln!(out, "        DEST:")?;
+    writeln!(out, "{I}URI: {}", clean(&d.uri))?;
+    writeln!(out, "{I}FLAGS: {}", clean(&d.flags))?;
+    writeln!(out, "{I}PRIORITY: {}", d.priority)?;
+    if !d.attrs.is_empty() {
+        writeln!(out, "{I}ATTRS: {}", clean(&d.attrs))?;
+    }
+    writeln!(out, "{I}STATE: {}", d.state.as_str())?;
+    writeln!(out, "{I}ACTIVE_CALLS: {}", d.active_calls)?;
+    if let Some(desc) = &d.description {
+        writeln!(out, "{I}DESCRIPTION: {}", clean(desc))?;
+    }
+    if let Some(l) = &d.latency {
+        writeln!(
+            out,
+            "{I}LATENCY: AVG {:.3} STD {:.3} EST {:.3} MAX {:.3} TIMEOUT {}",
+            l.avg_ms, l.std_ms, l.est_ms, l.max_ms, l.timeouts
+        )?;
+    }
+    if let Some(c) = &d.counters {
+        writeln!(
+            out,
+            "{I}COUNTERS: REQUESTS {} FAILURES {}",
+            c.requests, c.failures
+        )?;
+    }
+    Ok(())
+}
+
+/// `GET path` from `addr`; returns the status and the body.
+fn http_get(addr: &str, path: &str, timeout: Duration) -> Result<(u16, Vec<u8>), CtlError> {
+    let resolved: Vec<SocketAddr> = addr
+        .to_socket_addrs()
+        .map_err(|e| CtlError::Resolve {
+            addr: addr.to_string(),
+            reason: e.to_string(),
+        })?
+        .collect();
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+    let mut stream = None;
+    for a in resolved {
+        match TcpStream::connect_timeout(&a, timeout) {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last = e,
+        }
+    }
+    let mut stream = stream.ok_or_else(|| CtlError::Connect {
+        addr: addr.to_string(),
+        source: last,
+    })?;
+    let io_err = |source| CtlError::Io {
+        addr: addr.to_string(),
+        source,
+    };
+    stream.set_read_timeout(Some(timeout)).map_err(io_err)?;
+    stream.set_write_timeout(Some(timeout)).map_err(io_err)?;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: sbc-ctl\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).map_err(io_err)?;
+    let mut raw = Vec::new();
+    stream
+        .take(MAX_RESPONSE + 1)
+        .read_to_end(&mut raw)
+        .map_err(io_err)?;
+    if raw.len() as u64 > MAX_RESPONSE {
+        return Err(CtlError::BadResponse {
+            addr: addr.to_string(),
+            reason: "response too large",
+        });
+    }
+    parse_response(&raw).map_err(|reason| CtlError::BadResponse {
+        addr: addr.to_string(),
+        reason,
+    })
+}
+
+/// Splits an HTTP/1.1 response read to the end of the connection into status and body,
+/// honouring Content-Length and chunked transfer coding.
+fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), &'static str> {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("no end of headers")?;
+    let head = std::str::from_utf8(&raw[..end]).map_err(|_| "headers are not text")?;
+    let body = &raw[end + 4..];
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().ok_or("no status line")?;
+    let mut parts = status_line.splitn(3, ' ');
+    if !parts.next().is_some_and(|v| v.starts_with("HTTP/1.")) {
+        return Err("not HTTP/1.x");
+    }
+    let status: u16 = parts
+        .next()
+        .and_then(|s| s.parse().ok())
+        .filter(|s| (100..=999).contains(s))
+        .ok_or("bad status code")?;
+    let mut length = None;
+    let mut chunked = false;
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            return Err("bad header line");
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            length = Some(value.parse::<usize>().map_err(|_| "bad content-length")?);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = value.to_ascii_lowercase().contains("chunked");
+        }
+    }
+    if chunked {
+        return Ok((status, dechunk(body)?));
+    }
+    match length {
+        Some(n) => body
+            .get(..n)
+            .map(|b| (status, b.to_vec()))
+            .ok_or("body shorter than content-length"),
+        None => Ok((status, body.to_vec())),
+    }
+}
+
+/// Decodes a chunked body (trailers ignored).
+fn dechunk(mut body: &[u8]) -> Result<Vec<u8>, &'static str> {
+    let mut out = Vec::new();
+    loop {
+        let eol = body
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or("truncated chunk size")?;
+        let size_line = std::str::from_utf8(&body[..eol]).map_err(|_| "bad chunk size")?;
+        let size_hex = size_line.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(size_hex, 16).map_err(|_| "bad chunk size")?;
+        body = &body[eol + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        let chunk = body.get(..size).ok_or("truncated chunk")?;
+        out.extend_from_slice(chunk);
+        body = body.get(size + 2..).ok_or("truncated chunk")?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::tests::{sample_sets, start};
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: Top,
+    }
+
+    #[derive(clap::Subcommand)]
+    enum Top {
+        Ctl(CtlArgs),
+    }
+
+    fn parse(args: &[&str]) -> CtlArgs {
+        let Top::Ctl(a) = Cli::try_parse_from(args).unwrap().cmd;
+        a
+    }
+
+    const EXPECTED: &str = "\
+NRSETS: 1
+SET:
+    ID: 1
+    ALGORITHM: round-robin
+    TARGETS:
+        DEST:
+            URI: sip:127.0.0.1:5080
+            FLAGS: AP
+            PRIORITY: 0
+            ATTRS: weight=50;duid=a
+            STATE: active
+            ACTIVE_CALLS: 2
+        DEST:
+            URI: sip:127.0.0.1:5082;transport=tcp
+            FLAGS: IP
+            PRIORITY: 5
+            STATE: inactive
+            ACTIVE_CALLS: 0
+            DESCRIPTION: backup
+            LATENCY: AVG 1.500 STD 0.250 EST 1.250 MAX 4.000 TIMEOUT 3
+";
+
+    #[test]
+    fn listing_has_kamcmd_shape() {
+        let mut out = Vec::new();
+        write_dispatcher_list(
+            &mut out,
+            &DispatcherSnapshot {
+                sets: sample_sets(),
+            },
+        )
+        .unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), EXPECTED);
+
+        let mut out = Vec::new();
+        write_dispatcher_list(&mut out, &DispatcherSnapshot::default()).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "NRSETS: 0\n");
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        let mut sets = sample_sets();
+        sets[0].destinations[0].uri = "sip:a\x1b[2J".into();
+        let mut out = Vec::new();
+        write_dispatcher_list(&mut out, &DispatcherSnapshot { sets }).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains('\x1b'));
+        assert!(text.contains("URI: sip:a\\u{1b}[2J"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ctl_lists_the_dispatcher_of_a_running_server() {
+        let srv = start(sample_sets()).await;
+        let admin = srv.addr.to_string();
+        let (text, json) = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            run_to(
+                &parse(&["sbc", "ctl", "dispatcher", "list", "--admin", &admin]),
+                &mut out,
+            )
+            .unwrap();
+            let mut raw = Vec::new();
+            run_to(
+                &parse(&[
+                    "sbc",
+                    "ctl",
+                    "--admin",
+                    &admin,
+                    "dispatcher",
+                    "list",
+                    "--json",
+                ]),
+                &mut raw,
+            )
+            .unwrap();
+            (String::from_utf8(out).unwrap(), raw)
+        })
+        .await
+        .unwrap();
+        assert_eq!(text, EXPECTED);
+        let snap: DispatcherSnapshot = serde_json::from_slice(&json).unwrap();
+        assert_eq!(snap.sets, sample_sets());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ctl_health_prints_readiness_and_fails_when_not_ready() {
+        let srv = start(sample_sets()).await;
+        let admin = srv.addr.to_string();
+        let args = parse(&["sbc", "ctl", "health", "--admin", &admin]);
+        let a = args.clone();
+        let (out, res) = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            let res = run_to(&a, &mut out);
+            (String::from_utf8(out).unwrap(), res)
+        })
+        .await
+        .unwrap();
+        assert_eq!(out, "not ready: listeners not bound\n");
+        assert!(
+            matches!(&res, Err(CtlError::NotReady(r)) if r == "listeners not bound"),
+            "{res:?}"
+        );
+
+        srv.health.set_listeners_bound(true);
+        let (out, res) = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            let res = run_to(&args, &mut out);
+            (String::from_utf8(out).unwrap(), res)
+        })
+        .await
+        .unwrap();
+        assert_eq!(out, "ready\n");
+        assert!(res.is_ok());
+    }
+
+    #[test]
+    fn unreachable_endpoint_is_a_clear_error() {
+        // Bind then drop a listener: nothing listens on that loopback port any more.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let admin = format!("127.0.0.1:{port}");
+        let err = run_to(
+            &parse(&["sbc", "ctl", "health", "--admin", &admin, "--timeout", "1"]),
+            &mut Vec::new(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, CtlError::Connect { .. }), "{err:?}");
+        assert!(err.to_string().contains(&admin));
+    }
+
+    #[test]
+    fn parses_length_chunked_and_rejects_garbage() {
+        assert_eq!(
+            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhiEXTRA").unwrap(),
+            (200, b"hi".to_vec())
+        );
+        assert_eq!(
+            parse_response(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n"
+            )
+            .unwrap(),
+            (200, b"abcde".to_vec())
+        );
+        assert!(parse_response(b"SIP/2.0 200 OK\r\n\r\n").is_err());
+        assert!(parse_response(b"HTTP/1.1 abc OK\r\n\r\n").is_err());
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort").is_err());
+        assert!(
+            parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffff\r\nab")
+                .is_err()
+        );
+        assert!(
+            parse_response(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\n"
+            )
+            .is_err()
+        );
+        assert!(parse_response(b"garbage").is_err());
+    }
+}
