@@ -184,12 +184,15 @@ pub struct Destination {
     pub config: DestinationConfig,
     /// The set it belongs to.
     pub set_id: u32,
+    /// Whether its set probes (`probing.enabled`).
+    set_probes: bool,
     pub(crate) health: Arc<Health>,
 }
 
 impl Destination {
     pub(crate) fn new(
         set_id: u32,
+        set_probes: bool,
         config: DestinationConfig,
         health: Arc<Health>,
     ) -> Result<Destination, String> {
@@ -199,6 +202,7 @@ impl Destination {
             target,
             config,
             set_id,
+            set_probes,
             health,
         })
     }
@@ -219,17 +223,32 @@ impl Destination {
     }
 
     /// A request to this destination timed out: take it out now (Kamailio's
-    /// `ds_mark_dst("ip")`). Only a successful probe brings it back. Counts as a failure.
+    /// `ds_mark_dst("ip")`) until a successful probe brings it back. Counts as a failure and
+    /// logs the change. A destination that is not probed (its set does not probe, or the
+    /// no-ping flags) is only counted, never taken out: nothing would bring it back.
     pub fn mark_down(&self) -> Option<StateChange> {
         self.health.failures.fetch_add(1, Ordering::Relaxed);
+        if !self.is_probed() {
+            return None;
+        }
         self.health.probe_successes.store(0, Ordering::Relaxed);
-        self.health.transition(|f| {
+        let change = self.health.transition(|f| {
             if f & (flags::DISABLED | flags::INACTIVE) != 0 {
                 f
             } else {
                 (f & !flags::TRYING) | flags::INACTIVE
             }
-        })
+        });
+        if let Some(c) = change {
+            tracing::info!(
+                set = self.set_id,
+                uri = %self.uri,
+                state = %c.to,
+                previous = %c.from,
+                "dispatcher destination marked down after a request timed out"
+            );
+        }
+        change
     }
 
     /// Applies the outcome of one OPTIONS probe with `probing`'s thresholds, as Kamailio's
@@ -330,10 +349,10 @@ impl Destination {
         self.health.probe_successes.load(Ordering::Relaxed)
     }
 
-    /// Whether the probe loop pings it when its set probes: not disabled, and neither
-    /// Kamailio's no-ping (32) nor no-DNS (16) flag.
+    /// Whether the probe loop pings it: its set probes, it is not disabled, and it has
+    /// neither Kamailio's no-ping (32) nor no-DNS (16) flag.
     pub fn is_probed(&self) -> bool {
-        self.flags() & (flags::DISABLED | flags::NOPING | flags::NODNSARES) == 0
+        self.set_probes && self.flags() & (flags::DISABLED | flags::NOPING | flags::NODNSARES) == 0
     }
 }
 
@@ -472,7 +491,7 @@ mod tests {
             ..Default::default()
         };
         let health = Arc::new(Health::new(cfg_flags, Arc::default()));
-        Destination::new(1, cfg, health).expect("valid destination")
+        Destination::new(1, true, cfg, health).expect("valid destination")
     }
 
     #[test]
@@ -573,6 +592,10 @@ mod tests {
         assert!(c.went_down());
         assert_eq!(d.failures(), 1);
         assert_eq!(d.mark_down(), None);
+        let unprobed = dest("sip:127.0.0.1:5073", flags::NOPING);
+        assert_eq!(unprobed.mark_down(), None, "nothing would bring it back");
+        assert!(unprobed.is_up());
+        assert_eq!(unprobed.failures(), 1);
         let off = dest("sip:127.0.0.1:5072", flags::DISABLED);
         assert!(!off.is_up());
         assert_eq!(off.record_probe(true, &Probing::default()), None);

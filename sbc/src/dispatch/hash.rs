@@ -67,8 +67,9 @@ pub fn uri_hash(uri: &[u8]) -> u32 {
 /// Splits a SIP/SIPS/TEL URI into Kamailio's two hash keys: the user part and `host[:port]`.
 fn uri_keys(uri: &[u8]) -> Option<(&[u8], &[u8])> {
     let mut uri = trim(uri);
-    // Tolerate a name-addr's brackets, in case a caller passes the header value's URI as is.
-    if let [b'<', inner @ ..] = uri {
+    // Tolerate a whole name-addr (`"Alice" <sip:a@h>;tag=1`): a bare URI never holds `<`.
+    if let Some(open) = uri.iter().position(|&b| b == b'<') {
+        let inner = &uri[open + 1..];
         let end = inner.iter().position(|&b| b == b'>').unwrap_or(inner.len());
         uri = &inner[..end];
     }
@@ -196,6 +197,7 @@ mod tests {
         assert_eq!(k("sip:bob@[::1]:5070"), kk("bob", "[::1]:5070"));
         assert_eq!(k("sip:bob@[::1]"), kk("bob", "[::1]"));
         assert_eq!(k(" <sip:bob@h?Subject=x> "), kk("bob", "h"));
+        assert_eq!(k("\"Bob\" <sip:bob@h:5070>;tag=1"), kk("bob", "h:5070"));
         assert_eq!(k("sip:+123;npdi@h;user=phone"), kk("+123", "h"));
         assert_eq!(k("sip:+123;npdi@h"), kk("+123;npdi", "h"));
         assert_eq!(k("tel:+4930123;phone-context=x"), kk("+4930123", ""));

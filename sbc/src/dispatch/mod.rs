@@ -179,13 +179,13 @@ impl DispatchSet {
                 }
                 _ => Arc::new(Health::new(dc.flags, Arc::clone(epoch))),
             };
-            let d = Destination::new(cfg.id, dc.clone(), health).map_err(|reason| {
-                DispatchError::Destination {
+            let d = Destination::new(cfg.id, cfg.probing.enabled, dc.clone(), health).map_err(
+                |reason| DispatchError::Destination {
                     set: cfg.id,
                     uri: dc.uri.clone(),
                     reason,
-                }
-            })?;
+                },
+            )?;
             dests.push(Arc::new(d));
         }
         let set = DispatchSet {
@@ -438,7 +438,7 @@ impl Dispatcher {
                     .dests
                     .iter()
                     .enumerate()
-                    .map(|(i, d)| DestinationSnapshot::of(i, d, s.probing.enabled))
+                    .map(|(i, d)| DestinationSnapshot::of(i, d))
                     .collect(),
             })
             .collect()
@@ -522,10 +522,10 @@ pub struct DestinationSnapshot {
 }
 
 impl DestinationSnapshot {
-    fn of(index: usize, d: &Destination, set_probes: bool) -> DestinationSnapshot {
+    fn of(index: usize, d: &Destination) -> DestinationSnapshot {
         let f = d.flags();
         let state = DestState::from_flags(f);
-        let probe = if f & flags::PROBING != 0 || (set_probes && d.is_probed()) {
+        let probe = if f & flags::PROBING != 0 || d.is_probed() {
             'P'
         } else if f & flags::NOPING != 0 {
             'N'
