@@ -101,7 +101,10 @@ mod tests {
         let f = dir.join("bad.yaml");
         std::fs::write(&f, "listeners: []\n").unwrap();
         let err = load_file(&f).unwrap_err().to_string();
-        assert!(err.ends_with("bad.yaml: listeners: at least one listener is required"), "{err}");
+        assert!(
+            err.ends_with("bad.yaml: listeners: at least one listener is required"),
+            "{err}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -55,7 +55,7 @@ struct RunArgs {
     #[arg(long)]
     reply_timeout_ms: Option<u64>,
     /// Admin endpoint address (`/metrics`, `/healthz`, `/readyz`).
-    #[arg(long)]
+    #[arg(long = "admin", id = "admin_address", value_name = "IP:PORT")]
     admin: Option<std::net::SocketAddr>,
     /// Host[:port] written into Via and Record-Route instead of the bound address.
     #[arg(long)]
@@ -140,9 +140,8 @@ fn build_config(a: &RunArgs) -> anyhow::Result<SbcConfig> {
         None => config::from_listeners(listeners)?,
     };
     if let Some(path) = &a.dispatcher_list {
-        let algorithm = Algorithm::from_name(&a.algorithm).with_context(|| {
-            format!("--algorithm {:?}: unknown algorithm", a.algorithm)
-        })?;
+        let algorithm = Algorithm::from_name(&a.algorithm)
+            .with_context(|| format!("--algorithm {:?}: unknown algorithm", a.algorithm))?;
         let mut sets = sbc::dispatch::list::parse_file(path)?;
         for s in &mut sets {
             s.algorithm = algorithm;
@@ -185,27 +184,35 @@ async fn run(cfg: SbcConfig, workers: usize) -> anyhow::Result<()> {
     }
     tracing::info!(
         sets = cfg.dispatcher.sets.len(),
-        store = if cfg.store.is_some() { "redis" } else { "memory" },
+        store = if cfg.store.is_some() {
+            "redis"
+        } else {
+            "memory"
+        },
         "sources: static configuration, no Kubernetes API"
     );
 
     let d = dispatcher.clone();
-    let health = Arc::new(Health::new(Arc::new(move || d.any_up())));
+    let health = Arc::new(Health::new(Arc::new(move || admin::any_destination_up(&d))));
     health.set_listeners_bound(true);
     let d = dispatcher.clone();
-    metrics.set_destination_source(Arc::new(move || d.samples()));
+    metrics.set_destination_source(Arc::new(move || admin::destination_samples(&d)));
     let d = dispatcher.clone();
     let state = AdminState {
         metrics: metrics.clone(),
         health: health.clone(),
-        dispatcher: Arc::new(move || sbc::dispatch::admin_snapshot(&d)),
+        dispatcher: Arc::new(move || admin::dispatcher_listing(&d)),
     };
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let server = AdminServer::bind(admin_addr).await?;
     tracing::info!("admin endpoint on http://{}", server.local_addr());
     let admin_task = tokio::spawn(server.run(state, shutdown_rx.clone()));
     let pinger: Arc<dyn sbc::dispatch::probe::Pinger> = relay.clone();
-    tokio::spawn(sbc::dispatch::probe::run(dispatcher.clone(), pinger, shutdown_rx));
+    tokio::spawn(sbc::dispatch::probe::run(
+        dispatcher.clone(),
+        pinger,
+        shutdown_rx,
+    ));
 
     wait_for_signal().await;
     tracing::info!("SIGTERM: draining (new calls get 503), waiting up to {grace:?}");
@@ -227,7 +234,10 @@ async fn run(cfg: SbcConfig, workers: usize) -> anyhow::Result<()> {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // No signal handling: run until killed.
         return std::future::pending().await;
     };
@@ -236,6 +246,3 @@ async fn wait_for_signal() {
         _ = int.recv() => {}
     }
 }
-
-#[allow(unused_imports)]
-use admin as _;

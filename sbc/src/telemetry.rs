@@ -578,6 +578,7 @@ pub fn init_tracing() -> Result<(), TelemetryError> {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .compact()
         .try_init()
         .map_err(|e| TelemetryError::Tracing(e.to_string()))

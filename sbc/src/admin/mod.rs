@@ -9,6 +9,9 @@
 //! - `/bans`: JSON list of active bans (reserved: `[]` for now).
 
 pub mod ctl;
+mod listing;
+
+pub use listing::{any_destination_up, destination_samples, dispatcher_listing};
 
 use std::convert::Infallible;
 use std::fmt;

@@ -1,178 +1,578 @@
 //! Dispatcher sets: Kamailio-compatible destination selection, probing and failover state.
-//! (Temporary round-robin stand-in; the full module lands from the dispatch branch.)
+//!
+//! A [`Dispatcher`] holds the sets behind an [`ArcSwap`], so [`Dispatcher::update`] swaps
+//! them atomically while requests keep selecting; destinations whose URI is unchanged keep
+//! their health and call counters across an update. [`Dispatcher::select`] runs per request
+//! and neither allocates nor locks. See `docs/dispatcher.md` for the algorithms and where we
+//! differ from Kamailio.
 
-use std::future::Future;
-use std::net::{SocketAddr, ToSocketAddrs};
-use std::pin::Pin;
+pub mod destination;
+pub mod hash;
+pub mod list;
+pub mod probe;
+
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
-use kubesbc_crds::config::{DispatcherConfig, Transport};
+use arc_swap::ArcSwap;
+use kubesbc_crds::config::{
+    Algorithm, ConfigError, DestinationConfig, DispatcherConfig, DispatcherSetConfig, Failover,
+    Probing,
+};
+use serde::{Deserialize, Serialize};
 
-/// Where a destination is reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Target {
-    /// Address.
-    pub addr: SocketAddr,
-    /// Transport.
-    pub transport: Transport,
+use destination::Health;
+pub use destination::{DestState, Destination, StateChange, Target, flags};
+
+/// Why a dispatcher configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    /// A field is invalid (path and reason, as in the config file).
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+    /// A destination's URI cannot be turned into an address.
+    #[error("dispatcher set {set}: destination {uri}: {reason}")]
+    Destination {
+        /// Set id.
+        set: u32,
+        /// The destination URI.
+        uri: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
-/// One destination.
-#[derive(Debug)]
-pub struct Destination {
-    /// URI as configured.
-    pub uri: String,
-    /// Resolved target.
-    pub target: Target,
-    up: AtomicBool,
-    active: AtomicU32,
-}
-
-impl Destination {
-    /// Whether it takes calls.
-    pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
-    }
-    /// A request to it timed out.
-    pub fn mark_down(&self) {
-        self.up.store(false, Ordering::Relaxed);
-    }
-    /// A call started.
-    pub fn call_started(&self) {
-        self.active.fetch_add(1, Ordering::Relaxed);
-    }
-    /// A call ended.
-    pub fn call_ended(&self) {
-        let _ = self
-            .active
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
-    }
-}
-
-/// Inputs of the hashing algorithms.
+/// The request fields the hash algorithms read: raw bytes from the message.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct SelectKey<'a> {
-    /// Call-ID.
+    /// Call-ID header value (algorithm 0).
     pub call_id: &'a [u8],
-    /// From URI.
+    /// From URI, without display name (algorithm 1).
     pub from_uri: &'a [u8],
-    /// To URI.
+    /// To URI (algorithm 2).
     pub to_uri: &'a [u8],
-    /// Request-URI.
+    /// Request-URI (algorithm 3).
     pub request_uri: &'a [u8],
-    /// Auth username.
+    /// Digest username from Proxy-Authorization, else Authorization (algorithm 5).
     pub auth_username: Option<&'a [u8]>,
 }
 
-/// A chosen destination.
+/// The destination chosen for one attempt of a request.
+#[derive(Debug, Clone)]
 pub struct Selected {
     /// The destination.
     pub dest: Arc<Destination>,
-    /// Its index in the set.
+    /// Its index in the set: pass it in `tried` when failing over.
     pub index: usize,
 }
 
-/// Errors building sets.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct DispatchError(String);
-
-struct Set {
-    id: u32,
-    dests: Vec<Arc<Destination>>,
-    rr: AtomicUsize,
+/// Selects destinations from dispatcher sets; shared as `Arc<Dispatcher>`.
+pub struct Dispatcher {
+    table: ArcSwap<DispatchTable>,
+    /// Bumped whenever a destination goes up or down (see [`destination`]).
+    epoch: Arc<AtomicU64>,
 }
 
-/// The dispatcher.
-pub struct Dispatcher {
-    sets: Vec<Set>,
+/// One immutable build of all sets. Get it with [`Dispatcher::table`].
+pub struct DispatchTable {
+    default_set: u32,
+    /// Sorted by id.
+    sets: Vec<DispatchSet>,
+}
+
+impl DispatchTable {
+    /// The set initial requests go to.
+    pub fn default_set(&self) -> u32 {
+        self.default_set
+    }
+
+    /// The set with id `id`.
+    pub fn set(&self, id: u32) -> Option<&DispatchSet> {
+        self.sets
+            .binary_search_by_key(&id, |s| s.id)
+            .ok()
+            .and_then(|i| self.sets.get(i))
+    }
+
+    /// All sets, by id.
+    pub fn sets(&self) -> &[DispatchSet] {
+        &self.sets
+    }
+}
+
+/// Slots in Kamailio's weight tables: a weight is a percentage.
+const SLOTS: usize = 100;
+
+/// One set as built: destinations in Kamailio's order plus the selection cursors.
+pub struct DispatchSet {
+    id: u32,
+    algorithm: Algorithm,
+    probing: Probing,
+    failover: Failover,
+    /// Kamailio's order: priority descending, equal priorities in reverse file order.
+    dests: Vec<Arc<Destination>>,
+    /// Round-robin cursor (Kamailio's `last`).
+    rr_last: AtomicUsize,
+    /// Weight table (`wlist`), fixed at build.
+    wlist: [u32; SLOTS],
+    wlast: AtomicUsize,
+    /// Relative-weight table (`rwlist`), rebuilt when destinations go up or down.
+    rwlist: [AtomicU32; SLOTS],
+    rwlast: AtomicUsize,
+    /// The dispatcher epoch `rwlist` was built for.
+    rw_epoch: AtomicU64,
+    rw_rebuilding: AtomicBool,
+}
+
+impl DispatchSet {
+    /// Set id.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+    /// Selection algorithm.
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+    /// Probing settings.
+    pub fn probing(&self) -> &Probing {
+        &self.probing
+    }
+    /// Failover settings (codes, attempts, reply timeout).
+    pub fn failover(&self) -> &Failover {
+        &self.failover
+    }
+    /// Destinations, in selection-index order.
+    pub fn destinations(&self) -> &[Arc<Destination>] {
+        &self.dests
+    }
+
+    fn build(
+        cfg: &DispatcherSetConfig,
+        old: Option<&DispatchSet>,
+        epoch: &Arc<AtomicU64>,
+    ) -> Result<DispatchSet, DispatchError> {
+        // Kamailio's add_dest2list + reindex_dests: priority descending, and among equal
+        // priorities the destination listed last comes first.
+        let mut order: Vec<(usize, &DestinationConfig)> =
+            cfg.destinations.iter().enumerate().collect();
+        order.sort_by(|(ia, a), (ib, b)| b.priority.cmp(&a.priority).then(ib.cmp(ia)));
+
+        let mut claimed = vec![false; old.map_or(0, |o| o.dests.len())];
+        let mut dests = Vec::with_capacity(order.len());
+        for (_, dc) in order {
+            // Keep the health of a destination whose URI is unchanged (first unclaimed match,
+            // so duplicates pair up in order).
+            let reused = old.and_then(|o| {
+                o.dests.iter().enumerate().find_map(|(i, d)| {
+                    let free = claimed.get(i).is_some_and(|c| !c);
+                    (free && d.uri.eq_ignore_ascii_case(&dc.uri)).then_some(i)
+                })
+            });
+            let health = match (reused, old) {
+                (Some(i), Some(o)) => {
+                    if let Some(c) = claimed.get_mut(i) {
+                        *c = true;
+                    }
+                    let h = Arc::clone(&o.dests[i].health);
+                    h.apply_config_flags(dc.flags);
+                    h
+                }
+                _ => Arc::new(Health::new(dc.flags, Arc::clone(epoch))),
+            };
+            let d = Destination::new(cfg.id, cfg.probing.enabled, dc.clone(), health).map_err(
+                |reason| DispatchError::Destination {
+                    set: cfg.id,
+                    uri: dc.uri.clone(),
+                    reason,
+                },
+            )?;
+            dests.push(Arc::new(d));
+        }
+        let set = DispatchSet {
+            id: cfg.id,
+            algorithm: cfg.algorithm,
+            probing: cfg.probing.clone(),
+            failover: cfg.failover.clone(),
+            wlist: weight_table(&dests),
+            dests,
+            rr_last: AtomicUsize::new(0),
+            wlast: AtomicUsize::new(0),
+            rwlist: std::array::from_fn(|_| AtomicU32::new(0)),
+            rwlast: AtomicUsize::new(0),
+            rw_epoch: AtomicU64::new(0),
+            rw_rebuilding: AtomicBool::new(false),
+        };
+        set.rebuild_relative_weights(epoch.load(Ordering::Acquire));
+        Ok(set)
+    }
+
+    /// Kamailio's `dp_init_relative_weights`: each active destination gets
+    /// `rweight * 100 / sum` slots (truncated), the remainder goes to the last one filled,
+    /// then the table is shuffled. With fewer than two destinations or no active rweight
+    /// the table is left as it is. No allocation: the table is built on the stack.
+    fn rebuild_relative_weights(&self, epoch: u64) {
+        self.rw_epoch.store(epoch, Ordering::Release);
+        if self.dests.len() < 2 {
+            return;
+        }
+        let rweight = |d: &Destination| {
+            if d.is_up() {
+                d.config.rweight.unwrap_or(0)
+            } else {
+                0
+            }
+        };
+        let sum: u32 = self.dests.iter().map(|d| rweight(d)).sum();
+        if sum == 0 {
+            return;
+        }
+        let mut table = [0u32; SLOTS];
+        let mut t = 0;
+        for (j, d) in self.dests.iter().enumerate() {
+            let slice = (rweight(d) * 100 / sum) as usize;
+            for _ in 0..slice {
+                if let Some(slot) = table.get_mut(t) {
+                    *slot = j as u32;
+                    t += 1;
+                }
+            }
+        }
+        let last = if t > 0 {
+            table[t - 1]
+        } else {
+            (self.dests.len() - 1) as u32
+        };
+        table[t..].fill(last);
+        shuffle(&mut table);
+        for (slot, v) in self.rwlist.iter().zip(table) {
+            slot.store(v, Ordering::Relaxed);
+        }
+    }
+
+    /// Picks a destination; see [`Dispatcher::select`].
+    fn select(&self, key: &SelectKey<'_>, tried: &[usize], epoch: &AtomicU64) -> Option<Selected> {
+        let n = self.dests.len();
+        if n == 0 {
+            return None;
+        }
+        let call_load = self.algorithm == Algorithm::CallLoad;
+        let eligible = |i: usize| {
+            self.dests
+                .get(i)
+                .is_some_and(|d| d.is_up() && (!call_load || d.has_capacity()))
+                && !tried.contains(&i)
+        };
+
+        if let Some(&first) = tried.first() {
+            // Failover: Kamailio fills its list with the destinations after the selected one,
+            // then those before it, skipping inactive ones (and full ones for call load).
+            let index = (1..=n).map(|k| (first + k) % n).find(|&i| eligible(i))?;
+            return Some(self.selected(index));
+        }
+
+        let mut rr_next = None;
+        let hash: usize = match self.algorithm {
+            Algorithm::HashCallId => hash::ds_get_hash(hash::trim(key.call_id), None) as usize,
+            Algorithm::HashFromUri => hash::uri_hash(key.from_uri) as usize,
+            Algorithm::HashToUri => hash::uri_hash(key.to_uri) as usize,
+            Algorithm::HashRequestUri => hash::uri_hash(key.request_uri) as usize,
+            Algorithm::HashAuthUsername => match key.auth_username.map(hash::trim) {
+                Some(user) if !user.is_empty() => hash::ds_get_hash(user, None) as usize,
+                // Kamailio falls back to round robin without credentials.
+                _ => self.round_robin_start(n, &mut rr_next),
+            },
+            Algorithm::RoundRobin => self.round_robin_start(n, &mut rr_next),
+            Algorithm::Random => fastrand::usize(..),
+            Algorithm::Priority => 0,
+            Algorithm::Weight => {
+                let slot = self.wlast.fetch_add(1, Ordering::Relaxed) % SLOTS;
+                self.wlist[slot] as usize
+            }
+            Algorithm::CallLoad => {
+                // ds_get_leastloaded: the first active destination with the fewest calls
+                // among those under their maxload; none means no destination.
+                let mut best: Option<(usize, u32)> = None;
+                for (i, d) in self.dests.iter().enumerate() {
+                    if eligible(i) && best.is_none_or(|(_, load)| d.active_calls() < load) {
+                        best = Some((i, d.active_calls()));
+                    }
+                }
+                best?.0
+            }
+            Algorithm::RelativeWeight => {
+                let now = epoch.load(Ordering::Acquire);
+                if self.rw_epoch.load(Ordering::Acquire) != now
+                    && self
+                        .rw_rebuilding
+                        .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                {
+                    self.rebuild_relative_weights(now);
+                    self.rw_rebuilding.store(false, Ordering::Release);
+                }
+                let slot = self.rwlast.fetch_add(1, Ordering::Relaxed) % SLOTS;
+                self.rwlist[slot].load(Ordering::Relaxed) as usize
+            }
+        };
+
+        // Kamailio: index = hash % count, then the next active one, wrapping once.
+        let start = hash % n;
+        let index = (0..n).map(|k| (start + k) % n).find(|&i| eligible(i))?;
+        if let Some(expected) = rr_next {
+            // Point the cursor after the one used, unless another request moved it meanwhile.
+            let _ = self.rr_last.compare_exchange(
+                expected,
+                (index + 1) % n,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
+        }
+        Some(self.selected(index))
+    }
+
+    /// Takes the round-robin cursor and advances it; remembers the advanced value so the
+    /// caller can move it past a skipped destination.
+    fn round_robin_start(&self, n: usize, rr_next: &mut Option<usize>) -> usize {
+        let prev = self
+            .rr_last
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| Some((c + 1) % n))
+            .unwrap_or_else(|c| c);
+        *rr_next = Some((prev + 1) % n);
+        prev
+    }
+
+    fn selected(&self, index: usize) -> Selected {
+        let dest = Arc::clone(&self.dests[index]);
+        dest.count_request();
+        Selected { dest, index }
+    }
+}
+
+/// Kamailio's `dp_init_weights`: only when the first destination has a weight; each gets
+/// `weight` slots in order until 100 are filled, the remainder goes to the last
+/// destination, then the table is shuffled. Without weights every slot is index 0.
+fn weight_table(dests: &[Arc<Destination>]) -> [u32; SLOTS] {
+    let mut table = [0u32; SLOTS];
+    let weight = |d: &Arc<Destination>| d.config.weight.unwrap_or(0) as usize;
+    if dests.first().is_none_or(|d| weight(d) == 0) {
+        return table;
+    }
+    let mut t = 0;
+    'fill: for (j, d) in dests.iter().enumerate() {
+        for _ in 0..weight(d) {
+            if t >= SLOTS {
+                break 'fill;
+            }
+            table[t] = j as u32;
+            t += 1;
+        }
+    }
+    table[t..].fill((dests.len() - 1) as u32);
+    shuffle(&mut table);
+    table
+}
+
+/// Kamailio's `shuffle_uint100array` (Fisher-Yates), with our RNG.
+fn shuffle(table: &mut [u32; SLOTS]) {
+    for j in 0..SLOTS {
+        let k = j + fastrand::usize(..SLOTS - j);
+        table.swap(j, k);
+    }
 }
 
 impl Dispatcher {
-    /// Builds the sets.
+    /// Builds the sets of `cfg`. Destination hosts that are not IP literals are resolved
+    /// now, with the blocking system resolver.
     pub fn new(cfg: &DispatcherConfig) -> Result<Dispatcher, DispatchError> {
-        let mut sets = Vec::new();
-        for s in &cfg.sets {
-            let mut dests = Vec::new();
-            for d in &s.destinations {
-                let rest = d.uri.trim_start_matches("sip:");
-                let (hp, params) = rest.split_once(';').unwrap_or((rest, ""));
-                let hp = if hp.contains(':') {
-                    hp.to_string()
-                } else {
-                    format!("{hp}:5060")
-                };
-                let addr = hp
-                    .to_socket_addrs()
-                    .ok()
-                    .and_then(|mut a| a.next())
-                    .ok_or_else(|| DispatchError(format!("cannot resolve {}", d.uri)))?;
-                let transport = if params.contains("transport=tcp") {
-                    Transport::Tcp
-                } else {
-                    Transport::Udp
-                };
-                dests.push(Arc::new(Destination {
-                    uri: d.uri.clone(),
-                    target: Target { addr, transport },
-                    up: AtomicBool::new(true),
-                    active: AtomicU32::new(0),
-                }));
-            }
-            sets.push(Set {
-                id: s.id,
-                dests,
-                rr: AtomicUsize::new(0),
-            });
-        }
-        Ok(Dispatcher { sets })
+        let epoch = Arc::new(AtomicU64::new(0));
+        let table = build_table(cfg, None, &epoch)?;
+        Ok(Dispatcher {
+            table: ArcSwap::from_pointee(table),
+            epoch,
+        })
     }
 
-    /// Picks a destination.
-    pub fn select(&self, set_id: u32, _key: &SelectKey<'_>, tried: &[usize]) -> Option<Selected> {
-        let set = self.sets.iter().find(|s| s.id == set_id)?;
-        let n = set.dests.len();
-        let start = set.rr.fetch_add(1, Ordering::Relaxed);
-        (0..n)
-            .map(|i| (start + i) % n)
-            .find(|i| !tried.contains(i) && set.dests[*i].is_up())
-            .map(|index| Selected {
-                dest: set.dests[index].clone(),
-                index,
-            })
+    /// Replaces the sets atomically. Destinations whose set id and URI are unchanged keep
+    /// their health, probe counters, active calls and request counters (and take the new
+    /// configuration's administrative flags). On error the current sets stay.
+    pub fn update(&self, cfg: &DispatcherConfig) -> Result<(), DispatchError> {
+        let old = self.table.load_full();
+        let table = build_table(cfg, Some(&old), &self.epoch)?;
+        self.table.store(Arc::new(table));
+        Ok(())
     }
 
-    /// All destinations.
-    pub fn destinations(&self) -> Vec<(u32, Arc<Destination>)> {
-        self.sets
+    /// The current build of all sets.
+    pub fn table(&self) -> Arc<DispatchTable> {
+        self.table.load_full()
+    }
+
+    /// The set initial requests go to.
+    pub fn default_set(&self) -> u32 {
+        self.table.load().default_set
+    }
+
+    /// Picks a destination of set `set_id` for a request with Kamailio's algorithm for the
+    /// set. `tried` holds the indexes already attempted for this request, the first choice
+    /// first: then the next destination after the first choice that is up and not tried is
+    /// returned (Kamailio's failover order). `None` when the set does not exist or no
+    /// destination is up and untried: the caller answers 503.
+    ///
+    /// Counts a request sent on the destination returned. No allocation, no lock.
+    pub fn select(&self, set_id: u32, key: &SelectKey<'_>, tried: &[usize]) -> Option<Selected> {
+        let table = self.table.load();
+        table.set(set_id)?.select(key, tried, &self.epoch)
+    }
+
+    /// A listing of every set and destination, for the admin API and `sbc ctl`.
+    pub fn snapshot(&self) -> Vec<SetSnapshot> {
+        let table = self.table.load();
+        table
+            .sets
             .iter()
-            .flat_map(|s| s.dests.iter().map(|d| (s.id, d.clone())))
+            .map(|s| SetSnapshot {
+                id: s.id,
+                algorithm: s.algorithm,
+                algorithm_number: s.algorithm.number(),
+                destinations: s
+                    .dests
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| DestinationSnapshot::of(i, d))
+                    .collect(),
+            })
             .collect()
     }
 }
 
-/// Probing.
-pub mod probe {
-    use super::*;
-    /// Result of one probe.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub enum PingOutcome {
-        /// A reply.
-        Reply(u16),
-        /// No reply in time.
-        Timeout,
-        /// Could not send.
-        Unreachable,
+fn build_table(
+    cfg: &DispatcherConfig,
+    old: Option<&DispatchTable>,
+    epoch: &Arc<AtomicU64>,
+) -> Result<DispatchTable, DispatchError> {
+    for (i, set) in cfg.sets.iter().enumerate() {
+        let path = format!("dispatcher.sets[{i}]");
+        if cfg.sets[..i].iter().any(|o| o.id == set.id) {
+            return Err(ConfigError::Field {
+                path: format!("{path}.id"),
+                message: format!("set id {} is used twice", set.id),
+            }
+            .into());
+        }
+        set.validate(&path)?;
     }
-    /// Sends probes.
-    pub trait Pinger: Send + Sync {
-        /// Pings one destination.
-        fn ping<'a>(
-            &'a self,
-            dest: &'a Destination,
-            from: &'a str,
-            timeout: Duration,
-        ) -> Pin<Box<dyn Future<Output = PingOutcome> + Send + 'a>>;
+    let mut sets = cfg
+        .sets
+        .iter()
+        .map(|c| DispatchSet::build(c, old.and_then(|o| o.set(c.id)), epoch))
+        .collect::<Result<Vec<_>, _>>()?;
+    sets.sort_by_key(|s| s.id);
+    Ok(DispatchTable {
+        default_set: cfg.default_set,
+        sets,
+    })
+}
+
+/// One set in a [`Dispatcher::snapshot`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SetSnapshot {
+    /// Set id.
+    pub id: u32,
+    /// Algorithm name.
+    pub algorithm: Algorithm,
+    /// Kamailio's number for it.
+    pub algorithm_number: u8,
+    /// Destinations in selection-index order (kamcmd's `IDX`).
+    pub destinations: Vec<DestinationSnapshot>,
+}
+
+/// One destination in a [`Dispatcher::snapshot`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DestinationSnapshot {
+    /// Index in the set.
+    pub index: usize,
+    /// URI as configured.
+    pub uri: String,
+    /// kamcmd's two flag letters: `A`ctive/`I`nactive/`D`isabled/`T`rying, then
+    /// `P`robing/`N`o-ping/`X`.
+    pub flags: String,
+    /// Priority.
+    pub priority: i32,
+    /// Attributes as `dispatcher.list` writes them (`duid=a;weight=50`).
+    pub attrs: String,
+    /// Description from the list or config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Health state.
+    pub state: DestState,
+    /// Resolved address and transport (`udp:10.0.0.5:5060`).
+    pub target: String,
+    /// Calls in progress.
+    pub active_calls: u32,
+    /// Requests sent.
+    pub requests: u64,
+    /// Failed requests.
+    pub failures: u64,
+    /// Consecutive failed probes.
+    pub probe_failures: u32,
+    /// Consecutive successful probes.
+    pub probe_successes: u32,
+}
+
+impl DestinationSnapshot {
+    fn of(index: usize, d: &Destination) -> DestinationSnapshot {
+        let f = d.flags();
+        let state = DestState::from_flags(f);
+        let probe = if f & flags::PROBING != 0 || d.is_probed() {
+            'P'
+        } else if f & flags::NOPING != 0 {
+            'N'
+        } else {
+            'X'
+        };
+        DestinationSnapshot {
+            index,
+            uri: d.uri.clone(),
+            flags: [state.letter(), probe].iter().collect(),
+            priority: d.config.priority,
+            attrs: render_attrs(&d.config),
+            description: d.config.description.clone(),
+            state,
+            target: d.target.to_string(),
+            active_calls: d.active_calls(),
+            requests: d.requests_sent(),
+            failures: d.failures(),
+            probe_failures: d.probe_failures(),
+            probe_successes: d.probe_successes(),
+        }
     }
 }
+
+/// The attributes of a destination in `dispatcher.list` syntax.
+pub fn render_attrs(c: &DestinationConfig) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    if let Some(v) = &c.duid {
+        parts.push(format!("duid={v}"));
+    }
+    if let Some(v) = c.weight {
+        parts.push(format!("weight={v}"));
+    }
+    if let Some(v) = c.rweight {
+        parts.push(format!("rweight={v}"));
+    }
+    if let Some(v) = c.maxload {
+        parts.push(format!("maxload={v}"));
+    }
+    if let Some(v) = &c.socket {
+        parts.push(format!("socket={v}"));
+    }
+    if let Some(v) = &c.ping_from {
+        parts.push(format!("ping_from={v}"));
+    }
+    parts.join(";")
+}
+
+#[cfg(test)]
+mod tests;

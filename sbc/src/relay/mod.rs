@@ -30,6 +30,9 @@ use crate::sanity;
 use crate::sip::build::{self, RequestEdits};
 use crate::sip::uri::{self, Uri, Via};
 use crate::sip::{HeaderName, Message, Method, ParseError};
+use crate::telemetry::{
+    Direction, DropReason, Metrics, ParseErrorKind, ResponseOrigin, TransactionKind,
+};
 use crate::transport::{Inbound, Peer, Transports};
 use timers::{Timer, Wheel};
 
@@ -44,7 +47,11 @@ struct Out {
     to: Peer,
     data: Bytes,
     token: Option<Vec<u8>>,
+    /// For responses: who made it and its code, for the metrics (code 0: a request).
+    resp: (ResponseOrigin, u16),
 }
+
+const REQUEST: (ResponseOrigin, u16) = (ResponseOrigin::Relayed, 0);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SState {
@@ -98,10 +105,56 @@ struct ClientTx {
     retransmit: Duration,
 }
 
-#[derive(Default)]
+/// A transaction table that keeps the `transactions active` gauge in step with its size.
+struct Table<T> {
+    map: HashMap<Vec<u8>, T>,
+    kind: TransactionKind,
+    metrics: Arc<Metrics>,
+}
+
+impl<T> Table<T> {
+    fn new(kind: TransactionKind, metrics: Arc<Metrics>) -> Table<T> {
+        Table {
+            map: HashMap::new(),
+            kind,
+            metrics,
+        }
+    }
+
+    fn insert(&mut self, key: Vec<u8>, tx: T) {
+        if self.map.insert(key, tx).is_none() {
+            self.metrics.transaction_started(self.kind);
+        }
+    }
+
+    fn remove(&mut self, key: &[u8]) -> Option<T> {
+        let tx = self.map.remove(key);
+        if tx.is_some() {
+            self.metrics.transaction_ended(self.kind);
+        }
+        tx
+    }
+
+    fn get(&self, key: &[u8]) -> Option<&T> {
+        self.map.get(key)
+    }
+
+    fn get_mut(&mut self, key: &[u8]) -> Option<&mut T> {
+        self.map.get_mut(key)
+    }
+
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    fn values(&self) -> impl Iterator<Item = &T> {
+        self.map.values()
+    }
+}
+
 struct State {
-    server: HashMap<Vec<u8>, ServerTx>,
-    client: HashMap<Vec<u8>, ClientTx>,
+    server: Table<ServerTx>,
+    client: Table<ClientTx>,
     next_id: u64,
 }
 
@@ -199,23 +252,33 @@ pub struct Relay {
     salt: u64,
     /// Counters.
     pub stats: RelayStats,
+    metrics: Arc<Metrics>,
 }
 
 impl Relay {
     /// A relay over `dispatcher`, not yet bound to any transport.
-    pub fn new(config: SbcConfig, dispatcher: Arc<Dispatcher>) -> Arc<Relay> {
+    pub fn new(
+        config: SbcConfig,
+        dispatcher: Arc<Dispatcher>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Relay> {
         let r = Arc::new(Relay {
             config: ArcSwap::from_pointee(config),
             dispatcher,
             local: ArcSwap::from_pointee(Local::default()),
             transports: OnceLock::new(),
             me: OnceLock::new(),
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                server: Table::new(TransactionKind::Server, metrics.clone()),
+                client: Table::new(TransactionKind::Client, metrics.clone()),
+                next_id: 0,
+            }),
             wheel: Wheel::new(),
             draining: AtomicBool::new(false),
             seq: AtomicU64::new(1),
             salt: fastrand::u64(..),
             stats: RelayStats::default(),
+            metrics,
         });
         let _ = r.me.set(Arc::downgrade(&r));
         r
@@ -302,6 +365,11 @@ impl Relay {
             return;
         };
         for o in out {
+            self.metrics
+                .transport_message(o.to.transport, Direction::Out, o.data.len());
+            if o.resp.1 != 0 {
+                self.metrics.response_sent(o.resp.0, o.resp.1);
+            }
             t.send(&o.to, o.data, o.token, &inb);
         }
     }
@@ -373,6 +441,7 @@ impl Relay {
             to: peer,
             data: Bytes::from(build::local_response(req, code, reason, &tag, extra)),
             token: None,
+            resp: (ResponseOrigin::Local, code),
         }
     }
 
@@ -426,6 +495,7 @@ impl Relay {
                         to: peer,
                         data: last.clone(),
                         token: None,
+                        resp: REQUEST,
                     });
                 }
                 return;
@@ -641,6 +711,7 @@ impl Relay {
             to: target,
             data,
             token: Some(branch),
+            resp: REQUEST,
         });
     }
 
@@ -708,6 +779,7 @@ impl Relay {
             to: target,
             data: Bytes::from(data),
             token: None,
+            resp: REQUEST,
         });
     }
 
@@ -786,6 +858,7 @@ impl Relay {
             to,
             data,
             token: None,
+            resp: REQUEST,
         })
     }
 
@@ -805,6 +878,7 @@ impl Relay {
         };
         if !self.local.load().is_us(via.host, via.port) {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            self.metrics.dropped(DropReason::Stray);
             return;
         }
         let Some(branch) = via.branch() else { return };
@@ -824,6 +898,7 @@ impl Relay {
                     to,
                     data: Bytes::from(build::relay_response(&msg)),
                     token: None,
+                    resp: (ResponseOrigin::Relayed, code),
                 });
             }
             return;
@@ -874,6 +949,7 @@ impl Relay {
                     to: stx.peer,
                     data,
                     token: None,
+                    resp: (ResponseOrigin::Relayed, code),
                 });
             }
             return;
@@ -886,6 +962,7 @@ impl Relay {
                     to: ctx.to,
                     data: ack.clone(),
                     token: None,
+                    resp: REQUEST,
                 });
             }
             return;
@@ -908,6 +985,7 @@ impl Relay {
                         to: ctx.to,
                         data: ack,
                         token: None,
+                        resp: REQUEST,
                     });
                 }
                 let wait = if ctx.to.transport == Transport::Udp {
@@ -934,6 +1012,7 @@ impl Relay {
                     to: stx.peer,
                     data: Bytes::from(build::relay_response(&msg)),
                     token: None,
+                    resp: (ResponseOrigin::Relayed, code),
                 });
             }
             return;
@@ -957,7 +1036,7 @@ impl Relay {
             stx,
             &skey,
             code,
-            data,
+            (ResponseOrigin::Relayed, data),
             &cfg,
             dest.as_ref().map(|d| d.0.uri.as_str()),
             out,
@@ -971,7 +1050,7 @@ impl Relay {
         stx: &mut ServerTx,
         skey: &[u8],
         code: u16,
-        data: Bytes,
+        (origin, data): (ResponseOrigin, Bytes),
         cfg: &SbcConfig,
         dest: Option<&str>,
         out: &mut Vec<Out>,
@@ -992,6 +1071,9 @@ impl Relay {
         let udp = stx.peer.transport == Transport::Udp;
         stx.req = None;
         if stx.invite && (200..300).contains(&code) {
+            if origin == ResponseOrigin::Relayed {
+                self.metrics.call_relayed();
+            }
             stx.state = SState::Accepted;
             stx.last = None;
             let wait = if udp { WAIT } else { Duration::ZERO };
@@ -1019,6 +1101,7 @@ impl Relay {
             to: stx.peer,
             data,
             token: None,
+            resp: (origin, code),
         });
     }
 
@@ -1035,6 +1118,7 @@ impl Relay {
             return false;
         };
         self.stats.failovers.fetch_add(1, Ordering::Relaxed);
+        self.metrics.failover();
         if let Some(stx) = st.server.get_mut(skey) {
             stx.tried.push(sel.index);
         }
@@ -1114,7 +1198,15 @@ impl Relay {
         };
         let reply = self.reply(&req, stx.peer, code, reason, &[]);
         let dest = ctx.dest.as_ref().map(|d| d.0.uri.clone());
-        self.finish_server(stx, &skey, code, reply.data, &cfg, dest.as_deref(), out);
+        self.finish_server(
+            stx,
+            &skey,
+            code,
+            (ResponseOrigin::Local, reply.data),
+            &cfg,
+            dest.as_deref(),
+            out,
+        );
     }
 
     // ---- timers ---------------------------------------------------------------------------
@@ -1134,6 +1226,7 @@ impl Relay {
                         to: ctx.to,
                         data: ctx.data.clone(),
                         token: None,
+                        resp: REQUEST,
                     });
                     ctx.retransmit *= 2;
                     if !ctx.invite {
@@ -1164,7 +1257,15 @@ impl Relay {
                     && let Some(req) = stx.req.clone()
                 {
                     let reply = self.reply(&req, stx.peer, 408, "Request Timeout", &[]);
-                    self.finish_server(stx, &skey, 408, reply.data, &cfg, None, &mut out);
+                    self.finish_server(
+                        stx,
+                        &skey,
+                        408,
+                        (ResponseOrigin::Local, reply.data),
+                        &cfg,
+                        None,
+                        &mut out,
+                    );
                 }
             }
             Timer::ClientExpire(key, id) => {
@@ -1185,6 +1286,7 @@ impl Relay {
                         to: stx.peer,
                         data: last.clone(),
                         token: None,
+                        resp: REQUEST,
                     });
                     stx.retransmit =
                         (stx.retransmit * 2).min(Duration::from_millis(cfg.relay.t2_ms));
@@ -1302,6 +1404,7 @@ impl Relay {
             to,
             data,
             token: Some(branch),
+            resp: REQUEST,
         }]);
         rx
     }
@@ -1309,9 +1412,15 @@ impl Relay {
 
 impl Inbound for Relay {
     fn on_message(&self, data: Bytes, peer: Peer) {
+        self.metrics
+            .transport_message(peer.transport, Direction::In, data.len());
         let max = self.config.load().limits.max_message_bytes;
         match Message::parse(data.clone(), max) {
-            Ok(msg) if msg.is_request() => self.on_request(msg, peer),
+            Ok(msg) if msg.is_request() => {
+                self.metrics
+                    .request_received(msg.method().unwrap_or(Method::Other));
+                self.on_request(msg, peer)
+            }
             Ok(msg) => self.on_response(msg, peer),
             Err(e) => self.on_parse_error(&data, e, peer),
         }
@@ -1325,14 +1434,30 @@ impl Inbound for Relay {
 
     fn on_dropped(&self, reason: &'static str) {
         self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        self.metrics.dropped(match reason {
+            "too_large" => DropReason::TooLarge,
+            "tcp_queue_full" => DropReason::QueueFull,
+            "connection_limit" => DropReason::Limit,
+            _ => DropReason::Unparsable,
+        });
         tracing::debug!(reason, "message dropped");
     }
 }
 
 impl Relay {
     fn on_parse_error(&self, data: &[u8], e: ParseError, peer: Peer) {
+        self.metrics.parse_error(match e {
+            ParseError::Garbage | ParseError::BadStatus => ParseErrorKind::NotSip,
+            ParseError::Truncated | ParseError::BadHeader | ParseError::TooManyHeaders => {
+                ParseErrorKind::Header
+            }
+            ParseError::BadVersion => ParseErrorKind::Version,
+            ParseError::BadContentLength => ParseErrorKind::ContentLength,
+            ParseError::TooLarge => ParseErrorKind::TooLarge,
+        });
         let Some((code, reason)) = e.response() else {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            self.metrics.dropped(DropReason::Unparsable);
             tracing::debug!(from = %peer.addr, error = %e, "unparseable message dropped");
             return;
         };
@@ -1346,6 +1471,7 @@ impl Relay {
             to: peer,
             data: Bytes::from(reply),
             token: None,
+            resp: (ResponseOrigin::Local, code),
         }]);
     }
 }

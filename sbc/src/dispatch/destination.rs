@@ -1,0 +1,633 @@
+//! One destination of a dispatcher set: its URI, resolved address and lock-free health state.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use kubesbc_crds::config::{DestinationConfig, Probing, Transport};
+use serde::{Deserialize, Serialize};
+
+/// Kamailio's destination flag bits (`dispatch.h`), as written in `dispatcher.list`.
+pub mod flags {
+    /// `1`: inactive, never selected until a probe brings it back.
+    pub const INACTIVE: u32 = 1;
+    /// `2`: trying: probes are failing but the failure threshold is not reached yet.
+    pub const TRYING: u32 = 2;
+    /// `4`: disabled by the administrator: never selected, never probed.
+    pub const DISABLED: u32 = 4;
+    /// `8`: probing: OPTIONS keepalives are sent to it.
+    pub const PROBING: u32 = 8;
+    /// `16`: no DNS A/AAAA resolution (Kamailio); here it only turns probing off.
+    pub const NODNSARES: u32 = 16;
+    /// `32`: never probe this destination.
+    pub const NOPING: u32 = 32;
+    /// The bits that are runtime health rather than administration.
+    pub const HEALTH: u32 = INACTIVE | TRYING;
+}
+
+/// Where requests for a destination go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Target {
+    /// Resolved address.
+    pub addr: SocketAddr,
+    /// Transport from the URI (`;transport=`, or TLS for `sips:`; UDP otherwise).
+    pub transport: Transport,
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.transport, self.addr)
+    }
+}
+
+/// The health of a destination, as kamcmd's first flag letter shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DestState {
+    /// `A`: selected normally.
+    Active,
+    /// `T`: probes fail, threshold not reached; still selected.
+    Trying,
+    /// `I`: taken out (probes failed or a request timed out).
+    Inactive,
+    /// `D`: disabled by configuration.
+    Disabled,
+}
+
+impl DestState {
+    /// kamcmd's letter for this state.
+    pub fn letter(self) -> char {
+        match self {
+            DestState::Active => 'A',
+            DestState::Trying => 'T',
+            DestState::Inactive => 'I',
+            DestState::Disabled => 'D',
+        }
+    }
+
+    /// The state of a flag word, with kamcmd's precedence (inactive before disabled).
+    pub fn from_flags(f: u32) -> DestState {
+        if f & flags::INACTIVE != 0 {
+            DestState::Inactive
+        } else if f & flags::DISABLED != 0 {
+            DestState::Disabled
+        } else if f & flags::TRYING != 0 {
+            DestState::Trying
+        } else {
+            DestState::Active
+        }
+    }
+
+    /// Whether requests may be sent to a destination in this state.
+    pub fn is_up(self) -> bool {
+        matches!(self, DestState::Active | DestState::Trying)
+    }
+}
+
+impl fmt::Display for DestState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DestState::Active => "active",
+            DestState::Trying => "trying",
+            DestState::Inactive => "inactive",
+            DestState::Disabled => "disabled",
+        })
+    }
+}
+
+/// A change of a destination's state, returned so the caller can log it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateChange {
+    /// State before.
+    pub from: DestState,
+    /// State after.
+    pub to: DestState,
+}
+
+impl StateChange {
+    /// The destination stopped receiving requests.
+    pub fn went_down(&self) -> bool {
+        self.from.is_up() && !self.to.is_up()
+    }
+    /// The destination receives requests again.
+    pub fn came_up(&self) -> bool {
+        !self.from.is_up() && self.to.is_up()
+    }
+}
+
+/// Runtime state, shared by every build of a destination whose URI stays the same.
+#[derive(Debug)]
+pub(crate) struct Health {
+    flags: AtomicU32,
+    probe_failures: AtomicU32,
+    probe_successes: AtomicU32,
+    active_calls: AtomicU32,
+    requests: AtomicU64,
+    failures: AtomicU64,
+    /// Dispatcher-wide counter bumped when any destination goes up or down, so sets can
+    /// rebuild what depends on the set of active destinations (relative weights).
+    epoch: Arc<AtomicU64>,
+}
+
+impl Health {
+    pub(crate) fn new(initial_flags: u32, epoch: Arc<AtomicU64>) -> Health {
+        Health {
+            flags: AtomicU32::new(initial_flags),
+            probe_failures: AtomicU32::new(0),
+            probe_successes: AtomicU32::new(0),
+            active_calls: AtomicU32::new(0),
+            requests: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            epoch,
+        }
+    }
+
+    /// Takes the administrative flags of a new configuration, keeping the runtime health.
+    pub(crate) fn apply_config_flags(&self, cfg_flags: u32) {
+        let _ = self
+            .flags
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |old| {
+                Some((old & flags::HEALTH) | (cfg_flags & !flags::HEALTH))
+            });
+    }
+
+    /// Applies `f` to the flag word and reports a state change, bumping the epoch when the
+    /// destination went up or down.
+    fn transition(&self, f: impl Fn(u32) -> u32) -> Option<StateChange> {
+        let old = self
+            .flags
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |o| Some(f(o)))
+            .unwrap_or_else(|o| o);
+        let change = StateChange {
+            from: DestState::from_flags(old),
+            to: DestState::from_flags(f(old)),
+        };
+        if change.from == change.to {
+            return None;
+        }
+        if change.from.is_up() != change.to.is_up() {
+            self.epoch.fetch_add(1, Ordering::AcqRel);
+        }
+        Some(change)
+    }
+}
+
+/// One destination of a set. Shared as `Arc<Destination>`; the state is lock-free.
+#[derive(Debug)]
+pub struct Destination {
+    /// The URI as configured (`sip:10.0.0.5:5060;transport=tcp`).
+    pub uri: String,
+    /// Where to send: the URI's host resolved when the set was built.
+    pub target: Target,
+    /// Its configuration (flags, priority, attributes).
+    pub config: DestinationConfig,
+    /// The set it belongs to.
+    pub set_id: u32,
+    /// Whether its set probes (`probing.enabled`).
+    set_probes: bool,
+    pub(crate) health: Arc<Health>,
+}
+
+impl Destination {
+    pub(crate) fn new(
+        set_id: u32,
+        set_probes: bool,
+        config: DestinationConfig,
+        health: Arc<Health>,
+    ) -> Result<Destination, String> {
+        let target = resolve(&config.uri)?;
+        Ok(Destination {
+            uri: config.uri.clone(),
+            target,
+            config,
+            set_id,
+            set_probes,
+            health,
+        })
+    }
+
+    /// Kamailio's flag word: configured flags plus runtime health bits.
+    pub fn flags(&self) -> u32 {
+        self.health.flags.load(Ordering::Acquire)
+    }
+
+    /// Current state.
+    pub fn state(&self) -> DestState {
+        DestState::from_flags(self.flags())
+    }
+
+    /// Whether requests may be sent here (not inactive, not disabled).
+    pub fn is_up(&self) -> bool {
+        self.flags() & (flags::INACTIVE | flags::DISABLED) == 0
+    }
+
+    /// A request to this destination timed out: take it out now (Kamailio's
+    /// `ds_mark_dst("ip")`) until a successful probe brings it back. Counts as a failure and
+    /// logs the change. A destination that is not probed (its set does not probe, or the
+    /// no-ping flags) is only counted, never taken out: nothing would bring it back.
+    pub fn mark_down(&self) -> Option<StateChange> {
+        self.health.failures.fetch_add(1, Ordering::Relaxed);
+        if !self.is_probed() {
+            return None;
+        }
+        self.health.probe_successes.store(0, Ordering::Relaxed);
+        let change = self.health.transition(|f| {
+            if f & (flags::DISABLED | flags::INACTIVE) != 0 {
+                f
+            } else {
+                (f & !flags::TRYING) | flags::INACTIVE
+            }
+        });
+        if let Some(c) = change {
+            tracing::info!(
+                set = self.set_id,
+                uri = %self.uri,
+                state = %c.to,
+                previous = %c.from,
+                "dispatcher destination marked down after a request timed out"
+            );
+        }
+        change
+    }
+
+    /// Applies the outcome of one OPTIONS probe with `probing`'s thresholds, as Kamailio's
+    /// `ds_update_state`: `failureThreshold` consecutive failures take the destination out
+    /// (before that it is `trying` and still used), `successThreshold` consecutive successes
+    /// bring an inactive one back. A disabled destination is left alone.
+    pub fn record_probe(&self, ok: bool, probing: &Probing) -> Option<StateChange> {
+        let h = &self.health;
+        if self.flags() & flags::DISABLED != 0 {
+            return None;
+        }
+        if ok {
+            h.probe_failures.store(0, Ordering::Relaxed);
+            let successes = saturating_inc(&h.probe_successes);
+            let enough = successes >= probing.success_threshold.max(1);
+            let change = h.transition(|f| {
+                if f & flags::DISABLED != 0 {
+                    f
+                } else if f & flags::INACTIVE != 0 {
+                    if enough { f & !flags::HEALTH } else { f }
+                } else {
+                    f & !flags::TRYING
+                }
+            });
+            if change.is_some_and(|c| c.came_up()) {
+                h.probe_successes.store(0, Ordering::Relaxed);
+            }
+            change
+        } else {
+            h.probe_successes.store(0, Ordering::Relaxed);
+            let failures = saturating_inc(&h.probe_failures);
+            let enough = failures >= probing.failure_threshold.max(1);
+            h.transition(|f| {
+                if f & (flags::DISABLED | flags::INACTIVE) != 0 {
+                    f
+                } else if enough {
+                    (f & !flags::TRYING) | flags::INACTIVE
+                } else {
+                    f | flags::TRYING
+                }
+            })
+        }
+    }
+
+    /// A call to this destination started (for the call-load algorithm).
+    pub fn call_started(&self) {
+        saturating_inc(&self.health.active_calls);
+    }
+
+    /// A call to this destination ended. Never goes below zero.
+    pub fn call_ended(&self) {
+        let _ = self
+            .health
+            .active_calls
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
+    /// Calls in progress.
+    pub fn active_calls(&self) -> u32 {
+        self.health.active_calls.load(Ordering::Acquire)
+    }
+
+    /// Whether the call-load algorithm may still pick it (`maxload` not reached).
+    pub fn has_capacity(&self) -> bool {
+        match self.config.maxload {
+            Some(max) if max > 0 => self.active_calls() < max,
+            _ => true,
+        }
+    }
+
+    /// A request to it failed (a failover reply or a timeout the caller did not report
+    /// through [`Destination::mark_down`]).
+    pub fn request_failed(&self) {
+        self.health.failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests sent here: the number of times the dispatcher selected it.
+    pub fn requests_sent(&self) -> u64 {
+        self.health.requests.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_request(&self) {
+        self.health.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Failed requests (see [`Destination::request_failed`], [`Destination::mark_down`]).
+    pub fn failures(&self) -> u64 {
+        self.health.failures.load(Ordering::Relaxed)
+    }
+
+    /// Consecutive failed probes.
+    pub fn probe_failures(&self) -> u32 {
+        self.health.probe_failures.load(Ordering::Relaxed)
+    }
+
+    /// Consecutive successful probes.
+    pub fn probe_successes(&self) -> u32 {
+        self.health.probe_successes.load(Ordering::Relaxed)
+    }
+
+    /// Whether the probe loop pings it: its set probes, it is not disabled, and it has
+    /// neither Kamailio's no-ping (32) nor no-DNS (16) flag.
+    pub fn is_probed(&self) -> bool {
+        self.set_probes && self.flags() & (flags::DISABLED | flags::NOPING | flags::NODNSARES) == 0
+    }
+}
+
+fn saturating_inc(a: &AtomicU32) -> u32 {
+    let old = a
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            Some(n.saturating_add(1))
+        })
+        .unwrap_or_else(|n| n);
+    old.saturating_add(1)
+}
+
+/// The parts of a destination URI that say where to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct UriTarget<'a> {
+    /// Host without IPv6 brackets.
+    pub host: &'a str,
+    pub port: u16,
+    pub transport: Transport,
+}
+
+/// Parses a destination URI: `sip:`/`sips:`, optional user, host (IPv6 in brackets),
+/// optional port, `;transport=`. `sips:` means TLS (WSS with `transport=ws`); the default
+/// port is 5061 for TLS and 5060 otherwise.
+pub(crate) fn parse_uri(uri: &str) -> Result<UriTarget<'_>, String> {
+    let (secure, rest) = if let Some(r) = strip_prefix_ci(uri, "sip:") {
+        (false, r)
+    } else if let Some(r) = strip_prefix_ci(uri, "sips:") {
+        (true, r)
+    } else {
+        return Err(format!("{uri:?} is not a sip: or sips: URI"));
+    };
+    let rest = match rest.find('@') {
+        Some(at) => &rest[at + 1..],
+        None => rest,
+    };
+    let end = rest.find([';', '?']).unwrap_or(rest.len());
+    let (hostport, params) = (&rest[..end], &rest[end..]);
+    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+        let close = v6
+            .find(']')
+            .ok_or_else(|| format!("{uri:?} has an unterminated IPv6 reference"))?;
+        let after = &v6[close + 1..];
+        let port = match after.strip_prefix(':') {
+            Some(p) => Some(p),
+            None if after.is_empty() => None,
+            None => return Err(format!("{uri:?} has an invalid host")),
+        };
+        (&v6[..close], port)
+    } else {
+        match hostport.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (hostport, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(format!("{uri:?} has no host"));
+    }
+    if !host
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':'))
+    {
+        return Err(format!("{uri:?} has an invalid host"));
+    }
+    let mut transport = None;
+    for p in params.split(';').skip(1) {
+        let p = p.split('?').next().unwrap_or("");
+        if let Some((name, value)) = p.split_once('=')
+            && name.eq_ignore_ascii_case("transport")
+        {
+            let t = Transport::from_name(value).ok_or_else(|| {
+                format!("{uri:?}: unsupported transport {value:?} (udp, tcp, tls, ws, wss)")
+            })?;
+            transport = Some(t);
+        }
+    }
+    let transport = match (secure, transport) {
+        (false, t) => t.unwrap_or(Transport::Udp),
+        (true, None | Some(Transport::Tcp | Transport::Tls | Transport::Udp)) => Transport::Tls,
+        (true, Some(Transport::Ws | Transport::Wss)) => Transport::Wss,
+    };
+    let port = match port {
+        None => {
+            if matches!(transport, Transport::Tls | Transport::Wss) {
+                5061
+            } else {
+                5060
+            }
+        }
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|&p| p != 0)
+            .ok_or_else(|| format!("{uri:?} has an invalid port {p:?}"))?,
+    };
+    Ok(UriTarget {
+        host,
+        port,
+        transport,
+    })
+}
+
+fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = s.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &s[prefix.len()..])
+}
+
+/// Parses `uri` and resolves its host: an IP literal as is, a name with the system resolver
+/// (blocking; done when a set is built, never per request).
+pub(crate) fn resolve(uri: &str) -> Result<Target, String> {
+    let t = parse_uri(uri)?;
+    let addr = if let Ok(ip) = t.host.parse::<IpAddr>() {
+        SocketAddr::new(ip, t.port)
+    } else {
+        (t.host, t.port)
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve host {:?}: {e}", t.host))?
+            .next()
+            .ok_or_else(|| format!("host {:?} has no address", t.host))?
+    };
+    Ok(Target {
+        addr,
+        transport: t.transport,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dest(uri: &str, cfg_flags: u32) -> Destination {
+        let cfg = DestinationConfig {
+            uri: uri.into(),
+            flags: cfg_flags,
+            ..Default::default()
+        };
+        let health = Arc::new(Health::new(cfg_flags, Arc::default()));
+        Destination::new(1, true, cfg, health).expect("valid destination")
+    }
+
+    #[test]
+    fn targets_follow_scheme_transport_and_default_ports() {
+        let cases = [
+            ("sip:127.0.0.1", "127.0.0.1:5060", Transport::Udp),
+            (
+                "sip:127.0.0.1:5071;transport=tcp",
+                "127.0.0.1:5071",
+                Transport::Tcp,
+            ),
+            (
+                "sip:alice@127.0.0.1;transport=TLS",
+                "127.0.0.1:5061",
+                Transport::Tls,
+            ),
+            ("sips:127.0.0.1", "127.0.0.1:5061", Transport::Tls),
+            (
+                "sips:127.0.0.1:5070;transport=tcp",
+                "127.0.0.1:5070",
+                Transport::Tls,
+            ),
+            ("sip:[::1]:5080;transport=ws", "[::1]:5080", Transport::Ws),
+            ("SIP:127.0.0.2:5090;lr", "127.0.0.2:5090", Transport::Udp),
+            ("sip:localhost:5072", "127.0.0.1:5072", Transport::Udp),
+        ];
+        for (uri, addr, transport) in cases {
+            let t = resolve(uri).unwrap_or_else(|e| panic!("{uri}: {e}"));
+            let want: SocketAddr = addr.parse().unwrap();
+            // localhost may resolve to ::1 first on some machines.
+            if uri.contains("localhost") {
+                assert!(t.addr.ip().is_loopback() && t.addr.port() == 5072, "{uri}");
+            } else {
+                assert_eq!(t.addr, want, "{uri}");
+            }
+            assert_eq!(t.transport, transport, "{uri}");
+        }
+    }
+
+    #[test]
+    fn bad_uris_are_refused_with_a_reason() {
+        let cases = [
+            ("http://x", "is not a sip: or sips: URI"),
+            ("sip:", "has no host"),
+            ("sip:h:99999", "invalid port"),
+            ("sip:h:0", "invalid port"),
+            ("sip:[::1", "unterminated IPv6"),
+            ("sip:h;transport=sctp", "unsupported transport \"sctp\""),
+            ("sip:a b", "invalid host"),
+        ];
+        for (uri, why) in cases {
+            let err = parse_uri(uri).unwrap_err();
+            assert!(err.contains(why), "{uri}: {err}");
+        }
+    }
+
+    #[test]
+    fn probe_thresholds_take_out_and_bring_back() {
+        let d = dest("sip:127.0.0.1:5071", 0);
+        let p = Probing {
+            failure_threshold: 2,
+            success_threshold: 2,
+            ..Default::default()
+        };
+        let change = d.record_probe(false, &p).expect("trying");
+        assert_eq!(
+            (change.from, change.to),
+            (DestState::Active, DestState::Trying)
+        );
+        assert!(
+            d.is_up(),
+            "trying destinations are still used, as in Kamailio"
+        );
+        let change = d.record_probe(false, &p).expect("inactive");
+        assert!(change.went_down());
+        assert!(!d.is_up());
+        assert_eq!(d.record_probe(false, &p), None);
+        assert_eq!(
+            d.record_probe(true, &p),
+            None,
+            "one success is below threshold"
+        );
+        assert!(!d.is_up());
+        let change = d.record_probe(true, &p).expect("back");
+        assert!(change.came_up());
+        assert!(d.is_up());
+        // A single failure followed by a success clears "trying".
+        d.record_probe(false, &p);
+        assert_eq!(d.state(), DestState::Trying);
+        d.record_probe(true, &p);
+        assert_eq!(d.state(), DestState::Active);
+    }
+
+    #[test]
+    fn mark_down_is_immediate_and_disabled_is_left_alone() {
+        let d = dest("sip:127.0.0.1:5071", 0);
+        let c = d.mark_down().expect("change");
+        assert!(c.went_down());
+        assert_eq!(d.failures(), 1);
+        assert_eq!(d.mark_down(), None);
+        let unprobed = dest("sip:127.0.0.1:5073", flags::NOPING);
+        assert_eq!(unprobed.mark_down(), None, "nothing would bring it back");
+        assert!(unprobed.is_up());
+        assert_eq!(unprobed.failures(), 1);
+        let off = dest("sip:127.0.0.1:5072", flags::DISABLED);
+        assert!(!off.is_up());
+        assert_eq!(off.record_probe(true, &Probing::default()), None);
+        assert_eq!(off.state(), DestState::Disabled);
+        assert!(!off.is_probed());
+    }
+
+    #[test]
+    fn call_counter_saturates_at_zero() {
+        let d = dest("sip:127.0.0.1:5071", 0);
+        d.call_ended();
+        assert_eq!(d.active_calls(), 0);
+        d.call_started();
+        d.call_started();
+        d.call_ended();
+        assert_eq!(d.active_calls(), 1);
+    }
+
+    #[test]
+    fn state_letters_follow_kamcmd_precedence() {
+        assert_eq!(
+            DestState::from_flags(flags::INACTIVE | flags::DISABLED),
+            DestState::Inactive
+        );
+        assert_eq!(
+            DestState::from_flags(flags::DISABLED | flags::TRYING),
+            DestState::Disabled
+        );
+        assert_eq!(
+            DestState::from_flags(flags::TRYING | flags::PROBING),
+            DestState::Trying
+        );
+        assert_eq!(DestState::from_flags(flags::PROBING).letter(), 'A');
+    }
+}
