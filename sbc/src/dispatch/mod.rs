@@ -541,7 +541,8 @@ impl DestinationSnapshot {
     fn of(index: usize, d: &Destination) -> DestinationSnapshot {
         let f = d.flags();
         let state = DestState::from_flags(f);
-        let probe = if f & flags::PROBING != 0 || d.is_probed() {
+        // `P` means "pinged": a probing set pings every destination, whatever flag 8 says.
+        let probe = if d.is_probed() {
             'P'
         } else if f & flags::NOPING != 0 {
             'N'
