@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 
-use kubesbc_crds::config::{DestinationConfig, DispatcherSetConfig};
+use kubesbc_crds::config::{DestinationConfig, DispatcherConfig, DispatcherSetConfig};
 
 use super::destination::parse_uri;
 
@@ -62,6 +62,17 @@ pub fn parse_file(path: impl AsRef<Path>) -> Result<Vec<DispatcherSetConfig>, Li
     }
     let bytes = std::fs::read(path).map_err(|e| whole(format!("cannot read: {e}")))?;
     parse_bytes(&bytes, Some(&name))
+}
+
+/// The dispatcher configuration for a parsed list: requests go to set 1, or to the lowest
+/// set id when the file has no set 1; algorithm, probing and failover keep their defaults.
+pub fn dispatcher_config(sets: Vec<DispatcherSetConfig>) -> DispatcherConfig {
+    let default_set = if sets.iter().any(|s| s.id == 1) {
+        1
+    } else {
+        sets.iter().map(|s| s.id).min().unwrap_or(1)
+    };
+    DispatcherConfig { default_set, sets }
 }
 
 /// Parses a list held in memory; `name` is used in errors (`name:LINE: reason`).
@@ -463,6 +474,17 @@ mod tests {
             );
             assert_eq!(err.to_string(), format!("ds.list:{line}: {reason}"));
         }
+    }
+
+    #[test]
+    fn default_set_is_one_or_the_lowest() {
+        let with_one = parse_str("2 sip:127.0.0.1:5072\n1 sip:127.0.0.1:5071\n", None).unwrap();
+        assert_eq!(dispatcher_config(with_one).default_set, 1);
+        let without = parse_str("7 sip:127.0.0.1:5072\n3 sip:127.0.0.1:5071\n", None).unwrap();
+        let cfg = dispatcher_config(without);
+        assert_eq!(cfg.default_set, 3);
+        let d = crate::dispatch::Dispatcher::new(&cfg).expect("a list builds a dispatcher");
+        assert_eq!(d.default_set(), 3);
     }
 
     #[test]

@@ -380,6 +380,22 @@ fn shuffle(table: &mut [u32; SLOTS]) {
     }
 }
 
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let t = self.table.load();
+        f.debug_struct("Dispatcher")
+            .field("default_set", &t.default_set)
+            .field(
+                "sets",
+                &t.sets
+                    .iter()
+                    .map(|s| (s.id, s.algorithm, s.dests.len()))
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
 impl Dispatcher {
     /// Builds the sets of `cfg`. Destination hosts that are not IP literals are resolved
     /// now, with the blocking system resolver.
@@ -525,7 +541,8 @@ impl DestinationSnapshot {
     fn of(index: usize, d: &Destination) -> DestinationSnapshot {
         let f = d.flags();
         let state = DestState::from_flags(f);
-        let probe = if f & flags::PROBING != 0 || d.is_probed() {
+        // `P` means "pinged": a probing set pings every destination, whatever flag 8 says.
+        let probe = if d.is_probed() {
             'P'
         } else if f & flags::NOPING != 0 {
             'N'

@@ -515,10 +515,7 @@ fn bad_configurations_are_refused() {
             vec![dc("sip:no-such-host.invalid")],
         )],
     };
-    let err = Dispatcher::new(&cfg)
-        .err()
-        .expect("unresolvable")
-        .to_string();
+    let err = Dispatcher::new(&cfg).unwrap_err().to_string();
     assert!(
         err.starts_with(
             "dispatcher set 7: destination sip:no-such-host.invalid: cannot resolve host"
