@@ -146,7 +146,7 @@ fn build_config(a: &RunArgs) -> anyhow::Result<SbcConfig> {
         for s in &mut sets {
             s.algorithm = algorithm;
         }
-        cfg.dispatcher.sets = sets;
+        cfg.dispatcher = sbc::dispatch::list::dispatcher_config(sets);
     }
     for s in &mut cfg.dispatcher.sets {
         if let Some(ms) = a.probe_interval_ms {

@@ -1021,6 +1021,7 @@ impl Relay {
             let failover = self.failover_of(&cfg, stx.set);
             if failover.fails_over_on(code) && (stx.tried.len() as u32) < failover.max_attempts {
                 if let Some(dest) = &dest {
+                    dest.0.request_failed();
                     tracing::info!(dest = %dest.0.uri, code, "failover after reply");
                 }
                 if self.try_next(&mut st, &skey, out) {
