@@ -2,4 +2,6 @@
 //! AccessLists they select) into the sbc configuration and the objects that run it.
 #![forbid(unsafe_code)]
 
+pub mod controller;
+pub mod leader;
 pub mod render;
