@@ -161,6 +161,10 @@ pub struct ListenerSpec {
     /// Port, inside the pod and on the Service.
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
+    /// Fixed node port for NodePort/LoadBalancer Services (30000-32767). Absent: assigned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 30000, max = 32767))]
+    pub node_port: Option<i32>,
     /// Host (and port) written into Via/Record-Route/Contact: the Service's external IP or
     /// a public name. Absent: the pod's address.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -656,13 +656,18 @@ impl Objects<'_> {
 
     fn services(&self) -> Result<Vec<Service>, RenderError> {
         let spec = &self.cluster.spec;
+        let exposed = spec.service.type_ != kubesbc_crds::cluster::ServiceType::ClusterIP;
         let port = |l: &kubesbc_crds::cluster::ListenerSpec| {
-            json!({
+            let mut p = json!({
                 "name": port_name(l.transport, l.port),
                 "port": l.port,
                 "targetPort": port_name(l.transport, l.port),
                 "protocol": protocol(l.transport),
-            })
+            });
+            if let Some(np) = l.node_port.filter(|_| exposed) {
+                p["nodePort"] = json!(np);
+            }
+            p
         };
         let protocols: BTreeSet<&str> = spec
             .listeners

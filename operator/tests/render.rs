@@ -321,3 +321,28 @@ fn selectors_match_labels_and_expressions_and_absent_matches_nothing() {
     };
     assert!(render::selects(Some(&by_expr), &labels));
 }
+
+#[test]
+fn node_ports_are_kept_for_node_port_services_only() {
+    let mut w = World::new();
+    w.cluster.spec.service.type_ = kubesbc_crds::cluster::ServiceType::NodePort;
+    w.cluster.spec.listeners[0].node_port = Some(30060);
+    w.cluster.spec.listeners[1].node_port = Some(30060);
+    let r = render::render(w.inputs()).expect("renders");
+    let ports = r.services[0]
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.clone())
+        .unwrap_or_default();
+    let node_ports: Vec<_> = ports.iter().map(|p| p.node_port).collect();
+    assert_eq!(node_ports, [Some(30060), Some(30060), None]);
+
+    w.cluster.spec.service.type_ = kubesbc_crds::cluster::ServiceType::ClusterIP;
+    let r = render::render(w.inputs()).expect("renders");
+    let ports = r.services[0]
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.clone())
+        .unwrap_or_default();
+    assert!(ports.iter().all(|p| p.node_port.is_none()));
+}
