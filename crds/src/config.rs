@@ -62,6 +62,18 @@ pub struct SbcConfig {
     /// Shared state. Absent: state lives in this process's memory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store: Option<StoreConfig>,
+    /// Access lists applied by the guard stage, in order (rendered from AccessList resources).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub access_lists: Vec<crate::policy::AccessListConfig>,
+    /// Tenant throttles (rendered from TenantThrottle resources).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub throttles: Vec<crate::policy::ThrottleConfig>,
+    /// Media anchoring. Absent: media passes end to end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media: Option<crate::policy::MediaConfig>,
+    /// Certificate of the tls/wss listeners.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::policy::TlsConfig>,
 }
 
 /// A transport the sbc can listen on.
@@ -174,6 +186,10 @@ pub struct DispatcherSetConfig {
     /// The destinations of the set.
     #[serde(default)]
     pub destinations: Vec<DestinationConfig>,
+    /// Destinations resolved live from a Service's EndpointSlices, in addition to
+    /// `destinations`. Absent: only the static `destinations`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<crate::policy::ServiceSource>,
     /// OPTIONS health probing of the destinations.
     #[serde(default)]
     pub probing: Probing,
@@ -774,6 +790,12 @@ impl SbcConfig {
                 "relay.t2Ms",
                 "t1Ms must be positive and t2Ms at least t1Ms",
             ));
+        }
+        for (i, a) in self.access_lists.iter().enumerate() {
+            a.validate(&format!("accessLists[{i}]"))?;
+        }
+        for (i, t) in self.throttles.iter().enumerate() {
+            t.validate(&format!("throttles[{i}]"))?;
         }
         if let Some(store) = &self.store
             && !(store.url.starts_with("redis://") || store.url.starts_with("rediss://"))

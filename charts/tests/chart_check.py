@@ -1,0 +1,254 @@
+"""Checks the Helm chart, the plain manifests and the example resources.
+
+Run through scripts/chart-check.sh (which prepares the venv). Prints one line per check and a
+final `N passed, N failed`; exits non-zero on any failure. `--update` rewrites manifests/.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import sys
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "kubesbc"
+MANIFESTS = ROOT / "manifests"
+KUBE_VERSION = "1.33"
+RELEASE = "kubesbc"
+NAMESPACE = "kubesbc-system"
+
+results = {"passed": 0, "failed": 0}
+
+
+def check(name, fn):
+    """Runs one check; an exception or a False result is a failure."""
+    try:
+        ok = fn()
+        ok = True if ok is None else ok
+    except Exception as e:  # noqa: BLE001 - every failure is reported, none is fatal
+        ok = False
+        print(f"FAIL {name}: {type(e).__name__}: {e}")
+        if os.environ.get("CHART_CHECK_DEBUG"):
+            traceback.print_exc()
+    else:
+        print(("ok   " if ok else "FAIL ") + name)
+    results["passed" if ok else "failed"] += 1
+
+
+def rejected(name, fn, expect):
+    """A check that `fn` raises, with `expect` in the message."""
+    def run():
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001
+            if expect.lower() not in str(e).lower():
+                raise AssertionError(f"rejected, but the message does not mention {expect!r}: {e}")
+            return True
+        raise AssertionError("accepted, expected a rejection")
+    check(name, run)
+
+
+try:
+    import helm_python as helm
+    import jsonschema
+    import kubernetes_validate
+    import yaml
+except ImportError as e:
+    print(f"FAIL tools: {e}")
+    results["failed"] += 1
+    print(f"{results['passed']} passed, {results['failed']} failed")
+    sys.exit(1)
+
+
+def docs(text):
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def crd_schemas():
+    out = {}
+    for crd in docs((MANIFESTS / "crds.yaml").read_text()):
+        kind = crd["spec"]["names"]["kind"]
+        out[kind] = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return out
+
+
+SCHEMAS = crd_schemas()
+
+
+def validate_cr(obj):
+    """Validates a kubesbc.io resource against the generated CRD schema."""
+    schema = SCHEMAS[obj["kind"]]
+    jsonschema.validate(obj, schema, cls=jsonschema.Draft7Validator)
+
+
+def validate_any(obj):
+    if obj.get("apiVersion", "").startswith("kubesbc.io/"):
+        validate_cr(obj)
+    else:
+        kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+
+
+def render(values=None):
+    chart = helm.Chart.load(str(CHART))
+    return chart.render(values or {}, name=RELEASE, namespace=NAMESPACE, is_install=True)
+
+
+def manifest_text(rendered):
+    parts = [
+        "# Generated from charts/kubesbc with default values by scripts/chart-check.sh --update.\n"
+        "# Do not edit: change the chart and regenerate. CRDs are in crds.yaml.\n",
+        "---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: kubesbc-system\n",
+    ]
+    for path in sorted(rendered):
+        if path.endswith("NOTES.txt"):
+            continue
+        body = rendered[path].strip()
+        for doc in body.split("\n---\n"):
+            doc = doc.strip().removeprefix("---").strip()
+            if doc and any(not line.startswith("#") for line in doc.splitlines() if line.strip()):
+                parts.append(f"---\n# Source: {path}\n{doc}\n")
+    return "".join(parts)
+
+
+def objects(rendered):
+    out = []
+    for path, text in rendered.items():
+        if path.endswith("NOTES.txt"):
+            continue
+        out.extend(docs(text))
+    return out
+
+
+def main():
+    update = "--update" in sys.argv
+
+    def lint():
+        report = helm.lint(str(CHART), strict=True, kube_version=f"v{KUBE_VERSION}.0")
+        bad = [m for m in report.get("messages", []) if m.get("severity", 0) >= 2]
+        if report.get("errors") or bad:
+            raise AssertionError(f"{report.get('errors')} {bad}")
+    check("helm lint --strict", lint)
+
+    def lint_examples():
+        report = helm.lint(str(CHART), {"examples": {"enabled": True}, "redis": {"enabled": True}},
+                           strict=True, kube_version=f"v{KUBE_VERSION}.0")
+        bad = [m for m in report.get("messages", []) if m.get("severity", 0) >= 2]
+        if report.get("errors") or bad:
+            raise AssertionError(f"{report.get('errors')} {bad}")
+    check("helm lint --strict (examples and redis enabled)", lint_examples)
+
+    default = render()
+    full = render({"examples": {"enabled": True}, "redis": {"enabled": True}})
+
+    for label, rendered in (("default values", default), ("examples+redis", full)):
+        objs = objects(rendered)
+        check(f"render {label}: produces objects", lambda objs=objs: len(objs) > 0)
+        for obj in objs:
+            name = f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
+            check(f"validate {label}: {name} (kubernetes {KUBE_VERSION})", lambda obj=obj: validate_any(obj))
+
+    def kinds(rendered):
+        return sorted(o["kind"] for o in objects(rendered))
+    check("default values: no Redis, no examples",
+          lambda: not any(o["kind"] in ("SbcCluster",) or "redis" in o["metadata"]["name"]
+                          for o in objects(default)))
+    check("examples enabled: SbcCluster, DispatcherSet, TenantThrottle, AccessList rendered",
+          lambda: {"SbcCluster", "DispatcherSet", "TenantThrottle", "AccessList"} <= set(kinds(full)))
+
+    def operator_locked_down():
+        dep = next(o for o in objects(default) if o["kind"] == "Deployment")
+        pod = dep["spec"]["template"]["spec"]
+        c = pod["containers"][0]["securityContext"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert c["readOnlyRootFilesystem"] is True
+        assert c["capabilities"]["drop"] == ["ALL"]
+        assert c["allowPrivilegeEscalation"] is False
+        assert pod["containers"][0]["livenessProbe"] and pod["containers"][0]["readinessProbe"]
+    check("operator runs non-root, read-only, without capabilities, with probes", operator_locked_down)
+
+    def least_privilege():
+        role = next(o for o in objects(default) if o["kind"] == "ClusterRole")
+        for rule in role["rules"]:
+            assert "*" not in rule["verbs"] and "*" not in rule["resources"], rule
+            if "secrets" in rule["resources"]:
+                assert rule["verbs"] == ["get"], rule
+            assert "delete" not in rule["verbs"], rule
+    check("ClusterRole has no wildcards, no delete, secrets get-only", least_privilege)
+
+    # manifests/ is the chart rendered with default values, plus the CRDs.
+    want = manifest_text(default)
+    target = MANIFESTS / "kubesbc.yaml"
+    if update:
+        target.write_text(want)
+    check("manifests/kubesbc.yaml is not stale (run scripts/chart-check.sh --update)",
+          lambda: target.read_text() == want)
+    chart_crds = (CHART / "crds" / "kubesbc.io.yaml").read_text()
+    check("manifests/crds.yaml equals the chart's CRDs",
+          lambda: (MANIFESTS / "crds.yaml").read_text() == chart_crds)
+    for obj in docs(target.read_text()):
+        name = f"{obj['kind']}/{obj['metadata']['name']}"
+        check(f"validate manifests/kubesbc.yaml: {name}", lambda obj=obj: validate_any(obj))
+
+    # Example custom resources against the generated CRD schemas.
+    examples = sorted((ROOT / "examples").glob("*.yaml"))
+    check("examples/ has an example of each kind",
+          lambda: {d["kind"] for f in examples for d in docs(f.read_text())}
+          >= {"SbcCluster", "DispatcherSet", "TenantThrottle", "AccessList"})
+    for f in examples:
+        for obj in docs(f.read_text()):
+            check(f"validate examples/{f.name}: {obj['kind']}/{obj['metadata']['name']}",
+                  lambda obj=obj: validate_any(obj))
+
+    # Bad values are refused by values.schema.json ...
+    chart = helm.Chart.load(str(CHART))
+    check("values.schema.json accepts the defaults", lambda: chart.validate_schema({}))
+    rejected("values.schema.json rejects replicas: 0",
+             lambda: chart.validate_schema({"replicas": 0}), "replicas")
+    rejected("values.schema.json rejects metrics.port: 70000",
+             lambda: chart.validate_schema({"metrics": {"port": 70000}}), "port")
+    rejected("values.schema.json rejects examples.sipPort: 70000",
+             lambda: chart.validate_schema({"examples": {"sipPort": 70000}}), "sipPort")
+    rejected("values.schema.json rejects an unknown algorithm",
+             lambda: chart.validate_schema({"examples": {"algorithm": "roundrobin"}}), "algorithm")
+    rejected("render refuses replicas: 0", lambda: render({"replicas": 0}), "replicas")
+
+    # ... and bad resources by the CRD schemas.
+    cluster = docs((ROOT / "examples" / "sbccluster.yaml").read_text())[0]
+    dset = docs((ROOT / "examples" / "dispatcherset.yaml").read_text())[0]
+    throttle = docs((ROOT / "examples" / "tenantthrottle.yaml").read_text())[0]
+    acl = docs((ROOT / "examples" / "accesslist.yaml").read_text())[0]
+
+    def with_(obj, path, value):
+        o = copy.deepcopy(obj)
+        cur = o
+        for k in path[:-1]:
+            cur = cur[k]
+        cur[path[-1]] = value
+        return o
+    rejected("CRD rejects SbcCluster replicas: 0",
+             lambda: validate_cr(with_(cluster, ["spec", "replicas"], 0)), "minimum")
+    rejected("CRD rejects SbcCluster listener port 70000",
+             lambda: validate_cr(with_(cluster, ["spec", "listeners", 0, "port"], 70000)), "maximum")
+    rejected("CRD rejects SbcCluster listener transport sctp",
+             lambda: validate_cr(with_(cluster, ["spec", "listeners", 0, "transport"], "sctp")), "sctp")
+    rejected("CRD rejects DispatcherSet algorithm roundrobin",
+             lambda: validate_cr(with_(dset, ["spec", "algorithm"], "roundrobin")), "roundrobin")
+    rejected("CRD rejects DispatcherSet algorithm 7 (not a Kamailio algorithm we implement)",
+             lambda: validate_cr(with_(dset, ["spec", "algorithm"], 7)), "7")
+    check("CRD accepts DispatcherSet algorithm 4",
+          lambda: validate_cr(with_(dset, ["spec", "algorithm"], 4)))
+    rejected("CRD rejects TenantThrottle response code 200",
+             lambda: validate_cr(with_(throttle, ["spec", "response", "code"], 200)), "minimum")
+    rejected("CRD rejects AccessList source that is not a CIDR",
+             lambda: validate_cr(with_(acl, ["spec", "rules", 1, "sources"], ["example.com"])), "does not match")
+    rejected("CRD rejects AccessList action maybe",
+             lambda: validate_cr(with_(acl, ["spec", "rules", 0, "action"], "maybe")), "maybe")
+
+    print(f"{results['passed']} passed, {results['failed']} failed")
+    return 1 if results["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,267 @@
+//! SbcCluster: a fleet of sbc pods, its listeners and Services, and the selectors choosing
+//! which DispatcherSets, TenantThrottles and AccessLists apply to it.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{DrainConfig, Limits, RelayConfig, Transport};
+use crate::status::SecretKeyRef;
+
+/// Image of the sbc pods when the spec does not name one.
+pub const DEFAULT_IMAGE: &str = "ghcr.io/kubesbc/sbc:0.1.0";
+
+/// A fleet of sbc pods.
+#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "kubesbc.io",
+    version = "v1alpha1",
+    kind = "SbcCluster",
+    namespaced,
+    status = "SbcClusterStatus",
+    shortname = "sbc",
+    category = "kubesbc",
+    doc = "A fleet of kubesbc SIP proxies and what they listen on.",
+    printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyReplicas"}"#,
+    printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".status.replicas"}"#,
+    printcolumn = r#"{"name":"Destinations Up","type":"integer","jsonPath":".status.destinationsUp"}"#,
+    printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!(has(self.replicas) && has(self.autoscaling))", "message": "set spec.replicas or spec.autoscaling, not both"},
+    {"rule": "has(self.tls) || !self.listeners.exists(l, l.transport == 'tls' || l.transport == 'wss')", "message": "tls and wss listeners need spec.tls"},
+    {"rule": "self.listeners.all(a, self.listeners.exists_one(b, b.transport == a.transport && b.port == a.port))", "message": "spec.listeners: a transport and port pair is listed twice"}
+]))]
+pub struct SbcClusterSpec {
+    /// Number of sbc pods (when `autoscaling` is not set). Default 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub replicas: Option<i32>,
+    /// Scale on CPU between `minReplicas` and `maxReplicas` (an HPA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<Autoscaling>,
+    /// Container image of the sbc.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
+    /// Image pull policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<PullPolicy>,
+    /// SIP listeners; each becomes a container port and a Service port.
+    #[schemars(length(min = 1, max = 16))]
+    pub listeners: Vec<ListenerSpec>,
+    /// The Service in front of the SIP listeners.
+    #[serde(default)]
+    pub service: ServiceSpec,
+    /// Run the pods on the nodes' network (one pod per node), so UDP replies leave from the
+    /// address the client sent to. Replaces the SIP Service's load balancing.
+    #[serde(default)]
+    pub host_network: bool,
+    /// Certificate for tls and wss listeners.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+    /// Redis for shared state. Absent: state is in memory per pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisSpec>,
+    /// rtpengine ng control addresses (`host:port`). Empty: media is not anchored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 16),
+        inner(regex(pattern = r"^[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}$"))
+    )]
+    pub rtpengine: Vec<String>,
+    /// Resources of the sbc container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// DispatcherSets (in this namespace) used by this cluster. Absent: none; `{}`: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispatcher_set_selector: Option<LabelSelector>,
+    /// TenantThrottles (in this namespace) used by this cluster. Absent: none; `{}`: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_throttle_selector: Option<LabelSelector>,
+    /// AccessLists (in this namespace) used by this cluster. Absent: none; `{}`: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_list_selector: Option<LabelSelector>,
+    /// Set id initial requests go to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 65535))]
+    pub default_set: Option<u32>,
+    /// Port of the admin endpoint (`/metrics`, `/healthz`, `/readyz`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub admin_port: Option<u16>,
+    /// Draining on SIGTERM; also sets the pods' `terminationGracePeriodSeconds`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<DrainConfig>,
+    /// Size and connection limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
+    /// Transaction timers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<RelayConfig>,
+}
+
+/// CPU-based autoscaling.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "self.minReplicas <= self.maxReplicas", "message": "autoscaling.minReplicas must not exceed autoscaling.maxReplicas"}
+]))]
+pub struct Autoscaling {
+    /// Fewest pods.
+    #[schemars(range(min = 1, max = 1000))]
+    pub min_replicas: i32,
+    /// Most pods.
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+    /// Average CPU utilisation (percent of requests) to aim for.
+    #[serde(default = "default_cpu_target")]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_cpu_utilization: i32,
+}
+
+fn default_cpu_target() -> i32 {
+    70
+}
+
+/// Image pull policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum PullPolicy {
+    /// Always pull.
+    Always,
+    /// Pull when absent.
+    IfNotPresent,
+    /// Never pull.
+    Never,
+}
+
+impl PullPolicy {
+    /// The Kubernetes spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullPolicy::Always => "Always",
+            PullPolicy::IfNotPresent => "IfNotPresent",
+            PullPolicy::Never => "Never",
+        }
+    }
+}
+
+/// One SIP listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerSpec {
+    /// Transport.
+    pub transport: Transport,
+    /// Port, inside the pod and on the Service.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// Fixed node port for NodePort/LoadBalancer Services (30000-32767). Absent: assigned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 30000, max = 32767))]
+    pub node_port: Option<i32>,
+    /// Host (and port) written into Via/Record-Route/Contact: the Service's external IP or
+    /// a public name. Absent: the pod's address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 261), regex(pattern = r"^[^\s;]+$"))]
+    pub advertise: Option<String>,
+}
+
+/// The SIP Service.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// Service type.
+    #[serde(default, rename = "type")]
+    pub type_: ServiceType,
+    /// Annotations, e.g. for a cloud UDP load balancer.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// `Local` keeps the client's source address (needed by AccessLists and flood limits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_traffic_policy: Option<TrafficPolicy>,
+}
+
+/// Kubernetes Service type.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ServiceType {
+    /// Inside the cluster only.
+    #[default]
+    ClusterIP,
+    /// On every node's port.
+    NodePort,
+    /// A cloud load balancer.
+    LoadBalancer,
+}
+
+impl ServiceType {
+    /// The Kubernetes spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceType::ClusterIP => "ClusterIP",
+            ServiceType::NodePort => "NodePort",
+            ServiceType::LoadBalancer => "LoadBalancer",
+        }
+    }
+}
+
+/// `externalTrafficPolicy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum TrafficPolicy {
+    /// Spread over all nodes (source address lost).
+    Cluster,
+    /// Only to pods on the receiving node (source address kept).
+    Local,
+}
+
+/// TLS certificate from a `kubernetes.io/tls` Secret.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// Secret with `tls.crt` and `tls.key`.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
+}
+
+/// Redis connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisSpec {
+    /// Secret key holding the `redis://` URL (it may carry a password).
+    pub url_secret_ref: SecretKeyRef,
+    /// Key prefix; absent: `<namespace>/<name>:`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_prefix: Option<String>,
+}
+
+/// Status of an SbcCluster.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SbcClusterStatus {
+    /// `metadata.generation` the conditions describe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Accepted` (the config rendered) and `Ready` (all replicas ready).
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// Pods the Deployment has.
+    #[serde(default)]
+    pub replicas: i32,
+    /// Pods ready.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Destinations answering probes, over all sets (reported by the sbc pods).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destinations_up: Option<i32>,
+    /// Static destinations over all selected sets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destinations_total: Option<i32>,
+    /// Hash of the rendered `sbc.yaml` now in the ConfigMap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_hash: Option<String>,
+}

@@ -1,0 +1,559 @@
+//! The SbcCluster controller: gathers what a cluster selects, renders it, applies the result
+//! with server-side apply and writes status on the cluster and on the selected resources.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Client, Resource, ResourceExt};
+use kubesbc_crds::status::{ACCEPTED, READY};
+use kubesbc_crds::{AccessList, DispatcherSet, SbcCluster, TenantThrottle};
+use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use crate::render::{self, Inputs, Lookups, RenderError};
+
+/// Field manager of every server-side apply the operator makes.
+pub const MANAGER: &str = "kubesbc-operator";
+/// How often a healthy cluster is looked at again even without a change.
+pub const RESYNC: Duration = Duration::from_secs(600);
+/// How soon a rejected cluster is retried (a missing Secret may appear).
+pub const RETRY_INVALID: Duration = Duration::from_secs(60);
+/// How soon a cluster is retried after an API error.
+pub const RETRY_ERROR: Duration = Duration::from_secs(15);
+
+/// What can go wrong while reconciling (a rejected spec is not an error: it is a status).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API server refused or failed a request.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// The SbcCluster has no namespace (it is a namespaced kind, so the API is broken).
+    #[error("SbcCluster {0} has no namespace")]
+    NoNamespace(String),
+}
+
+impl Error {
+    /// Short name used as the metric label.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::NoNamespace(_) => "no_namespace",
+        }
+    }
+}
+
+/// Operator metrics (`/metrics`).
+#[derive(Clone)]
+pub struct Metrics {
+    /// Reconciliations started.
+    pub reconciliations: IntCounter,
+    /// Reconciliations that failed, by error name.
+    pub failures: IntCounterVec,
+    /// Clusters rejected (Accepted=False), by reason.
+    pub rejected: IntCounterVec,
+}
+
+impl Metrics {
+    /// Registers the metrics in `registry`.
+    pub fn new(registry: &Registry) -> Result<Metrics, prometheus::Error> {
+        let reconciliations = IntCounter::new(
+            "kubesbc_operator_reconciliations_total",
+            "SbcCluster reconciliations started",
+        )?;
+        let failures = IntCounterVec::new(
+            Opts::new(
+                "kubesbc_operator_reconcile_failures_total",
+                "SbcCluster reconciliations that failed with an error",
+            ),
+            &["error"],
+        )?;
+        let rejected = IntCounterVec::new(
+            Opts::new(
+                "kubesbc_operator_rejected_total",
+                "SbcCluster renders refused (Accepted=False)",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(reconciliations.clone()))?;
+        registry.register(Box::new(failures.clone()))?;
+        registry.register(Box::new(rejected.clone()))?;
+        Ok(Metrics {
+            reconciliations,
+            failures,
+            rejected,
+        })
+    }
+}
+
+/// Shared by every reconciliation.
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// Publishes Kubernetes Events.
+    pub recorder: Recorder,
+    /// Counters.
+    pub metrics: Metrics,
+}
+
+impl Context {
+    /// A context with a fresh metrics registry.
+    pub fn new(client: Client, registry: &Registry) -> Result<Context, prometheus::Error> {
+        let reporter = Reporter {
+            controller: MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Ok(Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            metrics: Metrics::new(registry)?,
+            client,
+        })
+    }
+}
+
+/// The SbcClusters (from `clusters`) whose selector (`pick`) matches `obj`: the clusters to
+/// re-render when `obj` changes. Only clusters in `obj`'s namespace can select it.
+pub fn clusters_selecting<K: ResourceExt>(
+    clusters: &[Arc<SbcCluster>],
+    obj: &K,
+    pick: fn(&SbcCluster) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+) -> Vec<ObjectRef<SbcCluster>> {
+    clusters
+        .iter()
+        .filter(|c| c.namespace() == obj.namespace())
+        .filter(|c| render::selects(pick(c), obj.labels()))
+        .map(|c| ObjectRef::from_obj(c.as_ref()))
+        .collect()
+}
+
+async fn selected<K>(
+    client: &Client,
+    ns: &str,
+    selector: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+) -> Result<Vec<K>, Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    if selector.is_none() {
+        return Ok(Vec::new());
+    }
+    let list = Api::<K>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await?;
+    let mut items: Vec<K> = list
+        .items
+        .into_iter()
+        .filter(|o| render::selects(selector, o.labels()))
+        .collect();
+    items.sort_by_key(|o| o.name_any());
+    Ok(items)
+}
+
+async fn lookups(
+    client: &Client,
+    ns: &str,
+    cluster: &SbcCluster,
+    sets: &[DispatcherSet],
+    acls: &[AccessList],
+) -> Result<Lookups, Error> {
+    let mut out = Lookups::default();
+    let mut secret_names: Vec<String> = acls
+        .iter()
+        .flat_map(|a| a.spec.rules.iter())
+        .flat_map(|r| r.required_headers.iter())
+        .map(|h| h.secret_key_ref.name.clone())
+        .collect();
+    if let Some(r) = &cluster.spec.redis {
+        secret_names.push(r.url_secret_ref.name.clone());
+    }
+    secret_names.sort();
+    secret_names.dedup();
+    let secrets = Api::<Secret>::namespaced(client.clone(), ns);
+    for name in secret_names {
+        if let Some(s) = secrets.get_opt(&name).await? {
+            let mut data: BTreeMap<String, String> = s
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+                .collect();
+            data.extend(s.string_data.unwrap_or_default());
+            out.secrets.insert((ns.to_owned(), name), data);
+        }
+    }
+    for ds in sets {
+        if let Some(src) = &ds.spec.destinations.service {
+            let sns = src.namespace.clone().unwrap_or_else(|| ns.to_owned());
+            let key = (sns.clone(), src.name.clone());
+            if out.services.contains_key(&key) {
+                continue;
+            }
+            let api = Api::<Service>::namespaced(client.clone(), &sns);
+            if let Some(svc) = api.get_opt(&src.name).await? {
+                let ports = svc
+                    .spec
+                    .and_then(|s| s.ports)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|p| p.name)
+                    .collect();
+                out.services.insert(key, ports);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A condition, keeping the previous transition time when the status did not change.
+fn condition(
+    previous: &[Condition],
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    let since = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(now));
+    Condition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        observed_generation: generation,
+        last_transition_time: since,
+    }
+}
+
+async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<K, Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug,
+{
+    let api = Api::<K>::namespaced(client.clone(), ns);
+    let pp = PatchParams::apply(MANAGER).force();
+    Ok(api.patch(&obj.name_any(), &pp, &Patch::Apply(obj)).await?)
+}
+
+/// Writes `Accepted` on a selected resource through its status subresource.
+async fn child_status<K>(
+    client: &Client,
+    obj: &K,
+    accepted: Option<&RenderError>,
+) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug,
+{
+    let previous: Vec<Condition> = serde_json::to_value(obj)
+        .ok()
+        .and_then(|v| serde_json::from_value(v["status"]["conditions"].clone()).ok())
+        .unwrap_or_default();
+    let generation = obj.meta().generation;
+    let cond = match accepted {
+        None => condition(
+            &previous,
+            ACCEPTED,
+            true,
+            "Accepted",
+            "rendered into the sbc configuration".into(),
+            generation,
+            Timestamp::now(),
+        ),
+        Some(e) => condition(
+            &previous,
+            ACCEPTED,
+            false,
+            e.reason,
+            format!("{}: {}", e.field, e.message),
+            generation,
+            Timestamp::now(),
+        ),
+    };
+    let body = json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": {"observedGeneration": generation, "conditions": [cond]},
+    });
+    let api = Api::<K>::namespaced(client.clone(), &obj.namespace().unwrap_or_default());
+    let pp = PatchParams::apply(MANAGER).force();
+    api.patch_status(&obj.name_any(), &pp, &Patch::Apply(&body))
+        .await?;
+    Ok(())
+}
+
+fn object_id<K: Resource<DynamicType = ()>>(obj: &K) -> String {
+    format!(
+        "{} {}/{}",
+        K::kind(&()),
+        obj.namespace().unwrap_or_default(),
+        obj.name_any()
+    )
+}
+
+async fn publish(
+    ctx: &Context,
+    cluster: &SbcCluster,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let ev = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: "Reconcile".to_owned(),
+        secondary: None,
+    };
+    // An Event that cannot be written is not worth failing the reconciliation for.
+    if let Err(e) = ctx.recorder.publish(&ev, &cluster.object_ref(&())).await {
+        tracing::warn!(error = %e, "could not publish event");
+    }
+}
+
+/// Reconciles one SbcCluster.
+pub async fn reconcile(cluster: Arc<SbcCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.metrics.reconciliations.inc();
+    let ns = cluster
+        .namespace()
+        .ok_or_else(|| Error::NoNamespace(cluster.name_any()))?;
+    let client = &ctx.client;
+    let spec = &cluster.spec;
+    let sets: Vec<DispatcherSet> =
+        selected(client, &ns, spec.dispatcher_set_selector.as_ref()).await?;
+    let throttles: Vec<TenantThrottle> =
+        selected(client, &ns, spec.tenant_throttle_selector.as_ref()).await?;
+    let acls: Vec<AccessList> = selected(client, &ns, spec.access_list_selector.as_ref()).await?;
+    let lookups = lookups(client, &ns, &cluster, &sets, &acls).await?;
+    let inputs = Inputs {
+        cluster: &cluster,
+        dispatcher_sets: &sets,
+        throttles: &throttles,
+        access_lists: &acls,
+        lookups: &lookups,
+    };
+    let previous = cluster
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let generation = cluster.meta().generation;
+    let now = Timestamp::now();
+    let api = Api::<SbcCluster>::namespaced(client.clone(), &ns);
+    let pp = PatchParams::apply(MANAGER).force();
+
+    let rendered = match render::render(inputs) {
+        Ok(r) => r,
+        Err(e) => {
+            // The last good ConfigMap stays: nothing is applied, only the status says why.
+            tracing::warn!(cluster = %cluster.name_any(), error = %e, "configuration refused");
+            ctx.metrics.rejected.with_label_values(&[e.reason]).inc();
+            let cond = condition(
+                &previous,
+                ACCEPTED,
+                false,
+                e.reason,
+                e.to_string(),
+                generation,
+                now,
+            );
+            let status = json!({
+                "apiVersion": "kubesbc.io/v1alpha1",
+                "kind": "SbcCluster",
+                "status": {"observedGeneration": generation, "conditions": [cond]},
+            });
+            api.patch_status(&cluster.name_any(), &pp, &Patch::Apply(&status))
+                .await?;
+            for ds in sets.iter().filter(|o| object_id(*o) == e.object) {
+                child_status(client, ds, Some(&e)).await?;
+            }
+            for tt in throttles.iter().filter(|o| object_id(*o) == e.object) {
+                child_status(client, tt, Some(&e)).await?;
+            }
+            for acl in acls.iter().filter(|o| object_id(*o) == e.object) {
+                child_status(client, acl, Some(&e)).await?;
+            }
+            publish(&ctx, &cluster, EventType::Warning, e.reason, e.to_string()).await;
+            return Ok(Action::requeue(RETRY_INVALID));
+        }
+    };
+
+    apply::<ConfigMap>(client, &ns, &rendered.config_map).await?;
+    apply::<ServiceAccount>(client, &ns, &rendered.service_account).await?;
+    apply::<Role>(client, &ns, &rendered.role).await?;
+    apply::<RoleBinding>(client, &ns, &rendered.role_binding).await?;
+    let deployment = apply::<Deployment>(client, &ns, &rendered.deployment).await?;
+    for svc in &rendered.services {
+        apply::<Service>(client, &ns, svc).await?;
+    }
+    apply::<Service>(client, &ns, &rendered.admin_service).await?;
+    apply::<PodDisruptionBudget>(client, &ns, &rendered.pdb).await?;
+    if let Some(hpa) = &rendered.hpa {
+        apply::<HorizontalPodAutoscaler>(client, &ns, hpa).await?;
+    }
+
+    let dstatus = deployment.status.unwrap_or_default();
+    let desired = deployment.spec.and_then(|s| s.replicas).unwrap_or(1);
+    let ready = dstatus.ready_replicas.unwrap_or(0);
+    let is_ready = ready >= desired && desired > 0;
+    let destinations: usize = rendered
+        .config
+        .dispatcher
+        .sets
+        .iter()
+        .map(|s| s.destinations.len())
+        .sum();
+    let conds = [
+        condition(
+            &previous,
+            ACCEPTED,
+            true,
+            "Rendered",
+            format!(
+                "sbc.yaml {} rendered from {} dispatcher sets, {} throttles, {} access lists",
+                rendered.config_hash,
+                sets.len(),
+                throttles.len(),
+                acls.len()
+            ),
+            generation,
+            now,
+        ),
+        condition(
+            &previous,
+            READY,
+            is_ready,
+            if is_ready {
+                "ReplicasReady"
+            } else {
+                "ReplicasNotReady"
+            },
+            format!("{ready}/{desired} replicas ready"),
+            generation,
+            now,
+        ),
+    ];
+    let status = json!({
+        "apiVersion": "kubesbc.io/v1alpha1",
+        "kind": "SbcCluster",
+        "status": {
+            "observedGeneration": generation,
+            "conditions": conds,
+            "replicas": dstatus.replicas.unwrap_or(0),
+            "readyReplicas": ready,
+            "destinationsTotal": destinations,
+            "configHash": rendered.config_hash,
+        },
+    });
+    api.patch_status(&cluster.name_any(), &pp, &Patch::Apply(&status))
+        .await?;
+    for ds in &sets {
+        child_status(client, ds, None).await?;
+    }
+    for tt in &throttles {
+        child_status(client, tt, None).await?;
+    }
+    for acl in &acls {
+        child_status(client, acl, None).await?;
+    }
+    let old_hash = cluster
+        .status
+        .as_ref()
+        .and_then(|s| s.config_hash.as_deref());
+    if old_hash != Some(rendered.config_hash.as_str()) {
+        publish(
+            &ctx,
+            &cluster,
+            EventType::Normal,
+            "ConfigRendered",
+            format!(
+                "ConfigMap {} now holds sbc.yaml {}",
+                render::config_map_name(&cluster),
+                rendered.config_hash
+            ),
+        )
+        .await;
+    }
+    Ok(Action::requeue(RESYNC))
+}
+
+/// Counts the failure and retries later; errors never crash the operator.
+pub fn error_policy(cluster: Arc<SbcCluster>, error: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(cluster = %cluster.name_any(), error = %error, "reconcile failed");
+    ctx.metrics
+        .failures
+        .with_label_values(&[error.metric_label()])
+        .inc();
+    Action::requeue(RETRY_ERROR)
+}
+
+/// Runs the SbcCluster controller until SIGTERM/Ctrl-C: watches SbcClusters, the objects they
+/// own, and DispatcherSets/TenantThrottles/AccessLists mapped to the clusters selecting them.
+pub async fn run(ctx: Arc<Context>) {
+    use futures::StreamExt;
+    use kube::runtime::{Controller, watcher};
+
+    let client = ctx.client.clone();
+    let wc = watcher::Config::default();
+    let controller = Controller::new(Api::<SbcCluster>::all(client.clone()), wc.clone());
+    let store = controller.store();
+    let (s1, s2, s3) = (store.clone(), store.clone(), store);
+    controller
+        .owns(Api::<ConfigMap>::all(client.clone()), wc.clone())
+        .owns(Api::<Deployment>::all(client.clone()), wc.clone())
+        .watches(
+            Api::<DispatcherSet>::all(client.clone()),
+            wc.clone(),
+            move |o| {
+                clusters_selecting(&s1.state(), &o, |c| c.spec.dispatcher_set_selector.as_ref())
+            },
+        )
+        .watches(
+            Api::<TenantThrottle>::all(client.clone()),
+            wc.clone(),
+            move |o| {
+                clusters_selecting(&s2.state(), &o, |c| {
+                    c.spec.tenant_throttle_selector.as_ref()
+                })
+            },
+        )
+        .watches(Api::<AccessList>::all(client), wc, move |o| {
+            clusters_selecting(&s3.state(), &o, |c| c.spec.access_list_selector.as_ref())
+        })
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => tracing::debug!(cluster = %obj.name, "reconciled"),
+                Err(e) => tracing::warn!(error = %e, "controller"),
+            }
+        })
+        .await;
+}

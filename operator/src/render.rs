@@ -1,0 +1,781 @@
+//! The renderer: an SbcCluster and the resources it selects -> the sbc configuration and the
+//! Kubernetes objects that run it. Pure: everything it needs is passed in, nothing is fetched.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
+use kube::{Resource, ResourceExt};
+use kubesbc_crds::config::{
+    AdminConfig, DispatcherConfig, DispatcherSetConfig, Listener, SbcConfig, StoreConfig, Transport,
+};
+use kubesbc_crds::policy::{
+    AccessListConfig, AccessRule, HeaderValue, MediaConfig, ServiceSource, ThrottleConfig,
+    TlsConfig,
+};
+use kubesbc_crds::{AccessList, DispatcherSet, SbcCluster, TenantThrottle};
+use serde_json::json;
+
+/// Where the ConfigMap is mounted in sbc pods.
+pub const CONFIG_DIR: &str = "/etc/kubesbc/config";
+/// Where the TLS Secret is mounted in sbc pods.
+pub const TLS_DIR: &str = "/etc/kubesbc/tls";
+/// Key of the rendered configuration in the ConfigMap.
+pub const CONFIG_KEY: &str = "sbc.yaml";
+/// Default admin port.
+pub const DEFAULT_ADMIN_PORT: u16 = 9090;
+
+/// A resource the schema let through but that cannot be put into effect. The message names
+/// the offending field of the offending object; the reason goes into the `Accepted` condition.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{object}: {field}: {message}")]
+pub struct RenderError {
+    /// CamelCase reason for the condition (`DuplicateSetId`, `SecretNotFound`, ...).
+    pub reason: &'static str,
+    /// `Kind namespace/name` of the object at fault.
+    pub object: String,
+    /// Path of the field at fault, `spec.setId`.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Secrets and Services the renderer may refer to, already read from the API.
+#[derive(Debug, Clone, Default)]
+pub struct Lookups {
+    /// `(namespace, name)` -> key -> decoded value.
+    pub secrets: BTreeMap<(String, String), BTreeMap<String, String>>,
+    /// `(namespace, name)` -> the names of the Service's ports.
+    pub services: BTreeMap<(String, String), Vec<String>>,
+}
+
+/// Everything one SbcCluster renders from.
+#[derive(Debug, Clone, Copy)]
+pub struct Inputs<'a> {
+    /// The cluster.
+    pub cluster: &'a SbcCluster,
+    /// DispatcherSets its selector matches.
+    pub dispatcher_sets: &'a [DispatcherSet],
+    /// TenantThrottles its selector matches.
+    pub throttles: &'a [TenantThrottle],
+    /// AccessLists its selector matches.
+    pub access_lists: &'a [AccessList],
+    /// Referenced Secrets and Services.
+    pub lookups: &'a Lookups,
+}
+
+/// The objects an SbcCluster owns.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    /// The sbc configuration.
+    pub config: SbcConfig,
+    /// FNV-1a hash of `sbc.yaml`, hex; recorded in the status and the ConfigMap annotations.
+    pub config_hash: String,
+    /// The ConfigMap holding `sbc.yaml`.
+    pub config_map: ConfigMap,
+    /// The sbc pods.
+    pub deployment: Deployment,
+    /// SIP Services: one, or one per protocol for a mixed UDP/TCP LoadBalancer.
+    pub services: Vec<Service>,
+    /// The admin/metrics Service.
+    pub admin_service: Service,
+    /// Identity of the sbc pods.
+    pub service_account: ServiceAccount,
+    /// What the sbc pods may read.
+    pub role: Role,
+    /// Binds the role to the service account.
+    pub role_binding: RoleBinding,
+    /// Keeps all but one pod up during voluntary disruptions.
+    pub pdb: PodDisruptionBudget,
+    /// Present when the cluster autoscales.
+    pub hpa: Option<HorizontalPodAutoscaler>,
+}
+
+/// Whether `selector` (absent: match nothing) matches `labels`.
+pub fn selects(selector: Option<&LabelSelector>, labels: &BTreeMap<String, String>) -> bool {
+    let Some(sel) = selector else {
+        return false;
+    };
+    let labels_ok = sel
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let exprs_ok = sel.match_expressions.iter().flatten().all(|e| {
+        let values = e.values.as_deref().unwrap_or_default();
+        let have = labels.get(&e.key);
+        match e.operator.as_str() {
+            "In" => have.is_some_and(|h| values.contains(h)),
+            "NotIn" => have.is_none_or(|h| !values.contains(h)),
+            "Exists" => have.is_some(),
+            "DoesNotExist" => have.is_none(),
+            _ => false,
+        }
+    });
+    labels_ok && exprs_ok
+}
+
+fn id<K: Resource<DynamicType = ()>>(obj: &K) -> String {
+    format!(
+        "{} {}/{}",
+        K::kind(&()),
+        obj.namespace().unwrap_or_default(),
+        obj.name_any()
+    )
+}
+
+fn err<K: Resource<DynamicType = ()>>(
+    obj: &K,
+    reason: &'static str,
+    field: impl Into<String>,
+    message: impl Into<String>,
+) -> RenderError {
+    RenderError {
+        reason,
+        object: id(obj),
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+fn internal<K: Resource<DynamicType = ()>>(
+    obj: &K,
+    what: &str,
+    e: impl std::fmt::Display,
+) -> RenderError {
+    err(obj, "RenderFailed", what, e.to_string())
+}
+
+/// Labels every object of a cluster carries; the first two select its pods.
+pub fn labels(cluster: &SbcCluster) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), "kubesbc".to_owned()),
+        ("app.kubernetes.io/instance".to_owned(), cluster.name_any()),
+        ("app.kubernetes.io/component".to_owned(), "sbc".to_owned()),
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            "kubesbc-operator".to_owned(),
+        ),
+    ])
+}
+
+fn pod_selector(cluster: &SbcCluster) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), "kubesbc".to_owned()),
+        ("app.kubernetes.io/instance".to_owned(), cluster.name_any()),
+    ])
+}
+
+/// Name of the ConfigMap of a cluster.
+pub fn config_map_name(cluster: &SbcCluster) -> String {
+    format!("{}-config", cluster.name_any())
+}
+
+/// Name of a listener's container port (at most 15 characters, as Kubernetes wants).
+pub fn port_name(transport: Transport, port: i32) -> String {
+    format!("{}-{port}", transport.name())
+}
+
+fn protocol(t: Transport) -> &'static str {
+    if t == Transport::Udp { "UDP" } else { "TCP" }
+}
+
+/// FNV-1a 64: a stable hash of the rendered config without pulling in a crypto crate.
+pub fn fnv1a(data: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in data {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+fn secret_value<K: Resource<DynamicType = ()>>(
+    obj: &K,
+    lookups: &Lookups,
+    field: &str,
+    name: &str,
+    key: &str,
+) -> Result<String, RenderError> {
+    let ns = obj.namespace().unwrap_or_default();
+    let secret = lookups
+        .secrets
+        .get(&(ns.clone(), name.to_owned()))
+        .ok_or_else(|| {
+            err(
+                obj,
+                "SecretNotFound",
+                format!("{field}.name"),
+                format!("Secret {ns}/{name} does not exist"),
+            )
+        })?;
+    secret.get(key).cloned().ok_or_else(|| {
+        err(
+            obj,
+            "SecretKeyNotFound",
+            format!("{field}.key"),
+            format!("Secret {ns}/{name} has no key {key:?}"),
+        )
+    })
+}
+
+/// Renders one DispatcherSet into a config set, checking its Service reference.
+pub fn render_set(
+    ds: &DispatcherSet,
+    lookups: &Lookups,
+) -> Result<DispatcherSetConfig, RenderError> {
+    let spec = &ds.spec;
+    let service = match &spec.destinations.service {
+        None => None,
+        Some(s) => {
+            let ns = s
+                .namespace
+                .clone()
+                .unwrap_or_else(|| ds.namespace().unwrap_or_default());
+            let ports = lookups
+                .services
+                .get(&(ns.clone(), s.name.clone()))
+                .ok_or_else(|| {
+                    err(
+                        ds,
+                        "ServiceNotFound",
+                        "spec.destinations.service.name",
+                        format!("Service {ns}/{} does not exist", s.name),
+                    )
+                })?;
+            if !ports.contains(&s.port) {
+                return Err(err(
+                    ds,
+                    "ServicePortNotFound",
+                    "spec.destinations.service.port",
+                    format!(
+                        "Service {ns}/{} has no port named {:?} (it has: {})",
+                        s.name,
+                        s.port,
+                        ports.join(", ")
+                    ),
+                ));
+            }
+            Some(ServiceSource {
+                namespace: Some(ns),
+                ..s.clone()
+            })
+        }
+    };
+    let set = DispatcherSetConfig {
+        id: spec.set_id,
+        algorithm: spec.algorithm,
+        destinations: spec.destinations.static_.clone().unwrap_or_default(),
+        service,
+        probing: spec.probing.clone(),
+        failover: spec.failover.clone(),
+    };
+    set.validate("spec").map_err(|e| match e {
+        kubesbc_crds::config::ConfigError::Field { path, message } => err(
+            ds,
+            "InvalidDispatcherSet",
+            path.replacen("spec.destinations[", "spec.destinations.static[", 1),
+            message,
+        ),
+        other => internal(ds, "spec", other),
+    })?;
+    Ok(set)
+}
+
+/// Renders one AccessList, resolving the Secrets of its required headers.
+pub fn render_access_list(
+    acl: &AccessList,
+    lookups: &Lookups,
+) -> Result<AccessListConfig, RenderError> {
+    let mut rules = Vec::with_capacity(acl.spec.rules.len());
+    for (i, r) in acl.spec.rules.iter().enumerate() {
+        let mut required = Vec::with_capacity(r.required_headers.len());
+        for (j, h) in r.required_headers.iter().enumerate() {
+            let field = format!("spec.rules[{i}].requiredHeaders[{j}].secretKeyRef");
+            let value = secret_value(
+                acl,
+                lookups,
+                &field,
+                &h.secret_key_ref.name,
+                &h.secret_key_ref.key,
+            )?;
+            required.push(HeaderValue {
+                name: h.name.clone(),
+                value: value.trim_end_matches(['\r', '\n']).to_owned(),
+            });
+        }
+        rules.push(AccessRule {
+            action: r.action,
+            sources: r.sources.clone(),
+            user_agents: r.user_agents.clone(),
+            from_domains: r.from_domains.clone(),
+            required_headers: required,
+            methods: r.methods.clone(),
+            response_code: r.response_code(),
+        });
+    }
+    let out = AccessListConfig {
+        name: format!("{}/{}", acl.namespace().unwrap_or_default(), acl.name_any()),
+        rules,
+        default_action: acl.spec.default_action,
+        flood: acl.spec.flood.clone(),
+        register_flood: acl.spec.register_flood.clone(),
+    };
+    out.validate("spec").map_err(|e| match e {
+        kubesbc_crds::config::ConfigError::Field { path, message } => {
+            err(acl, "InvalidAccessList", path, message)
+        }
+        other => internal(acl, "spec", other),
+    })?;
+    Ok(out)
+}
+
+/// Renders one TenantThrottle.
+pub fn render_throttle(tt: &TenantThrottle) -> Result<ThrottleConfig, RenderError> {
+    let s = &tt.spec;
+    let out = ThrottleConfig {
+        name: format!("{}/{}", tt.namespace().unwrap_or_default(), tt.name_any()),
+        header: s.header.clone(),
+        tenants: s.tenants.clone(),
+        default: s.default.clone(),
+        methods: s.methods.clone(),
+        response: s.response.clone(),
+    };
+    out.validate("spec").map_err(|e| match e {
+        kubesbc_crds::config::ConfigError::Field { path, message } => {
+            err(tt, "InvalidTenantThrottle", path, message)
+        }
+        other => internal(tt, "spec", other),
+    })?;
+    Ok(out)
+}
+
+/// Renders the sbc configuration of a cluster (validated with [`SbcConfig::validate`]).
+pub fn render_config(inputs: Inputs<'_>) -> Result<SbcConfig, RenderError> {
+    let cluster = inputs.cluster;
+    let spec = &cluster.spec;
+    let listeners = spec
+        .listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let port = u16::try_from(l.port).map_err(|_| {
+                err(
+                    cluster,
+                    "InvalidListener",
+                    format!("spec.listeners[{i}].port"),
+                    format!("{} is not a port", l.port),
+                )
+            })?;
+            Ok(Listener {
+                transport: l.transport,
+                address: std::net::SocketAddr::from(([0, 0, 0, 0], port)),
+                advertise: l.advertise.clone(),
+            })
+        })
+        .collect::<Result<Vec<_>, RenderError>>()?;
+
+    // Sets in set-id order so the rendered document (and its hash) is stable.
+    let mut sets: Vec<(&DispatcherSet, DispatcherSetConfig)> = Vec::new();
+    for ds in inputs.dispatcher_sets {
+        let set = render_set(ds, inputs.lookups)?;
+        if let Some((other, _)) = sets.iter().find(|(_, s)| s.id == set.id) {
+            let (first, second) = if other.name_any() <= ds.name_any() {
+                (*other, ds)
+            } else {
+                (ds, *other)
+            };
+            return Err(err(
+                second,
+                "DuplicateSetId",
+                "spec.setId",
+                format!("set id {} is also used by {}", set.id, id(first)),
+            ));
+        }
+        sets.push((ds, set));
+    }
+    sets.sort_by_key(|(_, s)| s.id);
+    let sets: Vec<DispatcherSetConfig> = sets.into_iter().map(|(_, s)| s).collect();
+    let default_set = spec
+        .default_set
+        .or_else(|| sets.iter().map(|s| s.id).find(|id| *id == 1))
+        .or_else(|| sets.first().map(|s| s.id))
+        .unwrap_or(1);
+    if !sets.is_empty() && !sets.iter().any(|s| s.id == default_set) {
+        return Err(err(
+            cluster,
+            "DefaultSetNotFound",
+            "spec.defaultSet",
+            format!("no selected DispatcherSet has set id {default_set}"),
+        ));
+    }
+
+    let mut access_lists: Vec<AccessListConfig> = inputs
+        .access_lists
+        .iter()
+        .map(|a| render_access_list(a, inputs.lookups))
+        .collect::<Result<_, _>>()?;
+    access_lists.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut throttles: Vec<ThrottleConfig> = inputs
+        .throttles
+        .iter()
+        .map(render_throttle)
+        .collect::<Result<_, _>>()?;
+    throttles.sort_by(|a, b| a.name.cmp(&b.name));
+
+    let store = match &spec.redis {
+        None => None,
+        Some(r) => {
+            let url = secret_value(
+                cluster,
+                inputs.lookups,
+                "spec.redis.urlSecretRef",
+                &r.url_secret_ref.name,
+                &r.url_secret_ref.key,
+            )?;
+            let prefix = r.key_prefix.clone().unwrap_or_else(|| {
+                format!(
+                    "{}/{}:",
+                    cluster.namespace().unwrap_or_default(),
+                    cluster.name_any()
+                )
+            });
+            let mut store: StoreConfig = serde_json::from_value(json!({"url": url.trim()}))
+                .map_err(|e| internal(cluster, "spec.redis", e))?;
+            store.key_prefix = Some(prefix);
+            Some(store)
+        }
+    };
+    let admin_port = spec.admin_port.unwrap_or(DEFAULT_ADMIN_PORT);
+    let config = SbcConfig {
+        listeners,
+        dispatcher: DispatcherConfig { default_set, sets },
+        admin: AdminConfig {
+            address: std::net::SocketAddr::from(([0, 0, 0, 0], admin_port)),
+        },
+        limits: spec.limits.clone().unwrap_or_default(),
+        relay: spec.relay.clone().unwrap_or_default(),
+        drain: spec.drain.clone().unwrap_or_default(),
+        store,
+        access_lists,
+        throttles,
+        media: (!spec.rtpengine.is_empty()).then(|| MediaConfig {
+            rtpengine: spec.rtpengine.clone(),
+        }),
+        tls: spec.tls.as_ref().map(|_| TlsConfig {
+            cert_file: format!("{TLS_DIR}/tls.crt"),
+            key_file: format!("{TLS_DIR}/tls.key"),
+        }),
+    };
+    config.validate().map_err(|e| {
+        let (field, message) = match e {
+            kubesbc_crds::config::ConfigError::Field { path, message } => (path, message),
+            other => ("sbc.yaml".to_owned(), other.to_string()),
+        };
+        err(
+            cluster,
+            "InvalidConfig",
+            format!("sbc.yaml {field}"),
+            message,
+        )
+    })?;
+    Ok(config)
+}
+
+/// Renders the configuration and every object the cluster owns.
+pub fn render(inputs: Inputs<'_>) -> Result<Rendered, RenderError> {
+    let cluster = inputs.cluster;
+    let config = render_config(inputs)?;
+    let yaml = config.to_yaml();
+    let config_hash = fnv1a(yaml.as_bytes());
+    let owner = cluster.controller_owner_ref(&()).ok_or_else(|| {
+        err(
+            cluster,
+            "RenderFailed",
+            "metadata.uid",
+            "the SbcCluster has no uid yet",
+        )
+    })?;
+    let objects = Objects {
+        cluster,
+        owner,
+        labels: labels(cluster),
+        ns: cluster.namespace().unwrap_or_default(),
+        name: cluster.name_any(),
+    };
+    Ok(Rendered {
+        config_map: objects.config_map(&yaml, &config_hash)?,
+        deployment: objects.deployment(&config)?,
+        services: objects.services()?,
+        admin_service: objects.admin_service(&config)?,
+        service_account: objects.typed(json!({}), "ServiceAccount", &objects.name)?,
+        role: objects.role()?,
+        role_binding: objects.role_binding()?,
+        pdb: objects.pdb()?,
+        hpa: objects.hpa()?,
+        config,
+        config_hash,
+    })
+}
+
+struct Objects<'a> {
+    cluster: &'a SbcCluster,
+    owner: OwnerReference,
+    labels: BTreeMap<String, String>,
+    ns: String,
+    name: String,
+}
+
+impl Objects<'_> {
+    fn meta(&self, name: &str) -> serde_json::Value {
+        json!({
+            "name": name,
+            "namespace": self.ns,
+            "labels": self.labels,
+            "ownerReferences": [self.owner],
+        })
+    }
+
+    /// Builds a typed object from JSON so that a typo fails the tests instead of the API call.
+    fn typed<T: serde::de::DeserializeOwned + Resource<DynamicType = ()>>(
+        &self,
+        mut body: serde_json::Value,
+        what: &str,
+        name: &str,
+    ) -> Result<T, RenderError> {
+        if let Some(map) = body.as_object_mut() {
+            map.insert("apiVersion".into(), T::api_version(&()).into());
+            map.insert("kind".into(), T::kind(&()).into());
+            map.insert("metadata".into(), self.meta(name));
+        }
+        serde_json::from_value(body).map_err(|e| internal(self.cluster, what, e))
+    }
+
+    fn config_map(&self, yaml: &str, hash: &str) -> Result<ConfigMap, RenderError> {
+        let mut cm: ConfigMap = self.typed(
+            json!({"data": {CONFIG_KEY: yaml}}),
+            "ConfigMap",
+            &config_map_name(self.cluster),
+        )?;
+        cm.metadata.annotations = Some(BTreeMap::from([(
+            "kubesbc.io/config-hash".to_owned(),
+            hash.to_owned(),
+        )]));
+        Ok(cm)
+    }
+
+    fn deployment(&self, config: &SbcConfig) -> Result<Deployment, RenderError> {
+        let spec = &self.cluster.spec;
+        let admin_port = i32::from(config.admin.address.port());
+        let mut ports: Vec<serde_json::Value> = spec
+            .listeners
+            .iter()
+            .map(|l| {
+                json!({
+                    "name": port_name(l.transport, l.port),
+                    "containerPort": l.port,
+                    "protocol": protocol(l.transport),
+                })
+            })
+            .collect();
+        ports.push(json!({"name": "admin", "containerPort": admin_port, "protocol": "TCP"}));
+        let low_port = spec.listeners.iter().any(|l| l.port < 1024) || admin_port < 1024;
+        let mut caps = json!({"drop": ["ALL"]});
+        if low_port {
+            caps["add"] = json!(["NET_BIND_SERVICE"]);
+        }
+        let mut mounts = vec![json!({"name": "config", "mountPath": CONFIG_DIR, "readOnly": true})];
+        let mut volumes = vec![json!({
+            "name": "config",
+            "configMap": {"name": config_map_name(self.cluster)},
+        })];
+        if let Some(tls) = &spec.tls {
+            mounts.push(json!({"name": "tls", "mountPath": TLS_DIR, "readOnly": true}));
+            volumes.push(json!({"name": "tls", "secret": {"secretName": tls.secret_name}}));
+        }
+        let mut container = json!({
+            "name": "sbc",
+            "image": spec.image.clone().unwrap_or_else(|| kubesbc_crds::cluster::DEFAULT_IMAGE.to_owned()),
+            "args": ["--config", format!("{CONFIG_DIR}/{CONFIG_KEY}")],
+            "env": [
+                {"name": "KUBESBC_CONFIGMAP", "value": config_map_name(self.cluster)},
+                {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+                {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            ],
+            "ports": ports,
+            "readinessProbe": {"httpGet": {"path": "/readyz", "port": "admin"}, "periodSeconds": 2},
+            "livenessProbe": {"httpGet": {"path": "/healthz", "port": "admin"}, "periodSeconds": 10, "failureThreshold": 3},
+            "volumeMounts": mounts,
+            "securityContext": {
+                "runAsNonRoot": true,
+                "readOnlyRootFilesystem": true,
+                "allowPrivilegeEscalation": false,
+                "capabilities": caps,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+        });
+        if let Some(policy) = spec.image_pull_policy {
+            container["imagePullPolicy"] = json!(policy.as_str());
+        }
+        if let Some(res) = &spec.resources {
+            container["resources"] = serde_json::to_value(res)
+                .map_err(|e| internal(self.cluster, "spec.resources", e))?;
+        }
+        // Calls can last hours: the pod gets the drain grace period plus time to exit.
+        let grace = config.drain.grace_period_secs.saturating_add(5);
+        let mut pod = json!({
+            "serviceAccountName": self.name,
+            "terminationGracePeriodSeconds": grace,
+            "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 65532},
+            "containers": [container],
+            "volumes": volumes,
+        });
+        if spec.host_network {
+            pod["hostNetwork"] = json!(true);
+            pod["dnsPolicy"] = json!("ClusterFirstWithHostNet");
+        }
+        let mut body = json!({
+            "spec": {
+                "selector": {"matchLabels": pod_selector(self.cluster)},
+                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+                "template": {"metadata": {"labels": self.labels}, "spec": pod},
+            }
+        });
+        // With autoscaling the HPA owns the replica count; leaving it out keeps SSA from
+        // fighting it.
+        if spec.autoscaling.is_none() {
+            body["spec"]["replicas"] = json!(spec.replicas.unwrap_or(2));
+        }
+        self.typed(body, "Deployment", &self.name)
+    }
+
+    fn services(&self) -> Result<Vec<Service>, RenderError> {
+        let spec = &self.cluster.spec;
+        let exposed = spec.service.type_ != kubesbc_crds::cluster::ServiceType::ClusterIP;
+        let port = |l: &kubesbc_crds::cluster::ListenerSpec| {
+            let mut p = json!({
+                "name": port_name(l.transport, l.port),
+                "port": l.port,
+                "targetPort": port_name(l.transport, l.port),
+                "protocol": protocol(l.transport),
+            });
+            if let Some(np) = l.node_port.filter(|_| exposed) {
+                p["nodePort"] = json!(np);
+            }
+            p
+        };
+        let protocols: BTreeSet<&str> = spec
+            .listeners
+            .iter()
+            .map(|l| protocol(l.transport))
+            .collect();
+        // Many cloud load balancers cannot mix UDP and TCP on one Service: split them.
+        let split = spec.service.type_ == kubesbc_crds::cluster::ServiceType::LoadBalancer
+            && protocols.len() > 1;
+        let groups: Vec<(String, Vec<serde_json::Value>)> = if split {
+            protocols
+                .iter()
+                .map(|p| {
+                    (
+                        format!("{}-{}", self.name, p.to_ascii_lowercase()),
+                        spec.listeners
+                            .iter()
+                            .filter(|l| protocol(l.transport) == *p)
+                            .map(port)
+                            .collect(),
+                    )
+                })
+                .collect()
+        } else {
+            vec![(self.name.clone(), spec.listeners.iter().map(port).collect())]
+        };
+        groups
+            .into_iter()
+            .map(|(name, ports)| {
+                let mut svc_spec = json!({
+                    "type": spec.service.type_.as_str(),
+                    "selector": pod_selector(self.cluster),
+                    "ports": ports,
+                });
+                if let Some(p) = spec.service.external_traffic_policy
+                    && spec.service.type_ != kubesbc_crds::cluster::ServiceType::ClusterIP
+                {
+                    svc_spec["externalTrafficPolicy"] = json!(match p {
+                        kubesbc_crds::cluster::TrafficPolicy::Cluster => "Cluster",
+                        kubesbc_crds::cluster::TrafficPolicy::Local => "Local",
+                    });
+                }
+                let mut svc: Service = self.typed(json!({"spec": svc_spec}), "Service", &name)?;
+                if !spec.service.annotations.is_empty() {
+                    svc.metadata.annotations = Some(spec.service.annotations.clone());
+                }
+                Ok(svc)
+            })
+            .collect()
+    }
+
+    fn admin_service(&self, config: &SbcConfig) -> Result<Service, RenderError> {
+        self.typed(
+            json!({"spec": {
+                "type": "ClusterIP",
+                "selector": pod_selector(self.cluster),
+                "ports": [{"name": "admin", "port": config.admin.address.port(), "targetPort": "admin", "protocol": "TCP"}],
+            }}),
+            "Service",
+            &format!("{}-admin", self.name),
+        )
+    }
+
+    fn role(&self) -> Result<Role, RenderError> {
+        self.typed(
+            json!({"rules": [
+                {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [config_map_name(self.cluster)], "verbs": ["get", "list", "watch"]},
+                {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
+                {"apiGroups": [""], "resources": ["services"], "verbs": ["get"]},
+            ]}),
+            "Role",
+            &self.name,
+        )
+    }
+
+    fn role_binding(&self) -> Result<RoleBinding, RenderError> {
+        self.typed(
+            json!({
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": self.name},
+                "subjects": [{"kind": "ServiceAccount", "name": self.name, "namespace": self.ns}],
+            }),
+            "RoleBinding",
+            &self.name,
+        )
+    }
+
+    fn pdb(&self) -> Result<PodDisruptionBudget, RenderError> {
+        self.typed(
+            json!({"spec": {"maxUnavailable": 1, "selector": {"matchLabels": pod_selector(self.cluster)}}}),
+            "PodDisruptionBudget",
+            &self.name,
+        )
+    }
+
+    fn hpa(&self) -> Result<Option<HorizontalPodAutoscaler>, RenderError> {
+        let Some(a) = &self.cluster.spec.autoscaling else {
+            return Ok(None);
+        };
+        self.typed(
+            json!({"spec": {
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": self.name},
+                "minReplicas": a.min_replicas,
+                "maxReplicas": a.max_replicas,
+                "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": a.target_cpu_utilization}}}],
+            }}),
+            "HorizontalPodAutoscaler",
+            &self.name,
+        )
+        .map(Some)
+    }
+}

@@ -1,0 +1,401 @@
+//! The controller against kube's `Client` over `tower_test::mock::pair`: a small fake API
+//! server answers from a set of objects and records every request, and the tests assert what
+//! the operator sent (the pattern of kube-rs controller-rs `fixtures.rs`).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode};
+use kube::client::Body;
+use kube::{Client, Resource};
+use kubesbc_crds::{AccessList, DispatcherSet, SbcCluster, TenantThrottle};
+use kubesbc_operator::controller::{self, Context};
+use serde_json::{Value, json};
+
+/// One request the operator made.
+#[derive(Debug, Clone)]
+struct Sent {
+    method: String,
+    path: String,
+    query: String,
+    body: Value,
+}
+
+fn example<T: serde::de::DeserializeOwned + kube::Resource>(file: &str) -> T {
+    let path = format!("{}/../examples/{file}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).expect("example exists");
+    let mut obj: T = serde_saphyr::from_str(&text).expect("example parses");
+    obj.meta_mut().namespace = Some("voip".into());
+    obj.meta_mut().uid = Some(format!("uid-{file}"));
+    obj.meta_mut().generation = Some(3);
+    obj.meta_mut().resource_version = Some("1".into());
+    obj
+}
+
+fn value<T: serde::Serialize + Resource<DynamicType = ()>>(obj: &T) -> Value {
+    let mut v = serde_json::to_value(obj).expect("json");
+    v["apiVersion"] = json!(T::api_version(&()));
+    v["kind"] = json!(T::kind(&()));
+    v
+}
+
+/// Objects the fake API server knows, by URL path.
+#[derive(Default)]
+struct World {
+    objects: BTreeMap<String, Value>,
+}
+
+impl World {
+    fn put<T: serde::Serialize + Resource<DynamicType = ()>>(&mut self, obj: &T) {
+        let url = T::url_path(&(), obj.meta().namespace.as_deref());
+        let name = obj.meta().name.clone().unwrap_or_default();
+        self.objects.insert(format!("{url}/{name}"), value(obj));
+    }
+
+    fn standard() -> World {
+        let mut w = World::default();
+        w.put(&example::<SbcCluster>("sbccluster.yaml"));
+        w.put(&example::<DispatcherSet>("dispatcherset.yaml"));
+        w.put(&example::<DispatcherSet>("dispatcherset-static.yaml"));
+        w.put(&example::<TenantThrottle>("tenantthrottle.yaml"));
+        w.put(&example::<AccessList>("accesslist.yaml"));
+        w.objects.insert(
+            "/api/v1/namespaces/voip/secrets/company-signature".into(),
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "company-signature", "namespace": "voip"},
+                   "data": {"signature": "czNjcmV0"}}),
+        );
+        w.objects.insert(
+            "/api/v1/namespaces/voip/services/asterisk".into(),
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "asterisk", "namespace": "voip"},
+                   "spec": {"ports": [{"name": "sip", "port": 5060, "protocol": "UDP"}]}}),
+        );
+        w
+    }
+
+    /// Answers one request.
+    fn answer(&self, sent: &Sent) -> (StatusCode, Value) {
+        let not_found = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                               "reason": "NotFound", "code": 404, "message": "not found"});
+        match sent.method.as_str() {
+            "GET" => {
+                if let Some(obj) = self.objects.get(&sent.path) {
+                    return (StatusCode::OK, obj.clone());
+                }
+                let prefix = format!("{}/", sent.path);
+                let items: Vec<Value> = self
+                    .objects
+                    .iter()
+                    .filter(|(k, _)| k.starts_with(&prefix) && !k[prefix.len()..].contains('/'))
+                    .map(|(_, v)| v.clone())
+                    .collect();
+                if items.is_empty() && !sent.path.starts_with("/apis/kubesbc.io") {
+                    return (StatusCode::NOT_FOUND, not_found);
+                }
+                (
+                    StatusCode::OK,
+                    json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": items}),
+                )
+            }
+            "PATCH" if sent.path.ends_with("/status") => {
+                let base = sent.path.trim_end_matches("/status");
+                let mut obj = self.objects.get(base).cloned().unwrap_or(json!({}));
+                obj["status"] = sent.body["status"].clone();
+                (StatusCode::OK, obj)
+            }
+            "PATCH" => {
+                let mut obj = sent.body.clone();
+                if sent.path.contains("/deployments/") {
+                    obj["status"] = json!({"replicas": 2, "readyReplicas": 2});
+                }
+                (StatusCode::OK, obj)
+            }
+            "POST" => (StatusCode::CREATED, sent.body.clone()),
+            _ => (StatusCode::METHOD_NOT_ALLOWED, not_found),
+        }
+    }
+}
+
+/// Runs one reconciliation of `cluster` against `world`; returns what was sent and the result.
+async fn reconcile(
+    world: World,
+    cluster: SbcCluster,
+) -> (
+    Vec<Sent>,
+    Result<kube::runtime::controller::Action, controller::Error>,
+) {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    let log = sent.clone();
+    let server = tokio::spawn(async move {
+        while let Some((req, reply)) = handle.next_request().await {
+            let (parts, body) = req.into_parts();
+            let bytes = body.collect_bytes().await.expect("request body");
+            let s = Sent {
+                method: parts.method.to_string(),
+                path: parts.uri.path().to_owned(),
+                query: parts.uri.query().unwrap_or_default().to_owned(),
+                body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            };
+            let (code, answer) = world.answer(&s);
+            log.lock().expect("log").push(s);
+            let resp = Response::builder()
+                .status(code)
+                .body(Body::from(serde_json::to_vec(&answer).expect("json")))
+                .expect("response");
+            reply.send_response(resp);
+        }
+    });
+    let client = Client::new(service, "default");
+    let registry = prometheus::Registry::new();
+    let ctx = Arc::new(Context::new(client, &registry).expect("metrics"));
+    let result = tokio::time::timeout(
+        Duration::from_secs(5),
+        controller::reconcile(Arc::new(cluster), ctx),
+    )
+    .await
+    .expect("reconcile finishes within 5 s");
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("fake API server stops")
+        .expect("fake API server did not panic");
+    let sent = sent.lock().expect("log").clone();
+    (sent, result)
+}
+
+fn patches<'a>(sent: &'a [Sent], path_part: &str) -> Vec<&'a Sent> {
+    sent.iter()
+        .filter(|s| s.method == "PATCH" && s.path.contains(path_part))
+        .collect()
+}
+
+fn accepted(status_patch: &Sent) -> (String, String, String) {
+    let c = status_patch.body["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Accepted"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    (
+        c["status"].as_str().unwrap_or_default().to_owned(),
+        c["reason"].as_str().unwrap_or_default().to_owned(),
+        c["message"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn a_new_cluster_gets_its_configmap_deployment_and_status() {
+    let cluster: SbcCluster = example("sbccluster.yaml");
+    let (sent, result) = reconcile(World::standard(), cluster).await;
+    assert!(result.is_ok(), "{result:?}");
+
+    // Every write is a server-side apply by our field manager.
+    for p in sent.iter().filter(|s| s.method == "PATCH") {
+        assert!(p.query.contains("fieldManager=kubesbc-operator"), "{p:?}");
+        assert!(p.query.contains("force=true"), "{p:?}");
+    }
+    let cm = patches(&sent, "/configmaps/edge-config");
+    assert_eq!(cm.len(), 1);
+    let yaml = cm[0].body["data"]["sbc.yaml"].as_str().expect("sbc.yaml");
+    let config = kubesbc_crds::config::SbcConfig::from_yaml(yaml).expect("valid config");
+    assert_eq!(config.dispatcher.sets.len(), 2);
+    assert_eq!(
+        config.access_lists[0].rules[2].required_headers[0].value,
+        "s3cret"
+    );
+    assert_eq!(
+        cm[0].body["metadata"]["ownerReferences"][0]["kind"],
+        "SbcCluster"
+    );
+
+    let dep = patches(&sent, "/deployments/edge");
+    assert_eq!(dep.len(), 1);
+    assert_eq!(dep[0].body["spec"]["replicas"], 2);
+    let container = &dep[0].body["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    for kind in [
+        "/services/edge-udp",
+        "/services/edge-tcp",
+        "/services/edge-admin",
+        "/serviceaccounts/edge",
+        "/roles/edge",
+        "/rolebindings/edge",
+        "/poddisruptionbudgets/edge",
+    ] {
+        assert_eq!(patches(&sent, kind).len(), 1, "{kind}");
+    }
+    assert!(patches(&sent, "horizontalpodautoscalers").is_empty());
+
+    let status = patches(&sent, "/sbcclusters/edge/status");
+    assert_eq!(status.len(), 1);
+    let st = &status[0].body["status"];
+    assert_eq!(st["observedGeneration"], 3);
+    assert_eq!(st["readyReplicas"], 2);
+    assert_eq!(st["destinationsTotal"], 2);
+    assert_eq!(accepted(status[0]).0, "True");
+    let ready = st["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+        .expect("Ready");
+    assert_eq!(ready["status"], "True");
+
+    // The selected resources are told they took effect.
+    for child in [
+        "/dispatchersets/asterisk/status",
+        "/dispatchersets/carriers/status",
+        "/tenantthrottles/tenants/status",
+        "/accesslists/edge-guard/status",
+    ] {
+        let p = patches(&sent, child);
+        assert_eq!(p.len(), 1, "{child}");
+        assert_eq!(accepted(p[0]).0, "True", "{child}");
+    }
+    // And an Event says what happened.
+    let ev = sent
+        .iter()
+        .find(|s| s.method == "POST" && s.path.ends_with("/events"))
+        .expect("an event");
+    assert_eq!(ev.body["reason"], "ConfigRendered");
+    assert_eq!(ev.body["regarding"]["name"], "edge");
+}
+
+#[tokio::test]
+async fn a_changed_dispatcher_set_rerenders_the_clusters_that_select_it() {
+    // The watch mapper sends the change to the cluster selecting the set, not to others.
+    let edge: SbcCluster = example("sbccluster.yaml");
+    let mut other = edge.clone();
+    other.meta_mut().name = Some("other".into());
+    other.spec.dispatcher_set_selector = Some(
+        serde_json::from_value(json!({"matchLabels": {"kubesbc.io/cluster": "other"}}))
+            .expect("selector"),
+    );
+    let mut changed: DispatcherSet = example("dispatcherset-static.yaml");
+    let clusters = vec![Arc::new(edge.clone()), Arc::new(other)];
+    let targets = controller::clusters_selecting(&clusters, &changed, |c| {
+        c.spec.dispatcher_set_selector.as_ref()
+    });
+    assert_eq!(
+        targets.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
+        ["edge"]
+    );
+
+    // Its reconciliation renders the new destinations into the ConfigMap.
+    if let Some(d) = changed.spec.destinations.static_.as_mut() {
+        d[0].uri = "sip:carrier-c.example.com:5080".into();
+    }
+    let mut world = World::standard();
+    world.put(&changed);
+    let (sent, result) = reconcile(world, edge).await;
+    assert!(result.is_ok(), "{result:?}");
+    let cm = patches(&sent, "/configmaps/edge-config");
+    let yaml = cm[0].body["data"]["sbc.yaml"].as_str().expect("sbc.yaml");
+    assert!(yaml.contains("sip:carrier-c.example.com:5080"), "{yaml}");
+    assert!(!yaml.contains("carrier-a.example.com"), "{yaml}");
+}
+
+#[tokio::test]
+async fn an_access_list_with_a_missing_secret_is_not_accepted_and_nothing_is_applied() {
+    let mut world = World::standard();
+    world
+        .objects
+        .remove("/api/v1/namespaces/voip/secrets/company-signature");
+    let (sent, result) = reconcile(world, example("sbccluster.yaml")).await;
+    assert!(
+        result.is_ok(),
+        "a rejected spec is a status, not an error: {result:?}"
+    );
+
+    // The last good ConfigMap and Deployment stay: nothing but status is written.
+    let applied: Vec<_> = sent
+        .iter()
+        .filter(|s| s.method == "PATCH" && !s.path.ends_with("/status"))
+        .collect();
+    assert!(applied.is_empty(), "{applied:?}");
+
+    let acl = patches(&sent, "/accesslists/edge-guard/status");
+    assert_eq!(acl.len(), 1);
+    let (status, reason, message) = accepted(acl[0]);
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "SecretNotFound")
+    );
+    assert_eq!(
+        message,
+        "spec.rules[2].requiredHeaders[0].secretKeyRef.name: Secret voip/company-signature does not exist"
+    );
+
+    let cluster = patches(&sent, "/sbcclusters/edge/status");
+    let (status, _, message) = accepted(cluster[0]);
+    assert_eq!(status, "False");
+    assert!(
+        message.starts_with("AccessList voip/edge-guard: spec.rules[2]"),
+        "{message}"
+    );
+    // Sets that are fine are not marked.
+    assert!(patches(&sent, "/dispatchersets/").is_empty());
+    let ev = sent
+        .iter()
+        .find(|s| s.method == "POST")
+        .expect("a warning event");
+    assert_eq!(
+        (ev.body["type"].as_str(), ev.body["reason"].as_str()),
+        (Some("Warning"), Some("SecretNotFound"))
+    );
+}
+
+#[tokio::test]
+async fn duplicate_set_ids_mark_the_second_set() {
+    let mut world = World::standard();
+    let mut dup: DispatcherSet = example("dispatcherset-static.yaml");
+    dup.spec.set_id = 1;
+    world.put(&dup);
+    let (sent, _) = reconcile(world, example("sbccluster.yaml")).await;
+    let p = patches(&sent, "/dispatchersets/carriers/status");
+    assert_eq!(p.len(), 1);
+    let (status, reason, message) = accepted(p[0]);
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "DuplicateSetId")
+    );
+    assert_eq!(
+        message,
+        "spec.setId: set id 1 is also used by DispatcherSet voip/asterisk"
+    );
+    assert!(patches(&sent, "/configmaps/").is_empty());
+}
+
+#[tokio::test]
+async fn api_errors_are_returned_for_backoff_and_counted() {
+    // An API server that fails every request: reconcile errors (no panic), and error_policy
+    // requeues and counts it under the error's name.
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let server = tokio::spawn(async move {
+        while let Some((_, reply)) = handle.next_request().await {
+            let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "InternalError", "code": 500, "message": "boom"});
+            reply.send_response(
+                Response::builder()
+                    .status(500)
+                    .body(Body::from(serde_json::to_vec(&body).expect("json")))
+                    .expect("response"),
+            );
+        }
+    });
+    let registry = prometheus::Registry::new();
+    let ctx = Arc::new(Context::new(Client::new(service, "default"), &registry).expect("metrics"));
+    let cluster = Arc::new(example::<SbcCluster>("sbccluster.yaml"));
+    let err = tokio::time::timeout(
+        Duration::from_secs(5),
+        controller::reconcile(cluster.clone(), ctx.clone()),
+    )
+    .await
+    .expect("finishes")
+    .expect_err("fails");
+    assert_eq!(err.metric_label(), "kube");
+    let action = controller::error_policy(cluster, &err, ctx.clone());
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::requeue(controller::RETRY_ERROR)
+    );
+    assert_eq!(ctx.metrics.failures.with_label_values(&["kube"]).get(), 1);
+    drop(ctx);
+    server.await.expect("server");
+}

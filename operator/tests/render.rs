@@ -1,0 +1,348 @@
+//! The renderer, driven by the example resources in `examples/`.
+
+use std::collections::BTreeMap;
+
+use kubesbc_crds::config::{Algorithm, SbcConfig};
+use kubesbc_crds::{AccessList, DispatcherSet, SbcCluster, TenantThrottle};
+use kubesbc_operator::render::{self, Inputs, Lookups};
+
+fn example<T: serde::de::DeserializeOwned + kube::Resource>(file: &str) -> T {
+    let path = format!("{}/../examples/{file}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).expect("example exists");
+    let mut obj: T = serde_saphyr::from_str(&text).expect("example parses");
+    obj.meta_mut().namespace = Some("voip".into());
+    obj.meta_mut().uid = Some(format!("uid-{file}"));
+    obj.meta_mut().generation = Some(1);
+    obj
+}
+
+struct World {
+    cluster: SbcCluster,
+    sets: Vec<DispatcherSet>,
+    throttles: Vec<TenantThrottle>,
+    acls: Vec<AccessList>,
+    lookups: Lookups,
+}
+
+impl World {
+    fn new() -> World {
+        let mut lookups = Lookups::default();
+        lookups.secrets.insert(
+            ("voip".into(), "company-signature".into()),
+            BTreeMap::from([("signature".into(), "s3cret\n".into())]),
+        );
+        lookups.services.insert(
+            ("voip".into(), "asterisk".into()),
+            vec!["sip".into(), "sip-tcp".into()],
+        );
+        World {
+            cluster: example("sbccluster.yaml"),
+            sets: vec![
+                example("dispatcherset.yaml"),
+                example("dispatcherset-static.yaml"),
+            ],
+            throttles: vec![example("tenantthrottle.yaml")],
+            acls: vec![example("accesslist.yaml")],
+            lookups,
+        }
+    }
+
+    fn inputs(&self) -> Inputs<'_> {
+        Inputs {
+            cluster: &self.cluster,
+            dispatcher_sets: &self.sets,
+            throttles: &self.throttles,
+            access_lists: &self.acls,
+            lookups: &self.lookups,
+        }
+    }
+}
+
+#[test]
+fn examples_render_a_config_the_sbc_accepts() {
+    let w = World::new();
+    let r = render::render(w.inputs()).expect("renders");
+    let yaml = r.config_map.data.as_ref().expect("data")["sbc.yaml"].clone();
+    let parsed = SbcConfig::from_yaml(&yaml).expect("the sbc reads what the operator writes");
+    assert_eq!(parsed, r.config);
+
+    let sets = &parsed.dispatcher.sets;
+    assert_eq!(sets.iter().map(|s| s.id).collect::<Vec<_>>(), [1, 2]);
+    let svc = sets[0].service.as_ref().expect("service source");
+    assert_eq!(svc.namespace.as_deref(), Some("voip"));
+    assert_eq!((svc.name.as_str(), svc.port.as_str()), ("asterisk", "sip"));
+    assert!(sets[0].destinations.is_empty());
+    assert_eq!(sets[1].algorithm, Algorithm::Weight);
+    assert_eq!(sets[1].destinations[0].weight, Some(70));
+    assert_eq!(parsed.dispatcher.default_set, 1);
+
+    let acl = &parsed.access_lists[0];
+    assert_eq!(acl.name, "voip/edge-guard");
+    let header = &acl.rules[2].required_headers[0];
+    assert_eq!(
+        (header.name.as_str(), header.value.as_str()),
+        ("X-Company-Signature", "s3cret")
+    );
+    assert_eq!(acl.flood.as_ref().map(|f| f.requests), Some(50));
+    assert_eq!(parsed.throttles[0].tenants["acme"].burst, Some(100));
+    assert_eq!(parsed.throttles[0].response.code, 429);
+    assert_eq!(parsed.listeners.len(), 3);
+    assert_eq!(parsed.admin.address.port(), 9090);
+}
+
+#[test]
+fn objects_are_owned_labelled_and_locked_down() {
+    let w = World::new();
+    let r = render::render(w.inputs()).expect("renders");
+    let owner = &r
+        .deployment
+        .metadata
+        .owner_references
+        .as_ref()
+        .expect("owner")[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("SbcCluster", "edge")
+    );
+    assert_eq!(owner.controller, Some(true));
+    assert_eq!(r.config_map.metadata.name.as_deref(), Some("edge-config"));
+
+    let spec = r.deployment.spec.as_ref().expect("spec");
+    assert_eq!(spec.replicas, Some(2));
+    let pod = spec.template.spec.as_ref().expect("pod");
+    assert_eq!(pod.service_account_name.as_deref(), Some("edge"));
+    assert_eq!(pod.termination_grace_period_seconds, Some(35));
+    let c = &pod.containers[0];
+    let sc = c.security_context.as_ref().expect("securityContext");
+    assert_eq!(sc.run_as_non_root, Some(true));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(
+        sc.capabilities.as_ref().and_then(|c| c.drop.clone()),
+        Some(vec!["ALL".to_owned()])
+    );
+    let ports: Vec<(String, String)> = c
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| {
+            (
+                p.name.clone().unwrap_or_default(),
+                p.protocol.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ports,
+        [
+            ("udp-5060", "UDP"),
+            ("tcp-5060", "TCP"),
+            ("ws-8080", "TCP"),
+            ("admin", "TCP")
+        ]
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+    );
+    // The config hash must not be in the pod template, or every config change would roll pods.
+    let template = serde_json::to_string(&spec.template).expect("json");
+    assert!(!template.contains(&r.config_hash));
+
+    // A mixed UDP/TCP LoadBalancer is split in one Service per protocol.
+    let names: Vec<_> = r
+        .services
+        .iter()
+        .map(|s| s.metadata.name.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(names, ["edge-tcp", "edge-udp"]);
+    let udp = r.services[1].spec.as_ref().expect("spec");
+    assert_eq!(udp.type_.as_deref(), Some("LoadBalancer"));
+    assert_eq!(udp.external_traffic_policy.as_deref(), Some("Local"));
+    assert_eq!(udp.ports.as_ref().map(Vec::len), Some(1));
+    assert_eq!(r.admin_service.metadata.name.as_deref(), Some("edge-admin"));
+    let rules = r.role.rules.as_ref().expect("rules");
+    assert_eq!(
+        rules[0].resource_names.as_deref(),
+        Some(&["edge-config".to_owned()][..])
+    );
+    assert_eq!(r.role_binding.role_ref.name, "edge");
+    assert!(
+        r.pdb
+            .spec
+            .as_ref()
+            .is_some_and(|s| s.max_unavailable.is_some())
+    );
+    assert!(r.hpa.is_none());
+}
+
+#[test]
+fn cluster_ip_lists_udp_and_tcp_ports_in_one_service() {
+    let mut w = World::new();
+    w.cluster.spec.service.type_ = kubesbc_crds::cluster::ServiceType::ClusterIP;
+    let r = render::render(w.inputs()).expect("renders");
+    assert_eq!(r.services.len(), 1);
+    let ports: Vec<_> = r.services[0]
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.clone())
+        .unwrap_or_default();
+    let protos: Vec<_> = ports
+        .iter()
+        .map(|p| (p.port, p.protocol.clone().unwrap_or_default()))
+        .collect();
+    assert_eq!(
+        protos,
+        [
+            (5060, "UDP".to_owned()),
+            (5060, "TCP".to_owned()),
+            (8080, "TCP".to_owned())
+        ]
+    );
+    // ClusterIP Services cannot carry externalTrafficPolicy.
+    assert_eq!(
+        r.services[0]
+            .spec
+            .as_ref()
+            .and_then(|s| s.external_traffic_policy.clone()),
+        None
+    );
+}
+
+#[test]
+fn autoscaling_renders_an_hpa_and_leaves_replicas_to_it() {
+    let mut w = World::new();
+    w.cluster.spec.replicas = None;
+    w.cluster.spec.autoscaling = Some(kubesbc_crds::cluster::Autoscaling {
+        min_replicas: 2,
+        max_replicas: 8,
+        target_cpu_utilization: 60,
+    });
+    let r = render::render(w.inputs()).expect("renders");
+    assert_eq!(r.deployment.spec.as_ref().and_then(|s| s.replicas), None);
+    let hpa = r.hpa.expect("hpa").spec.expect("spec");
+    assert_eq!((hpa.min_replicas, hpa.max_replicas), (Some(2), 8));
+}
+
+#[test]
+fn rendering_is_stable_whatever_the_list_order() {
+    let w = World::new();
+    let a = render::render(w.inputs()).expect("renders");
+    let mut w2 = World::new();
+    w2.sets.reverse();
+    let b = render::render(w2.inputs()).expect("renders");
+    assert_eq!(a.config_hash, b.config_hash);
+    assert_eq!(a.config_map.data, b.config_map.data);
+}
+
+#[test]
+fn two_sets_with_one_id_are_refused_naming_the_field() {
+    let mut w = World::new();
+    w.sets[1].spec.set_id = 1;
+    let e = render::render(w.inputs()).unwrap_err();
+    assert_eq!(e.reason, "DuplicateSetId");
+    assert_eq!(e.object, "DispatcherSet voip/carriers");
+    assert_eq!(e.field, "spec.setId");
+    assert_eq!(
+        e.message,
+        "set id 1 is also used by DispatcherSet voip/asterisk"
+    );
+}
+
+#[test]
+fn missing_secret_service_and_port_are_refused_naming_the_field() {
+    let mut w = World::new();
+    w.lookups.secrets.clear();
+    let e = render::render(w.inputs()).unwrap_err();
+    assert_eq!(
+        (e.reason, e.object.as_str()),
+        ("SecretNotFound", "AccessList voip/edge-guard")
+    );
+    assert_eq!(
+        e.field,
+        "spec.rules[2].requiredHeaders[0].secretKeyRef.name"
+    );
+    assert_eq!(e.message, "Secret voip/company-signature does not exist");
+
+    let mut w = World::new();
+    w.lookups.secrets.values_mut().for_each(BTreeMap::clear);
+    let e = render::render(w.inputs()).unwrap_err();
+    assert_eq!(e.field, "spec.rules[2].requiredHeaders[0].secretKeyRef.key");
+
+    let mut w = World::new();
+    w.lookups.services.clear();
+    let e = render::render(w.inputs()).unwrap_err();
+    assert_eq!(
+        (e.reason, e.field.as_str()),
+        ("ServiceNotFound", "spec.destinations.service.name")
+    );
+
+    let mut w = World::new();
+    w.lookups
+        .services
+        .values_mut()
+        .for_each(|p| p.retain(|n| n != "sip"));
+    let e = render::render(w.inputs()).unwrap_err();
+    assert_eq!(
+        (e.reason, e.field.as_str()),
+        ("ServicePortNotFound", "spec.destinations.service.port")
+    );
+    assert!(e.message.contains("it has: sip-tcp"), "{}", e.message);
+}
+
+#[test]
+fn a_bad_static_uri_names_the_crd_field() {
+    let mut w = World::new();
+    if let Some(d) = w.sets[1].spec.destinations.static_.as_mut() {
+        d[1].uri = "http://carrier".into();
+    }
+    let e = render::render(w.inputs()).unwrap_err();
+    assert_eq!(e.object, "DispatcherSet voip/carriers");
+    assert_eq!(e.field, "spec.destinations.static[1].uri");
+}
+
+#[test]
+fn selectors_match_labels_and_expressions_and_absent_matches_nothing() {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+    let labels = BTreeMap::from([("kubesbc.io/cluster".to_owned(), "edge".to_owned())]);
+    assert!(!render::selects(None, &labels));
+    assert!(render::selects(Some(&LabelSelector::default()), &labels));
+    let by_label = LabelSelector {
+        match_labels: Some(BTreeMap::from([(
+            "kubesbc.io/cluster".into(),
+            "core".into(),
+        )])),
+        ..Default::default()
+    };
+    assert!(!render::selects(Some(&by_label), &labels));
+    let by_expr = LabelSelector {
+        match_expressions: Some(vec![LabelSelectorRequirement {
+            key: "kubesbc.io/cluster".into(),
+            operator: "In".into(),
+            values: Some(vec!["edge".into(), "core".into()]),
+        }]),
+        ..Default::default()
+    };
+    assert!(render::selects(Some(&by_expr), &labels));
+}
+
+#[test]
+fn node_ports_are_kept_for_node_port_services_only() {
+    let mut w = World::new();
+    w.cluster.spec.service.type_ = kubesbc_crds::cluster::ServiceType::NodePort;
+    w.cluster.spec.listeners[0].node_port = Some(30060);
+    w.cluster.spec.listeners[1].node_port = Some(30060);
+    let r = render::render(w.inputs()).expect("renders");
+    let ports = r.services[0]
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.clone())
+        .unwrap_or_default();
+    let node_ports: Vec<_> = ports.iter().map(|p| p.node_port).collect();
+    assert_eq!(node_ports, [Some(30060), Some(30060), None]);
+
+    w.cluster.spec.service.type_ = kubesbc_crds::cluster::ServiceType::ClusterIP;
+    let r = render::render(w.inputs()).expect("renders");
+    let ports = r.services[0]
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.clone())
+        .unwrap_or_default();
+    assert!(ports.iter().all(|p| p.node_port.is_none()));
+}
