@@ -33,6 +33,7 @@ fn main() {
                 destinations,
                 probing: Default::default(),
                 failover: Default::default(),
+                service: None,
             }],
         };
         let d = Dispatcher::new(&cfg).expect("valid");

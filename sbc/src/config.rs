@@ -75,6 +75,10 @@ pub fn from_listeners(listeners: Vec<Listener>) -> Result<SbcConfig, LoadError> 
         relay: RelayConfig::default(),
         drain: DrainConfig::default(),
         store: None,
+        access_lists: Vec::new(),
+        throttles: Vec::new(),
+        media: None,
+        tls: None,
     })
 }
 

@@ -101,6 +101,7 @@ fn parse_bytes(bytes: &[u8], name: Option<&str>) -> Result<Vec<DispatcherSetConf
             algorithm: Default::default(),
             probing: Default::default(),
             failover: Default::default(),
+            service: None,
         })
         .collect())
 }

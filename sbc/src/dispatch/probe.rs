@@ -256,6 +256,7 @@ mod tests {
                     ..Default::default()
                 },
                 failover: Default::default(),
+                service: None,
             }],
         }
     }

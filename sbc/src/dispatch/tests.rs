@@ -27,6 +27,7 @@ fn set(id: u32, algorithm: Algorithm, destinations: Vec<DestinationConfig>) -> D
         destinations,
         probing: Default::default(),
         failover: Default::default(),
+        service: None,
     }
 }
 
