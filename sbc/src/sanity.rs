@@ -31,7 +31,7 @@ pub fn check_request(msg: &Message) -> Result<u32, Reject> {
     }
     match msg.call_id() {
         None => return Err(reject(400, "Missing Call-ID")),
-        Some(c) if c.is_empty() => return Err(reject(400, "Bad Call-ID")),
+        Some([]) => return Err(reject(400, "Bad Call-ID")),
         Some(_) => {}
     }
     if msg.header(HeaderName::CSeq).is_none() {

@@ -26,6 +26,7 @@ use tokio::sync::oneshot;
 
 use crate::dispatch::probe::{PingOutcome, Pinger};
 use crate::dispatch::{Destination, Dispatcher, SelectKey};
+use crate::pipeline::{Admission, Pipeline, RequestContext, Verdict};
 use crate::sanity;
 use crate::sip::build::{self, RequestEdits};
 use crate::sip::uri::{self, Uri, Via};
@@ -84,6 +85,21 @@ struct ServerTx {
     drop_routes: usize,
     /// Call start, for the call log line.
     started: Instant,
+    /// Who sent it and what it is, for the stages' end-of-transaction hooks.
+    cx: RequestContext,
+    /// Headers the stages asked to remove before relaying.
+    strip: Vec<HeaderName>,
+    /// Whether it passed the policy stages (they hear how it ended).
+    checked: bool,
+}
+
+/// A request past the transaction checks, on its way through the stages to routing.
+struct Incoming {
+    msg: Message,
+    cx: RequestContext,
+    key: Vec<u8>,
+    mf: u32,
+    loop_hash: u64,
 }
 
 struct ClientTx {
@@ -253,6 +269,7 @@ pub struct Relay {
     /// Counters.
     pub stats: RelayStats,
     metrics: Arc<Metrics>,
+    pipeline: ArcSwap<Pipeline>,
 }
 
 impl Relay {
@@ -279,6 +296,7 @@ impl Relay {
             salt: fastrand::u64(..),
             stats: RelayStats::default(),
             metrics,
+            pipeline: ArcSwap::from_pointee(Pipeline::default()),
         });
         let _ = r.me.set(Arc::downgrade(&r));
         r
@@ -320,6 +338,11 @@ impl Relay {
     /// Replaces the configuration (listeners excepted: they are bound once).
     pub fn set_config(&self, config: SbcConfig) {
         self.config.store(Arc::new(config));
+    }
+
+    /// Installs the policy stages (guard, auth, throttle) run before routing.
+    pub fn set_pipeline(&self, pipeline: Pipeline) {
+        self.pipeline.store(Arc::new(pipeline));
     }
 
     /// Starts refusing new calls (503 + Retry-After); transactions in progress go on.
@@ -514,6 +537,57 @@ impl Relay {
             ));
             return;
         }
+        let cx = RequestContext {
+            peer,
+            method,
+            in_dialog,
+        };
+        let incoming = Incoming {
+            msg,
+            cx,
+            key,
+            mf,
+            loop_hash,
+        };
+        let pipeline = self.pipeline.load_full();
+        if pipeline.is_empty() {
+            return self.route(incoming, Admission::default(), out);
+        }
+        // Stages may wait on the store: run them off the receive loop.
+        let Some(me) = self.me.get().and_then(Weak::upgrade) else {
+            return;
+        };
+        tokio::spawn(async move {
+            let (verdict, admission) = pipeline.run(&incoming.msg, &incoming.cx).await;
+            let mut out = Vec::with_capacity(2);
+            match verdict {
+                Verdict::Continue => me.route(incoming, admission, &mut out),
+                Verdict::Reply(r) => {
+                    let headers: Vec<(&str, &[u8])> =
+                        r.headers.iter().map(|(n, v)| (*n, v.as_slice())).collect();
+                    out.push(me.reply(&incoming.msg, peer, r.code, &r.reason, &headers));
+                }
+                Verdict::Drop => {}
+            }
+            me.flush(out);
+        });
+    }
+
+    /// Routes a request that passed the policy stages: in-dialog by its Route set, initial
+    /// through the dispatcher, in a new server transaction.
+    fn route(&self, incoming: Incoming, admission: Admission, out: &mut Vec<Out>) {
+        let Incoming {
+            msg,
+            cx,
+            key,
+            mf,
+            loop_hash,
+        } = incoming;
+        let RequestContext {
+            peer,
+            method,
+            in_dialog,
+        } = cx;
         let cfg = self.config.load();
         if self.is_draining() && !in_dialog {
             let ra = build::itoa(cfg.drain.retry_after_secs);
@@ -544,8 +618,15 @@ impl Relay {
             mf,
             drop_routes,
             started: Instant::now(),
+            cx,
+            strip: admission.strip,
+            checked: !self.pipeline.load().is_empty(),
         };
         let mut st = self.lock();
+        if st.server.get(&key).is_some() {
+            // A retransmission that arrived while the first copy was in the stages.
+            return;
+        }
         if st.server.len() >= cfg.limits.max_transactions {
             drop(st);
             out.push(self.reply(
@@ -575,6 +656,10 @@ impl Relay {
             }
             st.server.insert(key.clone(), tx);
             self.forward(&mut st, &key, target, None, out);
+            drop(st);
+            if method == Method::Bye {
+                self.pipeline.load().dialog_end(&msg, &cx);
+            }
             return;
         }
         if next_route.is_some() {
@@ -670,7 +755,7 @@ impl Relay {
                 fill_rport,
                 drop_routes: stx.drop_routes,
                 max_forwards: stx.mf.saturating_sub(1),
-                strip: &[],
+                strip: &stx.strip,
             },
         ));
         stx.branch = Some(branch.clone());
@@ -1056,20 +1141,25 @@ impl Relay {
         dest: Option<&str>,
         out: &mut Vec<Out>,
     ) {
-        if stx.invite {
-            if let Some(req) = &stx.req {
-                tracing::info!(
-                    call_id = %String::from_utf8_lossy(req.call_id().unwrap_or(b"")),
-                    from = %stx.peer.addr,
-                    dest = dest.unwrap_or("-"),
-                    code,
-                    attempts = stx.tried.len(),
-                    setup_ms = stx.started.elapsed().as_millis() as u64,
-                    "call"
-                );
-            }
+        if stx.invite
+            && let Some(req) = &stx.req
+        {
+            tracing::info!(
+                call_id = %String::from_utf8_lossy(req.call_id().unwrap_or(b"")),
+                from = %stx.peer.addr,
+                dest = dest.unwrap_or("-"),
+                code,
+                attempts = stx.tried.len(),
+                setup_ms = stx.started.elapsed().as_millis() as u64,
+                "call"
+            );
         }
         let udp = stx.peer.transport == Transport::Udp;
+        if stx.checked
+            && let Some(req) = &stx.req
+        {
+            self.pipeline.load().final_response(req, &stx.cx, code);
+        }
         stx.req = None;
         if stx.invite && (200..300).contains(&code) {
             if origin == ResponseOrigin::Relayed {
@@ -1337,7 +1427,7 @@ impl Relay {
         let local = self.local.load();
         let mut want = Vec::with_capacity(16);
         push_hex(&mut want, hash);
-        msg.values(HeaderName::Via).skip(0).any(|v| {
+        msg.values(HeaderName::Via).any(|v| {
             Via::parse(msg.slice(v)).is_some_and(|via| {
                 local.is_us(via.host, via.port)
                     && via.branch().is_some_and(|b| {
