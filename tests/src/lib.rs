@@ -56,11 +56,33 @@ pub fn require_tool(tool: &str) -> bool {
     if in_ci() {
         panic!("{msg}; CI=true makes this a failure");
     }
+    loud_skip(&msg);
+    false
+}
+
+/// Reports a skipped test where it cannot be missed: straight to the process's stderr (not
+/// captured by the test harness) and appended to `target/<profile>/e2e-skips.log`, which
+/// `scripts/test.sh` prints in its summary.
+pub fn loud_skip(msg: &str) {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("an e2e test")
+        .to_owned();
+    let line = format!("SKIP {test}: {msg}");
     let mut err = std::io::stderr().lock();
     let _ = writeln!(err, "\n**************** SKIP ****************");
-    let _ = writeln!(err, "SKIP: {msg}");
+    let _ = writeln!(err, "{line}");
     let _ = writeln!(err, "**************************************\n");
-    false
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent()?.parent().map(Path::to_path_buf))
+        && let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("e2e-skips.log"))
+    {
+        let _ = writeln!(f, "{line}");
+    }
 }
 
 /// Checks the tools every proxy e2e test needs: sipp, and Kamailio's when it is the proxy.

@@ -2,7 +2,8 @@
 //!
 //! `KUBESBC_E2E_PROXY=kamailio` selects Kamailio (with `tests/kamailio/dispatcher.cfg`); anything
 //! else, or nothing, selects the `sbc` binary built next to the test executable
-//! (`target/debug/sbc`; `KUBESBC_SBC_BIN` overrides the path).
+//! (`target/debug/sbc`; `KUBESBC_SBC_BIN` overrides the path). `KUBESBC_E2E_KAMAILIO_CFG`
+//! replaces the Kamailio config (to check that a broken proxy fails the tests).
 
 use std::fs::File;
 use std::net::SocketAddr;
@@ -42,13 +43,11 @@ impl ProxyKind {
 
 /// For tests of behaviour only our sbc has (exact reason phrases, config files, drain): under
 /// Kamailio prints a loud SKIP line and returns `false`.
-pub fn sbc_only(test: &str) -> bool {
+pub fn sbc_only() -> bool {
     if ProxyKind::from_env() == ProxyKind::Sbc {
         return true;
     }
-    eprintln!(
-        "\n**** SKIP {test}: sbc-only contract, not run with KUBESBC_E2E_PROXY=kamailio ****\n"
-    );
+    crate::loud_skip("sbc-only contract, not run with KUBESBC_E2E_PROXY=kamailio");
     false
 }
 
@@ -255,7 +254,11 @@ impl Proxy {
 
     fn start_kamailio(dir: &TempDir, list: &Path, opts: &ProxyOptions) -> Proxy {
         let port = free_port();
-        let cfg = crate::crate_dir().join("kamailio").join("dispatcher.cfg");
+        // KUBESBC_E2E_KAMAILIO_CFG: another config, e.g. a deliberately broken one to check
+        // that the tests catch it.
+        let cfg = std::env::var_os("KUBESBC_E2E_KAMAILIO_CFG")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| crate::crate_dir().join("kamailio").join("dispatcher.cfg"));
         let ctl = format!("unix:{}/kamailio.ctl", dir.path().display());
         let log = dir.path().join("kamailio.log");
         let f = File::create(&log).expect("create kamailio log");
