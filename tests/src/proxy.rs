@@ -76,6 +76,8 @@ impl DispatcherDest {
 /// How to start the proxy.
 #[derive(Debug, Clone)]
 pub struct ProxyOptions {
+    /// The SIP port (UDP and TCP); `None`: a free one.
+    pub sip_port: Option<u16>,
     /// The Kamailio-format dispatcher list (written to a file).
     pub destinations: Vec<DispatcherDest>,
     /// Milliseconds between OPTIONS probes (Kamailio: rounded up to whole seconds).
@@ -90,6 +92,7 @@ pub struct ProxyOptions {
 impl Default for ProxyOptions {
     fn default() -> Self {
         ProxyOptions {
+            sip_port: None,
             destinations: Vec::new(),
             probe_interval_ms: 500,
             reply_timeout_ms: 1000,
@@ -193,7 +196,7 @@ impl Proxy {
         let list = dir.write("dispatcher.list", &dispatcher_list(&opts.destinations));
         match ProxyKind::from_env() {
             ProxyKind::Sbc => {
-                let port = free_port();
+                let port = opts.sip_port.unwrap_or_else(free_port);
                 let admin = loopback(free_port());
                 let mut args: Vec<String> = vec![
                     "--listen".into(),
@@ -253,7 +256,7 @@ impl Proxy {
     }
 
     fn start_kamailio(dir: &TempDir, list: &Path, opts: &ProxyOptions) -> Proxy {
-        let port = free_port();
+        let port = opts.sip_port.unwrap_or_else(free_port);
         // KUBESBC_E2E_KAMAILIO_CFG: another config, e.g. a deliberately broken one to check
         // that the tests catch it.
         let cfg = std::env::var_os("KUBESBC_E2E_KAMAILIO_CFG")

@@ -135,8 +135,9 @@ fn dispatcher_list_errors_name_the_file_and_line() {
             "",
         ),
         (
+            // Without a scheme Kamailio puts `sip:` in front; another scheme is refused.
             "destination not a SIP URI",
-            "1 sip:127.0.0.1:5071 0 0\n1 127.0.0.1:5072 0 0\n",
+            "1 sip:127.0.0.1:5071 0 0\n1 http://127.0.0.1:5072 0 0\n",
             2,
             "",
         ),
