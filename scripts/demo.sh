@@ -5,6 +5,7 @@
 #   ./scripts/demo.sh                # sbc on 127.0.0.1:5060 (udp+tcp), backends 5071/5072
 #   PORT=5260 B1=5271 B2=5272 ADMIN=9190 ./scripts/demo.sh   # other ports
 #   DEMO_CALLS=0 ./scripts/demo.sh   # do not place the 10 warm-up calls
+#   SBC_BIN=target/debug/sbc ./scripts/demo.sh   # use this binary, do not build the release one
 #   ./scripts/demo.sh --kamailio     # the same with Kamailio (bench/kamailio) as the proxy
 #
 # What it does: installs the system packages (scripts/install-deps.sh), builds the release
@@ -39,11 +40,16 @@ for p in "$PORT" "$B1" "$B2" "$ADMIN"; do
   fi
 done
 
-if [[ "$proxy" == sbc ]]; then
+if [[ -n "${SBC_BIN:-}" ]]; then
+  SBC="$(readlink -f "$SBC_BIN")"
+  [[ -x "$SBC" ]] || { echo "demo: SBC_BIN=$SBC_BIN is not an executable" >&2; exit 1; }
+elif [[ "$proxy" == sbc ]]; then
   say "building the release sbc (cargo build --release -p kubesbc-sbc --bin sbc)"
   cargo build --release -p kubesbc-sbc --bin sbc
+  SBC="$ROOT/target/release/sbc"
+else
+  SBC="$ROOT/target/release/sbc"
 fi
-SBC="$ROOT/target/release/sbc"
 
 WORK="$(mktemp -d /tmp/kubesbc-demo.XXXXXX)"
 pids=()

@@ -76,6 +76,11 @@ fn round_robin_calls(transport: SippTransport, label: &str) {
     }
     // The caller's BYEs follow the route set the proxy recorded.
     let uac_log = uac.messages();
+    assert_eq!(
+        uac_log.responses_received(100).len(),
+        calls as usize,
+        "every INVITE got a 100 Trying"
+    );
     let byes: Vec<_> = uac_log.sent_requests("BYE").collect();
     assert_eq!(
         byes.iter()
