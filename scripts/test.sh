@@ -84,7 +84,7 @@ if [[ -s "$skips_log" ]]; then
   echo "  skipped e2e tests:"
   sed 's/^/    /' "$skips_log"
 fi
-echo "  proxy under e2e test: ${KUBESBC_E2E_PROXY:-sbc}; CI=$CI"
+echo "  proxy under e2e test: ${KUBESBC_E2E_PROXY:-sbc}${KUBESBC_SBC_BIN:+ (KUBESBC_SBC_BIN=$KUBESBC_SBC_BIN)}; CI=$CI"
 if [[ $failed -ne 0 ]]; then
   echo "  RESULT: FAILED"
   exit 1
