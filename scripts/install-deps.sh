@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Install the system packages kubesbc's tests, demo and benchmark need (Debian/Ubuntu).
+#
+#   ./scripts/install-deps.sh                 # test + demo tools
+#   ./scripts/install-deps.sh --with-kamailio # also Kamailio (bench/compare.sh, KUBESBC_E2E_PROXY=kamailio)
+#
+# Idempotent: asks dpkg what is missing and, only if something is, runs `apt-get update` once
+# and `apt-get install -y` for the missing packages. Runs as root, or through sudo otherwise.
+# Rust itself (cargo, rustfmt, clippy) is expected to be installed already (rustup).
+set -euo pipefail
+
+# sip-tester = sipp; redis-server for the store tests; jq for reading JSON; sysstat (pidstat),
+# iproute2 (ss), util-linux (taskset), procps (kill), python3 for the bench; a C toolchain for
+# crates with C parts (ring).
+packages=(sip-tester redis-server jq sysstat iproute2 util-linux procps python3 build-essential pkg-config ca-certificates)
+for arg in "$@"; do
+  case "$arg" in
+    --with-kamailio) packages+=(kamailio);;
+    -h|--help) sed -n '2,10p' "$0"; exit 0;;
+    *) echo "install-deps: unknown option $arg" >&2; exit 2;;
+  esac
+done
+
+if ! command -v dpkg-query >/dev/null || ! command -v apt-get >/dev/null; then
+  echo "install-deps: this script needs a Debian-like system (dpkg, apt-get)." >&2
+  echo "install-deps: install these by hand: ${packages[*]}" >&2
+  exit 1
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [[ ${#missing[@]} -eq 0 ]]; then
+  echo "install-deps: all present (${packages[*]})"
+  exit 0
+fi
+
+if [[ $(id -u) -eq 0 ]]; then
+  SUDO=()
+elif command -v sudo >/dev/null; then
+  SUDO=(sudo)
+else
+  echo "install-deps: missing ${missing[*]} and not root, no sudo" >&2
+  exit 1
+fi
+
+echo "install-deps: installing ${missing[*]}"
+"${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
+"${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+echo "install-deps: done"

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# THE test command of kubesbc: what CI runs (.ci/run) and what a developer runs before a push.
+#
+#   ./scripts/test.sh
+#
+# Steps: system packages (scripts/install-deps.sh), cargo fmt --check, cargo clippy -D warnings,
+# build every binary (the e2e tests start target/debug/sbc), the whole test suite (cargo
+# nextest if installed, else cargo test), then scripts/chart-check.sh when it exists.
+# Every step runs even if an earlier one failed; a summary comes at the end; the exit code is
+# non-zero if any step failed.
+#
+# Environment:
+#   CI=true                  everything is mandatory: a missing tool fails the run (the e2e
+#                            tests panic instead of printing SKIP), package installation must work
+#   KUBESBC_E2E_PROXY=kamailio  run the proxy e2e tests against Kamailio instead of the sbc
+#   SKIP_INSTALL=1           do not run install-deps.sh (ignored under CI=true)
+#   CARGO_TEST_ARGS          extra arguments for the test runner (e.g. a test name filter)
+set -uo pipefail
+cd "$(dirname "$(readlink -f "$0")")/.."
+export CI="${CI:-false}"
+ci() { [[ "$CI" == "true" || "$CI" == "1" ]]; }
+
+declare -a names=() results=() times=()
+failed=0
+step() {
+  local name="$1"; shift
+  echo
+  echo "==================== $name ===================="
+  echo "+ $*"
+  local start=$SECONDS rc=0
+  "$@" || rc=$?
+  names+=("$name"); times+=("$((SECONDS - start))s")
+  if [[ $rc -eq 0 ]]; then results+=("ok"); else results+=("FAILED (exit $rc)"); failed=1; fi
+  return 0
+}
+note() { names+=("$1"); results+=("$2"); times+=("-"); }
+
+if [[ "${SKIP_INSTALL:-}" == "1" ]] && ! ci; then
+  note "install system packages" "skipped (SKIP_INSTALL=1)"
+else
+  step "install system packages" ./scripts/install-deps.sh
+fi
+
+if ! command -v cargo >/dev/null; then
+  echo "test.sh: cargo is not installed (https://rustup.rs)" >&2
+  exit 1
+fi
+# rustfmt and clippy come with rustup's default profile; add them when they are missing.
+for comp in rustfmt clippy; do
+  if ! cargo "${comp/rustfmt/fmt}" --version >/dev/null 2>&1 && command -v rustup >/dev/null; then
+    rustup component add "$comp" || true
+  fi
+done
+
+step "cargo fmt --check" cargo fmt --all --check
+step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
+step "cargo build (binaries)" cargo build --workspace --bins
+
+# Skipped e2e tests (tool missing outside CI, or sbc-only tests under Kamailio) are listed here.
+skips_log="target/debug/e2e-skips.log"
+rm -f "$skips_log"
+# shellcheck disable=SC2086
+if cargo nextest --version >/dev/null 2>&1; then
+  step "tests (cargo nextest)" cargo nextest run --workspace --no-fail-fast ${CARGO_TEST_ARGS:-}
+else
+  step "tests (cargo test)" cargo test --workspace --no-fail-fast ${CARGO_TEST_ARGS:-}
+fi
+
+if [[ -x scripts/chart-check.sh ]]; then
+  step "chart check" ./scripts/chart-check.sh
+elif [[ -e scripts/chart-check.sh ]]; then
+  step "chart check" bash scripts/chart-check.sh
+else
+  note "chart check" "not present (scripts/chart-check.sh)"
+fi
+
+echo
+echo "==================== summary ===================="
+for i in "${!names[@]}"; do
+  printf '  %-28s %-8s %s\n' "${names[$i]}" "${times[$i]}" "${results[$i]}"
+done
+if [[ -s "$skips_log" ]]; then
+  echo
+  echo "  skipped e2e tests:"
+  sed 's/^/    /' "$skips_log"
+fi
+echo "  proxy under e2e test: ${KUBESBC_E2E_PROXY:-sbc}${KUBESBC_SBC_BIN:+ (KUBESBC_SBC_BIN=$KUBESBC_SBC_BIN)}; CI=$CI"
+if [[ $failed -ne 0 ]]; then
+  echo "  RESULT: FAILED"
+  exit 1
+fi
+echo "  RESULT: ok"
