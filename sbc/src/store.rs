@@ -66,6 +66,19 @@ pub trait Store: Send + Sync {
         prefix: &'a str,
         limit: usize,
     ) -> StoreFuture<'a, Vec<(String, Bytes)>>;
+
+    /// Every field of the hash `key` (empty when absent), e.g. the credentials
+    /// `subscriber:<user>` with `ha1`. (Redis: `HGETALL`.)
+    fn hash_get_all<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Vec<(String, Bytes)>>;
+
+    /// Sets fields of the hash `key`, with a TTL (`None`: no expiry), for provisioning and
+    /// tests. (Redis: `HSET` + `PEXPIRE`.)
+    fn hash_set<'a>(
+        &'a self,
+        key: &'a str,
+        fields: Vec<(String, Bytes)>,
+        ttl: Option<Duration>,
+    ) -> StoreFuture<'a, ()>;
 }
 
 /// A stored value: counters are kept as integers so increments need no parsing.
@@ -73,6 +86,7 @@ pub trait Store: Send + Sync {
 enum Value {
     Bytes(Bytes),
     Int(i64),
+    Hash(Vec<(String, Bytes)>),
 }
 
 impl Value {
@@ -80,6 +94,8 @@ impl Value {
         match self {
             Value::Bytes(b) => b.clone(),
             Value::Int(n) => Bytes::from(n.to_string()),
+            // Like Redis' WRONGTYPE, a hash has no plain value; listings show it empty.
+            Value::Hash(_) => Bytes::new(),
         }
     }
 
@@ -90,6 +106,7 @@ impl Value {
                 .ok()
                 .and_then(|s| s.parse().ok())
                 .ok_or_else(|| StoreError::NotAnInteger(key.to_string())),
+            Value::Hash(_) => Err(StoreError::NotAnInteger(key.to_string())),
         }
     }
 }
@@ -281,6 +298,51 @@ impl Store for MemoryStore {
         }))
     }
 
+    fn hash_get_all<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Vec<(String, Bytes)>> {
+        ready(Ok(self.with_shard(key, |shard, _| {
+            match shard.map.get(key) {
+                Some(Entry {
+                    value: Value::Hash(fields),
+                    ..
+                }) => fields.clone(),
+                _ => Vec::new(),
+            }
+        })))
+    }
+
+    fn hash_set<'a>(
+        &'a self,
+        key: &'a str,
+        fields: Vec<(String, Bytes)>,
+        ttl: Option<Duration>,
+    ) -> StoreFuture<'a, ()> {
+        ready(self.with_shard(key, |shard, now| {
+            self.admit(shard, key, now)?;
+            let ttl = ttl.unwrap_or(Duration::from_secs(10 * 365 * 24 * 3600));
+            let mut merged = match shard.map.remove(key) {
+                Some(Entry {
+                    value: Value::Hash(old),
+                    ..
+                }) => old,
+                _ => Vec::new(),
+            };
+            for (f, v) in fields {
+                match merged.iter_mut().find(|(k, _)| *k == f) {
+                    Some(slot) => slot.1 = v,
+                    None => merged.push((f, v)),
+                }
+            }
+            shard.map.insert(
+                key.to_string(),
+                Entry {
+                    value: Value::Hash(merged),
+                    expires_at: deadline(now, ttl),
+                },
+            );
+            Ok(())
+        }))
+    }
+
     fn list_prefix<'a>(
         &'a self,
         prefix: &'a str,
@@ -461,6 +523,42 @@ mod tests {
         }
         assert_eq!(s.list_prefix("k", 100).await.unwrap().len(), 0);
         assert!(!m.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hashes_merge_fields_and_read_back() {
+        let s = store();
+        assert!(s.hash_get_all("subscriber:alice").await.unwrap().is_empty());
+        s.hash_set(
+            "subscriber:alice",
+            vec![
+                ("username".into(), Bytes::from("alice")),
+                ("ha1".into(), Bytes::from("x")),
+            ],
+            None,
+        )
+        .await
+        .unwrap();
+        s.hash_set(
+            "subscriber:alice",
+            vec![("ha1".into(), Bytes::from("y"))],
+            None,
+        )
+        .await
+        .unwrap();
+        let got = s.hash_get_all("subscriber:alice").await.unwrap();
+        assert_eq!(
+            got,
+            vec![
+                ("username".into(), Bytes::from("alice")),
+                ("ha1".into(), Bytes::from("y"))
+            ]
+        );
+        assert!(
+            s.incr_by("subscriber:alice", 1, Duration::from_secs(1))
+                .await
+                .is_err()
+        );
     }
 
     #[tokio::test(start_paused = true)]
