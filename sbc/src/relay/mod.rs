@@ -1758,3 +1758,97 @@ impl TrimMatches for [u8] {
         &self[s..e.max(s)]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(s: &str) -> Message {
+        Message::parse(Bytes::copy_from_slice(s.as_bytes()), 65535).expect("valid")
+    }
+
+    const INVITE: &str = "INVITE sip:bob@10.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.9:5090;branch=z9hG4bKabc;rport\r\nFrom: <sip:a@x>;tag=f1\r\nTo: <sip:bob@10.0.0.1>\r\nCall-ID: c1\r\nCSeq: 1 INVITE\r\n\r\n";
+
+    #[test]
+    fn ack_and_cancel_find_the_invite_transaction() {
+        let invite = msg(INVITE);
+        let ack = msg(&INVITE
+            .replace("INVITE sip", "ACK sip")
+            .replace("1 INVITE", "1 ACK"));
+        let cancel = msg(&INVITE
+            .replace("INVITE sip", "CANCEL sip")
+            .replace("1 INVITE", "1 CANCEL"));
+        let ik = server_key(&invite, Method::Invite).unwrap();
+        assert_eq!(server_key(&ack, Method::Ack).unwrap(), ik);
+        // A CANCEL is its own transaction, but looks the INVITE up with the INVITE's class.
+        assert_ne!(server_key(&cancel, Method::Cancel).unwrap(), ik);
+        assert_eq!(server_key(&cancel, Method::Invite).unwrap(), ik);
+        // Another sent-by is another transaction even with the same branch.
+        let other = msg(&INVITE.replace("10.0.0.9:5090", "10.0.0.8:5090"));
+        assert_ne!(server_key(&other, Method::Invite).unwrap(), ik);
+    }
+
+    #[test]
+    fn received_and_rport_are_added_when_the_source_differs() {
+        let m = msg(INVITE);
+        let (p, fill) = received_params(&m, "192.0.2.7:40000".parse().unwrap());
+        assert_eq!(p.as_deref(), Some(&b";received=192.0.2.7;rport=40000"[..]));
+        assert!(fill);
+        let (p, fill) = received_params(&m, "10.0.0.9:5090".parse().unwrap());
+        assert_eq!(p.as_deref(), Some(&b";rport=5090"[..]));
+        assert!(fill);
+        let plain = msg(&INVITE.replace(";rport", ""));
+        assert_eq!(
+            received_params(&plain, "10.0.0.9:5090".parse().unwrap()),
+            (None, false)
+        );
+    }
+
+    #[test]
+    fn stateless_responses_follow_received_and_rport() {
+        let r = msg(
+            "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKkSx\r\nVia: SIP/2.0/TCP 10.0.0.9:5090;branch=z9hG4bKa;received=192.0.2.7;rport=40000\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n\r\n",
+        );
+        let to = second_via_target(&r).unwrap();
+        assert_eq!(to.addr, "192.0.2.7:40000".parse().unwrap());
+        assert_eq!(to.transport, Transport::Tcp);
+    }
+
+    #[test]
+    fn next_hops_need_an_ip_and_honour_transport() {
+        let p = uri_target(b"sip:bob@10.0.0.1:5080;transport=tcp").unwrap();
+        assert_eq!(
+            (p.addr, p.transport),
+            ("10.0.0.1:5080".parse().unwrap(), Transport::Tcp)
+        );
+        let p = uri_target(b"sips:[::1]").unwrap();
+        assert_eq!((p.addr.port(), p.transport), (5061, Transport::Tls));
+        assert!(
+            uri_target(b"sip:bob@pbx.example.com").is_none(),
+            "no DNS on the hot path"
+        );
+        assert!(uri_target(b"tel:+1234").is_none());
+    }
+
+    #[test]
+    fn loop_hash_covers_the_request_identity() {
+        let a = loop_hash(&msg(INVITE));
+        assert_eq!(a, loop_hash(&msg(INVITE)));
+        assert_ne!(
+            a,
+            loop_hash(&msg(
+                &INVITE.replace("sip:bob@10.0.0.1 SIP", "sip:carol@10.0.0.1 SIP")
+            ))
+        );
+        assert_ne!(a, loop_hash(&msg(&INVITE.replace("CSeq: 1", "CSeq: 2"))));
+    }
+
+    #[test]
+    fn digest_username_is_read_from_credentials() {
+        assert_eq!(
+            digest_username(b"Digest username=\"alice\", realm=\"x\", nonce=\"n\""),
+            Some(&b"alice"[..])
+        );
+        assert_eq!(digest_username(b"Basic YWxpY2U6"), None);
+    }
+}
