@@ -191,6 +191,11 @@ def main():
         name = f"{obj['kind']}/{obj['metadata']['name']}"
         check(f"validate manifests/kubesbc.yaml: {name}", lambda obj=obj: validate_any(obj))
 
+    # The CRDs themselves are valid apiextensions.k8s.io/v1 objects.
+    for crd in docs((MANIFESTS / "crds.yaml").read_text()):
+        check(f"validate manifests/crds.yaml: CustomResourceDefinition/{crd['metadata']['name']}",
+              lambda crd=crd: kubernetes_validate.validate(crd, KUBE_VERSION, strict=True))
+
     # Example custom resources against the generated CRD schemas.
     examples = sorted((ROOT / "examples").glob("*.yaml"))
     check("examples/ has an example of each kind",

@@ -264,6 +264,7 @@ async fn child_status<K>(
     client: &Client,
     obj: &K,
     accepted: Option<&RenderError>,
+    extra: serde_json::Value,
 ) -> Result<(), Error>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
@@ -297,10 +298,14 @@ where
             Timestamp::now(),
         ),
     };
+    let mut status = json!({"observedGeneration": generation, "conditions": [cond]});
+    if let (Some(st), Some(more)) = (status.as_object_mut(), extra.as_object()) {
+        st.extend(more.clone());
+    }
     let body = json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
-        "status": {"observedGeneration": generation, "conditions": [cond]},
+        "status": status,
     });
     let api = Api::<K>::namespaced(client.clone(), &obj.namespace().unwrap_or_default());
     let pp = PatchParams::apply(MANAGER).force();
@@ -375,7 +380,7 @@ pub async fn reconcile(cluster: Arc<SbcCluster>, ctx: Arc<Context>) -> Result<Ac
             // The last good ConfigMap stays: nothing is applied, only the status says why.
             tracing::warn!(cluster = %cluster.name_any(), error = %e, "configuration refused");
             ctx.metrics.rejected.with_label_values(&[e.reason]).inc();
-            let cond = condition(
+            let mut conds = vec![condition(
                 &previous,
                 ACCEPTED,
                 false,
@@ -383,22 +388,35 @@ pub async fn reconcile(cluster: Arc<SbcCluster>, ctx: Arc<Context>) -> Result<Ac
                 e.to_string(),
                 generation,
                 now,
-            );
-            let status = json!({
-                "apiVersion": "kubesbc.io/v1alpha1",
-                "kind": "SbcCluster",
-                "status": {"observedGeneration": generation, "conditions": [cond]},
+            )];
+            // The last good config keeps running: carry over what describes it, since an
+            // apply that leaves a field out removes it.
+            conds.extend(previous.iter().filter(|c| c.type_ == READY).cloned());
+            let old = cluster.status.clone().unwrap_or_default();
+            let mut st = json!({
+                "observedGeneration": generation,
+                "conditions": conds,
+                "replicas": old.replicas,
+                "readyReplicas": old.ready_replicas,
             });
+            if let Some(h) = &old.config_hash {
+                st["configHash"] = json!(h);
+            }
+            if let Some(t) = old.destinations_total {
+                st["destinationsTotal"] = json!(t);
+            }
+            let status =
+                json!({"apiVersion": "kubesbc.io/v1alpha1", "kind": "SbcCluster", "status": st});
             api.patch_status(&cluster.name_any(), &pp, &Patch::Apply(&status))
                 .await?;
             for ds in sets.iter().filter(|o| object_id(*o) == e.object) {
-                child_status(client, ds, Some(&e)).await?;
+                child_status(client, ds, Some(&e), json!({})).await?;
             }
             for tt in throttles.iter().filter(|o| object_id(*o) == e.object) {
-                child_status(client, tt, Some(&e)).await?;
+                child_status(client, tt, Some(&e), json!({})).await?;
             }
             for acl in acls.iter().filter(|o| object_id(*o) == e.object) {
-                child_status(client, acl, Some(&e)).await?;
+                child_status(client, acl, Some(&e), json!({})).await?;
             }
             publish(&ctx, &cluster, EventType::Warning, e.reason, e.to_string()).await;
             return Ok(Action::requeue(RETRY_INVALID));
@@ -475,13 +493,18 @@ pub async fn reconcile(cluster: Arc<SbcCluster>, ctx: Arc<Context>) -> Result<Ac
     api.patch_status(&cluster.name_any(), &pp, &Patch::Apply(&status))
         .await?;
     for ds in &sets {
-        child_status(client, ds, None).await?;
+        // Static sets know their size; Service sets are counted by the sbc from EndpointSlices.
+        let extra = match &ds.spec.destinations.static_ {
+            Some(d) => json!({"destinationsTotal": d.len()}),
+            None => json!({}),
+        };
+        child_status(client, ds, None, extra).await?;
     }
     for tt in &throttles {
-        child_status(client, tt, None).await?;
+        child_status(client, tt, None, json!({})).await?;
     }
     for acl in &acls {
-        child_status(client, acl, None).await?;
+        child_status(client, acl, None, json!({})).await?;
     }
     let old_hash = cluster
         .status

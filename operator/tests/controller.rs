@@ -238,6 +238,8 @@ async fn a_new_cluster_gets_its_configmap_deployment_and_status() {
         .expect("Ready");
     assert_eq!(ready["status"], "True");
 
+    let carriers = patches(&sent, "/dispatchersets/carriers/status");
+    assert_eq!(carriers[0].body["status"]["destinationsTotal"], 2);
     // The selected resources are told they took effect.
     for child in [
         "/dispatchersets/asterisk/status",
@@ -398,4 +400,42 @@ async fn api_errors_are_returned_for_backoff_and_counted() {
     assert_eq!(ctx.metrics.failures.with_label_values(&["kube"]).get(), 1);
     drop(ctx);
     server.await.expect("server");
+}
+
+#[tokio::test]
+async fn an_access_list_with_a_bad_cidr_is_not_accepted_and_the_cluster_keeps_its_last_state() {
+    // "999.1.2.3/8" passes the schema's pattern but is no address: the operator refuses it.
+    let mut world = World::standard();
+    let mut acl: AccessList = example("accesslist.yaml");
+    acl.spec.rules[1].sources = vec!["10.0.0.0/8".into(), "999.1.2.3/8".into()];
+    world.put(&acl);
+    let mut cluster: SbcCluster = example("sbccluster.yaml");
+    cluster.status = Some(serde_json::from_value(json!({
+        "replicas": 2, "readyReplicas": 2, "configHash": "00000000deadbeef",
+        "conditions": [{"type": "Ready", "status": "True", "reason": "ReplicasReady",
+                        "message": "2/2 replicas ready", "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+    })).expect("status"));
+    let (sent, result) = reconcile(world, cluster).await;
+    assert!(result.is_ok(), "{result:?}");
+    let p = patches(&sent, "/accesslists/edge-guard/status");
+    let (status, reason, message) = accepted(p[0]);
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "InvalidAccessList")
+    );
+    assert_eq!(
+        message,
+        "spec.rules[1].sources[1]: \"999.1.2.3/8\" is not a CIDR"
+    );
+
+    // The cluster says why, and still describes the config that keeps running.
+    let st = &patches(&sent, "/sbcclusters/edge/status")[0].body["status"];
+    assert_eq!(st["configHash"], "00000000deadbeef");
+    assert_eq!(st["readyReplicas"], 2);
+    let ready = st["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+        .expect("Ready kept");
+    assert_eq!(ready["lastTransitionTime"], "2026-01-01T00:00:00Z");
+    assert!(patches(&sent, "/configmaps/").is_empty());
 }
