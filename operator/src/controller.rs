@@ -259,11 +259,12 @@ where
     Ok(api.patch(&obj.name_any(), &pp, &Patch::Apply(obj)).await?)
 }
 
-/// Writes `Accepted` on a selected resource through its status subresource.
+/// Writes `Accepted` and `Ready` on a selected resource through its status subresource;
+/// `accepted` is the `namespace/name` of the cluster using it, or why it was refused.
 async fn child_status<K>(
     client: &Client,
     obj: &K,
-    accepted: Option<&RenderError>,
+    accepted: Result<&str, &RenderError>,
     extra: serde_json::Value,
 ) -> Result<(), Error>
 where
@@ -278,27 +279,50 @@ where
         .and_then(|v| serde_json::from_value(v["status"]["conditions"].clone()).ok())
         .unwrap_or_default();
     let generation = obj.meta().generation;
-    let cond = match accepted {
-        None => condition(
-            &previous,
-            ACCEPTED,
-            true,
-            "Accepted",
-            "rendered into the sbc configuration".into(),
-            generation,
-            Timestamp::now(),
-        ),
-        Some(e) => condition(
-            &previous,
-            ACCEPTED,
-            false,
-            e.reason,
-            format!("{}: {}", e.field, e.message),
-            generation,
-            Timestamp::now(),
-        ),
+    let now = Timestamp::now();
+    let conds = match accepted {
+        Ok(cluster) => [
+            condition(
+                &previous,
+                ACCEPTED,
+                true,
+                "Accepted",
+                "rendered into the sbc configuration".into(),
+                generation,
+                now,
+            ),
+            condition(
+                &previous,
+                READY,
+                true,
+                "InEffect",
+                format!("in the sbc.yaml of SbcCluster {cluster}"),
+                generation,
+                now,
+            ),
+        ],
+        Err(e) => [
+            condition(
+                &previous,
+                ACCEPTED,
+                false,
+                e.reason,
+                format!("{}: {}", e.field, e.message),
+                generation,
+                now,
+            ),
+            condition(
+                &previous,
+                READY,
+                false,
+                "NotAccepted",
+                "not in effect: see the Accepted condition".into(),
+                generation,
+                now,
+            ),
+        ],
     };
-    let mut status = json!({"observedGeneration": generation, "conditions": [cond]});
+    let mut status = json!({"observedGeneration": generation, "conditions": conds});
     if let (Some(st), Some(more)) = (status.as_object_mut(), extra.as_object()) {
         st.extend(more.clone());
     }
@@ -410,13 +434,13 @@ pub async fn reconcile(cluster: Arc<SbcCluster>, ctx: Arc<Context>) -> Result<Ac
             api.patch_status(&cluster.name_any(), &pp, &Patch::Apply(&status))
                 .await?;
             for ds in sets.iter().filter(|o| object_id(*o) == e.object) {
-                child_status(client, ds, Some(&e), json!({})).await?;
+                child_status(client, ds, Err(&e), json!({})).await?;
             }
             for tt in throttles.iter().filter(|o| object_id(*o) == e.object) {
-                child_status(client, tt, Some(&e), json!({})).await?;
+                child_status(client, tt, Err(&e), json!({})).await?;
             }
             for acl in acls.iter().filter(|o| object_id(*o) == e.object) {
-                child_status(client, acl, Some(&e), json!({})).await?;
+                child_status(client, acl, Err(&e), json!({})).await?;
             }
             publish(&ctx, &cluster, EventType::Warning, e.reason, e.to_string()).await;
             return Ok(Action::requeue(RETRY_INVALID));
@@ -492,19 +516,20 @@ pub async fn reconcile(cluster: Arc<SbcCluster>, ctx: Arc<Context>) -> Result<Ac
     });
     api.patch_status(&cluster.name_any(), &pp, &Patch::Apply(&status))
         .await?;
+    let cluster_id = format!("{ns}/{}", cluster.name_any());
     for ds in &sets {
         // Static sets know their size; Service sets are counted by the sbc from EndpointSlices.
         let extra = match &ds.spec.destinations.static_ {
             Some(d) => json!({"destinationsTotal": d.len()}),
             None => json!({}),
         };
-        child_status(client, ds, None, extra).await?;
+        child_status(client, ds, Ok(&cluster_id), extra).await?;
     }
     for tt in &throttles {
-        child_status(client, tt, None, json!({})).await?;
+        child_status(client, tt, Ok(&cluster_id), json!({})).await?;
     }
     for acl in &acls {
-        child_status(client, acl, None, json!({})).await?;
+        child_status(client, acl, Ok(&cluster_id), json!({})).await?;
     }
     let old_hash = cluster
         .status
@@ -545,12 +570,15 @@ pub async fn run(ctx: Arc<Context>) {
 
     let client = ctx.client.clone();
     let wc = watcher::Config::default();
+    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=kubesbc-operator");
     let controller = Controller::new(Api::<SbcCluster>::all(client.clone()), wc.clone());
     let store = controller.store();
     let (s1, s2, s3) = (store.clone(), store.clone(), store);
     controller
-        .owns(Api::<ConfigMap>::all(client.clone()), wc.clone())
-        .owns(Api::<Deployment>::all(client.clone()), wc.clone())
+        // Only our own ConfigMaps and Deployments: watching every one in the cluster would
+        // cost memory for nothing.
+        .owns(Api::<ConfigMap>::all(client.clone()), owned.clone())
+        .owns(Api::<Deployment>::all(client.clone()), owned)
         .watches(
             Api::<DispatcherSet>::all(client.clone()),
             wc.clone(),

@@ -638,6 +638,10 @@ impl Objects<'_> {
         if spec.host_network {
             pod["hostNetwork"] = json!(true);
             pod["dnsPolicy"] = json!("ClusterFirstWithHostNet");
+            // Two pods on one node's network would fight over the SIP ports.
+            pod["affinity"] = json!({"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                {"labelSelector": {"matchLabels": pod_selector(self.cluster)}, "topologyKey": "kubernetes.io/hostname"}
+            ]}});
         }
         let mut body = json!({
             "spec": {

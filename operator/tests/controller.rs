@@ -250,6 +250,18 @@ async fn a_new_cluster_gets_its_configmap_deployment_and_status() {
         let p = patches(&sent, child);
         assert_eq!(p.len(), 1, "{child}");
         assert_eq!(accepted(p[0]).0, "True", "{child}");
+        let ready = p[0].body["status"]["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+            .cloned()
+            .expect("Ready");
+        assert_eq!(
+            (ready["status"].as_str(), ready["message"].as_str()),
+            (
+                Some("True"),
+                Some("in the sbc.yaml of SbcCluster voip/edge")
+            )
+        );
     }
     // And an Event says what happened.
     let ev = sent

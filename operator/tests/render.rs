@@ -346,3 +346,25 @@ fn node_ports_are_kept_for_node_port_services_only() {
         .unwrap_or_default();
     assert!(ports.iter().all(|p| p.node_port.is_none()));
 }
+
+#[test]
+fn host_network_pods_spread_one_per_node() {
+    let mut w = World::new();
+    w.cluster.spec.host_network = true;
+    let r = render::render(w.inputs()).expect("renders");
+    let pod = r
+        .deployment
+        .spec
+        .and_then(|s| s.template.spec)
+        .expect("pod");
+    assert_eq!(pod.host_network, Some(true));
+    assert_eq!(pod.dns_policy.as_deref(), Some("ClusterFirstWithHostNet"));
+    let anti = pod
+        .affinity
+        .and_then(|a| a.pod_anti_affinity)
+        .expect("anti-affinity");
+    let terms = anti
+        .required_during_scheduling_ignored_during_execution
+        .expect("required");
+    assert_eq!(terms[0].topology_key, "kubernetes.io/hostname");
+}
