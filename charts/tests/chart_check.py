@@ -174,8 +174,9 @@ def main():
             assert "*" not in rule["verbs"] and "*" not in rule["resources"], rule
             if "secrets" in rule["resources"]:
                 assert rule["verbs"] == ["get"], rule
-            assert "delete" not in rule["verbs"], rule
-    check("ClusterRole has no wildcards, no delete, secrets get-only", least_privilege)
+            if "delete" in rule["verbs"]:
+                assert set(rule["resources"]) <= {"services", "horizontalpodautoscalers"}, rule
+    check("ClusterRole has no wildcards, deletes only Services/HPAs, secrets get-only", least_privilege)
 
     # manifests/ is the chart rendered with default values, plus the CRDs.
     want = manifest_text(default)

@@ -367,6 +367,73 @@ async fn publish(
     }
 }
 
+/// Deletes what an earlier spec rendered and this one does not: the HPA once autoscaling is
+/// off, and the SIP Services of the other layout (`<name>` vs `<name>-udp`/`<name>-tcp`).
+/// Only objects this cluster controls are deleted, never a user's object of the same name.
+async fn prune(
+    ctx: &Context,
+    cluster: &SbcCluster,
+    ns: &str,
+    rendered: &render::Rendered,
+) -> Result<(), Error> {
+    let name = cluster.name_any();
+    let keep: Vec<String> = rendered
+        .services
+        .iter()
+        .filter_map(|s| s.metadata.name.clone())
+        .collect();
+    let stale_services = [name.clone(), format!("{name}-udp"), format!("{name}-tcp")]
+        .into_iter()
+        .filter(|n| !keep.contains(n));
+    for svc in stale_services {
+        delete_if_owned::<Service>(ctx, cluster, ns, &svc).await?;
+    }
+    if rendered.hpa.is_none() {
+        delete_if_owned::<HorizontalPodAutoscaler>(ctx, cluster, ns, &name).await?;
+    }
+    Ok(())
+}
+
+async fn delete_if_owned<K>(
+    ctx: &Context,
+    cluster: &SbcCluster,
+    ns: &str,
+    name: &str,
+) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api = Api::<K>::namespaced(ctx.client.clone(), ns);
+    let Some(obj) = api.get_opt(name).await? else {
+        return Ok(());
+    };
+    let uid = cluster.meta().uid.as_deref();
+    let owned = obj
+        .owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && Some(o.uid.as_str()) == uid);
+    if !owned {
+        return Ok(());
+    }
+    match api.delete(name, &Default::default()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+        Err(e) => return Err(e.into()),
+    }
+    publish(
+        ctx,
+        cluster,
+        EventType::Normal,
+        "Pruned",
+        format!("deleted {} {ns}/{name}, no longer rendered", K::kind(&())),
+    )
+    .await;
+    Ok(())
+}
+
 /// Reconciles one SbcCluster.
 pub async fn reconcile(cluster: Arc<SbcCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.metrics.reconciliations.inc();
@@ -460,6 +527,7 @@ pub async fn reconcile(cluster: Arc<SbcCluster>, ctx: Arc<Context>) -> Result<Ac
     if let Some(hpa) = &rendered.hpa {
         apply::<HorizontalPodAutoscaler>(client, &ns, hpa).await?;
     }
+    prune(&ctx, &cluster, &ns, &rendered).await?;
 
     let dstatus = deployment.status.unwrap_or_default();
     let desired = deployment.spec.and_then(|s| s.replicas).unwrap_or(1);

@@ -111,6 +111,10 @@ impl World {
                 (StatusCode::OK, obj)
             }
             "POST" => (StatusCode::CREATED, sent.body.clone()),
+            "DELETE" if self.objects.contains_key(&sent.path) => (
+                StatusCode::OK,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200}),
+            ),
             _ => (StatusCode::METHOD_NOT_ALLOWED, not_found),
         }
     }
@@ -450,4 +454,49 @@ async fn an_access_list_with_a_bad_cidr_is_not_accepted_and_the_cluster_keeps_it
         .expect("Ready kept");
     assert_eq!(ready["lastTransitionTime"], "2026-01-01T00:00:00Z");
     assert!(patches(&sent, "/configmaps/").is_empty());
+}
+
+#[tokio::test]
+async fn objects_no_longer_rendered_are_pruned_but_only_our_own() {
+    let cluster: SbcCluster = example("sbccluster.yaml");
+    let uid = cluster.meta().uid.clone().unwrap_or_default();
+    let ours = json!([{"apiVersion": "kubesbc.io/v1alpha1", "kind": "SbcCluster", "name": "edge", "uid": uid, "controller": true}]);
+    let mut world = World::standard();
+    // An HPA from when the cluster autoscaled, and a single-Service layout from when it was a
+    // ClusterIP: both ours. A user's Service that merely has a matching name is not.
+    world.objects.insert(
+        "/apis/autoscaling/v2/namespaces/voip/horizontalpodautoscalers/edge".into(),
+        json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+               "metadata": {"name": "edge", "namespace": "voip", "ownerReferences": ours},
+               "spec": {"maxReplicas": 4, "scaleTargetRef": {"kind": "Deployment", "name": "edge"}}}),
+    );
+    world.objects.insert(
+        "/api/v1/namespaces/voip/services/edge".into(),
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "edge", "namespace": "voip", "ownerReferences": ours}}),
+    );
+    let (sent, result) = reconcile(world, cluster.clone()).await;
+    assert!(result.is_ok(), "{result:?}");
+    let deleted: Vec<_> = sent
+        .iter()
+        .filter(|s| s.method == "DELETE")
+        .map(|s| s.path.clone())
+        .collect();
+    assert_eq!(
+        deleted,
+        [
+            "/api/v1/namespaces/voip/services/edge",
+            "/apis/autoscaling/v2/namespaces/voip/horizontalpodautoscalers/edge",
+        ]
+    );
+
+    let mut world = World::standard();
+    world.objects.insert(
+        "/api/v1/namespaces/voip/services/edge".into(),
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "edge", "namespace": "voip"}}),
+    );
+    let (sent, _) = reconcile(world, cluster).await;
+    assert!(
+        sent.iter().all(|s| s.method != "DELETE"),
+        "a Service we do not own was deleted"
+    );
 }
