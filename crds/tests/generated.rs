@@ -90,6 +90,11 @@ fn check_structural(path: &str, s: &serde_json::Value, problems: &mut Vec<String
             problems.push(format!("{path}: {banned} is not allowed"));
         }
     }
+    if let Some(f) = map.get("format").and_then(|f| f.as_str())
+        && !["int32", "int64", "date-time", "double", "float", "byte"].contains(&f)
+    {
+        problems.push(format!("{path}: format {f} is not known to the API server"));
+    }
     let int_or_string = map.get("x-kubernetes-int-or-string") == Some(&serde_json::json!(true));
     let preserve =
         map.get("x-kubernetes-preserve-unknown-fields") == Some(&serde_json::json!(true));
