@@ -166,3 +166,21 @@ fn conditions_merge_by_type_under_server_side_apply() {
         );
     }
 }
+
+#[test]
+fn short_names_do_not_shadow_built_in_ones() {
+    // `ds` is DaemonSet, `sa` ServiceAccount, ...: kubectl would pick the built-in.
+    let builtin = [
+        "ds", "sa", "svc", "cm", "deploy", "po", "no", "ns", "ep", "ing", "pv", "pvc", "rs", "sts",
+        "hpa", "pdb", "netpol", "sc", "crd", "ev", "cs", "limits", "quota", "rc", "csr", "pc",
+        "psp",
+    ];
+    for crd in kubesbc_crds::all_crds() {
+        for s in crd.spec.names.short_names.iter().flatten() {
+            assert!(
+                !builtin.contains(&s.as_str()),
+                "{s} shadows a built-in short name"
+            );
+        }
+    }
+}
