@@ -207,6 +207,13 @@ def main():
             check(f"validate examples/{f.name}: {obj['kind']}/{obj['metadata']['name']}",
                   lambda obj=obj: validate_any(obj))
 
+    # examples/invalid/ holds resources the CRD schemas must refuse, each with the word the
+    # refusal must contain on its first line (`# expect-rejected: WORD`).
+    for f in sorted((ROOT / "examples" / "invalid").glob("*.yaml")):
+        expect = f.read_text().splitlines()[0].split("expect-rejected:", 1)[-1].strip()
+        for obj in docs(f.read_text()):
+            rejected(f"CRD rejects examples/invalid/{f.name}", lambda obj=obj: validate_cr(obj), expect)
+
     # Bad values are refused by values.schema.json ...
     chart = helm.Chart.load(str(CHART))
     check("values.schema.json accepts the defaults", lambda: chart.validate_schema({}))

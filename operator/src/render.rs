@@ -643,10 +643,17 @@ impl Objects<'_> {
                 {"labelSelector": {"matchLabels": pod_selector(self.cluster)}, "topologyKey": "kubernetes.io/hostname"}
             ]}});
         }
+        // A surge pod cannot start on a node whose host network already holds the SIP ports,
+        // so with hostNetwork the rollout replaces pods one by one instead.
+        let rolling = if spec.host_network {
+            json!({"maxUnavailable": 1, "maxSurge": 0})
+        } else {
+            json!({"maxUnavailable": 0, "maxSurge": 1})
+        };
         let mut body = json!({
             "spec": {
                 "selector": {"matchLabels": pod_selector(self.cluster)},
-                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+                "strategy": {"type": "RollingUpdate", "rollingUpdate": rolling},
                 "template": {"metadata": {"labels": self.labels}, "spec": pod},
             }
         });
@@ -776,6 +783,9 @@ impl Objects<'_> {
                 "minReplicas": a.min_replicas,
                 "maxReplicas": a.max_replicas,
                 "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": a.target_cpu_utilization}}}],
+                // Calls last long and a removed pod drains them: scale down slowly, one pod
+                // at a time.
+                "behavior": {"scaleDown": {"stabilizationWindowSeconds": 600, "policies": [{"type": "Pods", "value": 1, "periodSeconds": 300}]}},
             }}),
             "HorizontalPodAutoscaler",
             &self.name,

@@ -218,6 +218,11 @@ fn autoscaling_renders_an_hpa_and_leaves_replicas_to_it() {
     assert_eq!(r.deployment.spec.as_ref().and_then(|s| s.replicas), None);
     let hpa = r.hpa.expect("hpa").spec.expect("spec");
     assert_eq!((hpa.min_replicas, hpa.max_replicas), (Some(2), 8));
+    let down = hpa
+        .behavior
+        .and_then(|b| b.scale_down)
+        .expect("scale-down behaviour");
+    assert_eq!(down.stabilization_window_seconds, Some(600));
 }
 
 #[test]
