@@ -139,6 +139,32 @@ pub fn clusters_selecting<K: ResourceExt>(
         .collect()
 }
 
+/// The SbcClusters to re-render when Service `svc` changes: those selecting a DispatcherSet
+/// whose destinations come from it (so a backend Service created after its DispatcherSet, or
+/// a renamed port, is picked up at once).
+pub fn clusters_using_service(
+    clusters: &[Arc<SbcCluster>],
+    sets: &[Arc<DispatcherSet>],
+    svc: &Service,
+) -> Vec<ObjectRef<SbcCluster>> {
+    let svc_ns = svc.namespace();
+    let users = sets.iter().filter(|ds| {
+        ds.spec.destinations.service.as_ref().is_some_and(|src| {
+            src.name == svc.name_any() && src.namespace.clone().or_else(|| ds.namespace()) == svc_ns
+        })
+    });
+    let mut out: Vec<ObjectRef<SbcCluster>> = users
+        .flat_map(|ds| {
+            clusters_selecting(clusters, ds.as_ref(), |c| {
+                c.spec.dispatcher_set_selector.as_ref()
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    out.dedup();
+    out
+}
+
 async fn selected<K>(
     client: &Client,
     ns: &str,
@@ -634,14 +660,23 @@ pub fn error_policy(cluster: Arc<SbcCluster>, error: &Error, ctx: Arc<Context>) 
 /// own, and DispatcherSets/TenantThrottles/AccessLists mapped to the clusters selecting them.
 pub async fn run(ctx: Arc<Context>) {
     use futures::StreamExt;
-    use kube::runtime::{Controller, watcher};
+    use kube::runtime::{Controller, WatchStreamExt, watcher};
 
     let client = ctx.client.clone();
     let wc = watcher::Config::default();
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=kubesbc-operator");
     let controller = Controller::new(Api::<SbcCluster>::all(client.clone()), wc.clone());
     let store = controller.store();
-    let (s1, s2, s3) = (store.clone(), store.clone(), store);
+    let (s1, s2, s3, s4) = (store.clone(), store.clone(), store.clone(), store);
+    // A second view of the DispatcherSets, for mapping Service changes to clusters.
+    let (sets, sets_writer) = kube::runtime::reflector::store::<DispatcherSet>();
+    let sets_reflector = kube::runtime::reflector(
+        sets_writer,
+        watcher(Api::<DispatcherSet>::all(client.clone()), wc.clone()).default_backoff(),
+    )
+    .applied_objects()
+    .for_each(|_| futures::future::ready(()));
+    let sets_task = tokio::spawn(sets_reflector);
     controller
         // Only our own ConfigMaps and Deployments: watching every one in the cluster would
         // cost memory for nothing.
@@ -663,8 +698,13 @@ pub async fn run(ctx: Arc<Context>) {
                 })
             },
         )
-        .watches(Api::<AccessList>::all(client), wc, move |o| {
-            clusters_selecting(&s3.state(), &o, |c| c.spec.access_list_selector.as_ref())
+        .watches(
+            Api::<AccessList>::all(client.clone()),
+            wc.clone(),
+            move |o| clusters_selecting(&s3.state(), &o, |c| c.spec.access_list_selector.as_ref()),
+        )
+        .watches(Api::<Service>::all(client), wc, move |svc| {
+            clusters_using_service(&s4.state(), &sets.state(), &svc)
         })
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
@@ -675,4 +715,5 @@ pub async fn run(ctx: Arc<Context>) {
             }
         })
         .await;
+    sets_task.abort();
 }

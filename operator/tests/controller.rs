@@ -500,3 +500,40 @@ async fn objects_no_longer_rendered_are_pruned_but_only_our_own() {
         "a Service we do not own was deleted"
     );
 }
+
+#[test]
+fn a_service_change_reaches_the_clusters_whose_sets_use_it() {
+    let edge: SbcCluster = example("sbccluster.yaml");
+    let mut other = edge.clone();
+    other.meta_mut().name = Some("other".into());
+    other.spec.dispatcher_set_selector = Some(
+        serde_json::from_value(json!({"matchLabels": {"kubesbc.io/cluster": "other"}}))
+            .expect("selector"),
+    );
+    let clusters = vec![Arc::new(edge), Arc::new(other)];
+    let sets = vec![
+        Arc::new(example::<DispatcherSet>("dispatcherset.yaml")),
+        Arc::new(example::<DispatcherSet>("dispatcherset-static.yaml")),
+    ];
+    let svc = |ns: &str, name: &str| -> k8s_openapi::api::core::v1::Service {
+        serde_json::from_value(json!({"metadata": {"name": name, "namespace": ns}})).expect("svc")
+    };
+    let names = |refs: Vec<kube::runtime::reflector::ObjectRef<SbcCluster>>| {
+        refs.into_iter().map(|r| r.name).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(controller::clusters_using_service(
+            &clusters,
+            &sets,
+            &svc("voip", "asterisk")
+        )),
+        ["edge"]
+    );
+    assert!(
+        controller::clusters_using_service(&clusters, &sets, &svc("voip", "freeswitch")).is_empty()
+    );
+    assert!(
+        controller::clusters_using_service(&clusters, &sets, &svc("other-ns", "asterisk"))
+            .is_empty()
+    );
+}
