@@ -214,6 +214,21 @@ def main():
         for obj in docs(f.read_text()):
             rejected(f"CRD rejects examples/invalid/{f.name}", lambda obj=obj: validate_cr(obj), expect)
 
+    # The objects the operator renders are valid Kubernetes 1.33 objects too.
+    import shutil
+    import subprocess
+    if shutil.which("cargo"):
+        proc = subprocess.run(["cargo", "run", "-q", "-p", "kubesbc-operator", "--example", "render"],
+                              cwd=ROOT, capture_output=True, text=True)
+        check("operator renders the examples", lambda: proc.returncode == 0 or print(proc.stderr) or False)
+        if proc.returncode == 0:
+            for obj in docs(proc.stdout):
+                name = f"{obj['kind']}/{obj['metadata']['name']}"
+                check(f"validate operator output: {name} (kubernetes {KUBE_VERSION})",
+                      lambda obj=obj: validate_any(obj))
+    elif os.environ.get("CI") == "true":
+        check("cargo available for the operator output check", lambda: False)
+
     # Bad values are refused by values.schema.json ...
     chart = helm.Chart.load(str(CHART))
     check("values.schema.json accepts the defaults", lambda: chart.validate_schema({}))

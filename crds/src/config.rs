@@ -377,6 +377,7 @@ impl<'de> Deserialize<'de> for Algorithm {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DestinationConfig {
     /// SIP URI of the destination: `sip:10.0.0.5:5060;transport=tcp`.
+    #[schemars(regex(pattern = r"^sips?:[^\s<>]+$"), length(max = 1024))]
     pub uri: String,
     /// Kamailio destination flags (1 inactive, 2 probing, 4 disabled, 8 probing always).
     #[serde(default, skip_serializing_if = "is_zero_u32")]
