@@ -705,6 +705,11 @@ fn default_retry_after() -> u32 {
 pub struct StoreConfig {
     /// `redis://[:password@]host:port/db` or `rediss://...`.
     pub url: String,
+    /// A file holding the full URL (password included), read instead of `url` when set; the
+    /// operator mounts it from a Secret so the password never sits in the ConfigMap, and
+    /// writes `url` without its password, for logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_file: Option<String>,
     /// Prefix of every key, one per SbcCluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_prefix: Option<String>,

@@ -4,7 +4,7 @@
 //!
 //! `cargo run -q -p kubesbc-operator --example render`
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use kubesbc_crds::{AccessList, DispatcherSet, SbcCluster, TenantThrottle};
@@ -33,7 +33,7 @@ fn main() -> anyhow::Result<()> {
     let mut lookups = Lookups::default();
     lookups.secrets.insert(
         ("voip".into(), "company-signature".into()),
-        BTreeMap::from([("signature".into(), "change-me".into())]),
+        BTreeSet::from(["signature".to_owned()]),
     );
     lookups
         .services

@@ -1,7 +1,6 @@
 //! The SbcCluster controller: gathers what a cluster selects, renders it, applies the result
 //! with server-side apply and writes status on the cluster and on the selected resources.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -213,14 +212,26 @@ async fn lookups(
     let secrets = Api::<Secret>::namespaced(client.clone(), ns);
     for name in secret_names {
         if let Some(s) = secrets.get_opt(&name).await? {
-            let mut data: BTreeMap<String, String> = s
+            let redis = cluster
+                .spec
+                .redis
+                .as_ref()
+                .filter(|r| r.url_secret_ref.name == name);
+            if let Some(r) = redis {
+                out.redis_url = s
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get(&r.url_secret_ref.key))
+                    .map(|v| String::from_utf8_lossy(&v.0).into_owned());
+            }
+            // Only the keys: the values reach the pods through the mounted Secret.
+            let keys = s
                 .data
                 .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+                .into_keys()
+                .chain(s.string_data.unwrap_or_default().into_keys())
                 .collect();
-            data.extend(s.string_data.unwrap_or_default());
-            out.secrets.insert((ns.to_owned(), name), data);
+            out.secrets.insert((ns.to_owned(), name), keys);
         }
     }
     for ds in sets {

@@ -202,9 +202,13 @@ async fn a_new_cluster_gets_its_configmap_deployment_and_status() {
     let yaml = cm[0].body["data"]["sbc.yaml"].as_str().expect("sbc.yaml");
     let config = kubesbc_crds::config::SbcConfig::from_yaml(yaml).expect("valid config");
     assert_eq!(config.dispatcher.sets.len(), 2);
+    // The Secret's value never enters the ConfigMap: the pods read the mounted file.
+    assert!(!yaml.contains("s3cret"), "{yaml}");
     assert_eq!(
-        config.access_lists[0].rules[2].required_headers[0].value,
-        "s3cret"
+        config.access_lists[0].rules[2].required_headers[0]
+            .value_file
+            .as_deref(),
+        Some("/etc/kubesbc/secrets/company-signature/signature")
     );
     assert_eq!(
         cm[0].body["metadata"]["ownerReferences"][0]["kind"],

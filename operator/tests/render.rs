@@ -1,6 +1,6 @@
 //! The renderer, driven by the example resources in `examples/`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use kubesbc_crds::config::{Algorithm, SbcConfig};
 use kubesbc_crds::{AccessList, DispatcherSet, SbcCluster, TenantThrottle};
@@ -29,7 +29,7 @@ impl World {
         let mut lookups = Lookups::default();
         lookups.secrets.insert(
             ("voip".into(), "company-signature".into()),
-            BTreeMap::from([("signature".into(), "s3cret\n".into())]),
+            BTreeSet::from(["signature".to_owned()]),
         );
         lookups.services.insert(
             ("voip".into(), "asterisk".into()),
@@ -79,9 +79,11 @@ fn examples_render_a_config_the_sbc_accepts() {
     let acl = &parsed.access_lists[0];
     assert_eq!(acl.name, "voip/edge-guard");
     let header = &acl.rules[2].required_headers[0];
+    assert_eq!(header.name, "X-Company-Signature");
+    assert_eq!(header.value, None);
     assert_eq!(
-        (header.name.as_str(), header.value.as_str()),
-        ("X-Company-Signature", "s3cret")
+        header.value_file.as_deref(),
+        Some("/etc/kubesbc/secrets/company-signature/signature")
     );
     assert_eq!(acl.flood.as_ref().map(|f| f.requests), Some(50));
     assert_eq!(parsed.throttles[0].tenants["acme"].burst, Some(100));
@@ -140,6 +142,20 @@ fn objects_are_owned_labelled_and_locked_down() {
             ("admin", "TCP")
         ]
         .map(|(a, b)| (a.to_owned(), b.to_owned()))
+    );
+    // The signature Secret is mounted where the config says the value is.
+    let mounts = c.volume_mounts.as_deref().unwrap_or_default();
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m.mount_path == "/etc/kubesbc/secrets/company-signature")
+    );
+    let volumes = pod.volumes.as_deref().unwrap_or_default();
+    assert!(
+        volumes
+            .iter()
+            .any(|v| v.secret.as_ref().and_then(|s| s.secret_name.as_deref())
+                == Some("company-signature"))
     );
     // The config hash must not be in the pod template, or every config change would roll pods.
     let template = serde_json::to_string(&spec.template).expect("json");
@@ -266,7 +282,7 @@ fn missing_secret_service_and_port_are_refused_naming_the_field() {
     assert_eq!(e.message, "Secret voip/company-signature does not exist");
 
     let mut w = World::new();
-    w.lookups.secrets.values_mut().for_each(BTreeMap::clear);
+    w.lookups.secrets.values_mut().for_each(BTreeSet::clear);
     let e = render::render(w.inputs()).unwrap_err();
     assert_eq!(e.field, "spec.rules[2].requiredHeaders[0].secretKeyRef.key");
 
@@ -372,4 +388,55 @@ fn host_network_pods_spread_one_per_node() {
         .required_during_scheduling_ignored_during_execution
         .expect("required");
     assert_eq!(terms[0].topology_key, "kubernetes.io/hostname");
+}
+
+#[test]
+fn redis_url_stays_in_its_secret_and_the_config_shows_it_without_password() {
+    let mut w = World::new();
+    w.cluster.spec.redis = Some(kubesbc_crds::cluster::RedisSpec {
+        url_secret_ref: kubesbc_crds::SecretKeyRef {
+            name: "redis".into(),
+            key: "url".into(),
+        },
+        key_prefix: None,
+    });
+    let e = render::render(w.inputs()).unwrap_err();
+    assert_eq!(
+        (e.reason, e.field.as_str()),
+        ("SecretNotFound", "spec.redis.urlSecretRef.name")
+    );
+
+    w.lookups.secrets.insert(
+        ("voip".into(), "redis".into()),
+        BTreeSet::from(["url".to_owned()]),
+    );
+    w.lookups.redis_url = Some("redis://:hunter2@redis.voip.svc:6379/0\n".into());
+    let r = render::render(w.inputs()).expect("renders");
+    let store = r.config.store.as_ref().expect("store");
+    assert_eq!(store.url, "redis://redis.voip.svc:6379/0");
+    assert_eq!(
+        store.url_file.as_deref(),
+        Some("/etc/kubesbc/secrets/redis/url")
+    );
+    assert_eq!(store.key_prefix.as_deref(), Some("voip/edge:"));
+    let yaml = &r.config_map.data.as_ref().expect("data")["sbc.yaml"];
+    assert!(!yaml.contains("hunter2"), "{yaml}");
+
+    w.lookups.redis_url = Some("http://redis".into());
+    let e = render::render(w.inputs()).unwrap_err();
+    assert_eq!(
+        (e.reason, e.field.as_str()),
+        ("InvalidRedisUrl", "spec.redis.urlSecretRef")
+    );
+}
+
+#[test]
+fn passwords_are_cut_from_redis_urls() {
+    assert_eq!(
+        render::without_password("redis://:pw@h:6379/0"),
+        "redis://h:6379/0"
+    );
+    assert_eq!(render::without_password("rediss://u:p@w@h"), "rediss://h");
+    assert_eq!(render::without_password("redis://h:6379"), "redis://h:6379");
+    assert_eq!(render::without_password("garbage"), "");
 }
