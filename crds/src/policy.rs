@@ -383,7 +383,9 @@ accessLists:
         requiredHeaders: [{name: X-Sig, value: a, valueFile: /x}]
 "#;
         assert_eq!(
-            crate::config::SbcConfig::from_yaml(doc).unwrap_err().to_string(),
+            crate::config::SbcConfig::from_yaml(doc)
+                .unwrap_err()
+                .to_string(),
             "accessLists[0].rules[0].requiredHeaders[0]: give exactly one of value and valueFile"
         );
         let ok = doc.replace(", valueFile: /x", "");
