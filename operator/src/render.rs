@@ -28,6 +28,8 @@ pub const SECRETS_DIR: &str = "/etc/kubesbc/secrets";
 pub const TLS_DIR: &str = "/etc/kubesbc/tls";
 /// Key of the rendered configuration in the ConfigMap.
 pub const CONFIG_KEY: &str = "sbc.yaml";
+/// Longest SbcCluster name: `<name>-admin` must stay a 63-character Service name.
+pub const MAX_NAME: usize = 57;
 /// Default admin port.
 pub const DEFAULT_ADMIN_PORT: u16 = 9090;
 
@@ -400,6 +402,25 @@ pub fn render_throttle(tt: &TenantThrottle) -> Result<ThrottleConfig, RenderErro
 pub fn render_config(inputs: Inputs<'_>) -> Result<SbcConfig, RenderError> {
     let cluster = inputs.cluster;
     let spec = &cluster.spec;
+    // The name becomes Service names (`<name>-admin`, DNS-1035 labels of at most 63
+    // characters) and a label value.
+    let name = cluster.name_any();
+    let dns1035 = name.len() <= MAX_NAME
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !dns1035 {
+        return Err(err(
+            cluster,
+            "InvalidName",
+            "metadata.name",
+            format!(
+                "{name:?} must be at most {MAX_NAME} lower-case letters, digits and '-', starting with a letter (it names Services)"
+            ),
+        ));
+    }
     let listeners = spec
         .listeners
         .iter()

@@ -440,3 +440,20 @@ fn passwords_are_cut_from_redis_urls() {
     assert_eq!(render::without_password("redis://h:6379"), "redis://h:6379");
     assert_eq!(render::without_password("garbage"), "");
 }
+
+#[test]
+fn cluster_names_that_cannot_name_services_are_refused() {
+    for bad in ["9lives", &"a".repeat(58)] {
+        let mut w = World::new();
+        w.cluster.metadata.name = Some(bad.to_owned());
+        let e = render::render(w.inputs()).unwrap_err();
+        assert_eq!(
+            (e.reason, e.field.as_str()),
+            ("InvalidName", "metadata.name"),
+            "{bad}"
+        );
+    }
+    let mut w = World::new();
+    w.cluster.metadata.name = Some("a".repeat(57));
+    assert!(render::render(w.inputs()).is_ok());
+}
