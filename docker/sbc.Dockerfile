@@ -5,7 +5,7 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p sbc --bin sbc \
+    cargo build --release --locked -p kubesbc-sbc --bin sbc \
     && install -D target/release/sbc /out/sbc
 
 FROM gcr.io/distroless/cc-debian12:nonroot

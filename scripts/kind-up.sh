@@ -78,7 +78,7 @@ spec:
 YAML
 kubectl -n "$NS" wait --for=condition=Accepted sbccluster/edge --timeout=60s
 kubectl -n "$NS" wait --for=condition=Ready sbccluster/edge --timeout=180s
-kubectl -n "$NS" get sbc,ds
+kubectl -n "$NS" get sbc,dset
 
 echo "== placing a test call through the sbc"
 kubectl -n "$NS" run sipp-uac --rm -i --restart=Never --image="$SIPP_IMAGE" \

@@ -248,6 +248,7 @@ pub struct SbcClusterStatus {
     pub observed_generation: Option<i64>,
     /// `Accepted` (the config rendered) and `Ready` (all replicas ready).
     #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// Pods the Deployment has.
     #[serde(default)]

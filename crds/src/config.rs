@@ -377,6 +377,7 @@ impl<'de> Deserialize<'de> for Algorithm {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DestinationConfig {
     /// SIP URI of the destination: `sip:10.0.0.5:5060;transport=tcp`.
+    #[schemars(regex(pattern = r"^sips?:[^\s<>]+$"), length(max = 1024))]
     pub uri: String,
     /// Kamailio destination flags (1 inactive, 2 probing, 4 disabled, 8 probing always).
     #[serde(default, skip_serializing_if = "is_zero_u32")]
@@ -704,6 +705,11 @@ fn default_retry_after() -> u32 {
 pub struct StoreConfig {
     /// `redis://[:password@]host:port/db` or `rediss://...`.
     pub url: String,
+    /// A file holding the full URL (password included), read instead of `url` when set; the
+    /// operator mounts it from a Secret so the password never sits in the ConfigMap, and
+    /// writes `url` without its password, for logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_file: Option<String>,
     /// Prefix of every key, one per SbcCluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_prefix: Option<String>,

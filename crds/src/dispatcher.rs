@@ -16,7 +16,6 @@ use crate::status::CommonStatus;
     kind = "DispatcherSet",
     namespaced,
     status = "DispatcherSetStatus",
-    shortname = "ds",
     shortname = "dset",
     category = "kubesbc",
     doc = "A dispatcher set: where the sbc sends initial requests and how it spreads them.",

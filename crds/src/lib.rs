@@ -47,6 +47,24 @@ pub fn all_crds() -> Vec<CustomResourceDefinition> {
     crds
 }
 
+/// OpenAPI 3.0 (and so the API server) knows `int32`/`int64` only; schemars writes
+/// `uint16`, `uint32`, ... for unsigned fields, which draws "unrecognized format" warnings on
+/// every `kubectl apply` of the CRDs. Map them to a signed format with the unsigned bounds.
+fn fix_unsigned_format(map: &mut serde_json::Map<String, serde_json::Value>) {
+    let (format, max): (&str, Option<u64>) = match map.get("format").and_then(|f| f.as_str()) {
+        Some("uint8") => ("int32", Some(u64::from(u8::MAX))),
+        Some("uint16") => ("int32", Some(u64::from(u16::MAX))),
+        Some("uint32") => ("int64", Some(u64::from(u32::MAX))),
+        Some("uint64") | Some("uint") => ("int64", None),
+        _ => return,
+    };
+    map.insert("format".to_owned(), format.into());
+    map.entry("minimum").or_insert_with(|| 0.into());
+    if let Some(max) = max {
+        map.entry("maximum").or_insert_with(|| max.into());
+    }
+}
+
 /// kube's structural rewriter hoists `type` out of the `anyOf` of an int-or-string field and
 /// leaves `anyOf: [{}, {}]`; the API server wants exactly `[{type: integer}, {type: string}]`.
 fn fix_int_or_string(v: &mut serde_json::Value) {
@@ -60,6 +78,7 @@ fn fix_int_or_string(v: &mut serde_json::Value) {
                 map.remove("type");
                 map.remove("nullable");
             }
+            fix_unsigned_format(map);
             map.values_mut().for_each(fix_int_or_string);
         }
         serde_json::Value::Array(items) => items.iter_mut().for_each(fix_int_or_string),

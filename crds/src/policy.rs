@@ -108,14 +108,20 @@ pub struct AccessRule {
     pub response_code: u16,
 }
 
-/// A header name with its required value (resolved from a Secret by the operator).
+/// A header name with its required value: given inline, or in a file (the operator mounts
+/// the Secret it names there, so the value never sits in the ConfigMap). Exactly one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HeaderValue {
     /// Header name.
     pub name: String,
     /// Required value.
-    pub value: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// File holding the required value (trailing newlines are not part of it); re-read when
+    /// it changes, so a rotated Secret takes effect without a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_file: Option<String>,
 }
 
 /// Default response code of a deny rule.
@@ -301,6 +307,14 @@ impl AccessListConfig {
                 }
             }
             check_methods(&format!("{rp}.methods"), &r.methods)?;
+            for (j, h) in r.required_headers.iter().enumerate() {
+                if h.value.is_some() == h.value_file.is_some() {
+                    return Err(field(
+                        format!("{rp}.requiredHeaders[{j}]"),
+                        "give exactly one of value and valueFile".to_owned(),
+                    ));
+                }
+            }
             if !(400..=699).contains(&r.response_code) {
                 return Err(field(
                     format!("{rp}.responseCode"),
@@ -356,6 +370,26 @@ mod tests {
         assert!(is_cidr("192.0.2.1"));
         assert!(!is_cidr("10.0.0.0/33"));
         assert!(!is_cidr("example.com/8"));
+    }
+
+    #[test]
+    fn a_required_header_has_a_value_or_a_value_file() {
+        let doc = r#"
+listeners: [{transport: udp, address: "127.0.0.1:5060"}]
+accessLists:
+  - name: ns/acl
+    rules:
+      - action: deny
+        requiredHeaders: [{name: X-Sig, value: a, valueFile: /x}]
+"#;
+        assert_eq!(
+            crate::config::SbcConfig::from_yaml(doc)
+                .unwrap_err()
+                .to_string(),
+            "accessLists[0].rules[0].requiredHeaders[0]: give exactly one of value and valueFile"
+        );
+        let ok = doc.replace(", valueFile: /x", "");
+        assert!(crate::config::SbcConfig::from_yaml(&ok).is_ok());
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub struct CommonStatus {
     pub observed_generation: Option<i64>,
     /// `Accepted` and `Ready`, each with a reason and a message naming the offending field.
     #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// SbcClusters (`namespace/name`) that use this resource.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -70,3 +70,117 @@ fn algorithm_is_a_structural_int_or_string_enum() {
     assert!(values.contains(&serde_json::json!(4)));
     assert!(!values.contains(&serde_json::json!(7)));
 }
+
+/// Checks the rules of a structural schema the API server enforces on CRDs, so a CRD that
+/// `kubectl apply` would refuse fails here first.
+fn check_structural(path: &str, s: &serde_json::Value, problems: &mut Vec<String>) {
+    let Some(map) = s.as_object() else {
+        problems.push(format!("{path}: not an object"));
+        return;
+    };
+    for banned in [
+        "$ref",
+        "definitions",
+        "$defs",
+        "$schema",
+        "uniqueItems",
+        "const",
+    ] {
+        if map.contains_key(banned) {
+            problems.push(format!("{path}: {banned} is not allowed"));
+        }
+    }
+    if let Some(f) = map.get("format").and_then(|f| f.as_str())
+        && !["int32", "int64", "date-time", "double", "float", "byte"].contains(&f)
+    {
+        problems.push(format!("{path}: format {f} is not known to the API server"));
+    }
+    let int_or_string = map.get("x-kubernetes-int-or-string") == Some(&serde_json::json!(true));
+    let preserve =
+        map.get("x-kubernetes-preserve-unknown-fields") == Some(&serde_json::json!(true));
+    if !map.contains_key("type") && !int_or_string && !preserve {
+        problems.push(format!("{path}: no type"));
+    }
+    if map.contains_key("properties") && map.contains_key("additionalProperties") {
+        problems.push(format!(
+            "{path}: properties and additionalProperties together"
+        ));
+    }
+    for junctor in ["anyOf", "oneOf", "allOf", "not"] {
+        let Some(items) = map.get(junctor) else {
+            continue;
+        };
+        let ok_int_or_string = int_or_string
+            && junctor == "anyOf"
+            && *items == serde_json::json!([{"type": "integer"}, {"type": "string"}]);
+        if ok_int_or_string {
+            continue;
+        }
+        let text = items.to_string();
+        if text.contains("\"type\"")
+            || text.contains("\"default\"")
+            || text.contains("\"description\"")
+        {
+            problems.push(format!("{path}: {junctor} may only hold value validations"));
+        }
+    }
+    if let Some(props) = map.get("properties").and_then(|p| p.as_object()) {
+        for (k, v) in props {
+            check_structural(&format!("{path}.{k}"), v, problems);
+        }
+    }
+    if let Some(items) = map.get("items") {
+        check_structural(&format!("{path}[]"), items, problems);
+    }
+    if let Some(ap) = map.get("additionalProperties").filter(|v| v.is_object()) {
+        check_structural(&format!("{path}{{}}"), ap, problems);
+    }
+}
+
+#[test]
+fn crd_schemas_are_structural() {
+    let mut problems = Vec::new();
+    for crd in kubesbc_crds::all_crds() {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        let v = serde_json::to_value(&crd).expect("json");
+        let schema = &v["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        check_structural(&name, schema, &mut problems);
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+}
+
+#[test]
+fn conditions_merge_by_type_under_server_side_apply() {
+    for crd in kubesbc_crds::all_crds() {
+        let v = serde_json::to_value(&crd).expect("json");
+        let conds = &v["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+            ["properties"]["conditions"];
+        assert_eq!(
+            conds["x-kubernetes-list-type"], "map",
+            "{:?}",
+            crd.metadata.name
+        );
+        assert_eq!(
+            conds["x-kubernetes-list-map-keys"],
+            serde_json::json!(["type"])
+        );
+    }
+}
+
+#[test]
+fn short_names_do_not_shadow_built_in_ones() {
+    // `ds` is DaemonSet, `sa` ServiceAccount, ...: kubectl would pick the built-in.
+    let builtin = [
+        "ds", "sa", "svc", "cm", "deploy", "po", "no", "ns", "ep", "ing", "pv", "pvc", "rs", "sts",
+        "hpa", "pdb", "netpol", "sc", "crd", "ev", "cs", "limits", "quota", "rc", "csr", "pc",
+        "psp",
+    ];
+    for crd in kubesbc_crds::all_crds() {
+        for s in crd.spec.names.short_names.iter().flatten() {
+            assert!(
+                !builtin.contains(&s.as_str()),
+                "{s} shadows a built-in short name"
+            );
+        }
+    }
+}

@@ -1,7 +1,6 @@
 //! The SbcCluster controller: gathers what a cluster selects, renders it, applies the result
 //! with server-side apply and writes status on the cluster and on the selected resources.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -139,6 +138,32 @@ pub fn clusters_selecting<K: ResourceExt>(
         .collect()
 }
 
+/// The SbcClusters to re-render when Service `svc` changes: those selecting a DispatcherSet
+/// whose destinations come from it (so a backend Service created after its DispatcherSet, or
+/// a renamed port, is picked up at once).
+pub fn clusters_using_service(
+    clusters: &[Arc<SbcCluster>],
+    sets: &[Arc<DispatcherSet>],
+    svc: &Service,
+) -> Vec<ObjectRef<SbcCluster>> {
+    let svc_ns = svc.namespace();
+    let users = sets.iter().filter(|ds| {
+        ds.spec.destinations.service.as_ref().is_some_and(|src| {
+            src.name == svc.name_any() && src.namespace.clone().or_else(|| ds.namespace()) == svc_ns
+        })
+    });
+    let mut out: Vec<ObjectRef<SbcCluster>> = users
+        .flat_map(|ds| {
+            clusters_selecting(clusters, ds.as_ref(), |c| {
+                c.spec.dispatcher_set_selector.as_ref()
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    out.dedup();
+    out
+}
+
 async fn selected<K>(
     client: &Client,
     ns: &str,
@@ -187,14 +212,26 @@ async fn lookups(
     let secrets = Api::<Secret>::namespaced(client.clone(), ns);
     for name in secret_names {
         if let Some(s) = secrets.get_opt(&name).await? {
-            let mut data: BTreeMap<String, String> = s
+            let redis = cluster
+                .spec
+                .redis
+                .as_ref()
+                .filter(|r| r.url_secret_ref.name == name);
+            if let Some(r) = redis {
+                out.redis_url = s
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get(&r.url_secret_ref.key))
+                    .map(|v| String::from_utf8_lossy(&v.0).into_owned());
+            }
+            // Only the keys: the values reach the pods through the mounted Secret.
+            let keys = s
                 .data
                 .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+                .into_keys()
+                .chain(s.string_data.unwrap_or_default().into_keys())
                 .collect();
-            data.extend(s.string_data.unwrap_or_default());
-            out.secrets.insert((ns.to_owned(), name), data);
+            out.secrets.insert((ns.to_owned(), name), keys);
         }
     }
     for ds in sets {
@@ -259,11 +296,13 @@ where
     Ok(api.patch(&obj.name_any(), &pp, &Patch::Apply(obj)).await?)
 }
 
-/// Writes `Accepted` on a selected resource through its status subresource.
+/// Writes `Accepted` and `Ready` on a selected resource through its status subresource;
+/// `accepted` is the `namespace/name` of the cluster using it, or why it was refused.
 async fn child_status<K>(
     client: &Client,
     obj: &K,
-    accepted: Option<&RenderError>,
+    accepted: Result<&str, &RenderError>,
+    extra: serde_json::Value,
 ) -> Result<(), Error>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
@@ -277,30 +316,57 @@ where
         .and_then(|v| serde_json::from_value(v["status"]["conditions"].clone()).ok())
         .unwrap_or_default();
     let generation = obj.meta().generation;
-    let cond = match accepted {
-        None => condition(
-            &previous,
-            ACCEPTED,
-            true,
-            "Accepted",
-            "rendered into the sbc configuration".into(),
-            generation,
-            Timestamp::now(),
-        ),
-        Some(e) => condition(
-            &previous,
-            ACCEPTED,
-            false,
-            e.reason,
-            format!("{}: {}", e.field, e.message),
-            generation,
-            Timestamp::now(),
-        ),
+    let now = Timestamp::now();
+    let conds = match accepted {
+        Ok(cluster) => [
+            condition(
+                &previous,
+                ACCEPTED,
+                true,
+                "Accepted",
+                "rendered into the sbc configuration".into(),
+                generation,
+                now,
+            ),
+            condition(
+                &previous,
+                READY,
+                true,
+                "InEffect",
+                format!("in the sbc.yaml of SbcCluster {cluster}"),
+                generation,
+                now,
+            ),
+        ],
+        Err(e) => [
+            condition(
+                &previous,
+                ACCEPTED,
+                false,
+                e.reason,
+                format!("{}: {}", e.field, e.message),
+                generation,
+                now,
+            ),
+            condition(
+                &previous,
+                READY,
+                false,
+                "NotAccepted",
+                "not in effect: see the Accepted condition".into(),
+                generation,
+                now,
+            ),
+        ],
     };
+    let mut status = json!({"observedGeneration": generation, "conditions": conds});
+    if let (Some(st), Some(more)) = (status.as_object_mut(), extra.as_object()) {
+        st.extend(more.clone());
+    }
     let body = json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
-        "status": {"observedGeneration": generation, "conditions": [cond]},
+        "status": status,
     });
     let api = Api::<K>::namespaced(client.clone(), &obj.namespace().unwrap_or_default());
     let pp = PatchParams::apply(MANAGER).force();
@@ -336,6 +402,73 @@ async fn publish(
     if let Err(e) = ctx.recorder.publish(&ev, &cluster.object_ref(&())).await {
         tracing::warn!(error = %e, "could not publish event");
     }
+}
+
+/// Deletes what an earlier spec rendered and this one does not: the HPA once autoscaling is
+/// off, and the SIP Services of the other layout (`<name>` vs `<name>-udp`/`<name>-tcp`).
+/// Only objects this cluster controls are deleted, never a user's object of the same name.
+async fn prune(
+    ctx: &Context,
+    cluster: &SbcCluster,
+    ns: &str,
+    rendered: &render::Rendered,
+) -> Result<(), Error> {
+    let name = cluster.name_any();
+    let keep: Vec<String> = rendered
+        .services
+        .iter()
+        .filter_map(|s| s.metadata.name.clone())
+        .collect();
+    let stale_services = [name.clone(), format!("{name}-udp"), format!("{name}-tcp")]
+        .into_iter()
+        .filter(|n| !keep.contains(n));
+    for svc in stale_services {
+        delete_if_owned::<Service>(ctx, cluster, ns, &svc).await?;
+    }
+    if rendered.hpa.is_none() {
+        delete_if_owned::<HorizontalPodAutoscaler>(ctx, cluster, ns, &name).await?;
+    }
+    Ok(())
+}
+
+async fn delete_if_owned<K>(
+    ctx: &Context,
+    cluster: &SbcCluster,
+    ns: &str,
+    name: &str,
+) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api = Api::<K>::namespaced(ctx.client.clone(), ns);
+    let Some(obj) = api.get_opt(name).await? else {
+        return Ok(());
+    };
+    let uid = cluster.meta().uid.as_deref();
+    let owned = obj
+        .owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && Some(o.uid.as_str()) == uid);
+    if !owned {
+        return Ok(());
+    }
+    match api.delete(name, &Default::default()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+        Err(e) => return Err(e.into()),
+    }
+    publish(
+        ctx,
+        cluster,
+        EventType::Normal,
+        "Pruned",
+        format!("deleted {} {ns}/{name}, no longer rendered", K::kind(&())),
+    )
+    .await;
+    Ok(())
 }
 
 /// Reconciles one SbcCluster.
@@ -375,7 +508,7 @@ pub async fn reconcile(cluster: Arc<SbcCluster>, ctx: Arc<Context>) -> Result<Ac
             // The last good ConfigMap stays: nothing is applied, only the status says why.
             tracing::warn!(cluster = %cluster.name_any(), error = %e, "configuration refused");
             ctx.metrics.rejected.with_label_values(&[e.reason]).inc();
-            let cond = condition(
+            let mut conds = vec![condition(
                 &previous,
                 ACCEPTED,
                 false,
@@ -383,22 +516,35 @@ pub async fn reconcile(cluster: Arc<SbcCluster>, ctx: Arc<Context>) -> Result<Ac
                 e.to_string(),
                 generation,
                 now,
-            );
-            let status = json!({
-                "apiVersion": "kubesbc.io/v1alpha1",
-                "kind": "SbcCluster",
-                "status": {"observedGeneration": generation, "conditions": [cond]},
+            )];
+            // The last good config keeps running: carry over what describes it, since an
+            // apply that leaves a field out removes it.
+            conds.extend(previous.iter().filter(|c| c.type_ == READY).cloned());
+            let old = cluster.status.clone().unwrap_or_default();
+            let mut st = json!({
+                "observedGeneration": generation,
+                "conditions": conds,
+                "replicas": old.replicas,
+                "readyReplicas": old.ready_replicas,
             });
+            if let Some(h) = &old.config_hash {
+                st["configHash"] = json!(h);
+            }
+            if let Some(t) = old.destinations_total {
+                st["destinationsTotal"] = json!(t);
+            }
+            let status =
+                json!({"apiVersion": "kubesbc.io/v1alpha1", "kind": "SbcCluster", "status": st});
             api.patch_status(&cluster.name_any(), &pp, &Patch::Apply(&status))
                 .await?;
             for ds in sets.iter().filter(|o| object_id(*o) == e.object) {
-                child_status(client, ds, Some(&e)).await?;
+                child_status(client, ds, Err(&e), json!({})).await?;
             }
             for tt in throttles.iter().filter(|o| object_id(*o) == e.object) {
-                child_status(client, tt, Some(&e)).await?;
+                child_status(client, tt, Err(&e), json!({})).await?;
             }
             for acl in acls.iter().filter(|o| object_id(*o) == e.object) {
-                child_status(client, acl, Some(&e)).await?;
+                child_status(client, acl, Err(&e), json!({})).await?;
             }
             publish(&ctx, &cluster, EventType::Warning, e.reason, e.to_string()).await;
             return Ok(Action::requeue(RETRY_INVALID));
@@ -418,6 +564,7 @@ pub async fn reconcile(cluster: Arc<SbcCluster>, ctx: Arc<Context>) -> Result<Ac
     if let Some(hpa) = &rendered.hpa {
         apply::<HorizontalPodAutoscaler>(client, &ns, hpa).await?;
     }
+    prune(&ctx, &cluster, &ns, &rendered).await?;
 
     let dstatus = deployment.status.unwrap_or_default();
     let desired = deployment.spec.and_then(|s| s.replicas).unwrap_or(1);
@@ -474,14 +621,20 @@ pub async fn reconcile(cluster: Arc<SbcCluster>, ctx: Arc<Context>) -> Result<Ac
     });
     api.patch_status(&cluster.name_any(), &pp, &Patch::Apply(&status))
         .await?;
+    let cluster_id = format!("{ns}/{}", cluster.name_any());
     for ds in &sets {
-        child_status(client, ds, None).await?;
+        // Static sets know their size; Service sets are counted by the sbc from EndpointSlices.
+        let extra = match &ds.spec.destinations.static_ {
+            Some(d) => json!({"destinationsTotal": d.len()}),
+            None => json!({}),
+        };
+        child_status(client, ds, Ok(&cluster_id), extra).await?;
     }
     for tt in &throttles {
-        child_status(client, tt, None).await?;
+        child_status(client, tt, Ok(&cluster_id), json!({})).await?;
     }
     for acl in &acls {
-        child_status(client, acl, None).await?;
+        child_status(client, acl, Ok(&cluster_id), json!({})).await?;
     }
     let old_hash = cluster
         .status
@@ -518,16 +671,28 @@ pub fn error_policy(cluster: Arc<SbcCluster>, error: &Error, ctx: Arc<Context>) 
 /// own, and DispatcherSets/TenantThrottles/AccessLists mapped to the clusters selecting them.
 pub async fn run(ctx: Arc<Context>) {
     use futures::StreamExt;
-    use kube::runtime::{Controller, watcher};
+    use kube::runtime::{Controller, WatchStreamExt, watcher};
 
     let client = ctx.client.clone();
     let wc = watcher::Config::default();
+    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=kubesbc-operator");
     let controller = Controller::new(Api::<SbcCluster>::all(client.clone()), wc.clone());
     let store = controller.store();
-    let (s1, s2, s3) = (store.clone(), store.clone(), store);
+    let (s1, s2, s3, s4) = (store.clone(), store.clone(), store.clone(), store);
+    // A second view of the DispatcherSets, for mapping Service changes to clusters.
+    let (sets, sets_writer) = kube::runtime::reflector::store::<DispatcherSet>();
+    let sets_reflector = kube::runtime::reflector(
+        sets_writer,
+        watcher(Api::<DispatcherSet>::all(client.clone()), wc.clone()).default_backoff(),
+    )
+    .applied_objects()
+    .for_each(|_| futures::future::ready(()));
+    let sets_task = tokio::spawn(sets_reflector);
     controller
-        .owns(Api::<ConfigMap>::all(client.clone()), wc.clone())
-        .owns(Api::<Deployment>::all(client.clone()), wc.clone())
+        // Only our own ConfigMaps and Deployments: watching every one in the cluster would
+        // cost memory for nothing.
+        .owns(Api::<ConfigMap>::all(client.clone()), owned.clone())
+        .owns(Api::<Deployment>::all(client.clone()), owned)
         .watches(
             Api::<DispatcherSet>::all(client.clone()),
             wc.clone(),
@@ -544,8 +709,13 @@ pub async fn run(ctx: Arc<Context>) {
                 })
             },
         )
-        .watches(Api::<AccessList>::all(client), wc, move |o| {
-            clusters_selecting(&s3.state(), &o, |c| c.spec.access_list_selector.as_ref())
+        .watches(
+            Api::<AccessList>::all(client.clone()),
+            wc.clone(),
+            move |o| clusters_selecting(&s3.state(), &o, |c| c.spec.access_list_selector.as_ref()),
+        )
+        .watches(Api::<Service>::all(client), wc, move |svc| {
+            clusters_using_service(&s4.state(), &sets.state(), &svc)
         })
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
@@ -556,4 +726,5 @@ pub async fn run(ctx: Arc<Context>) {
             }
         })
         .await;
+    sets_task.abort();
 }

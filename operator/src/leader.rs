@@ -29,10 +29,9 @@ pub fn decide(lease: Option<&Lease>, me: &str, now: Timestamp) -> Decision {
     if spec.holder_identity.as_deref() == Some(me) {
         return Decision::Renew;
     }
-    let Some(holder) = spec.holder_identity.as_deref().filter(|h| !h.is_empty()) else {
+    if spec.holder_identity.as_deref().is_none_or(str::is_empty) {
         return Decision::Acquire;
-    };
-    let _ = holder;
+    }
     let duration = SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(15)));
     match &spec.renew_time {
         Some(MicroTime(t)) if *t + duration > now => Decision::Wait,

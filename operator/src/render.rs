@@ -22,10 +22,14 @@ use serde_json::json;
 
 /// Where the ConfigMap is mounted in sbc pods.
 pub const CONFIG_DIR: &str = "/etc/kubesbc/config";
+/// Where referenced Secrets are mounted in sbc pods, one directory per Secret.
+pub const SECRETS_DIR: &str = "/etc/kubesbc/secrets";
 /// Where the TLS Secret is mounted in sbc pods.
 pub const TLS_DIR: &str = "/etc/kubesbc/tls";
 /// Key of the rendered configuration in the ConfigMap.
 pub const CONFIG_KEY: &str = "sbc.yaml";
+/// Longest SbcCluster name: `<name>-admin` must stay a 63-character Service name.
+pub const MAX_NAME: usize = 57;
 /// Default admin port.
 pub const DEFAULT_ADMIN_PORT: u16 = 9090;
 
@@ -47,8 +51,12 @@ pub struct RenderError {
 /// Secrets and Services the renderer may refer to, already read from the API.
 #[derive(Debug, Clone, Default)]
 pub struct Lookups {
-    /// `(namespace, name)` -> key -> decoded value.
-    pub secrets: BTreeMap<(String, String), BTreeMap<String, String>>,
+    /// `(namespace, name)` -> the keys of the Secret. Values are never read: the pods get
+    /// them from the mounted Secret.
+    pub secrets: BTreeMap<(String, String), BTreeSet<String>>,
+    /// The Redis URL from `spec.redis.urlSecretRef`, read so the ConfigMap can show it
+    /// without its password.
+    pub redis_url: Option<String>,
     /// `(namespace, name)` -> the names of the Service's ports.
     pub services: BTreeMap<(String, String), Vec<String>>,
 }
@@ -194,7 +202,14 @@ pub fn fnv1a(data: &[u8]) -> String {
     format!("{h:016x}")
 }
 
-fn secret_value<K: Resource<DynamicType = ()>>(
+/// Where the Secret `name` is mounted in sbc pods.
+pub fn secret_dir(name: &str) -> String {
+    format!("{SECRETS_DIR}/{name}")
+}
+
+/// Checks that Secret `name` (in `obj`'s namespace) has `key`; returns the file the pods
+/// read it from.
+fn secret_file<K: Resource<DynamicType = ()>>(
     obj: &K,
     lookups: &Lookups,
     field: &str,
@@ -202,7 +217,7 @@ fn secret_value<K: Resource<DynamicType = ()>>(
     key: &str,
 ) -> Result<String, RenderError> {
     let ns = obj.namespace().unwrap_or_default();
-    let secret = lookups
+    let keys = lookups
         .secrets
         .get(&(ns.clone(), name.to_owned()))
         .ok_or_else(|| {
@@ -213,14 +228,42 @@ fn secret_value<K: Resource<DynamicType = ()>>(
                 format!("Secret {ns}/{name} does not exist"),
             )
         })?;
-    secret.get(key).cloned().ok_or_else(|| {
-        err(
+    if !keys.contains(key) {
+        return Err(err(
             obj,
             "SecretKeyNotFound",
             format!("{field}.key"),
             format!("Secret {ns}/{name} has no key {key:?}"),
-        )
-    })
+        ));
+    }
+    Ok(format!("{}/{key}", secret_dir(name)))
+}
+
+/// `redis://user:pass@host/0` -> `redis://host/0`: what may be shown in a ConfigMap.
+pub fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return String::new();
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    format!("{scheme}://{host}{path}")
+}
+
+/// The Secrets a cluster's pods mount: the Redis URL and the required-header values.
+pub fn mounted_secrets(cluster: &SbcCluster, access_lists: &[AccessList]) -> BTreeSet<String> {
+    let mut out: BTreeSet<String> = access_lists
+        .iter()
+        .flat_map(|a| a.spec.rules.iter())
+        .flat_map(|r| r.required_headers.iter())
+        .map(|h| h.secret_key_ref.name.clone())
+        .collect();
+    if let Some(r) = &cluster.spec.redis {
+        out.insert(r.url_secret_ref.name.clone());
+    }
+    out
 }
 
 /// Renders one DispatcherSet into a config set, checking its Service reference.
@@ -296,7 +339,7 @@ pub fn render_access_list(
         let mut required = Vec::with_capacity(r.required_headers.len());
         for (j, h) in r.required_headers.iter().enumerate() {
             let field = format!("spec.rules[{i}].requiredHeaders[{j}].secretKeyRef");
-            let value = secret_value(
+            let file = secret_file(
                 acl,
                 lookups,
                 &field,
@@ -305,7 +348,8 @@ pub fn render_access_list(
             )?;
             required.push(HeaderValue {
                 name: h.name.clone(),
-                value: value.trim_end_matches(['\r', '\n']).to_owned(),
+                value: None,
+                value_file: Some(file),
             });
         }
         rules.push(AccessRule {
@@ -358,6 +402,25 @@ pub fn render_throttle(tt: &TenantThrottle) -> Result<ThrottleConfig, RenderErro
 pub fn render_config(inputs: Inputs<'_>) -> Result<SbcConfig, RenderError> {
     let cluster = inputs.cluster;
     let spec = &cluster.spec;
+    // The name becomes Service names (`<name>-admin`, DNS-1035 labels of at most 63
+    // characters) and a label value.
+    let name = cluster.name_any();
+    let dns1035 = name.len() <= MAX_NAME
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !dns1035 {
+        return Err(err(
+            cluster,
+            "InvalidName",
+            "metadata.name",
+            format!(
+                "{name:?} must be at most {MAX_NAME} lower-case letters, digits and '-', starting with a letter (it names Services)"
+            ),
+        ));
+    }
     let listeners = spec
         .listeners
         .iter()
@@ -430,7 +493,7 @@ pub fn render_config(inputs: Inputs<'_>) -> Result<SbcConfig, RenderError> {
     let store = match &spec.redis {
         None => None,
         Some(r) => {
-            let url = secret_value(
+            let url_file = secret_file(
                 cluster,
                 inputs.lookups,
                 "spec.redis.urlSecretRef",
@@ -444,8 +507,28 @@ pub fn render_config(inputs: Inputs<'_>) -> Result<SbcConfig, RenderError> {
                     cluster.name_any()
                 )
             });
-            let mut store: StoreConfig = serde_json::from_value(json!({"url": url.trim()}))
+            // The full URL stays in the Secret (the pods read `urlFile`); the ConfigMap shows
+            // where it points, without the password.
+            let url = inputs
+                .lookups
+                .redis_url
+                .as_deref()
+                .map(|u| without_password(u.trim()))
+                .unwrap_or_default();
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(err(
+                    cluster,
+                    "InvalidRedisUrl",
+                    "spec.redis.urlSecretRef",
+                    format!(
+                        "key {:?} of Secret {} does not hold a redis:// or rediss:// URL",
+                        r.url_secret_ref.key, r.url_secret_ref.name
+                    ),
+                ));
+            }
+            let mut store: StoreConfig = serde_json::from_value(json!({"url": url}))
                 .map_err(|e| internal(cluster, "spec.redis", e))?;
+            store.url_file = Some(url_file);
             store.key_prefix = Some(prefix);
             Some(store)
         }
@@ -509,7 +592,7 @@ pub fn render(inputs: Inputs<'_>) -> Result<Rendered, RenderError> {
     };
     Ok(Rendered {
         config_map: objects.config_map(&yaml, &config_hash)?,
-        deployment: objects.deployment(&config)?,
+        deployment: objects.deployment(&config, &mounted_secrets(cluster, inputs.access_lists))?,
         services: objects.services()?,
         admin_service: objects.admin_service(&config)?,
         service_account: objects.typed(json!({}), "ServiceAccount", &objects.name)?,
@@ -568,7 +651,11 @@ impl Objects<'_> {
         Ok(cm)
     }
 
-    fn deployment(&self, config: &SbcConfig) -> Result<Deployment, RenderError> {
+    fn deployment(
+        &self,
+        config: &SbcConfig,
+        secrets: &BTreeSet<String>,
+    ) -> Result<Deployment, RenderError> {
         let spec = &self.cluster.spec;
         let admin_port = i32::from(config.admin.address.port());
         let mut ports: Vec<serde_json::Value> = spec
@@ -593,6 +680,14 @@ impl Objects<'_> {
             "name": "config",
             "configMap": {"name": config_map_name(self.cluster)},
         })];
+        for (i, name) in secrets.iter().enumerate() {
+            // Volume names must be DNS labels; Secret names may be longer, so number them.
+            let volume = format!("secret-{i}");
+            mounts.push(json!({"name": volume, "mountPath": secret_dir(name), "readOnly": true}));
+            volumes.push(
+                json!({"name": volume, "secret": {"secretName": name, "defaultMode": 0o440}}),
+            );
+        }
         if let Some(tls) = &spec.tls {
             mounts.push(json!({"name": "tls", "mountPath": TLS_DIR, "readOnly": true}));
             volumes.push(json!({"name": "tls", "secret": {"secretName": tls.secret_name}}));
@@ -638,11 +733,22 @@ impl Objects<'_> {
         if spec.host_network {
             pod["hostNetwork"] = json!(true);
             pod["dnsPolicy"] = json!("ClusterFirstWithHostNet");
+            // Two pods on one node's network would fight over the SIP ports.
+            pod["affinity"] = json!({"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                {"labelSelector": {"matchLabels": pod_selector(self.cluster)}, "topologyKey": "kubernetes.io/hostname"}
+            ]}});
         }
+        // A surge pod cannot start on a node whose host network already holds the SIP ports,
+        // so with hostNetwork the rollout replaces pods one by one instead.
+        let rolling = if spec.host_network {
+            json!({"maxUnavailable": 1, "maxSurge": 0})
+        } else {
+            json!({"maxUnavailable": 0, "maxSurge": 1})
+        };
         let mut body = json!({
             "spec": {
                 "selector": {"matchLabels": pod_selector(self.cluster)},
-                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+                "strategy": {"type": "RollingUpdate", "rollingUpdate": rolling},
                 "template": {"metadata": {"labels": self.labels}, "spec": pod},
             }
         });
@@ -772,6 +878,9 @@ impl Objects<'_> {
                 "minReplicas": a.min_replicas,
                 "maxReplicas": a.max_replicas,
                 "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": a.target_cpu_utilization}}}],
+                // Calls last long and a removed pod drains them: scale down slowly, one pod
+                // at a time.
+                "behavior": {"scaleDown": {"stabilizationWindowSeconds": 600, "policies": [{"type": "Pods", "value": 1, "periodSeconds": 300}]}},
             }}),
             "HorizontalPodAutoscaler",
             &self.name,

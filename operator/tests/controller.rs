@@ -111,6 +111,10 @@ impl World {
                 (StatusCode::OK, obj)
             }
             "POST" => (StatusCode::CREATED, sent.body.clone()),
+            "DELETE" if self.objects.contains_key(&sent.path) => (
+                StatusCode::OK,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200}),
+            ),
             _ => (StatusCode::METHOD_NOT_ALLOWED, not_found),
         }
     }
@@ -198,9 +202,13 @@ async fn a_new_cluster_gets_its_configmap_deployment_and_status() {
     let yaml = cm[0].body["data"]["sbc.yaml"].as_str().expect("sbc.yaml");
     let config = kubesbc_crds::config::SbcConfig::from_yaml(yaml).expect("valid config");
     assert_eq!(config.dispatcher.sets.len(), 2);
+    // The Secret's value never enters the ConfigMap: the pods read the mounted file.
+    assert!(!yaml.contains("s3cret"), "{yaml}");
     assert_eq!(
-        config.access_lists[0].rules[2].required_headers[0].value,
-        "s3cret"
+        config.access_lists[0].rules[2].required_headers[0]
+            .value_file
+            .as_deref(),
+        Some("/etc/kubesbc/secrets/company-signature/signature")
     );
     assert_eq!(
         cm[0].body["metadata"]["ownerReferences"][0]["kind"],
@@ -238,6 +246,8 @@ async fn a_new_cluster_gets_its_configmap_deployment_and_status() {
         .expect("Ready");
     assert_eq!(ready["status"], "True");
 
+    let carriers = patches(&sent, "/dispatchersets/carriers/status");
+    assert_eq!(carriers[0].body["status"]["destinationsTotal"], 2);
     // The selected resources are told they took effect.
     for child in [
         "/dispatchersets/asterisk/status",
@@ -248,6 +258,18 @@ async fn a_new_cluster_gets_its_configmap_deployment_and_status() {
         let p = patches(&sent, child);
         assert_eq!(p.len(), 1, "{child}");
         assert_eq!(accepted(p[0]).0, "True", "{child}");
+        let ready = p[0].body["status"]["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+            .cloned()
+            .expect("Ready");
+        assert_eq!(
+            (ready["status"].as_str(), ready["message"].as_str()),
+            (
+                Some("True"),
+                Some("in the sbc.yaml of SbcCluster voip/edge")
+            )
+        );
     }
     // And an Event says what happened.
     let ev = sent
@@ -398,4 +420,124 @@ async fn api_errors_are_returned_for_backoff_and_counted() {
     assert_eq!(ctx.metrics.failures.with_label_values(&["kube"]).get(), 1);
     drop(ctx);
     server.await.expect("server");
+}
+
+#[tokio::test]
+async fn an_access_list_with_a_bad_cidr_is_not_accepted_and_the_cluster_keeps_its_last_state() {
+    // "999.1.2.3/8" passes the schema's pattern but is no address: the operator refuses it.
+    let mut world = World::standard();
+    let mut acl: AccessList = example("accesslist.yaml");
+    acl.spec.rules[1].sources = vec!["10.0.0.0/8".into(), "999.1.2.3/8".into()];
+    world.put(&acl);
+    let mut cluster: SbcCluster = example("sbccluster.yaml");
+    cluster.status = Some(serde_json::from_value(json!({
+        "replicas": 2, "readyReplicas": 2, "configHash": "00000000deadbeef",
+        "conditions": [{"type": "Ready", "status": "True", "reason": "ReplicasReady",
+                        "message": "2/2 replicas ready", "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+    })).expect("status"));
+    let (sent, result) = reconcile(world, cluster).await;
+    assert!(result.is_ok(), "{result:?}");
+    let p = patches(&sent, "/accesslists/edge-guard/status");
+    let (status, reason, message) = accepted(p[0]);
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "InvalidAccessList")
+    );
+    assert_eq!(
+        message,
+        "spec.rules[1].sources[1]: \"999.1.2.3/8\" is not a CIDR"
+    );
+
+    // The cluster says why, and still describes the config that keeps running.
+    let st = &patches(&sent, "/sbcclusters/edge/status")[0].body["status"];
+    assert_eq!(st["configHash"], "00000000deadbeef");
+    assert_eq!(st["readyReplicas"], 2);
+    let ready = st["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+        .expect("Ready kept");
+    assert_eq!(ready["lastTransitionTime"], "2026-01-01T00:00:00Z");
+    assert!(patches(&sent, "/configmaps/").is_empty());
+}
+
+#[tokio::test]
+async fn objects_no_longer_rendered_are_pruned_but_only_our_own() {
+    let cluster: SbcCluster = example("sbccluster.yaml");
+    let uid = cluster.meta().uid.clone().unwrap_or_default();
+    let ours = json!([{"apiVersion": "kubesbc.io/v1alpha1", "kind": "SbcCluster", "name": "edge", "uid": uid, "controller": true}]);
+    let mut world = World::standard();
+    // An HPA from when the cluster autoscaled, and a single-Service layout from when it was a
+    // ClusterIP: both ours. A user's Service that merely has a matching name is not.
+    world.objects.insert(
+        "/apis/autoscaling/v2/namespaces/voip/horizontalpodautoscalers/edge".into(),
+        json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+               "metadata": {"name": "edge", "namespace": "voip", "ownerReferences": ours},
+               "spec": {"maxReplicas": 4, "scaleTargetRef": {"kind": "Deployment", "name": "edge"}}}),
+    );
+    world.objects.insert(
+        "/api/v1/namespaces/voip/services/edge".into(),
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "edge", "namespace": "voip", "ownerReferences": ours}}),
+    );
+    let (sent, result) = reconcile(world, cluster.clone()).await;
+    assert!(result.is_ok(), "{result:?}");
+    let deleted: Vec<_> = sent
+        .iter()
+        .filter(|s| s.method == "DELETE")
+        .map(|s| s.path.clone())
+        .collect();
+    assert_eq!(
+        deleted,
+        [
+            "/api/v1/namespaces/voip/services/edge",
+            "/apis/autoscaling/v2/namespaces/voip/horizontalpodautoscalers/edge",
+        ]
+    );
+
+    let mut world = World::standard();
+    world.objects.insert(
+        "/api/v1/namespaces/voip/services/edge".into(),
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "edge", "namespace": "voip"}}),
+    );
+    let (sent, _) = reconcile(world, cluster).await;
+    assert!(
+        sent.iter().all(|s| s.method != "DELETE"),
+        "a Service we do not own was deleted"
+    );
+}
+
+#[test]
+fn a_service_change_reaches_the_clusters_whose_sets_use_it() {
+    let edge: SbcCluster = example("sbccluster.yaml");
+    let mut other = edge.clone();
+    other.meta_mut().name = Some("other".into());
+    other.spec.dispatcher_set_selector = Some(
+        serde_json::from_value(json!({"matchLabels": {"kubesbc.io/cluster": "other"}}))
+            .expect("selector"),
+    );
+    let clusters = vec![Arc::new(edge), Arc::new(other)];
+    let sets = vec![
+        Arc::new(example::<DispatcherSet>("dispatcherset.yaml")),
+        Arc::new(example::<DispatcherSet>("dispatcherset-static.yaml")),
+    ];
+    let svc = |ns: &str, name: &str| -> k8s_openapi::api::core::v1::Service {
+        serde_json::from_value(json!({"metadata": {"name": name, "namespace": ns}})).expect("svc")
+    };
+    let names = |refs: Vec<kube::runtime::reflector::ObjectRef<SbcCluster>>| {
+        refs.into_iter().map(|r| r.name).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(controller::clusters_using_service(
+            &clusters,
+            &sets,
+            &svc("voip", "asterisk")
+        )),
+        ["edge"]
+    );
+    assert!(
+        controller::clusters_using_service(&clusters, &sets, &svc("voip", "freeswitch")).is_empty()
+    );
+    assert!(
+        controller::clusters_using_service(&clusters, &sets, &svc("other-ns", "asterisk"))
+            .is_empty()
+    );
 }

@@ -1,6 +1,6 @@
 //! The renderer, driven by the example resources in `examples/`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use kubesbc_crds::config::{Algorithm, SbcConfig};
 use kubesbc_crds::{AccessList, DispatcherSet, SbcCluster, TenantThrottle};
@@ -29,7 +29,7 @@ impl World {
         let mut lookups = Lookups::default();
         lookups.secrets.insert(
             ("voip".into(), "company-signature".into()),
-            BTreeMap::from([("signature".into(), "s3cret\n".into())]),
+            BTreeSet::from(["signature".to_owned()]),
         );
         lookups.services.insert(
             ("voip".into(), "asterisk".into()),
@@ -79,9 +79,11 @@ fn examples_render_a_config_the_sbc_accepts() {
     let acl = &parsed.access_lists[0];
     assert_eq!(acl.name, "voip/edge-guard");
     let header = &acl.rules[2].required_headers[0];
+    assert_eq!(header.name, "X-Company-Signature");
+    assert_eq!(header.value, None);
     assert_eq!(
-        (header.name.as_str(), header.value.as_str()),
-        ("X-Company-Signature", "s3cret")
+        header.value_file.as_deref(),
+        Some("/etc/kubesbc/secrets/company-signature/signature")
     );
     assert_eq!(acl.flood.as_ref().map(|f| f.requests), Some(50));
     assert_eq!(parsed.throttles[0].tenants["acme"].burst, Some(100));
@@ -140,6 +142,20 @@ fn objects_are_owned_labelled_and_locked_down() {
             ("admin", "TCP")
         ]
         .map(|(a, b)| (a.to_owned(), b.to_owned()))
+    );
+    // The signature Secret is mounted where the config says the value is.
+    let mounts = c.volume_mounts.as_deref().unwrap_or_default();
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m.mount_path == "/etc/kubesbc/secrets/company-signature")
+    );
+    let volumes = pod.volumes.as_deref().unwrap_or_default();
+    assert!(
+        volumes
+            .iter()
+            .any(|v| v.secret.as_ref().and_then(|s| s.secret_name.as_deref())
+                == Some("company-signature"))
     );
     // The config hash must not be in the pod template, or every config change would roll pods.
     let template = serde_json::to_string(&spec.template).expect("json");
@@ -218,6 +234,11 @@ fn autoscaling_renders_an_hpa_and_leaves_replicas_to_it() {
     assert_eq!(r.deployment.spec.as_ref().and_then(|s| s.replicas), None);
     let hpa = r.hpa.expect("hpa").spec.expect("spec");
     assert_eq!((hpa.min_replicas, hpa.max_replicas), (Some(2), 8));
+    let down = hpa
+        .behavior
+        .and_then(|b| b.scale_down)
+        .expect("scale-down behaviour");
+    assert_eq!(down.stabilization_window_seconds, Some(600));
 }
 
 #[test]
@@ -261,7 +282,7 @@ fn missing_secret_service_and_port_are_refused_naming_the_field() {
     assert_eq!(e.message, "Secret voip/company-signature does not exist");
 
     let mut w = World::new();
-    w.lookups.secrets.values_mut().for_each(BTreeMap::clear);
+    w.lookups.secrets.values_mut().for_each(BTreeSet::clear);
     let e = render::render(w.inputs()).unwrap_err();
     assert_eq!(e.field, "spec.rules[2].requiredHeaders[0].secretKeyRef.key");
 
@@ -345,4 +366,94 @@ fn node_ports_are_kept_for_node_port_services_only() {
         .and_then(|s| s.ports.clone())
         .unwrap_or_default();
     assert!(ports.iter().all(|p| p.node_port.is_none()));
+}
+
+#[test]
+fn host_network_pods_spread_one_per_node() {
+    let mut w = World::new();
+    w.cluster.spec.host_network = true;
+    let r = render::render(w.inputs()).expect("renders");
+    let pod = r
+        .deployment
+        .spec
+        .and_then(|s| s.template.spec)
+        .expect("pod");
+    assert_eq!(pod.host_network, Some(true));
+    assert_eq!(pod.dns_policy.as_deref(), Some("ClusterFirstWithHostNet"));
+    let anti = pod
+        .affinity
+        .and_then(|a| a.pod_anti_affinity)
+        .expect("anti-affinity");
+    let terms = anti
+        .required_during_scheduling_ignored_during_execution
+        .expect("required");
+    assert_eq!(terms[0].topology_key, "kubernetes.io/hostname");
+}
+
+#[test]
+fn redis_url_stays_in_its_secret_and_the_config_shows_it_without_password() {
+    let mut w = World::new();
+    w.cluster.spec.redis = Some(kubesbc_crds::cluster::RedisSpec {
+        url_secret_ref: kubesbc_crds::SecretKeyRef {
+            name: "redis".into(),
+            key: "url".into(),
+        },
+        key_prefix: None,
+    });
+    let e = render::render(w.inputs()).unwrap_err();
+    assert_eq!(
+        (e.reason, e.field.as_str()),
+        ("SecretNotFound", "spec.redis.urlSecretRef.name")
+    );
+
+    w.lookups.secrets.insert(
+        ("voip".into(), "redis".into()),
+        BTreeSet::from(["url".to_owned()]),
+    );
+    w.lookups.redis_url = Some("redis://:hunter2@redis.voip.svc:6379/0\n".into());
+    let r = render::render(w.inputs()).expect("renders");
+    let store = r.config.store.as_ref().expect("store");
+    assert_eq!(store.url, "redis://redis.voip.svc:6379/0");
+    assert_eq!(
+        store.url_file.as_deref(),
+        Some("/etc/kubesbc/secrets/redis/url")
+    );
+    assert_eq!(store.key_prefix.as_deref(), Some("voip/edge:"));
+    let yaml = &r.config_map.data.as_ref().expect("data")["sbc.yaml"];
+    assert!(!yaml.contains("hunter2"), "{yaml}");
+
+    w.lookups.redis_url = Some("http://redis".into());
+    let e = render::render(w.inputs()).unwrap_err();
+    assert_eq!(
+        (e.reason, e.field.as_str()),
+        ("InvalidRedisUrl", "spec.redis.urlSecretRef")
+    );
+}
+
+#[test]
+fn passwords_are_cut_from_redis_urls() {
+    assert_eq!(
+        render::without_password("redis://:pw@h:6379/0"),
+        "redis://h:6379/0"
+    );
+    assert_eq!(render::without_password("rediss://u:p@w@h"), "rediss://h");
+    assert_eq!(render::without_password("redis://h:6379"), "redis://h:6379");
+    assert_eq!(render::without_password("garbage"), "");
+}
+
+#[test]
+fn cluster_names_that_cannot_name_services_are_refused() {
+    for bad in ["9lives", &"a".repeat(58)] {
+        let mut w = World::new();
+        w.cluster.metadata.name = Some(bad.to_owned());
+        let e = render::render(w.inputs()).unwrap_err();
+        assert_eq!(
+            (e.reason, e.field.as_str()),
+            ("InvalidName", "metadata.name"),
+            "{bad}"
+        );
+    }
+    let mut w = World::new();
+    w.cluster.metadata.name = Some("a".repeat(57));
+    assert!(render::render(w.inputs()).is_ok());
 }
