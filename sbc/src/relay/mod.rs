@@ -171,6 +171,8 @@ impl<T> Table<T> {
 struct State {
     server: Table<ServerTx>,
     client: Table<ClientTx>,
+    /// Keys of requests still in the policy stages: their retransmissions wait for them.
+    staging: std::collections::HashSet<Vec<u8>>,
     next_id: u64,
 }
 
@@ -288,6 +290,7 @@ impl Relay {
             state: Mutex::new(State {
                 server: Table::new(TransactionKind::Server, metrics.clone()),
                 client: Table::new(TransactionKind::Client, metrics.clone()),
+                staging: std::collections::HashSet::new(),
                 next_id: 0,
             }),
             wheel: Wheel::new(),
@@ -511,6 +514,9 @@ impl Relay {
         };
         {
             let st = self.lock();
+            if st.staging.contains(&key) {
+                return;
+            }
             if let Some(tx) = st.server.get(&key) {
                 // A retransmission: repeat our last answer, if any.
                 if let Some(last) = &tx.last {
@@ -557,8 +563,10 @@ impl Relay {
         let Some(me) = self.me.get().and_then(Weak::upgrade) else {
             return;
         };
+        self.lock().staging.insert(incoming.key.clone());
         tokio::spawn(async move {
             let (verdict, admission) = pipeline.run(&incoming.msg, &incoming.cx).await;
+            me.lock().staging.remove(&incoming.key);
             let mut out = Vec::with_capacity(2);
             match verdict {
                 Verdict::Continue => me.route(incoming, admission, &mut out),
@@ -591,14 +599,14 @@ impl Relay {
         let cfg = self.config.load();
         if self.is_draining() && !in_dialog {
             let ra = build::itoa(cfg.drain.retry_after_secs);
-            out.push(self.reply(
+            return self.refuse(
                 &msg,
-                peer,
+                &cx,
                 503,
                 "Service Unavailable",
                 &[("Retry-After", &ra)],
-            ));
-            return;
+                out,
+            );
         }
         let (drop_routes, next_route) = self.inspect_routes(&msg);
         let msg = Arc::new(msg);
@@ -623,20 +631,16 @@ impl Relay {
             checked: !self.pipeline.load().is_empty(),
         };
         let mut st = self.lock();
-        if st.server.get(&key).is_some() {
-            // A retransmission that arrived while the first copy was in the stages.
-            return;
-        }
         if st.server.len() >= cfg.limits.max_transactions {
             drop(st);
-            out.push(self.reply(
+            return self.refuse(
                 &msg,
-                peer,
+                &cx,
                 503,
                 "Server Overloaded",
                 &[("Retry-After", b"1")],
-            ));
-            return;
+                out,
+            );
         }
         tx.id = st.id();
         if in_dialog {
@@ -646,13 +650,11 @@ impl Relay {
             };
             let Some(target) = target else {
                 drop(st);
-                out.push(self.reply(&msg, peer, 478, "Unresolvable Destination", &[]));
-                return;
+                return self.refuse(&msg, &cx, 478, "Unresolvable Destination", &[], out);
             };
             if self.is_target_us(&target) {
                 drop(st);
-                out.push(self.reply(&msg, peer, 481, "Call/Transaction Does Not Exist", &[]));
-                return;
+                return self.refuse(&msg, &cx, 481, "Call/Transaction Does Not Exist", &[], out);
             }
             st.server.insert(key.clone(), tx);
             self.forward(&mut st, &key, target, None, out);
@@ -664,8 +666,7 @@ impl Relay {
         }
         if next_route.is_some() {
             drop(st);
-            out.push(self.reply(&msg, peer, 403, "Preload Route Denied", &[]));
-            return;
+            return self.refuse(&msg, &cx, 403, "Preload Route Denied", &[], out);
         }
         let set_id = cfg.dispatcher.default_set;
         tx.set = Some(set_id);
@@ -673,14 +674,14 @@ impl Relay {
             drop(st);
             let ra = build::itoa(retry_after(&cfg, set_id));
             tracing::warn!(set = set_id, "no destination up");
-            out.push(self.reply(
+            return self.refuse(
                 &msg,
-                peer,
+                &cx,
                 503,
                 "Service Unavailable",
                 &[("Retry-After", &ra)],
-            ));
-            return;
+                out,
+            );
         };
         if tx.invite {
             let trying = self.reply(&msg, peer, 100, "Trying", &[]);
@@ -695,6 +696,24 @@ impl Relay {
             flow: None,
         };
         self.forward(&mut st, &key, target, Some((sel.dest, sel.index)), out);
+    }
+
+    /// Answers a request the relay will not route, and tells the stages it passed that its
+    /// transaction is over (so a throttle gives its capacity back).
+    fn refuse(
+        &self,
+        msg: &Message,
+        cx: &RequestContext,
+        code: u16,
+        reason: &str,
+        extra: &[(&str, &[u8])],
+        out: &mut Vec<Out>,
+    ) {
+        let pipeline = self.pipeline.load();
+        if !pipeline.is_empty() {
+            pipeline.final_response(msg, cx, code);
+        }
+        out.push(self.reply(msg, cx.peer, code, reason, extra));
     }
 
     fn select(
