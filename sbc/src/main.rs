@@ -239,18 +239,15 @@ fn policy_stages(
     cfg: &SbcConfig,
     store: &Arc<dyn sbc::store::Store>,
 ) -> Vec<Arc<dyn sbc::pipeline::Stage>> {
-    let prefix = cfg
-        .store
-        .as_ref()
-        .and_then(|s| s.key_prefix.clone())
-        .unwrap_or_default();
+    // The shared store applies the cluster's key prefix itself.
+    let prefix = "";
     let clock = sbc::throttle::Clock::new();
     let mut stages: Vec<Arc<dyn sbc::pipeline::Stage>> = Vec::new();
     if let Some(auth) = &cfg.auth {
         stages.push(Arc::new(sbc::auth::AuthStage::new(
             auth.clone(),
             store.clone(),
-            &prefix,
+            prefix,
             clock,
         )));
     }
@@ -258,7 +255,7 @@ fn policy_stages(
         stages.push(Arc::new(sbc::throttle::ThrottleStage::new(
             &cfg.throttles,
             store.clone(),
-            &prefix,
+            prefix,
             clock,
         )));
     }
