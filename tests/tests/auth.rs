@@ -142,3 +142,95 @@ fn trusted_sources_are_not_challenged() {
     assert_eq!(r.code, 200, "{}", r.status_line);
     assert_eq!(uas.messages().calls_received("INVITE").len(), 1);
 }
+
+#[test]
+fn a_challenge_from_one_replica_is_answered_at_the_other_and_never_reaches_the_backend() {
+    if !sbc_only() || !require_tool("sipp") {
+        return;
+    }
+    let dir = TempDir::new("auth-shared");
+    let Some(redis) = kubesbc_e2e::RedisServer::start(&dir) else {
+        return;
+    };
+    let ha1 = kubesbc_e2e::md5_hex(&format!("alice:{REALM}:wonderland"));
+    let stored = redis.command(&[
+        "HSET",
+        "e2e:subscriber:alice",
+        "username",
+        "alice",
+        "domain",
+        REALM,
+        "ha1",
+        &ha1,
+    ]);
+    assert!(stored.is_some_and(|r| r.starts_with(':')), "HSET failed");
+    let backend = free_port();
+    let uas = Sipp::uas(
+        &dir,
+        "uas",
+        &scenario("uas.xml"),
+        backend,
+        SippTransport::Udp,
+    );
+    let config = format!(
+        "store: {{url: \"{}\", keyPrefix: \"e2e:\"}}\n{}",
+        redis.url(),
+        auth_config("")
+    );
+    let dir_b = TempDir::new("auth-shared-b");
+    let a = start(&dir, &config, backend);
+    let b = start(&dir_b, &config, backend);
+    let mut ua_a = SipClient::udp(a.sip_addr());
+    let mut ua_b = SipClient::udp(b.sip_addr());
+
+    let uri = "sip:bob@127.0.0.1";
+    let inv = RequestBuilder::invite(uri, &ua_a);
+    let r = ua_a.request(&inv.build(), T).expect("challenge from A");
+    assert_eq!(r.code, 407);
+    ua_a.send(&inv.ack(&r).build());
+    let md5 = challenges(&r, "Proxy-Authenticate")[1].to_owned();
+    let creds = md5_credentials(&md5, "alice", "wonderland", "INVITE", uri);
+    let inv = RequestBuilder::invite(uri, &ua_b)
+        .set("Call-ID", inv.get("Call-ID").unwrap_or_default())
+        .set("CSeq", "2 INVITE")
+        .set("Proxy-Authorization", &creds);
+    let r = ua_b.request(&inv.build(), T).expect("answer from B");
+    if r.code != 200 && !sbc_recorded_nonce_counts(&redis) {
+        return;
+    }
+    assert_eq!(r.status_line, "SIP/2.0 200 OK");
+    std::thread::sleep(Duration::from_millis(300));
+    let log = uas.messages();
+    let invites: Vec<_> = log.received_requests("INVITE").collect();
+    assert_eq!(
+        invites.len(),
+        1,
+        "exactly the authenticated INVITE reached the backend"
+    );
+    assert!(
+        invites[0].header_values("Proxy-Authorization").is_empty(),
+        "credentials reached the backend"
+    );
+    // The same credentials replayed (same nonce and nc) at A are challenged again.
+    let replay = RequestBuilder::invite(uri, &ua_a)
+        .set("CSeq", "3 INVITE")
+        .set("Proxy-Authorization", &creds);
+    let r = ua_a
+        .request(&replay.build(), T)
+        .expect("answer to the replay");
+    assert_eq!(r.code, 407, "a replayed nonce count was accepted");
+}
+
+/// Whether the sbc recorded a nonce count in Redis (see `sbc_uses_redis` in throttle.rs).
+fn sbc_recorded_nonce_counts(redis: &kubesbc_e2e::RedisServer) -> bool {
+    let keys = redis.command(&["KEYS", "e2e:authnc:*"]).unwrap_or_default();
+    if !keys.starts_with("*0") {
+        return true;
+    }
+    let msg = "the sbc wrote nothing into Redis: this build has no Redis store";
+    if kubesbc_e2e::in_ci() {
+        panic!("{msg}");
+    }
+    kubesbc_e2e::loud_skip(msg);
+    false
+}
