@@ -68,6 +68,9 @@ pub struct SbcConfig {
     /// Tenant throttles (rendered from TenantThrottle resources).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub throttles: Vec<crate::policy::ThrottleConfig>,
+    /// Digest authentication by the auth stage. Absent: no authentication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<crate::policy::AuthConfig>,
     /// Media anchoring. Absent: media passes end to end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub media: Option<crate::policy::MediaConfig>,
@@ -802,6 +805,9 @@ impl SbcConfig {
         }
         for (i, t) in self.throttles.iter().enumerate() {
             t.validate(&format!("throttles[{i}]"))?;
+        }
+        if let Some(a) = &self.auth {
+            a.validate("auth")?;
         }
         if let Some(store) = &self.store
             && !(store.url.starts_with("redis://") || store.url.starts_with("rediss://"))

@@ -236,6 +236,181 @@ pub struct ThrottleConfig {
     /// The answer when a limit is exceeded.
     #[serde(default)]
     pub response: ThrottleResponse,
+    /// What happens to a request without the tenant header (or with an unusable value).
+    #[serde(default)]
+    pub missing_tenant: MissingTenant,
+    /// Seconds after which a call still counted as open is forgotten (a lost BYE), so
+    /// `concurrentCalls` capacity cannot leak for ever.
+    #[serde(default = "default_dialog_timeout_secs")]
+    #[schemars(range(min = 60, max = 604800))]
+    pub dialog_timeout_secs: u32,
+}
+
+/// The policy for requests that carry no tenant header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MissingTenant {
+    /// Not throttled at all.
+    Allow,
+    /// Throttled together, as one tenant with the `default` limits.
+    #[default]
+    Default,
+    /// Refused with 403.
+    Reject,
+}
+
+/// Default of [`ThrottleConfig::dialog_timeout_secs`]: 4 hours.
+pub fn default_dialog_timeout_secs() -> u32 {
+    4 * 3600
+}
+
+/// How a method is challenged by the auth stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Challenge {
+    /// Registrar style: 401 with WWW-Authenticate, answered in Authorization.
+    Www,
+    /// Proxy style: 407 with Proxy-Authenticate, answered in Proxy-Authorization.
+    Proxy,
+}
+
+/// A digest algorithm (RFC 7616 / RFC 8760).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum DigestAlgorithm {
+    /// MD5 (RFC 2617), against the `ha1` (or `ha1b`) credential.
+    #[serde(rename = "MD5")]
+    Md5,
+    /// SHA-256 (RFC 7616), against the `ha1sha256` credential.
+    #[serde(rename = "SHA-256")]
+    Sha256,
+}
+
+/// Blocking a user after repeated failed authentications (the seeds' `auth_block_list`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthFailureBlock {
+    /// Failed attempts allowed per window; the next one blocks the user.
+    #[schemars(range(min = 1, max = 1000000))]
+    pub max_failures: u32,
+    /// Length of the window in seconds.
+    #[serde(default = "default_failure_window_secs")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub window_secs: u32,
+    /// Seconds a user stays blocked (answered 403 Blocked).
+    #[serde(default = "default_ban_secs")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub block_secs: u32,
+}
+
+fn default_failure_window_secs() -> u32 {
+    60
+}
+
+/// Digest authentication (RFC 7616 / RFC 2617 / RFC 8760) by the auth stage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The realm of the challenges; absent: the host of the request's From URI (as
+    /// Kamailio's `auth_challenge("$fd")`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub realm: Option<String>,
+    /// Methods that must authenticate (initial requests only) and how each is challenged.
+    #[serde(default = "default_auth_methods")]
+    pub methods: BTreeMap<String, Challenge>,
+    /// Source CIDRs that need no authentication (trunks, the backends).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_sources: Vec<String>,
+    /// Key signing the nonces, shared by every replica so any of them accepts a challenge
+    /// another issued (from a Secret in the CRD world). At least 16 characters.
+    pub nonce_secret: String,
+    /// Seconds a nonce stays valid; an older one is answered with `stale=true`.
+    #[serde(default = "default_nonce_lifetime_secs")]
+    #[schemars(range(min = 5, max = 86400))]
+    pub nonce_lifetime_secs: u32,
+    /// Algorithms offered, in order of preference (one challenge header each).
+    #[serde(default = "default_digest_algorithms")]
+    pub algorithms: Vec<DigestAlgorithm>,
+    /// Prefix of the credential hashes in the store: `<prefix><user>` with `ha1`,
+    /// `ha1b`, `ha1sha256` (the seeds' `subscriber:5001`). Not prefixed with the cluster's
+    /// store key prefix, so provisioned data is read as is.
+    #[serde(default = "default_subscriber_prefix")]
+    pub subscriber_prefix: String,
+    /// Blocking users after failed attempts; absent: no blocking.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_block: Option<AuthFailureBlock>,
+}
+
+fn default_auth_methods() -> BTreeMap<String, Challenge> {
+    BTreeMap::from([
+        ("INVITE".to_owned(), Challenge::Proxy),
+        ("REGISTER".to_owned(), Challenge::Www),
+    ])
+}
+fn default_nonce_lifetime_secs() -> u32 {
+    300
+}
+fn default_digest_algorithms() -> Vec<DigestAlgorithm> {
+    vec![DigestAlgorithm::Sha256, DigestAlgorithm::Md5]
+}
+fn default_subscriber_prefix() -> String {
+    "subscriber:".to_owned()
+}
+
+impl AuthConfig {
+    /// Validates the auth section; `path` is where it sits in the document.
+    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        if let Some(r) = &self.realm
+            && (r.is_empty() || r.contains(|c: char| !c.is_ascii_graphic() || c == '"'))
+        {
+            return Err(field(
+                format!("{path}.realm"),
+                format!("{r:?} is not a realm (printable, no quotes)"),
+            ));
+        }
+        for m in self.methods.keys() {
+            if !is_method(m) {
+                return Err(field(
+                    format!("{path}.methods.{m}"),
+                    format!("{m:?} is not an upper-case SIP method"),
+                ));
+            }
+        }
+        for (i, c) in self.trusted_sources.iter().enumerate() {
+            if !is_cidr(c) {
+                return Err(field(
+                    format!("{path}.trustedSources[{i}]"),
+                    format!("{c:?} is not a CIDR"),
+                ));
+            }
+        }
+        if self.nonce_secret.len() < 16 {
+            return Err(field(
+                format!("{path}.nonceSecret"),
+                "must be at least 16 characters".to_owned(),
+            ));
+        }
+        if !(5..=86400).contains(&self.nonce_lifetime_secs) {
+            return Err(field(
+                format!("{path}.nonceLifetimeSecs"),
+                format!("{} is out of range 5..=86400", self.nonce_lifetime_secs),
+            ));
+        }
+        if self.algorithms.is_empty() {
+            return Err(field(
+                format!("{path}.algorithms"),
+                "at least one algorithm is required".to_owned(),
+            ));
+        }
+        if let Some(b) = &self.failure_block
+            && (b.max_failures == 0 || b.window_secs == 0 || b.block_secs == 0)
+        {
+            return Err(field(
+                format!("{path}.failureBlock"),
+                "maxFailures, windowSecs and blockSecs must be positive".to_owned(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Media anchoring through rtpengine.
@@ -349,6 +524,12 @@ impl ThrottleConfig {
             ));
         }
         check_methods(&format!("{path}.methods"), &self.methods)?;
+        if self.dialog_timeout_secs < 60 {
+            return Err(field(
+                format!("{path}.dialogTimeoutSecs"),
+                format!("{} is below the minimum of 60", self.dialog_timeout_secs),
+            ));
+        }
         if !(400..=699).contains(&self.response.code) {
             return Err(field(
                 format!("{path}.response.code"),

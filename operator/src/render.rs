@@ -388,6 +388,8 @@ pub fn render_throttle(tt: &TenantThrottle) -> Result<ThrottleConfig, RenderErro
         default: s.default.clone(),
         methods: s.methods.clone(),
         response: s.response.clone(),
+        missing_tenant: Default::default(),
+        dialog_timeout_secs: kubesbc_crds::policy::default_dialog_timeout_secs(),
     };
     out.validate("spec").map_err(|e| match e {
         kubesbc_crds::config::ConfigError::Field { path, message } => {
@@ -546,6 +548,7 @@ pub fn render_config(inputs: Inputs<'_>) -> Result<SbcConfig, RenderError> {
         store,
         access_lists,
         throttles,
+        auth: None,
         media: (!spec.rtpengine.is_empty()).then(|| MediaConfig {
             rtpengine: spec.rtpengine.clone(),
         }),

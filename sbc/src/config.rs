@@ -77,6 +77,7 @@ pub fn from_listeners(listeners: Vec<Listener>) -> Result<SbcConfig, LoadError> 
         store: None,
         access_lists: Vec::new(),
         throttles: Vec::new(),
+        auth: None,
         media: None,
         tls: None,
     })

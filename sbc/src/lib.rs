@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod dispatch;
 pub mod pipeline;
@@ -12,4 +13,5 @@ pub mod sanity;
 pub mod sip;
 pub mod store;
 pub mod telemetry;
+pub mod throttle;
 pub mod transport;

@@ -178,6 +178,8 @@ async fn run(cfg: SbcConfig, workers: usize) -> anyhow::Result<()> {
     let admin_addr = cfg.admin.address;
     let metrics = Arc::new(Metrics::new()?);
     let relay = Relay::new(cfg.clone(), dispatcher.clone(), metrics.clone());
+    let store: Arc<dyn sbc::store::Store> = Arc::new(sbc::store::MemoryStore::default());
+    relay.set_pipeline(sbc::pipeline::Pipeline::new(policy_stages(&cfg, &store)));
     let transports = relay.start(workers).await?;
     for (t, a) in transports.local_addrs() {
         tracing::info!("listening on {t}:{a}");
@@ -230,6 +232,34 @@ async fn run(cfg: SbcConfig, workers: usize) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The policy stages of the configuration, in pipeline order: guard, auth, throttle.
+fn policy_stages(
+    cfg: &SbcConfig,
+    store: &Arc<dyn sbc::store::Store>,
+) -> Vec<Arc<dyn sbc::pipeline::Stage>> {
+    // The shared store applies the cluster's key prefix itself.
+    let prefix = "";
+    let clock = sbc::throttle::Clock::new();
+    let mut stages: Vec<Arc<dyn sbc::pipeline::Stage>> = Vec::new();
+    if let Some(auth) = &cfg.auth {
+        stages.push(Arc::new(sbc::auth::AuthStage::new(
+            auth.clone(),
+            store.clone(),
+            prefix,
+            clock,
+        )));
+    }
+    if !cfg.throttles.is_empty() {
+        stages.push(Arc::new(sbc::throttle::ThrottleStage::new(
+            &cfg.throttles,
+            store.clone(),
+            prefix,
+            clock,
+        )));
+    }
+    stages
 }
 
 async fn wait_for_signal() {

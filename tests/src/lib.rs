@@ -11,6 +11,7 @@
 
 pub mod http;
 pub mod proxy;
+pub mod redis;
 pub mod sip;
 pub mod sipp;
 
@@ -24,6 +25,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use proxy::{DispatcherDest, Proxy, ProxyKind, ProxyOptions, sbc_only};
+pub use redis::RedisServer;
 pub use sipp::{CallStats, MessageLog, Sipp, SippTransport, UacOptions};
 
 /// The loopback address every process of a test binds and targets.
@@ -227,4 +229,13 @@ pub fn tail_file(path: &Path, max: usize) -> String {
         }
         Err(e) => format!("(cannot read {}: {e})", path.display()),
     }
+}
+
+/// Lower-case hex MD5 of `s` (digest credentials in auth tests).
+pub fn md5_hex(s: &str) -> String {
+    use md5::Digest as _;
+    md5::Md5::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

@@ -1,0 +1,441 @@
+//! The throttle stage (DESIGN.md step 5): TenantThrottle limits by a header, shared by every
+//! replica through the store.
+//!
+//! Per request, all counters a decision needs are updated with commands sent together (one
+//! round-trip time), then the decision is taken; counts of a refused request are given back
+//! in the background, so a tenant over its limit still gets its limit through.
+//!
+//! - `requestsPerSecond` + `burst`: a sliding window of `burst / rate` seconds allowing
+//!   `burst` requests (the current window's counter plus the previous one, weighted by how
+//!   much of it still overlaps).
+//! - `callsPerSecond`: initial INVITEs per wall-clock second (a fixed window all replicas
+//!   share, so N per second in total).
+//! - `concurrentCalls`: open calls counted in time buckets of a quarter of
+//!   `dialogTimeoutSecs`; a call is released by its non-2xx final response, or by its BYE
+//!   (the dialog key `thr:...:dlg:<Call-ID>` remembers tenant and bucket), and a bucket
+//!   expires `dialogTimeoutSecs` after it ends, so a lost BYE frees its capacity at the latest
+//!   then, even while the tenant keeps calling.
+
+mod clock;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::join_all;
+use kubesbc_crds::policy::{MissingTenant, TenantLimit, ThrottleConfig};
+
+use crate::pipeline::{Admission, BoxFuture, Refusal, RequestContext, Stage, Verdict};
+use crate::sip::{Message, Method};
+use crate::store::Store;
+
+pub use clock::Clock;
+
+/// Longest tenant id accepted (it becomes part of store keys).
+const MAX_TENANT: usize = 64;
+/// Concurrency buckets per dialog timeout.
+const BUCKETS: u64 = 4;
+
+/// The throttle stage: every configured TenantThrottle, all of which must admit a request.
+pub struct ThrottleStage {
+    throttles: Vec<Throttle>,
+    store: Arc<dyn Store>,
+    prefix: String,
+    clock: Clock,
+}
+
+impl std::fmt::Debug for ThrottleStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ThrottleStage")
+            .field("throttles", &self.throttles.len())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Throttle {
+    cfg: ThrottleConfig,
+    retry_after: Vec<u8>,
+    /// Whether any tenant (or the default) limits open calls: BYEs need a look-up then.
+    counts_calls: bool,
+}
+
+/// Who a request is counted for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Tenant<'a> {
+    /// Not throttled by this throttle.
+    Exempt,
+    /// Refused: no tenant and the policy says so.
+    Reject,
+    /// Counted under this key segment with these limits.
+    Counted(String, &'a TenantLimit),
+}
+
+/// A counter change to undo when the request is refused after all.
+#[derive(Debug)]
+enum Undo {
+    Decr(String, Duration),
+    Del(String),
+}
+
+/// The outcome of one throttle for one request.
+#[derive(Debug, Default)]
+struct Outcome {
+    over: bool,
+    undo: Vec<Undo>,
+}
+
+fn valid_tenant(v: &[u8]) -> Option<&str> {
+    let s = std::str::from_utf8(v).ok()?;
+    (!s.is_empty()
+        && s.len() <= MAX_TENANT
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.!%*`'~+@".contains(&b)))
+    .then_some(s)
+}
+
+impl ThrottleStage {
+    /// A stage for the configured throttles; `prefix` is the store key prefix of the cluster.
+    pub fn new(
+        throttles: &[ThrottleConfig],
+        store: Arc<dyn Store>,
+        prefix: &str,
+        clock: Clock,
+    ) -> ThrottleStage {
+        let throttles = throttles
+            .iter()
+            .map(|cfg| Throttle {
+                retry_after: cfg.response.retry_after_secs.to_string().into_bytes(),
+                counts_calls: cfg
+                    .tenants
+                    .values()
+                    .chain(cfg.default.as_ref())
+                    .any(|l| l.concurrent_calls.is_some()),
+                cfg: cfg.clone(),
+            })
+            .collect();
+        ThrottleStage {
+            throttles,
+            store,
+            prefix: prefix.to_owned(),
+            clock,
+        }
+    }
+
+    fn key(&self, t: &Throttle, kind: &str, seg: &str, n: u64) -> String {
+        format!("{}thr:{}:{kind}:{seg}:{n}", self.prefix, t.cfg.name)
+    }
+
+    fn dialog_key(&self, t: &Throttle, call_id: &[u8]) -> String {
+        format!(
+            "{}thr:{}:dlg:{}",
+            self.prefix,
+            t.cfg.name,
+            String::from_utf8_lossy(call_id)
+        )
+    }
+
+    fn tenant<'a>(&self, t: &'a Throttle, req: &Message) -> Tenant<'a> {
+        let id = req
+            .header_value_named(&t.cfg.header)
+            .and_then(|v| valid_tenant(v.trim_ascii()));
+        match id {
+            Some(id) => match t.cfg.tenants.get(id).or(t.cfg.default.as_ref()) {
+                Some(l) => Tenant::Counted(format!("t={id}"), l),
+                None => Tenant::Exempt,
+            },
+            None => match t.cfg.missing_tenant {
+                MissingTenant::Allow => Tenant::Exempt,
+                MissingTenant::Reject => Tenant::Reject,
+                MissingTenant::Default => match &t.cfg.default {
+                    Some(l) => Tenant::Counted("none".to_owned(), l),
+                    None => Tenant::Exempt,
+                },
+            },
+        }
+    }
+
+    /// Bucket length and number of the concurrency bucket of `now_ms`.
+    fn bucket(t: &Throttle, now_ms: u64) -> (u64, u64) {
+        let len_ms = (u64::from(t.cfg.dialog_timeout_secs) * 1000)
+            .div_ceil(BUCKETS)
+            .max(1);
+        (len_ms, now_ms / len_ms)
+    }
+
+    /// TTL of bucket `b`: it lives a dialog timeout past its end.
+    fn bucket_ttl(t: &Throttle, len_ms: u64, b: u64, now_ms: u64) -> Duration {
+        let end = (b + 1).saturating_mul(len_ms);
+        let expire = end.saturating_add(u64::from(t.cfg.dialog_timeout_secs) * 1000);
+        Duration::from_millis(expire.saturating_sub(now_ms).max(1))
+    }
+
+    /// Updates and reads the counters of one throttle for a request.
+    #[allow(clippy::too_many_arguments)]
+    async fn count(
+        &self,
+        t: &Throttle,
+        seg: &str,
+        limit: &TenantLimit,
+        req: &Message,
+        counted: bool,
+        new_call: bool,
+        now_ms: u64,
+    ) -> Outcome {
+        let mut out = Outcome::default();
+        let store = &*self.store;
+
+        // requestsPerSecond + burst: sliding window.
+        let rps = limit.requests_per_second.filter(|_| counted).map(|rate| {
+            let burst = u64::from(limit.burst.unwrap_or(rate).max(rate));
+            let win_ms = (burst * 1000).div_ceil(u64::from(rate)).max(1);
+            let idx = now_ms / win_ms;
+            let cur = self.key(t, "rps", seg, idx);
+            let prev = self.key(t, "rps", seg, idx.saturating_sub(1));
+            let weight = 1.0 - (now_ms % win_ms) as f64 / win_ms as f64;
+            (cur, prev, Duration::from_millis(win_ms * 2), weight, burst)
+        });
+        // callsPerSecond: the wall-clock second.
+        let cps = limit
+            .calls_per_second
+            .filter(|_| new_call)
+            .map(|n| (self.key(t, "cps", seg, now_ms / 1000), u64::from(n)));
+        // concurrentCalls: current bucket plus the ones still alive.
+        let cc = limit
+            .concurrent_calls
+            .filter(|_| new_call)
+            .and_then(|n| Some((n, req.call_id()?)))
+            .map(|(n, call_id)| {
+                let (len_ms, b) = Self::bucket(t, now_ms);
+                let cur = self.key(t, "cc", seg, b);
+                let older: Vec<String> = (1..=BUCKETS)
+                    .filter_map(|i| b.checked_sub(i))
+                    .map(|ob| self.key(t, "cc", seg, ob))
+                    .collect();
+                let ttl = Self::bucket_ttl(t, len_ms, b, now_ms);
+                let dlg = self.dialog_key(t, call_id);
+                let value = Bytes::from(format!("{b}|{seg}"));
+                (u64::from(n), cur, older, ttl, dlg, value)
+            });
+
+        let rps_f = async {
+            match &rps {
+                Some((cur, prev, ttl, _, _)) => {
+                    let (c, p) = futures::join!(store.incr_window(cur, *ttl), store.get(prev));
+                    Some((c, p))
+                }
+                None => None,
+            }
+        };
+        let cps_f = async {
+            match &cps {
+                Some((key, _)) => Some(store.incr_window(key, Duration::from_secs(2)).await),
+                None => None,
+            }
+        };
+        let cc_f = async {
+            match &cc {
+                Some((_, cur, older, ttl, dlg, value)) => {
+                    let (c, o, d) = futures::join!(
+                        store.incr_by(cur, 1, *ttl),
+                        join_all(older.iter().map(|k| store.get(k))),
+                        store.set_ex(dlg, value.clone(), *ttl),
+                    );
+                    Some((c, o, d))
+                }
+                None => None,
+            }
+        };
+        let (rps_r, cps_r, cc_r) = futures::join!(rps_f, cps_f, cc_f);
+
+        // A store error lets the request through: the store layer falls back and reports it.
+        if let (Some((cur, _, ttl, weight, burst)), Some((Ok(c), p))) = (&rps, rps_r) {
+            out.undo.push(Undo::Decr(cur.clone(), *ttl));
+            let prev = p.ok().flatten().map_or(0, |v| parse_count(&v));
+            let estimate = c as f64 + prev as f64 * weight;
+            out.over |= estimate > *burst as f64;
+        }
+        if let (Some((key, n)), Some(Ok(c))) = (&cps, cps_r) {
+            out.undo
+                .push(Undo::Decr(key.clone(), Duration::from_secs(2)));
+            out.over |= c > *n;
+        }
+        if let (Some((n, cur, _, ttl, dlg, _)), Some((c, older, d))) = (&cc, cc_r) {
+            if d.is_ok() {
+                out.undo.push(Undo::Del(dlg.clone()));
+            }
+            if let Ok(c) = c {
+                out.undo.push(Undo::Decr(cur.clone(), *ttl));
+                let others: u64 = older
+                    .into_iter()
+                    .filter_map(|r| r.ok().flatten())
+                    .map(|v| parse_count(&v))
+                    .sum();
+                out.over |= u64::try_from(c).unwrap_or(0).saturating_add(others) > *n;
+            }
+        }
+        out
+    }
+
+    /// Gives back counts of a refused request, off the request path.
+    fn undo(&self, undo: Vec<Undo>) {
+        if undo.is_empty() {
+            return;
+        }
+        let store = self.store.clone();
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            for u in undo {
+                let _ = match u {
+                    Undo::Decr(k, ttl) => store.incr_by(&k, -1, ttl).await.map(drop),
+                    Undo::Del(k) => store.del(&k).await.map(drop),
+                };
+            }
+        });
+    }
+
+    /// A call is over: release its concurrency slot, once, whichever replica sees the end.
+    fn release(&self, req: &Message) {
+        let Some(call_id) = req.call_id() else {
+            return;
+        };
+        // (dialog key, counter key prefix, dialog timeout) of each throttle counting calls.
+        let jobs: Vec<(String, String, u64)> = self
+            .throttles
+            .iter()
+            .filter(|t| t.counts_calls)
+            .map(|t| {
+                (
+                    self.dialog_key(t, call_id),
+                    format!("{}thr:{}:cc:", self.prefix, t.cfg.name),
+                    u64::from(t.cfg.dialog_timeout_secs) * 1000,
+                )
+            })
+            .collect();
+        if jobs.is_empty() {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let store = self.store.clone();
+        let clock = self.clock;
+        rt.spawn(async move {
+            for (dlg, cc_prefix, timeout_ms) in jobs {
+                let Ok(Some(v)) = store.get(&dlg).await else {
+                    continue;
+                };
+                // Only the replica whose delete succeeds releases: a BYE seen twice (or a
+                // final response racing a BYE) frees one slot.
+                if !matches!(store.del(&dlg).await, Ok(true)) {
+                    continue;
+                }
+                let Some((b, seg)) = std::str::from_utf8(&v)
+                    .ok()
+                    .and_then(|s| s.split_once('|'))
+                    .and_then(|(b, seg)| Some((b.parse::<u64>().ok()?, seg.to_owned())))
+                else {
+                    continue;
+                };
+                let len_ms = timeout_ms.div_ceil(BUCKETS).max(1);
+                let now_ms = clock.now_ms();
+                let expire = (b + 1)
+                    .saturating_mul(len_ms)
+                    .saturating_add(timeout_ms)
+                    .saturating_sub(now_ms);
+                if expire == 0 {
+                    continue;
+                }
+                let key = format!("{cc_prefix}{seg}:{b}");
+                let _ = store.incr_by(&key, -1, Duration::from_millis(expire)).await;
+            }
+        });
+    }
+}
+
+fn parse_count(v: &[u8]) -> u64 {
+    std::str::from_utf8(v)
+        .ok()
+        .and_then(|s| s.parse::<i64>().ok())
+        .map_or(0, |n| u64::try_from(n).unwrap_or(0))
+}
+
+impl Stage for ThrottleStage {
+    fn name(&self) -> &'static str {
+        "throttle"
+    }
+
+    fn check<'a>(
+        &'a self,
+        req: &'a Message,
+        cx: &'a RequestContext,
+        _admission: &'a mut Admission,
+    ) -> BoxFuture<'a, Verdict> {
+        Box::pin(async move {
+            let new_call = cx.method == Method::Invite && !cx.in_dialog;
+            let token = req.method_token();
+            let now_ms = self.clock.now_ms();
+            let mut jobs = Vec::new();
+            for t in &self.throttles {
+                let counted = t.cfg.methods.iter().any(|m| m.as_bytes() == token);
+                if !counted && !new_call {
+                    continue;
+                }
+                match self.tenant(t, req) {
+                    Tenant::Exempt => {}
+                    Tenant::Reject => {
+                        return Verdict::Reply(Refusal::new(403, "Tenant Required"));
+                    }
+                    Tenant::Counted(seg, limit) => jobs.push((t, seg, limit, counted)),
+                }
+            }
+            if jobs.is_empty() {
+                return Verdict::Continue;
+            }
+            let outcomes = join_all(jobs.iter().map(|(t, seg, limit, counted)| {
+                self.count(t, seg, limit, req, *counted, new_call, now_ms)
+            }))
+            .await;
+            let refused = jobs
+                .iter()
+                .zip(&outcomes)
+                .find(|(_, o)| o.over)
+                .map(|((t, ..), _)| *t);
+            let Some(t) = refused else {
+                return Verdict::Continue;
+            };
+            self.undo(outcomes.into_iter().flat_map(|o| o.undo).collect());
+            let mut r = Refusal::new(t.cfg.response.code, reason(t.cfg.response.code));
+            if t.cfg.response.retry_after_secs > 0 {
+                r = r.with_header("Retry-After", t.retry_after.clone());
+            }
+            Verdict::Reply(r)
+        })
+    }
+
+    fn on_final(&self, req: &Message, cx: &RequestContext, code: u16) {
+        if cx.method == Method::Invite && !cx.in_dialog && !(200..300).contains(&code) {
+            self.release(req);
+        }
+    }
+
+    fn on_dialog_end(&self, req: &Message, _cx: &RequestContext) {
+        self.release(req);
+    }
+}
+
+/// The reason phrase of a throttle answer.
+fn reason(code: u16) -> &'static str {
+    match code {
+        429 => "Too Many Requests",
+        503 => "Service Unavailable",
+        486 => "Busy Here",
+        480 => "Temporarily Unavailable",
+        403 => "Forbidden",
+        _ => "Rate Limited",
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,215 @@
+//! The throttle stage seen from a UA (sbc only): 429 + Retry-After over a tenant's limit,
+//! capacity given back by BYE, other tenants unaffected.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use kubesbc_e2e::sip::{RequestBuilder, SipClient, SipResponse};
+use kubesbc_e2e::{
+    DispatcherDest, Proxy, ProxyOptions, Sipp, SippTransport, TempDir, free_port, require_tool,
+    sbc_only, scenario, wait_for,
+};
+
+const T: Duration = Duration::from_secs(3);
+
+fn throttle_config(tenants: &str) -> String {
+    format!(
+        "listeners: [{{transport: udp, address: \"127.0.0.1:1\"}}]\n\
+throttles:\n  - name: e2e/tt\n    response: {{code: 429, retryAfterSecs: 3}}\n    tenants:\n{tenants}"
+    )
+}
+
+fn start(dir: &TempDir, config: &str, backend: u16, extra: &[String]) -> Proxy {
+    let cfg = dir.write("sbc.yaml", config);
+    let mut args = vec!["--config".to_owned(), cfg.display().to_string()];
+    args.extend_from_slice(extra);
+    Proxy::start(
+        dir,
+        &ProxyOptions {
+            destinations: vec![DispatcherDest::local(backend, false)],
+            extra_sbc_args: args,
+            ..ProxyOptions::default()
+        },
+    )
+}
+
+fn invite(ua: &mut SipClient, tenant: &str) -> (RequestBuilder, SipResponse) {
+    let inv = RequestBuilder::invite("sip:bob@127.0.0.1", ua).set("X-Tenant-ID", tenant);
+    let r = ua.request(&inv.build(), T).expect("final answer to INVITE");
+    if r.code >= 300 {
+        ua.send(&inv.ack(&r).build());
+    }
+    (inv, r)
+}
+
+/// The BYE ending the dialog `inv` set up with `ok` (Route from the Record-Route).
+fn bye(ua: &SipClient, inv: &RequestBuilder, ok: &SipResponse) -> RequestBuilder {
+    let contact = ok.header("Contact").unwrap_or_default();
+    let target = contact
+        .trim_start_matches('<')
+        .split('>')
+        .next()
+        .unwrap_or_default();
+    let mut b = RequestBuilder::new("BYE", target, ua)
+        .set("From", inv.get("From").unwrap_or_default())
+        .set("To", ok.header("To").unwrap_or_default())
+        .set("Call-ID", inv.get("Call-ID").unwrap_or_default())
+        .set("CSeq", "2 BYE")
+        .remove("Contact");
+    let routes: Vec<&str> = ok
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("Record-Route"))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    if !routes.is_empty() {
+        b = b.set("Route", &routes.join(", "));
+    }
+    b
+}
+
+fn assert_429(r: &SipResponse) {
+    assert_eq!(r.status_line, "SIP/2.0 429 Too Many Requests");
+    assert_eq!(r.header("Retry-After"), Some("3"));
+}
+
+#[test]
+fn concurrent_calls_over_the_limit_get_429_until_a_bye() {
+    if !sbc_only() || !require_tool("sipp") {
+        return;
+    }
+    let dir = TempDir::new("throttle-cc");
+    let backend = free_port();
+    let _uas = Sipp::uas(
+        &dir,
+        "uas",
+        &scenario("uas.xml"),
+        backend,
+        SippTransport::Udp,
+    );
+    let proxy = start(
+        &dir,
+        &throttle_config("      acme: {concurrentCalls: 2}\n      globex: {concurrentCalls: 1}\n"),
+        backend,
+        &[],
+    );
+    let mut ua = SipClient::udp(proxy.sip_addr());
+    let (inv1, ok1) = invite(&mut ua, "acme");
+    assert_eq!(ok1.code, 200, "{}", ok1.status_line);
+    let (_, ok2) = invite(&mut ua, "acme");
+    assert_eq!(ok2.code, 200);
+    assert_429(&invite(&mut ua, "acme").1);
+    // Another tenant is not blocked by acme's limit.
+    assert_eq!(invite(&mut ua, "globex").1.code, 200);
+
+    let b = bye(&ua, &inv1, &ok1);
+    let r = ua.request(&b.build(), T).expect("answer to BYE");
+    assert_eq!(r.code, 200, "{}", r.status_line);
+    let admitted = wait_for(Duration::from_secs(3), || {
+        (invite(&mut ua, "acme").1.code == 200).then_some(())
+    });
+    assert!(admitted.is_some(), "the BYE did not give the slot back");
+    assert_429(&invite(&mut ua, "acme").1);
+}
+
+#[test]
+fn calls_per_second_over_the_limit_get_429() {
+    if !sbc_only() || !require_tool("sipp") {
+        return;
+    }
+    let dir = TempDir::new("throttle-cps");
+    let backend = free_port();
+    let _uas = Sipp::uas(
+        &dir,
+        "uas",
+        &scenario("uas.xml"),
+        backend,
+        SippTransport::Udp,
+    );
+    let proxy = start(
+        &dir,
+        &throttle_config("      acme: {callsPerSecond: 3}\n      globex: {callsPerSecond: 3}\n"),
+        backend,
+        &[],
+    );
+    let mut ua = SipClient::udp(proxy.sip_addr());
+    // Windows are wall-clock seconds: start just after a second begins, so the six calls
+    // (a few milliseconds each on loopback) fall into one window.
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_millis();
+    std::thread::sleep(Duration::from_millis(u64::from(1050 - ms)));
+    let codes: Vec<u16> = (0..6).map(|_| invite(&mut ua, "acme").1.code).collect();
+    let other = invite(&mut ua, "globex").1;
+    assert_eq!(codes.iter().filter(|c| **c == 200).count(), 3, "{codes:?}");
+    assert_eq!(codes.iter().filter(|c| **c == 429).count(), 3, "{codes:?}");
+    assert_eq!(other.code, 200, "another tenant was blocked");
+}
+
+/// Whether the sbc wrote anything matching `pattern` into `redis`; when it did not, the sbc
+/// binary has no Redis store (this branch before the store lands): a loud skip, a failure
+/// under CI.
+fn sbc_uses_redis(redis: &kubesbc_e2e::RedisServer, pattern: &str) -> bool {
+    let keys = redis.command(&["KEYS", pattern]).unwrap_or_default();
+    if !keys.starts_with("*0") {
+        return true;
+    }
+    let msg = "the sbc wrote nothing into Redis: this build has no Redis store";
+    if kubesbc_e2e::in_ci() {
+        panic!("{msg}");
+    }
+    kubesbc_e2e::loud_skip(msg);
+    false
+}
+
+#[test]
+fn two_replicas_sharing_redis_admit_n_calls_per_second_in_total() {
+    if !sbc_only() || !require_tool("sipp") {
+        return;
+    }
+    let dir = TempDir::new("throttle-shared");
+    let Some(redis) = kubesbc_e2e::RedisServer::start(&dir) else {
+        return;
+    };
+    let backend = free_port();
+    let _uas = Sipp::uas(
+        &dir,
+        "uas",
+        &scenario("uas.xml"),
+        backend,
+        SippTransport::Udp,
+    );
+    let config = format!(
+        "store: {{url: \"{}\", keyPrefix: \"e2e:\"}}\n{}",
+        redis.url(),
+        throttle_config("      acme: {callsPerSecond: 4}\n      globex: {callsPerSecond: 4}\n")
+    );
+    let dir_b = TempDir::new("throttle-shared-b");
+    let a = start(&dir, &config, backend, &[]);
+    let b = start(&dir_b, &config, backend, &[]);
+    let mut ua_a = SipClient::udp(a.sip_addr());
+    let mut ua_b = SipClient::udp(b.sip_addr());
+    // Tolerance: none. Windows are wall-clock seconds shared through Redis, and the ten calls
+    // start just after a second begins and take a few milliseconds each on loopback, so they
+    // all fall into one window.
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_millis();
+    std::thread::sleep(Duration::from_millis(u64::from(1050 - ms)));
+    let mut answers = Vec::new();
+    for i in 0..10 {
+        let ua = if i % 2 == 0 { &mut ua_a } else { &mut ua_b };
+        answers.push(invite(ua, "acme").1);
+    }
+    let other = invite(&mut ua_b, "globex").1;
+    if !sbc_uses_redis(&redis, "e2e:*") {
+        return;
+    }
+    let ok = answers.iter().filter(|r| r.code == 200).count();
+    assert_eq!(ok, 4, "calls admitted across both replicas");
+    for r in answers.iter().filter(|r| r.code != 200) {
+        assert_429(r);
+    }
+    assert_eq!(other.code, 200, "another tenant was blocked");
+}
