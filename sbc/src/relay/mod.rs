@@ -559,26 +559,50 @@ impl Relay {
         if pipeline.is_empty() {
             return self.route(incoming, Admission::default(), out);
         }
-        // Stages may wait on the store: run them off the receive loop.
+        // Poll the stages once here: with the in-memory store they decide at once and the
+        // request is routed without leaving the receive loop. Only a stage that waits (a Redis
+        // round trip) sends the rest of the work to a task.
+        let key_copy = incoming.key.clone();
+        let mut staged = Box::pin(async move {
+            let (verdict, admission) = pipeline.run(&incoming.msg, &incoming.cx).await;
+            (incoming, verdict, admission)
+        });
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if let std::task::Poll::Ready((incoming, verdict, admission)) =
+            staged.as_mut().poll(&mut cx)
+        {
+            return self.after_stages(incoming, verdict, admission, out);
+        }
         let Some(me) = self.me.get().and_then(Weak::upgrade) else {
             return;
         };
-        self.lock().staging.insert(incoming.key.clone());
+        self.lock().staging.insert(key_copy);
         tokio::spawn(async move {
-            let (verdict, admission) = pipeline.run(&incoming.msg, &incoming.cx).await;
+            let (incoming, verdict, admission) = staged.await;
             me.lock().staging.remove(&incoming.key);
             let mut out = Vec::with_capacity(2);
-            match verdict {
-                Verdict::Continue => me.route(incoming, admission, &mut out),
-                Verdict::Reply(r) => {
-                    let headers: Vec<(&str, &[u8])> =
-                        r.headers.iter().map(|(n, v)| (*n, v.as_slice())).collect();
-                    out.push(me.reply(&incoming.msg, peer, r.code, &r.reason, &headers));
-                }
-                Verdict::Drop => {}
-            }
+            me.after_stages(incoming, verdict, admission, &mut out);
             me.flush(out);
         });
+    }
+
+    /// Acts on the stages' verdict.
+    fn after_stages(
+        &self,
+        incoming: Incoming,
+        verdict: Verdict,
+        admission: Admission,
+        out: &mut Vec<Out>,
+    ) {
+        match verdict {
+            Verdict::Continue => self.route(incoming, admission, out),
+            Verdict::Reply(r) => {
+                let headers: Vec<(&str, &[u8])> =
+                    r.headers.iter().map(|(n, v)| (*n, v.as_slice())).collect();
+                out.push(self.reply(&incoming.msg, incoming.cx.peer, r.code, &r.reason, &headers));
+            }
+            Verdict::Drop => {}
+        }
     }
 
     /// Routes a request that passed the policy stages: in-dialog by its Route set, initial
