@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod config;
 pub mod dispatch;
+pub mod guard;
 pub mod pipeline;
 pub mod relay;
 pub mod sanity;
