@@ -10,7 +10,10 @@ use clap::{Parser, Subcommand};
 use sbc::admin::{self, AdminServer, AdminState, Health, ctl};
 use sbc::config::{self, Algorithm, SbcConfig};
 use sbc::dispatch::Dispatcher;
+use sbc::guard::Guard;
+use sbc::pipeline::Pipeline;
 use sbc::relay::Relay;
+use sbc::store::{FallbackStore, MemoryStore, RedisStore, Store, StoreMetrics};
 use sbc::telemetry::{self, Metrics};
 
 /// kubesbc: a SIP session border controller.
@@ -178,6 +181,13 @@ async fn run(cfg: SbcConfig, workers: usize) -> anyhow::Result<()> {
     let admin_addr = cfg.admin.address;
     let metrics = Arc::new(Metrics::new()?);
     let relay = Relay::new(cfg.clone(), dispatcher.clone(), metrics.clone());
+    let store = build_store(&cfg, &metrics)?;
+    let d = dispatcher.clone();
+    let guard = Guard::new(&cfg.access_lists, store.clone())
+        .with_trusted(Arc::new(move |ip| is_destination(&d, ip)))
+        .with_metrics(metrics.registry())?;
+    // The guard runs first; auth and throttle follow it.
+    relay.set_pipeline(Pipeline::new(vec![Arc::new(guard)]));
     let transports = relay.start(workers).await?;
     for (t, a) in transports.local_addrs() {
         tracing::info!("listening on {t}:{a}");
@@ -202,6 +212,7 @@ async fn run(cfg: SbcConfig, workers: usize) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         health: health.clone(),
         dispatcher: Arc::new(move || admin::dispatcher_listing(&d)),
+        store: Some(store.clone()),
     };
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let server = AdminServer::bind(admin_addr).await?;
@@ -230,6 +241,31 @@ async fn run(cfg: SbcConfig, workers: usize) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The shared store: Redis behind a local fallback when configured, else memory only.
+fn build_store(cfg: &SbcConfig, metrics: &Metrics) -> anyhow::Result<Arc<dyn Store>> {
+    let Some(sc) = &cfg.store else {
+        return Ok(Arc::new(MemoryStore::default()));
+    };
+    let timeout = Duration::from_millis(sc.timeout_ms.max(1));
+    let prefix = sc.key_prefix.as_deref().unwrap_or("kubesbc:");
+    let redis = RedisStore::new(&sc.url, prefix, timeout, metrics.registry())?;
+    let store_metrics = StoreMetrics::new(metrics.registry())?;
+    Ok(Arc::new(FallbackStore::new(
+        Arc::new(redis),
+        timeout,
+        store_metrics,
+    )))
+}
+
+/// Whether `ip` is one of the dispatcher's destinations (trusted by the guard).
+fn is_destination(d: &Dispatcher, ip: std::net::IpAddr) -> bool {
+    d.table().sets().iter().any(|s| {
+        s.destinations()
+            .iter()
+            .any(|x| x.target.addr.ip().to_canonical() == ip)
+    })
 }
 
 async fn wait_for_signal() {
