@@ -11,6 +11,7 @@
 
 pub mod http;
 pub mod proxy;
+pub mod redis;
 pub mod sip;
 pub mod sipp;
 
@@ -24,6 +25,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use proxy::{DispatcherDest, Proxy, ProxyKind, ProxyOptions, sbc_only};
+pub use redis::RedisServer;
 pub use sipp::{CallStats, MessageLog, Sipp, SippTransport, UacOptions};
 
 /// The loopback address every process of a test binds and targets.
