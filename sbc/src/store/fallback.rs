@@ -7,7 +7,6 @@
 //! second. When a ping succeeds the store goes back to the backend (logged once,
 //! `sbc_store_backend_up 1`). Local state is kept meanwhile and expires by its TTLs.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -107,15 +106,16 @@ impl FallbackStore {
         &self.inner.local
     }
 
-    /// Runs `remote` on the backend within the timeout, or `local` on memory.
+    /// Runs `remote` on the backend within the timeout, or `local` on memory. While the
+    /// backend is down `remote` is not even built.
     async fn call<'a, T, R, L>(&'a self, remote: R, local: L) -> Result<T, StoreError>
     where
-        R: Future<Output = Result<T, StoreError>> + Send + 'a,
+        R: FnOnce() -> StoreFuture<'a, T>,
         L: FnOnce(&'a MemoryStore) -> StoreFuture<'a, T>,
     {
         let inner = &*self.inner;
         if inner.up.load(Ordering::Acquire) {
-            match tokio::time::timeout(inner.timeout, remote).await {
+            match tokio::time::timeout(inner.timeout, remote()).await {
                 Ok(Err(StoreError::Unavailable(why))) => self.went_down(&why),
                 Err(_) => self.went_down(&format!("no answer within {:?}", inner.timeout)),
                 // Answers, including the backend's refusals of a command, are final.
@@ -163,24 +163,22 @@ impl FallbackStore {
 
 impl Store for FallbackStore {
     fn incr_window<'a>(&'a self, key: &'a str, window: Duration) -> StoreFuture<'a, u64> {
-        Box::pin(
-            self.call(self.inner.backend.incr_window(key, window), move |m| {
-                m.incr_window(key, window)
-            }),
-        )
+        Box::pin(self.call(
+            move || self.inner.backend.incr_window(key, window),
+            move |m| m.incr_window(key, window),
+        ))
     }
 
     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>> {
-        Box::pin(self.call(self.inner.backend.get(key), move |m| m.get(key)))
+        Box::pin(self.call(move || self.inner.backend.get(key), move |m| m.get(key)))
     }
 
     fn set_ex<'a>(&'a self, key: &'a str, value: Bytes, ttl: Duration) -> StoreFuture<'a, ()> {
         let v = value.clone();
-        Box::pin(
-            self.call(self.inner.backend.set_ex(key, value, ttl), move |m| {
-                m.set_ex(key, v, ttl)
-            }),
-        )
+        Box::pin(self.call(
+            move || self.inner.backend.set_ex(key, value, ttl),
+            move |m| m.set_ex(key, v, ttl),
+        ))
     }
 
     fn del<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool> {
@@ -189,18 +187,17 @@ impl Store for FallbackStore {
             // during an outage does not outlive its removal.
             let local = self.inner.local.del(key).await.unwrap_or(false);
             let r = self
-                .call(self.inner.backend.del(key), move |m| m.del(key))
+                .call(move || self.inner.backend.del(key), move |m| m.del(key))
                 .await?;
             Ok(r || local)
         })
     }
 
     fn incr_by<'a>(&'a self, key: &'a str, delta: i64, ttl: Duration) -> StoreFuture<'a, i64> {
-        Box::pin(
-            self.call(self.inner.backend.incr_by(key, delta, ttl), move |m| {
-                m.incr_by(key, delta, ttl)
-            }),
-        )
+        Box::pin(self.call(
+            move || self.inner.backend.incr_by(key, delta, ttl),
+            move |m| m.incr_by(key, delta, ttl),
+        ))
     }
 
     fn list_prefix<'a>(
@@ -208,17 +205,17 @@ impl Store for FallbackStore {
         prefix: &'a str,
         limit: usize,
     ) -> StoreFuture<'a, Vec<(String, Bytes)>> {
-        Box::pin(
-            self.call(self.inner.backend.list_prefix(prefix, limit), move |m| {
-                m.list_prefix(prefix, limit)
-            }),
-        )
+        Box::pin(self.call(
+            move || self.inner.backend.list_prefix(prefix, limit),
+            move |m| m.list_prefix(prefix, limit),
+        ))
     }
 
     fn hash_get_all<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Vec<(String, Bytes)>> {
-        Box::pin(self.call(self.inner.backend.hash_get_all(key), move |m| {
-            m.hash_get_all(key)
-        }))
+        Box::pin(self.call(
+            move || self.inner.backend.hash_get_all(key),
+            move |m| m.hash_get_all(key),
+        ))
     }
 
     fn hash_set<'a>(
@@ -228,16 +225,18 @@ impl Store for FallbackStore {
         ttl: Option<Duration>,
     ) -> StoreFuture<'a, ()> {
         let f = fields.clone();
-        Box::pin(
-            self.call(self.inner.backend.hash_set(key, fields, ttl), move |m| {
-                m.hash_set(key, f, ttl)
-            }),
-        )
+        Box::pin(self.call(
+            move || self.inner.backend.hash_set(key, fields, ttl),
+            move |m| m.hash_set(key, f, ttl),
+        ))
     }
 
     fn flood_hit<'a>(&'a self, hit: FloodHit<'a>) -> StoreFuture<'a, FloodOutcome> {
         let h = hit.clone();
-        Box::pin(self.call(self.inner.backend.flood_hit(hit), move |m| m.flood_hit(h)))
+        Box::pin(self.call(
+            move || self.inner.backend.flood_hit(hit),
+            move |m| m.flood_hit(h),
+        ))
     }
 
     fn list_prefix_ttl<'a>(
@@ -246,7 +245,7 @@ impl Store for FallbackStore {
         limit: usize,
     ) -> StoreFuture<'a, Vec<Listed>> {
         Box::pin(self.call(
-            self.inner.backend.list_prefix_ttl(prefix, limit),
+            move || self.inner.backend.list_prefix_ttl(prefix, limit),
             move |m| m.list_prefix_ttl(prefix, limit),
         ))
     }

@@ -21,6 +21,9 @@ pub enum RedisStoreError {
     /// The URL is not one the client accepts.
     #[error("store.url: {0}")]
     Url(String),
+    /// The round-trip counter could not be registered.
+    #[error("store metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
 }
 
 /// The store operations, for the `op` label of `sbc_store_round_trips_total`.
@@ -161,13 +164,12 @@ impl RedisStore {
                 "Round trips to the shared store (Redis), by operation",
             ),
             &["op"],
-        )
-        .map_err(|e| RedisStoreError::Url(e.to_string()))?;
+        )?;
         // A second store on the same registry (tests) shares the counter.
         let vec = match registry.register(Box::new(vec.clone())) {
             Ok(()) => vec,
             Err(prometheus::Error::AlreadyReg) => vec,
-            Err(e) => return Err(RedisStoreError::Url(e.to_string())),
+            Err(e) => return Err(e.into()),
         };
         let trips = OPS.map(|op| vec.with_label_values(&[op]));
         Ok(RedisStore {
