@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use sbc::admin::{self, AdminServer, AdminState, Health, ctl};
 use sbc::config::{self, Algorithm, SbcConfig};
 use sbc::dispatch::Dispatcher;
-use sbc::guard::Guard;
+use sbc::guard::{Guard, GuardMetrics};
 use sbc::pipeline::Pipeline;
 use sbc::relay::Relay;
 use sbc::store::{FallbackStore, MemoryStore, RedisStore, Store, StoreMetrics};
@@ -185,7 +185,7 @@ async fn run(cfg: SbcConfig, workers: usize) -> anyhow::Result<()> {
     let d = dispatcher.clone();
     let guard = Guard::new(&cfg.access_lists, store.clone())
         .with_trusted(Arc::new(move |ip| is_destination(&d, ip)))
-        .with_metrics(metrics.registry())?;
+        .with_metrics(GuardMetrics::new(metrics.registry())?);
     // The guard runs first; auth and throttle follow it.
     relay.set_pipeline(Pipeline::new(vec![Arc::new(guard)]));
     let transports = relay.start(workers).await?;

@@ -68,11 +68,35 @@ enum Refused {
 
 const REFUSED: [&str; 4] = ["rule", "target", "banned", "blocked"];
 
-/// The guard's metrics.
+/// The guard's metrics: `sbc_guard_refused_total{reason}` and `sbc_guard_bans_total`.
+/// Registered once per process and shared by the guards built on every configuration reload.
 #[derive(Debug, Clone)]
-struct GuardMetrics {
+pub struct GuardMetrics {
     refused: [IntCounter; 4],
     bans: IntCounter,
+}
+
+impl GuardMetrics {
+    /// Registers the guard's metrics on `registry`.
+    pub fn new(registry: &Registry) -> Result<GuardMetrics, prometheus::Error> {
+        let refused = IntCounterVec::new(
+            Opts::new(
+                "sbc_guard_refused_total",
+                "Requests the guard refused or dropped, by reason",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(refused.clone()))?;
+        let bans = IntCounter::new(
+            "sbc_guard_bans_total",
+            "Sources and users banned by this replica for flooding",
+        )?;
+        registry.register(Box::new(bans.clone()))?;
+        Ok(GuardMetrics {
+            refused: REFUSED.map(|r| refused.with_label_values(&[r])),
+            bans,
+        })
+    }
 }
 
 /// The guard stage.
@@ -123,27 +147,10 @@ impl Guard {
         self
     }
 
-    /// Counts refusals in `sbc_guard_refused_total{reason}` and new bans in
-    /// `sbc_guard_bans_total`, registered on `registry`.
-    pub fn with_metrics(mut self, registry: &Registry) -> Result<Guard, prometheus::Error> {
-        let refused = IntCounterVec::new(
-            Opts::new(
-                "sbc_guard_refused_total",
-                "Requests the guard refused or dropped, by reason",
-            ),
-            &["reason"],
-        )?;
-        registry.register(Box::new(refused.clone()))?;
-        let bans = IntCounter::new(
-            "sbc_guard_bans_total",
-            "Sources and users banned by this replica for flooding",
-        )?;
-        registry.register(Box::new(bans.clone()))?;
-        self.metrics = Some(GuardMetrics {
-            refused: REFUSED.map(|r| refused.with_label_values(&[r])),
-            bans,
-        });
-        Ok(self)
+    /// Counts refusals and bans in `metrics`.
+    pub fn with_metrics(mut self, metrics: GuardMetrics) -> Guard {
+        self.metrics = Some(metrics);
+        self
     }
 
     fn count(&self, r: Refused) {

@@ -539,7 +539,7 @@ async fn metrics_count_refusals() {
     let registry = Registry::new();
     let mut r = rule(AccessAction::Deny);
     r.user_agents = vec!["sipvicious".into()];
-    let g = guard(vec![list(vec![r])]).with_metrics(&registry).unwrap();
+    let g = guard(vec![list(vec![r])]).with_metrics(GuardMetrics::new(&registry).unwrap());
     verdict(&g, &req("OPTIONS").h("User-Agent: sipvicious"), "192.0.2.1").await;
     verdict(&g, &req("OPTIONS").uri("sip:x@224.0.0.1"), "192.0.2.1").await;
     let text = prometheus::TextEncoder::new()
