@@ -147,6 +147,16 @@ pub struct AccessListConfig {
     /// REGISTER flood detection per user (To URI): `requests` REGISTERs per window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub register_flood: Option<FloodLimit>,
+    /// Source CIDRs exempt from flood detection and bans (besides the dispatcher's
+    /// destinations, which always are).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted: Vec<String>,
+    /// Deny rules that match by User-Agent (scanners) drop the request without an answer.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drop_scanners: bool,
+    /// Response code for requests from a banned source; absent: no answer (like pike).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ban_response_code: Option<u16>,
 }
 
 /// Limits for one tenant. An absent limit is not enforced.
@@ -497,6 +507,22 @@ impl AccessListConfig {
                 ));
             }
         }
+        for (j, c) in self.trusted.iter().enumerate() {
+            if !is_cidr(c) {
+                return Err(field(
+                    format!("{path}.trusted[{j}]"),
+                    format!("{c:?} is not a CIDR"),
+                ));
+            }
+        }
+        if let Some(code) = self.ban_response_code
+            && !(400..=699).contains(&code)
+        {
+            return Err(field(
+                format!("{path}.banResponseCode"),
+                format!("{code} is out of range 400..=699"),
+            ));
+        }
         for (name, f) in [
             ("flood", &self.flood),
             ("registerFlood", &self.register_flood),
@@ -589,6 +615,9 @@ accessLists:
             default_action: AccessAction::Allow,
             flood: None,
             register_flood: None,
+            trusted: vec![],
+            drop_scanners: false,
+            ban_response_code: None,
         };
         assert_eq!(
             acl.validate("accessLists[0]").unwrap_err().to_string(),

@@ -368,6 +368,10 @@ pub fn render_access_list(
         default_action: acl.spec.default_action,
         flood: acl.spec.flood.clone(),
         register_flood: acl.spec.register_flood.clone(),
+        // Not in the AccessList CRD yet: the sbc's defaults (no trusted CIDRs, answer scanners, drop banned).
+        trusted: Vec::new(),
+        drop_scanners: false,
+        ban_response_code: None,
     };
     out.validate("spec").map_err(|e| match e {
         kubesbc_crds::config::ConfigError::Field { path, message } => {

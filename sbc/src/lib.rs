@@ -7,6 +7,7 @@ pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod dispatch;
+pub mod guard;
 pub mod pipeline;
 pub mod relay;
 pub mod sanity;

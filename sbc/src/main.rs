@@ -10,7 +10,10 @@ use clap::{Parser, Subcommand};
 use sbc::admin::{self, AdminServer, AdminState, Health, ctl};
 use sbc::config::{self, Algorithm, SbcConfig};
 use sbc::dispatch::Dispatcher;
+use sbc::guard::{Guard, GuardMetrics};
+use sbc::pipeline::Pipeline;
 use sbc::relay::Relay;
+use sbc::store::{FallbackStore, MemoryStore, RedisStore, Store, StoreMetrics};
 use sbc::telemetry::{self, Metrics};
 
 /// kubesbc: a SIP session border controller.
@@ -178,8 +181,15 @@ async fn run(cfg: SbcConfig, workers: usize) -> anyhow::Result<()> {
     let admin_addr = cfg.admin.address;
     let metrics = Arc::new(Metrics::new()?);
     let relay = Relay::new(cfg.clone(), dispatcher.clone(), metrics.clone());
-    let store: Arc<dyn sbc::store::Store> = Arc::new(sbc::store::MemoryStore::default());
-    relay.set_pipeline(sbc::pipeline::Pipeline::new(policy_stages(&cfg, &store)));
+    let store = build_store(&cfg, &metrics)?;
+    let d = dispatcher.clone();
+    let guard = Guard::new(&cfg.access_lists, store.clone())
+        .with_trusted(Arc::new(move |ip| is_destination(&d, ip)))
+        .with_metrics(GuardMetrics::new(metrics.registry())?);
+    // The guard runs first; auth and throttle follow it.
+    let mut stages: Vec<Arc<dyn sbc::pipeline::Stage>> = vec![Arc::new(guard)];
+    stages.extend(policy_stages(&cfg, &store));
+    relay.set_pipeline(Pipeline::new(stages));
     let transports = relay.start(workers).await?;
     for (t, a) in transports.local_addrs() {
         tracing::info!("listening on {t}:{a}");
@@ -204,6 +214,7 @@ async fn run(cfg: SbcConfig, workers: usize) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         health: health.clone(),
         dispatcher: Arc::new(move || admin::dispatcher_listing(&d)),
+        store: Some(store.clone()),
     };
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let server = AdminServer::bind(admin_addr).await?;
@@ -234,7 +245,7 @@ async fn run(cfg: SbcConfig, workers: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The policy stages of the configuration, in pipeline order: guard, auth, throttle.
+/// The auth and throttle stages of the configuration, in pipeline order (after the guard).
 fn policy_stages(
     cfg: &SbcConfig,
     store: &Arc<dyn sbc::store::Store>,
@@ -260,6 +271,39 @@ fn policy_stages(
         )));
     }
     stages
+}
+
+/// The shared store: Redis behind a local fallback when configured, else memory only.
+fn build_store(cfg: &SbcConfig, metrics: &Metrics) -> anyhow::Result<Arc<dyn Store>> {
+    let Some(sc) = &cfg.store else {
+        return Ok(Arc::new(MemoryStore::default()));
+    };
+    let timeout = Duration::from_millis(sc.timeout_ms.max(1));
+    let prefix = sc.key_prefix.as_deref().unwrap_or("kubesbc:");
+    // The operator mounts the full URL (password included) from a Secret.
+    let url = match &sc.url_file {
+        Some(f) => std::fs::read_to_string(f)
+            .with_context(|| format!("store.urlFile {f}"))?
+            .trim()
+            .to_owned(),
+        None => sc.url.clone(),
+    };
+    let redis = RedisStore::new(&url, prefix, timeout, metrics.registry())?;
+    let store_metrics = StoreMetrics::new(metrics.registry())?;
+    Ok(Arc::new(FallbackStore::new(
+        Arc::new(redis),
+        timeout,
+        store_metrics,
+    )))
+}
+
+/// Whether `ip` is one of the dispatcher's destinations (trusted by the guard).
+fn is_destination(d: &Dispatcher, ip: std::net::IpAddr) -> bool {
+    d.table().sets().iter().any(|s| {
+        s.destinations()
+            .iter()
+            .any(|x| x.target.addr.ip().to_canonical() == ip)
+    })
 }
 
 async fn wait_for_signal() {

@@ -1,67 +1,51 @@
-//! A throw-away `redis-server` on an ephemeral loopback port, stopped by PID on drop.
+//! A `redis-server` for the store tests: Debian's binary on a fresh loopback port, without
+//! persistence, stopped by PID on drop (and restartable on the same port, for outage tests).
 
 use std::fs::File;
 use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::{TempDir, free_port, loopback, require_tool, tail_file, wait_for};
+use crate::{TempDir, free_port, loopback, tail_file, wait_for};
 
-/// A running `redis-server --port P --save '' --appendonly no`.
+/// A running (or deliberately stopped) redis-server.
 #[derive(Debug)]
 pub struct RedisServer {
-    child: Child,
-    addr: SocketAddr,
-    log: std::path::PathBuf,
+    child: Option<Child>,
+    port: u16,
+    log: PathBuf,
 }
 
 impl RedisServer {
-    /// Starts one; `None` (after a loud skip) when redis-server is not installed, a panic
-    /// under `CI=true`.
-    pub fn start(dir: &TempDir) -> Option<RedisServer> {
-        if !require_tool("redis-server") {
-            return None;
-        }
-        let port = free_port();
-        let log = dir.path().join(format!("redis-{port}.log"));
-        let f = File::create(&log).expect("create redis log");
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdin(Stdio::null())
-            .stdout(f.try_clone().expect("clone log handle"))
-            .stderr(f)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start redis-server: {e}"));
+    /// Starts redis-server on a free loopback port and waits until it accepts connections.
+    /// Call [`crate::require_tool`]`("redis-server")` first.
+    pub fn start(dir: &TempDir) -> RedisServer {
         let mut r = RedisServer {
-            child,
-            addr: loopback(port),
-            log,
+            child: None,
+            port: free_port(),
+            log: dir.path().join("redis.log"),
         };
-        let up = wait_for(Duration::from_secs(5), || {
-            r.command(&["PING"])
-                .filter(|p| p.starts_with("+PONG"))
-                .map(drop)
-        });
-        if up.is_none() {
-            r.stop();
-            panic!(
-                "redis-server did not answer PING:\n{}",
-                tail_file(&r.log, 2000)
-            );
-        }
-        Some(r)
+        r.restart();
+        r
     }
 
-    /// `redis://127.0.0.1:PORT/`.
+    /// `redis://127.0.0.1:PORT/0`.
     pub fn url(&self) -> String {
-        format!("redis://{}/", self.addr)
+        format!("redis://127.0.0.1:{}/0", self.port)
     }
 
-    /// Sends one command and returns the raw reply (RESP text), `None` if unreachable.
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Sends one command and returns the raw reply (RESP text), `None` if unreachable
+    /// (provisioning credentials, reading what the sbc wrote).
     pub fn command(&self, args: &[&str]) -> Option<String> {
-        let mut s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1)).ok()?;
+        let mut s =
+            TcpStream::connect_timeout(&loopback(self.port), Duration::from_secs(1)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
         let mut req = format!("*{}\r\n", args.len());
         for a in args {
@@ -73,10 +57,53 @@ impl RedisServer {
         Some(String::from_utf8_lossy(&buf[..n]).into_owned())
     }
 
-    /// Stops the server (SIGKILL by PID) and reaps it.
+    /// The PID while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Kills the server at once (SIGKILL by PID): an outage.
     pub fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again on the same port (state is gone: no persistence).
+    pub fn restart(&mut self) {
+        self.stop();
+        let f = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("redis log");
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().expect("clone log handle"))
+            .stderr(f)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start redis-server: {e}"));
+        eprintln!(
+            "started redis-server pid {} on port {}",
+            child.id(),
+            self.port
+        );
+        self.child = Some(child);
+        let addr = loopback(self.port);
+        let up = wait_for(Duration::from_secs(10), || {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+                .ok()
+                .map(|_| ())
+        });
+        if up.is_none() {
+            panic!(
+                "redis-server did not listen on {addr}; log:\n{}",
+                tail_file(&self.log, 4000)
+            );
+        }
     }
 }
 

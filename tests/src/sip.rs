@@ -102,6 +102,14 @@ impl SipClient {
         SipClient::Udp { socket, target }
     }
 
+    /// A UDP client sending to `target` from `local_ip` (another loopback address, such as
+    /// 127.0.0.2, so that the proxy sees a different source).
+    pub fn udp_from(local_ip: std::net::Ipv4Addr, target: SocketAddr) -> SipClient {
+        assert!(local_ip.is_loopback(), "only loopback sources");
+        let socket = UdpSocket::bind((local_ip, 0)).expect("bind udp client");
+        SipClient::Udp { socket, target }
+    }
+
     /// A TCP client connected to `target`.
     pub fn tcp(target: SocketAddr) -> SipClient {
         let stream = TcpStream::connect_timeout(&target, Duration::from_secs(3))

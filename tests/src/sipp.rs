@@ -111,25 +111,51 @@ impl Sipp {
         opts: &UacOptions,
     ) -> Sipp {
         assert!(target.ip().is_loopback(), "only loopback targets");
-        let args = [
-            target.to_string(),
-            "-r".into(),
-            opts.rate.to_string(),
-            "-m".into(),
-            opts.calls.to_string(),
-            "-d".into(),
-            opts.hold_ms.to_string(),
-            "-timeout".into(),
-            format!("{}s", opts.timeout_s),
-            "-timeout_error".into(),
-        ];
-        Sipp::spawn(dir, name, scenario, port, transport, &args)
+        Sipp::spawn(
+            dir,
+            name,
+            scenario,
+            port,
+            transport,
+            &uac_args(target, opts),
+        )
+    }
+
+    /// Like [`Sipp::uac`], sending from `local_ip` (another loopback address, such as
+    /// 127.0.0.2, so that the proxy sees a different source).
+    #[allow(clippy::too_many_arguments)]
+    pub fn uac_from(
+        dir: &TempDir,
+        name: &str,
+        scenario: &Path,
+        local_ip: std::net::Ipv4Addr,
+        port: u16,
+        target: SocketAddr,
+        transport: SippTransport,
+        opts: &UacOptions,
+    ) -> Sipp {
+        assert!(local_ip.is_loopback(), "only loopback sources");
+        assert!(target.ip().is_loopback(), "only loopback targets");
+        let args = uac_args(target, opts);
+        Sipp::spawn_on(dir, name, scenario, local_ip, port, transport, &args)
     }
 
     fn spawn(
         dir: &TempDir,
         name: &str,
         scenario: &Path,
+        port: u16,
+        transport: SippTransport,
+        extra: &[String],
+    ) -> Sipp {
+        Sipp::spawn_on(dir, name, scenario, LOOPBACK, port, transport, extra)
+    }
+
+    fn spawn_on(
+        dir: &TempDir,
+        name: &str,
+        scenario: &Path,
+        ip: std::net::Ipv4Addr,
         port: u16,
         transport: SippTransport,
         extra: &[String],
@@ -144,7 +170,7 @@ impl Sipp {
             .args(extra)
             .arg("-sf")
             .arg(scenario)
-            .args(["-i", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-i", &ip.to_string(), "-p", &port.to_string()])
             .args(["-t", transport.flag()])
             // Media ports: sipp binds them even without RTP; keep them off the defaults
             // shared by every sipp on the box.
@@ -297,6 +323,21 @@ impl Drop for Sipp {
             eprintln!("{}", self.report());
         }
     }
+}
+
+fn uac_args(target: SocketAddr, opts: &UacOptions) -> [String; 10] {
+    [
+        target.to_string(),
+        "-r".into(),
+        opts.rate.to_string(),
+        "-m".into(),
+        opts.calls.to_string(),
+        "-d".into(),
+        opts.hold_ms.to_string(),
+        "-timeout".into(),
+        format!("{}s", opts.timeout_s),
+        "-timeout_error".into(),
+    ]
 }
 
 fn port_bound(port: u16, transport: SippTransport) -> bool {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use super::{DestinationSnapshot, DispatcherSnapshot};
+use super::{BanEntry, DestinationSnapshot, DispatcherSnapshot};
 
 /// The largest admin response accepted (a listing of thousands of destinations fits).
 const MAX_RESPONSE: u64 = 16 * 1024 * 1024;
@@ -43,6 +43,28 @@ pub enum CtlCommand {
     },
     /// Readiness of the sbc (`/readyz`); exits with an error when not ready.
     Health,
+    /// Source bans for flooding (what `kamcmd pike.list` showed), shared by every replica.
+    Bans {
+        /// The bans command.
+        #[command(subcommand)]
+        command: BansCommand,
+    },
+}
+
+/// `sbc ctl bans ...`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum BansCommand {
+    /// Every banned address, why, and the seconds left.
+    List {
+        /// Print the raw JSON of `/bans`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lifts the ban of an address.
+    Remove {
+        /// The banned address.
+        ip: std::net::IpAddr,
+    },
 }
 
 /// `sbc ctl dispatcher ...`.
@@ -101,8 +123,11 @@ pub enum CtlError {
         /// The first line of the body.
         body: String,
     },
+    /// The address was not banned.
+    #[error("{0} is not banned")]
+    NotBanned(std::net::IpAddr),
     /// The listing is not the JSON this version understands.
-    #[error("unexpected dispatcher listing: {0}")]
+    #[error("unexpected listing: {0}")]
     Json(#[from] serde_json::Error),
     /// The sbc is not ready (its `/readyz` reason).
     #[error("sbc is not ready: {0}")]
@@ -140,6 +165,36 @@ pub fn run_to(args: &CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
                 write_dispatcher_list(out, &snap).map_err(CtlError::Output)?;
             }
             Ok(())
+        }
+        CtlCommand::Bans {
+            command: BansCommand::List { json },
+        } => {
+            let (status, body) = http_get(&args.admin, "/bans", timeout)?;
+            if status != 200 {
+                return Err(status_error(status, &body));
+            }
+            if *json {
+                out.write_all(&body).map_err(CtlError::Output)?;
+                writeln!(out).map_err(CtlError::Output)?;
+            } else {
+                let bans: Vec<BanEntry> = serde_json::from_slice(&body)?;
+                write_bans(out, &bans).map_err(CtlError::Output)?;
+            }
+            Ok(())
+        }
+        CtlCommand::Bans {
+            command: BansCommand::Remove { ip },
+        } => {
+            let path = format!("/bans/{ip}");
+            let (status, body) = http_request(&args.admin, "DELETE", &path, timeout)?;
+            match status {
+                200 => {
+                    writeln!(out, "{}", first_line(&body)).map_err(CtlError::Output)?;
+                    Ok(())
+                }
+                404 => Err(CtlError::NotBanned(*ip)),
+                _ => Err(status_error(status, &body)),
+            }
         }
         CtlCommand::Health => {
             let (status, body) = http_get(&args.admin, "/readyz", timeout)?;
@@ -238,8 +293,33 @@ fn write_destination(out: &mut dyn Write, d: &DestinationSnapshot) -> io::Result
     Ok(())
 }
 
+/// Prints bans as a table, one per line: address, seconds left, reason.
+pub fn write_bans(out: &mut dyn Write, bans: &[BanEntry]) -> io::Result<()> {
+    writeln!(out, "BANS: {}", bans.len())?;
+    for b in bans {
+        writeln!(
+            out,
+            "{:<40} EXPIRES {:>6}s  REASON {}",
+            clean(&b.ip),
+            b.remaining_secs,
+            clean(&b.reason)
+        )?;
+    }
+    Ok(())
+}
+
 /// `GET path` from `addr`; returns the status and the body.
 fn http_get(addr: &str, path: &str, timeout: Duration) -> Result<(u16, Vec<u8>), CtlError> {
+    http_request(addr, "GET", path, timeout)
+}
+
+/// `method path` to `addr`; returns the status and the body.
+fn http_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    timeout: Duration,
+) -> Result<(u16, Vec<u8>), CtlError> {
     let resolved: Vec<SocketAddr> = addr
         .to_socket_addrs()
         .map_err(|e| CtlError::Resolve {
@@ -269,7 +349,7 @@ fn http_get(addr: &str, path: &str, timeout: Duration) -> Result<(u16, Vec<u8>),
     stream.set_read_timeout(Some(timeout)).map_err(io_err)?;
     stream.set_write_timeout(Some(timeout)).map_err(io_err)?;
     let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: sbc-ctl\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: sbc-ctl\r\nAccept: */*\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     );
     stream.write_all(request.as_bytes()).map_err(io_err)?;
     let mut raw = Vec::new();
@@ -358,7 +438,7 @@ fn dechunk(mut body: &[u8]) -> Result<Vec<u8>, &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admin::tests::{sample_sets, start};
+    use crate::admin::tests::{sample_sets, start, start_with};
     use clap::Parser;
 
     #[derive(Parser)]
@@ -426,6 +506,58 @@ SET:
         let text = String::from_utf8(out).unwrap();
         assert!(!text.contains('\x1b'));
         assert!(text.contains("URI: sip:a\\u{1b}[2J"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ctl_lists_and_removes_bans() {
+        use crate::store::{MemoryStore, Store};
+        let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(MemoryStore::new(100));
+        store
+            .set_ex(
+                "ban:192.0.2.7",
+                bytes::Bytes::from_static(b"flood"),
+                Duration::from_secs(120),
+            )
+            .await
+            .unwrap();
+        let srv = start_with(Vec::new(), Some(store)).await;
+        let admin = srv.addr.to_string();
+        let (list, removed, again, after) = tokio::task::spawn_blocking(move || {
+            let run = |args: &[&str]| {
+                let mut out = Vec::new();
+                let r = run_to(&parse(args), &mut out);
+                (r, String::from_utf8(out).unwrap())
+            };
+            let list = run(&["sbc", "ctl", "--admin", &admin, "bans", "list"]).1;
+            let removed = run(&[
+                "sbc",
+                "ctl",
+                "--admin",
+                &admin,
+                "bans",
+                "remove",
+                "192.0.2.7",
+            ]);
+            let again = run(&[
+                "sbc",
+                "ctl",
+                "--admin",
+                &admin,
+                "bans",
+                "remove",
+                "192.0.2.7",
+            ]);
+            let after = run(&["sbc", "ctl", "--admin", &admin, "bans", "list"]).1;
+            (list, removed, again, after)
+        })
+        .await
+        .unwrap();
+        assert!(list.starts_with("BANS: 1\n192.0.2.7 "), "{list}");
+        assert!(list.contains("REASON flood"), "{list}");
+        assert!(removed.0.is_ok());
+        assert_eq!(removed.1, "ban of 192.0.2.7 lifted\n");
+        assert_eq!(again.0.unwrap_err().to_string(), "192.0.2.7 is not banned");
+        assert_eq!(after, "BANS: 0\n");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

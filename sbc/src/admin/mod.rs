@@ -1,12 +1,14 @@
 //! The HTTP admin endpoint and the `sbc ctl` client.
 //!
-//! Routes (GET or HEAD; request bodies are ignored):
+//! Routes (GET or HEAD unless said otherwise; request bodies are ignored):
 //! - `/metrics`: Prometheus text of [`Metrics`].
 //! - `/healthz`: 200 while the process runs.
 //! - `/readyz`: 200 when listeners are bound, the sbc is not draining and a destination is
 //!   up; otherwise 503 with a one-line reason.
 //! - `/dispatcher`: JSON [`DispatcherSnapshot`] (what `kamcmd dispatcher.list` shows).
-//! - `/bans`: JSON list of active bans (reserved: `[]` for now).
+//! - `/bans`: JSON list of active source bans ([`BanEntry`]: ip, reason, remainingSecs);
+//!   `[]` without a store.
+//! - `DELETE /bans/{ip}` (or `POST /bans/remove?ip=...`): lifts a ban; 404 when none.
 
 pub mod ctl;
 mod listing;
@@ -34,6 +36,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
+pub use crate::guard::BanEntry;
+use crate::store::Store;
 use crate::telemetry::{METRICS_CONTENT_TYPE, Metrics};
 
 /// Failures of the admin server.
@@ -262,6 +266,8 @@ pub struct AdminState {
     pub health: Arc<Health>,
     /// The listing served by `/dispatcher`.
     pub dispatcher: SnapshotProvider,
+    /// The store holding the bans listed and lifted by `/bans`.
+    pub store: Option<Arc<dyn Store>>,
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -318,8 +324,88 @@ pub fn respond(state: &AdminState, method: &Method, path: &str) -> Response<Full
         "/dispatcher" => json(&DispatcherSnapshot {
             sets: (state.dispatcher)(),
         }),
+        // Served by `respond_async`, which can wait for the store.
         "/bans" => text(StatusCode::OK, "application/json", "[]"),
         _ => text(StatusCode::NOT_FOUND, PLAIN, "not found\n"),
+    }
+}
+
+/// Answers `/bans` requests, which need the store; everything else goes to [`respond`].
+pub async fn respond_async(state: &AdminState, method: &Method, uri: &hyper::Uri) -> Resp {
+    const PLAIN: &str = "text/plain; charset=utf-8";
+    let path = uri.path();
+    let target = if let Some(ip) = path.strip_prefix("/bans/") {
+        (method == Method::DELETE && ip != "remove").then_some(ip)
+    } else if path == "/bans/remove" || path == "/bans/remove/" {
+        None
+    } else {
+        return respond(state, method, path);
+    };
+    let ip = match (target, method) {
+        (Some(ip), _) => Some(ip.to_owned()),
+        (None, &Method::POST) if path.starts_with("/bans/remove") => uri.query().and_then(|q| {
+            q.split('&')
+                .find_map(|kv| kv.strip_prefix("ip="))
+                .map(str::to_owned)
+        }),
+        _ => {
+            let mut r = text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                PLAIN,
+                "method not allowed\n",
+            );
+            r.headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("DELETE, POST"));
+            return r;
+        }
+    };
+    let Some(ip) = ip else {
+        return text(StatusCode::BAD_REQUEST, PLAIN, "missing ip\n");
+    };
+    // `[` and `]` around an IPv6 address are accepted, and percent-encoded colons.
+    let raw = ip.replace("%3A", ":").replace("%3a", ":");
+    let Ok(addr) = raw
+        .trim_matches(|c| c == '[' || c == ']')
+        .parse::<std::net::IpAddr>()
+    else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            PLAIN,
+            format!(
+                "{:?} is not an IP address\n",
+                raw.chars().take(64).collect::<String>()
+            ),
+        );
+    };
+    let Some(store) = &state.store else {
+        return text(
+            StatusCode::NOT_FOUND,
+            PLAIN,
+            format!("{addr} is not banned\n"),
+        );
+    };
+    match crate::guard::remove_ban(store.as_ref(), addr).await {
+        Ok(true) => text(StatusCode::OK, PLAIN, format!("ban of {addr} lifted\n")),
+        Ok(false) => text(
+            StatusCode::NOT_FOUND,
+            PLAIN,
+            format!("{addr} is not banned\n"),
+        ),
+        Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, format!("{e}\n")),
+    }
+}
+
+async fn list_bans(state: &AdminState) -> Resp {
+    let Some(store) = &state.store else {
+        return text(StatusCode::OK, "application/json", "[]");
+    };
+    match crate::guard::list_bans(store.as_ref()).await {
+        Ok(bans) => json(&bans),
+        Err(e) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain; charset=utf-8",
+            format!("{e}\n"),
+        ),
     }
 }
 
@@ -405,8 +491,18 @@ impl AdminServer {
             conns.spawn(async move {
                 let _permit = permit;
                 let service = service_fn(move |req: Request<Incoming>| {
-                    let resp = respond(&state, req.method(), req.uri().path());
-                    async move { Ok::<_, Infallible>(resp) }
+                    let state = state.clone();
+                    async move {
+                        let (method, uri) = (req.method(), req.uri());
+                        let resp = if uri.path() == "/bans"
+                            && (method == Method::GET || method == Method::HEAD)
+                        {
+                            list_bans(&state).await
+                        } else {
+                            respond_async(&state, method, uri).await
+                        };
+                        Ok::<_, Infallible>(resp)
+                    }
                 });
                 let conn = builder.serve_connection(TokioIo::new(stream), service);
                 tokio::pin!(conn);
@@ -503,6 +599,13 @@ mod tests {
     }
 
     pub(crate) async fn start(sets: Vec<SetSnapshot>) -> TestServer {
+        start_with(sets, None).await
+    }
+
+    pub(crate) async fn start_with(
+        sets: Vec<SetSnapshot>,
+        store: Option<Arc<dyn Store>>,
+    ) -> TestServer {
         let up = Arc::new(AtomicBool::new(true));
         let u = up.clone();
         let health = Arc::new(Health::new(Arc::new(move || u.load(Ordering::SeqCst))));
@@ -511,6 +614,7 @@ mod tests {
             metrics: metrics.clone(),
             health: health.clone(),
             dispatcher: Arc::new(move || sets.clone()),
+            store,
         };
         let server = AdminServer::bind("127.0.0.1:0".parse().unwrap())
             .await
@@ -607,6 +711,54 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(status, 405);
+    }
+
+    fn raw(addr: SocketAddr, request: String) -> (u16, String) {
+        get(addr, &request)
+    }
+
+    async fn send(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+        let r = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        tokio::task::spawn_blocking(move || raw(addr, r))
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bans_are_listed_and_lifted() {
+        let store: Arc<dyn Store> = Arc::new(crate::store::MemoryStore::new(100));
+        for ip in ["192.0.2.7", "2001:db8::1"] {
+            store
+                .set_ex(
+                    &format!("ban:{ip}"),
+                    Bytes::from_static(b"flood"),
+                    Duration::from_secs(300),
+                )
+                .await
+                .unwrap();
+        }
+        let srv = start_with(Vec::new(), Some(store.clone())).await;
+        let (status, body) = get_async(srv.addr, "/bans").await;
+        assert_eq!(status, 200);
+        let bans: Vec<BanEntry> = serde_json::from_str(&body).unwrap();
+        assert_eq!(bans.len(), 2, "{body}");
+        assert_eq!(bans[0].ip, "192.0.2.7");
+        assert_eq!(bans[0].reason, "flood");
+        assert!((299..=300).contains(&bans[0].remaining_secs), "{body}");
+        assert!(body.contains("\"remainingSecs\""), "{body}");
+
+        assert_eq!(send(srv.addr, "DELETE", "/bans/192.0.2.7").await.0, 200);
+        assert_eq!(send(srv.addr, "DELETE", "/bans/192.0.2.7").await.0, 404);
+        assert_eq!(
+            send(srv.addr, "POST", "/bans/remove?ip=2001:db8::1")
+                .await
+                .0,
+            200
+        );
+        assert_eq!(send(srv.addr, "DELETE", "/bans/not-an-ip").await.0, 400);
+        assert_eq!(send(srv.addr, "PUT", "/bans/192.0.2.7").await.0, 405);
+        assert_eq!(get_async(srv.addr, "/bans").await, (200, "[]".into()));
+        assert!(store.get("ban:192.0.2.7").await.unwrap().is_none());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

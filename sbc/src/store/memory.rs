@@ -1,85 +1,15 @@
-//! Shared state: one trait, an in-memory implementation (and, later, Redis).
-//!
-//! Every [`Store`] method is one decision and, for Redis, one round trip. The trait is
-//! dyn-compatible (methods return boxed futures) so the sbc holds an `Arc<dyn Store>` and
-//! picks the implementation at startup. Callers treat an error as "the shared store is
-//! unreachable" and fall back to local limits.
+//! The in-memory [`Store`] of a single replica (and the fallback of the Redis store).
 
 use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
-use std::future::Future;
 use std::hash::{Hash, Hasher};
-use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
-use thiserror::Error;
 use tokio::time::Instant;
 
-/// What a store operation can fail with.
-#[derive(Debug, Error)]
-pub enum StoreError {
-    /// The backend could not be reached or answered with an error.
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
-    /// A counter operation met a value that is not an integer.
-    #[error("value of key {0:?} is not an integer")]
-    NotAnInteger(String),
-    /// A counter would overflow.
-    #[error("counter {0:?} would overflow")]
-    Overflow(String),
-    /// The in-memory store holds its maximum number of keys.
-    #[error("store is full ({0} keys)")]
-    Full(usize),
-}
-
-/// The future every [`Store`] method returns.
-pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
-
-/// Key/value state shared by every sbc replica. Keys are UTF-8, values bytes; a key with a
-/// TTL disappears when it expires.
-pub trait Store: Send + Sync {
-    /// Fixed-window counter: increments `key` and returns the count in the current window. The
-    /// first increment starts the window, which ends (and the key expires) `window` later.
-    /// (Redis: `INCR` then `EXPIRE key window NX`, in one pipeline.)
-    fn incr_window<'a>(&'a self, key: &'a str, window: Duration) -> StoreFuture<'a, u64>;
-
-    /// The value of `key`, if it exists. A counter reads as its decimal text.
-    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>>;
-
-    /// Sets `key` to `value`, expiring after `ttl`. (Redis: `SET key value PX ttl`.)
-    fn set_ex<'a>(&'a self, key: &'a str, value: Bytes, ttl: Duration) -> StoreFuture<'a, ()>;
-
-    /// Removes `key`; true when it existed.
-    fn del<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool>;
-
-    /// Adds `delta` (possibly negative) to the counter `key` (0 when absent), sets its TTL to
-    /// `ttl`, and returns the new value. Safe under concurrent calls from many replicas: the
-    /// TTL only cleans up counters whose owner died. (Redis: `INCRBY` + `PEXPIRE`, pipelined.)
-    fn incr_by<'a>(&'a self, key: &'a str, delta: i64, ttl: Duration) -> StoreFuture<'a, i64>;
-
-    /// Up to `limit` live keys starting with `prefix` and their values, sorted by key (for
-    /// listings such as the bans). (Redis: `SCAN MATCH prefix*` + `MGET`.)
-    fn list_prefix<'a>(
-        &'a self,
-        prefix: &'a str,
-        limit: usize,
-    ) -> StoreFuture<'a, Vec<(String, Bytes)>>;
-
-    /// Every field of the hash `key` (empty when absent), e.g. the credentials
-    /// `subscriber:<user>` with `ha1`. (Redis: `HGETALL`.)
-    fn hash_get_all<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Vec<(String, Bytes)>>;
-
-    /// Sets fields of the hash `key`, with a TTL (`None`: no expiry), for provisioning and
-    /// tests. (Redis: `HSET` + `PEXPIRE`.)
-    fn hash_set<'a>(
-        &'a self,
-        key: &'a str,
-        fields: Vec<(String, Bytes)>,
-        ttl: Option<Duration>,
-    ) -> StoreFuture<'a, ()>;
-}
+use super::{FloodHit, FloodOutcome, Listed, Store, StoreError, StoreFuture, ready};
 
 /// A stored value: counters are kept as integers so increments need no parsing.
 #[derive(Debug, Clone)]
@@ -219,10 +149,6 @@ fn deadline(now: Instant, ttl: Duration) -> Instant {
         .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
-fn ready<'a, T: Send + 'a>(r: Result<T, StoreError>) -> StoreFuture<'a, T> {
-    Box::pin(std::future::ready(r))
-}
-
 impl Store for MemoryStore {
     fn incr_window<'a>(&'a self, key: &'a str, window: Duration) -> StoreFuture<'a, u64> {
         ready(self.with_shard(key, |shard, now| {
@@ -341,6 +267,95 @@ impl Store for MemoryStore {
             );
             Ok(())
         }))
+    }
+
+    fn flood_hit<'a>(&'a self, hit: FloodHit<'a>) -> StoreFuture<'a, FloodOutcome> {
+        // Two shards may be involved, so this is two short critical sections rather than one:
+        // locally that race only lets a hit or two through at the moment of the ban.
+        let banned = self.with_shard(hit.ban_key, |shard, now| {
+            shard
+                .map
+                .get(hit.ban_key)
+                .map(|e| e.expires_at.saturating_duration_since(now))
+        });
+        if let Some(remaining) = banned {
+            return ready(Ok(FloodOutcome::Banned {
+                remaining,
+                new: false,
+            }));
+        }
+        let count = self.with_shard(hit.counter_key, |shard, now| {
+            self.admit(shard, hit.counter_key, now)?;
+            let entry = shard
+                .map
+                .entry(hit.counter_key.to_string())
+                .or_insert_with(|| Entry {
+                    value: Value::Int(0),
+                    expires_at: deadline(now, hit.window),
+                });
+            let n = entry.value.as_int(hit.counter_key)?.saturating_add(1);
+            entry.value = Value::Int(n);
+            if u64::try_from(n).unwrap_or(0) > hit.limit {
+                shard.map.remove(hit.counter_key);
+            }
+            Ok(u64::try_from(n).unwrap_or(0))
+        });
+        let count = match count {
+            Ok(c) => c,
+            Err(e) => return ready(Err(e)),
+        };
+        if count <= hit.limit {
+            return ready(Ok(FloodOutcome::Allowed { count }));
+        }
+        let set = self.with_shard(hit.ban_key, |shard, now| {
+            self.admit(shard, hit.ban_key, now)?;
+            shard.map.insert(
+                hit.ban_key.to_string(),
+                Entry {
+                    value: Value::Bytes(hit.ban_value.clone()),
+                    expires_at: deadline(now, hit.ban_ttl),
+                },
+            );
+            Ok(())
+        });
+        ready(set.map(|()| FloodOutcome::Banned {
+            remaining: hit.ban_ttl,
+            new: true,
+        }))
+    }
+
+    fn list_prefix_ttl<'a>(
+        &'a self,
+        prefix: &'a str,
+        limit: usize,
+    ) -> StoreFuture<'a, Vec<Listed>> {
+        let now = Instant::now();
+        let mut out: Vec<Listed> = Vec::new();
+        for shard in &self.shards {
+            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            out.extend(
+                shard
+                    .map
+                    .iter()
+                    .filter(|(k, e)| e.expires_at > now && k.starts_with(prefix))
+                    .map(|(k, e)| Listed {
+                        key: k.clone(),
+                        value: e.value.to_bytes(),
+                        ttl: e.expires_at.saturating_duration_since(now),
+                    }),
+            );
+            if out.len() > limit.saturating_mul(2).max(1024) {
+                out.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+                out.truncate(limit);
+            }
+        }
+        out.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        out.truncate(limit);
+        ready(Ok(out))
+    }
+
+    fn ping(&self) -> StoreFuture<'_, ()> {
+        ready(Ok(()))
     }
 
     fn list_prefix<'a>(
@@ -558,6 +573,48 @@ mod tests {
             s.incr_by("subscriber:alice", 1, Duration::from_secs(1))
                 .await
                 .is_err()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn flood_hit_counts_bans_and_expires() {
+        let s = store();
+        let hit = || FloodHit {
+            counter_key: "flood:10.0.0.1",
+            ban_key: "ban:10.0.0.1",
+            limit: 3,
+            window: Duration::from_secs(2),
+            ban_ttl: Duration::from_secs(60),
+            ban_value: Bytes::from_static(b"x"),
+        };
+        for n in 1..=3 {
+            assert_eq!(
+                s.flood_hit(hit()).await.unwrap(),
+                FloodOutcome::Allowed { count: n }
+            );
+        }
+        assert_eq!(
+            s.flood_hit(hit()).await.unwrap(),
+            FloodOutcome::Banned {
+                remaining: Duration::from_secs(60),
+                new: true
+            }
+        );
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(
+            s.flood_hit(hit()).await.unwrap(),
+            FloodOutcome::Banned {
+                remaining: Duration::from_secs(50),
+                new: false
+            }
+        );
+        let listed = s.list_prefix_ttl("ban:", 10).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].ttl, Duration::from_secs(50));
+        tokio::time::advance(Duration::from_secs(50)).await;
+        assert_eq!(
+            s.flood_hit(hit()).await.unwrap(),
+            FloodOutcome::Allowed { count: 1 }
         );
     }
 

@@ -1,0 +1,152 @@
+//! Shared state: one trait, an in-memory implementation, a Redis one, and a fallback that
+//! answers from memory while Redis is unreachable.
+//!
+//! Every [`Store`] method is one decision and, for Redis, one round trip. The trait is
+//! dyn-compatible (methods return boxed futures) so the sbc holds an `Arc<dyn Store>` and
+//! picks the implementation at startup. Callers treat an error as "the shared store is
+//! unreachable" and fall back to local limits.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use thiserror::Error;
+
+mod fallback;
+mod memory;
+mod redis;
+
+pub use self::redis::{RedisStore, RedisStoreError};
+pub use fallback::{FallbackStore, StoreMetrics};
+pub use memory::{DEFAULT_MAX_ENTRIES, MemoryStore};
+
+/// What a store operation can fail with.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// The backend could not be reached or answered with an error.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A counter operation met a value that is not an integer.
+    #[error("value of key {0:?} is not an integer")]
+    NotAnInteger(String),
+    /// A counter would overflow.
+    #[error("counter {0:?} would overflow")]
+    Overflow(String),
+    /// The in-memory store holds its maximum number of keys.
+    #[error("store is full ({0} keys)")]
+    Full(usize),
+    /// The backend refused the command (a key of another type, a bad configuration).
+    #[error("store refused the command: {0}")]
+    Rejected(String),
+}
+
+/// The future every [`Store`] method returns.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// Key/value state shared by every sbc replica. Keys are UTF-8, values bytes; a key with a
+/// TTL disappears when it expires.
+pub trait Store: Send + Sync {
+    /// Fixed-window counter: increments `key` and returns the count in the current window. The
+    /// first increment starts the window, which ends (and the key expires) `window` later.
+    /// (Redis: `INCR` then `EXPIRE key window NX`, in one pipeline.)
+    fn incr_window<'a>(&'a self, key: &'a str, window: Duration) -> StoreFuture<'a, u64>;
+
+    /// The value of `key`, if it exists. A counter reads as its decimal text.
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>>;
+
+    /// Sets `key` to `value`, expiring after `ttl`. (Redis: `SET key value PX ttl`.)
+    fn set_ex<'a>(&'a self, key: &'a str, value: Bytes, ttl: Duration) -> StoreFuture<'a, ()>;
+
+    /// Removes `key`; true when it existed.
+    fn del<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool>;
+
+    /// Adds `delta` (possibly negative) to the counter `key` (0 when absent), sets its TTL to
+    /// `ttl`, and returns the new value. Safe under concurrent calls from many replicas: the
+    /// TTL only cleans up counters whose owner died. (Redis: `INCRBY` + `PEXPIRE`, pipelined.)
+    fn incr_by<'a>(&'a self, key: &'a str, delta: i64, ttl: Duration) -> StoreFuture<'a, i64>;
+
+    /// Up to `limit` live keys starting with `prefix` and their values, sorted by key (for
+    /// listings such as the bans). (Redis: `SCAN MATCH prefix*` + `MGET`.)
+    fn list_prefix<'a>(
+        &'a self,
+        prefix: &'a str,
+        limit: usize,
+    ) -> StoreFuture<'a, Vec<(String, Bytes)>>;
+
+    /// Every field of the hash `key` (empty when absent), e.g. the credentials
+    /// `subscriber:<user>` with `ha1`. (Redis: `HGETALL`.)
+    fn hash_get_all<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Vec<(String, Bytes)>>;
+
+    /// Sets fields of the hash `key`, with a TTL (`None`: no expiry), for provisioning and
+    /// tests. (Redis: `HSET` + `PEXPIRE`.)
+    fn hash_set<'a>(
+        &'a self,
+        key: &'a str,
+        fields: Vec<(String, Bytes)>,
+        ttl: Option<Duration>,
+    ) -> StoreFuture<'a, ()>;
+
+    /// Pike-like flood decision in one step (Redis: one Lua script). When `ban_key` exists
+    /// the answer is [`FloodOutcome::Banned`] with its remaining time and nothing is counted.
+    /// Otherwise `counter_key` is counted in a fixed window of `window`; the hit that takes
+    /// the count over `limit` sets `ban_key` to `ban_value` for `ban_ttl`, resets the counter
+    /// and answers [`FloodOutcome::Banned`] with `new: true`.
+    fn flood_hit<'a>(&'a self, hit: FloodHit<'a>) -> StoreFuture<'a, FloodOutcome>;
+
+    /// Like [`Store::list_prefix`], with each key's remaining time to live.
+    fn list_prefix_ttl<'a>(&'a self, prefix: &'a str, limit: usize)
+    -> StoreFuture<'a, Vec<Listed>>;
+
+    /// Checks that the backend answers (Redis: `PING`). Always true for local stores.
+    fn ping(&self) -> StoreFuture<'_, ()>;
+}
+
+/// The arguments of [`Store::flood_hit`].
+#[derive(Debug, Clone)]
+pub struct FloodHit<'a> {
+    /// The window counter (`flood:{ip}`).
+    pub counter_key: &'a str,
+    /// The ban (`ban:{ip}`).
+    pub ban_key: &'a str,
+    /// Hits allowed per window.
+    pub limit: u64,
+    /// Length of the window.
+    pub window: Duration,
+    /// How long a ban lasts.
+    pub ban_ttl: Duration,
+    /// What the ban key holds (see [`crate::guard::BanRecord`]).
+    pub ban_value: Bytes,
+}
+
+/// The answer of [`Store::flood_hit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FloodOutcome {
+    /// Counted; `count` hits so far in this window.
+    Allowed {
+        /// Hits in the current window, this one included.
+        count: u64,
+    },
+    /// The source is banned.
+    Banned {
+        /// Time left on the ban.
+        remaining: Duration,
+        /// Whether this hit set the ban.
+        new: bool,
+    },
+}
+
+/// One entry of [`Store::list_prefix_ttl`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// The key (without the store's key prefix).
+    pub key: String,
+    /// Its value.
+    pub value: Bytes,
+    /// Time left before it expires.
+    pub ttl: Duration,
+}
+
+pub(crate) fn ready<'a, T: Send + 'a>(r: Result<T, StoreError>) -> StoreFuture<'a, T> {
+    Box::pin(std::future::ready(r))
+}

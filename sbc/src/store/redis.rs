@@ -1,0 +1,608 @@
+//! The Redis [`Store`]: every method is one round trip (a command, an atomic pipeline or a
+//! Lua script), every key carries a TTL, and every key is prefixed with the cluster's key
+//! prefix so several SbcClusters can share one Redis.
+//!
+//! The connection is a [`ConnectionManager`]: created lazily (a Redis that is down at startup
+//! does not stop the sbc) and re-established after a failure. Timeouts are the caller's job
+//! (see [`super::FallbackStore`]); the manager's own timeouts only bound a lost connection.
+
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::{Client, ErrorKind, RedisError, Script};
+use bytes::Bytes;
+use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+
+use super::{FloodHit, FloodOutcome, Listed, Store, StoreError, StoreFuture};
+
+/// Why a Redis store could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisStoreError {
+    /// The URL is not one the client accepts.
+    #[error("store.url: {0}")]
+    Url(String),
+    /// The round-trip counter could not be registered.
+    #[error("store metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// The store operations, for the `op` label of `sbc_store_round_trips_total`.
+const OPS: [&str; 11] = [
+    "incr_window",
+    "get",
+    "set_ex",
+    "del",
+    "incr_by",
+    "list_prefix",
+    "hash_get_all",
+    "hash_set",
+    "flood_hit",
+    "list_prefix_ttl",
+    "ping",
+];
+
+#[derive(Clone, Copy)]
+enum Op {
+    IncrWindow,
+    Get,
+    SetEx,
+    Del,
+    IncrBy,
+    ListPrefix,
+    HashGetAll,
+    HashSet,
+    FloodHit,
+    ListPrefixTtl,
+    Ping,
+}
+
+/// Keys listed per listing at most; listings are for operators, not for the hot path.
+const MAX_LIST: usize = 10_000;
+
+/// Counter window: INCR, and a TTL when the key has none (the first hit, or a key that lost
+/// it), so the window is fixed and the key always expires.
+const INCR_WINDOW: &str = r"
+local n = redis.call('INCR', KEYS[1])
+if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return n
+";
+
+/// Pike in one step: an existing ban answers at once; otherwise count, and ban when over.
+/// Returns {banned, remaining ms or count, new}.
+const FLOOD_HIT: &str = r"
+local left = redis.call('PTTL', KEYS[2])
+if left > 0 then return {1, left, 0} end
+local n = redis.call('INCR', KEYS[1])
+if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if n > tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[3])
+  redis.call('DEL', KEYS[1])
+  return {1, tonumber(ARGV[3]), 1}
+end
+return {0, n, 0}
+";
+
+/// A bounded SCAN of the keys matching ARGV[1], with value and remaining TTL in ms (-1 for a
+/// key of another type). ARGV[2] caps the keys returned, ARGV[3] the SCAN calls.
+const LIST: &str = r"
+local out = {}
+local cursor = '0'
+local calls = 0
+local limit = tonumber(ARGV[2])
+repeat
+  local r = redis.call('SCAN', cursor, 'MATCH', ARGV[1], 'COUNT', 1000)
+  cursor = r[1]
+  calls = calls + 1
+  for _, k in ipairs(r[2]) do
+    if #out >= limit * 3 then break end
+    local t = redis.call('TYPE', k)['ok']
+    local v = ''
+    if t == 'string' then v = redis.call('GET', k) end
+    table.insert(out, k)
+    table.insert(out, v)
+    table.insert(out, redis.call('PTTL', k))
+  end
+until cursor == '0' or #out >= limit * 3 or calls >= tonumber(ARGV[3])
+return out
+";
+
+/// The Redis store. Cheap to clone.
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: ConnectionManager,
+    prefix: String,
+    incr_window: Script,
+    flood_hit: Script,
+    list: Script,
+    trips: [IntCounter; OPS.len()],
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Installs ring as rustls' process-wide provider, once, for `rediss://` URLs.
+fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Another part of the process may have installed one already: that one is kept.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+impl RedisStore {
+    /// A store for `url` (`redis://[:password@]host:port/db` or `rediss://...`), prefixing
+    /// every key with `prefix`. Connects lazily: must be called inside a Tokio runtime, and
+    /// never waits for Redis. `timeout` bounds connection attempts and replies; the round
+    /// trip counter is registered on `registry`.
+    pub fn new(
+        url: &str,
+        prefix: &str,
+        timeout: Duration,
+        registry: &Registry,
+    ) -> Result<RedisStore, RedisStoreError> {
+        if url.starts_with("rediss://") {
+            install_crypto_provider();
+        }
+        let client = Client::open(url).map_err(|e| RedisStoreError::Url(e.to_string()))?;
+        // Reconnection backs off quickly and stays bounded: the fallback store probes on its
+        // own, so a long backoff here would only delay the return to shared state.
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout.max(Duration::from_millis(50))))
+            .set_response_timeout(Some(timeout.max(Duration::from_millis(50)) * 10))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| RedisStoreError::Url(e.to_string()))?;
+        let vec = IntCounterVec::new(
+            Opts::new(
+                "sbc_store_round_trips_total",
+                "Round trips to the shared store (Redis), by operation",
+            ),
+            &["op"],
+        )?;
+        // A second store on the same registry (tests) shares the counter.
+        let vec = match registry.register(Box::new(vec.clone())) {
+            Ok(()) => vec,
+            Err(prometheus::Error::AlreadyReg) => vec,
+            Err(e) => return Err(e.into()),
+        };
+        let trips = OPS.map(|op| vec.with_label_values(&[op]));
+        Ok(RedisStore {
+            conn,
+            prefix: prefix.to_owned(),
+            incr_window: Script::new(INCR_WINDOW),
+            flood_hit: Script::new(FLOOD_HIT),
+            list: Script::new(LIST),
+            trips,
+        })
+    }
+
+    fn key(&self, key: &str) -> String {
+        let mut k = String::with_capacity(self.prefix.len() + key.len());
+        k.push_str(&self.prefix);
+        k.push_str(key);
+        k
+    }
+
+    fn trip(&self, op: Op) -> ConnectionManager {
+        self.trips[op as usize].inc();
+        self.conn.clone()
+    }
+
+    /// The glob matching every key that starts with `prefix` (Redis glob characters escaped).
+    fn pattern(&self, prefix: &str) -> String {
+        let mut p = String::with_capacity(self.prefix.len() + prefix.len() + 2);
+        for c in self.prefix.chars().chain(prefix.chars()) {
+            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                p.push('\\');
+            }
+            p.push(c);
+        }
+        p.push('*');
+        p
+    }
+
+    async fn list_raw(
+        &self,
+        op: Op,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<Listed>, StoreError> {
+        let limit = limit.min(MAX_LIST);
+        let mut conn = self.trip(op);
+        let raw: Vec<(String, Vec<u8>, i64)> = self
+            .list
+            .arg(self.pattern(prefix))
+            .arg(limit)
+            .arg(1000)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| map_err(e, prefix))?;
+        let mut out: Vec<Listed> = raw
+            .into_iter()
+            .filter_map(|(k, v, ttl)| {
+                let key = k.strip_prefix(self.prefix.as_str())?.to_owned();
+                // A key without TTL (-1) was not written by the sbc; list it as expiring now.
+                let ttl = Duration::from_millis(u64::try_from(ttl).unwrap_or(0));
+                Some(Listed {
+                    key,
+                    value: Bytes::from(v),
+                    ttl,
+                })
+            })
+            .collect();
+        out.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        out.truncate(limit);
+        Ok(out)
+    }
+}
+
+/// Milliseconds for Redis, at least 1 (0 would be an error) and at most ~100 years.
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis())
+        .unwrap_or(u64::MAX)
+        .clamp(1, 100 * 365 * 24 * 3600 * 1000)
+}
+
+/// Server errors are the command's fault; anything else means Redis is unreachable.
+fn map_err(e: RedisError, key: &str) -> StoreError {
+    match e.kind() {
+        ErrorKind::Server(_) | ErrorKind::Extension => {
+            let msg = e.to_string();
+            if msg.contains("not an integer") {
+                StoreError::NotAnInteger(key.to_owned())
+            } else if msg.contains("overflow") {
+                StoreError::Overflow(key.to_owned())
+            } else {
+                StoreError::Rejected(msg)
+            }
+        }
+        ErrorKind::UnexpectedReturnType | ErrorKind::Parse => StoreError::Rejected(e.to_string()),
+        _ => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+impl Store for RedisStore {
+    fn incr_window<'a>(&'a self, key: &'a str, window: Duration) -> StoreFuture<'a, u64> {
+        Box::pin(async move {
+            let mut conn = self.trip(Op::IncrWindow);
+            let n: i64 = self
+                .incr_window
+                .key(self.key(key))
+                .arg(ms(window))
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| map_err(e, key))?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>> {
+        Box::pin(async move {
+            let mut conn = self.trip(Op::Get);
+            let v: Option<Vec<u8>> = ::redis::cmd("GET")
+                .arg(self.key(key))
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| map_err(e, key))?;
+            Ok(v.map(Bytes::from))
+        })
+    }
+
+    fn set_ex<'a>(&'a self, key: &'a str, value: Bytes, ttl: Duration) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let mut conn = self.trip(Op::SetEx);
+            let () = ::redis::cmd("SET")
+                .arg(self.key(key))
+                .arg(value.as_ref())
+                .arg("PX")
+                .arg(ms(ttl))
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| map_err(e, key))?;
+            Ok(())
+        })
+    }
+
+    fn del<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let mut conn = self.trip(Op::Del);
+            let n: i64 = ::redis::cmd("DEL")
+                .arg(self.key(key))
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| map_err(e, key))?;
+            Ok(n > 0)
+        })
+    }
+
+    fn incr_by<'a>(&'a self, key: &'a str, delta: i64, ttl: Duration) -> StoreFuture<'a, i64> {
+        Box::pin(async move {
+            let k = self.key(key);
+            let mut conn = self.trip(Op::IncrBy);
+            let (n,): (i64,) = ::redis::pipe()
+                .atomic()
+                .cmd("INCRBY")
+                .arg(&k)
+                .arg(delta)
+                .cmd("PEXPIRE")
+                .arg(&k)
+                .arg(ms(ttl))
+                .ignore()
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| map_err(e, key))?;
+            Ok(n)
+        })
+    }
+
+    fn list_prefix<'a>(
+        &'a self,
+        prefix: &'a str,
+        limit: usize,
+    ) -> StoreFuture<'a, Vec<(String, Bytes)>> {
+        Box::pin(async move {
+            let listed = self.list_raw(Op::ListPrefix, prefix, limit).await?;
+            Ok(listed.into_iter().map(|l| (l.key, l.value)).collect())
+        })
+    }
+
+    fn hash_get_all<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Vec<(String, Bytes)>> {
+        Box::pin(async move {
+            let mut conn = self.trip(Op::HashGetAll);
+            let v: Vec<(String, Vec<u8>)> = ::redis::cmd("HGETALL")
+                .arg(self.key(key))
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| map_err(e, key))?;
+            Ok(v.into_iter().map(|(f, v)| (f, Bytes::from(v))).collect())
+        })
+    }
+
+    fn hash_set<'a>(
+        &'a self,
+        key: &'a str,
+        fields: Vec<(String, Bytes)>,
+        ttl: Option<Duration>,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            if fields.is_empty() {
+                return Ok(());
+            }
+            let k = self.key(key);
+            let mut pipe = ::redis::pipe();
+            pipe.atomic().cmd("HSET").arg(&k);
+            for (f, v) in &fields {
+                pipe.arg(f).arg(v.as_ref());
+            }
+            pipe.ignore();
+            match ttl {
+                Some(ttl) => pipe.cmd("PEXPIRE").arg(&k).arg(ms(ttl)).ignore(),
+                None => pipe.cmd("PERSIST").arg(&k).ignore(),
+            };
+            let mut conn = self.trip(Op::HashSet);
+            let () = pipe
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| map_err(e, key))?;
+            Ok(())
+        })
+    }
+
+    fn flood_hit<'a>(&'a self, hit: FloodHit<'a>) -> StoreFuture<'a, FloodOutcome> {
+        Box::pin(async move {
+            let mut conn = self.trip(Op::FloodHit);
+            let (banned, n, new): (i64, i64, i64) = self
+                .flood_hit
+                .key(self.key(hit.counter_key))
+                .key(self.key(hit.ban_key))
+                .arg(hit.limit)
+                .arg(ms(hit.window))
+                .arg(ms(hit.ban_ttl))
+                .arg(hit.ban_value.as_ref())
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| map_err(e, hit.counter_key))?;
+            let n = u64::try_from(n).unwrap_or(0);
+            Ok(if banned == 1 {
+                FloodOutcome::Banned {
+                    remaining: Duration::from_millis(n),
+                    new: new == 1,
+                }
+            } else {
+                FloodOutcome::Allowed { count: n }
+            })
+        })
+    }
+
+    fn list_prefix_ttl<'a>(
+        &'a self,
+        prefix: &'a str,
+        limit: usize,
+    ) -> StoreFuture<'a, Vec<Listed>> {
+        Box::pin(self.list_raw(Op::ListPrefixTtl, prefix, limit))
+    }
+
+    fn ping(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            let mut conn = self.trip(Op::Ping);
+            let _: String = ::redis::cmd("PING")
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| map_err(e, "PING"))?;
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn pattern_escapes_glob_characters() {
+        let r = Registry::new();
+        let s = RedisStore::new(
+            "redis://127.0.0.1:1/0",
+            "a*b:",
+            Duration::from_millis(50),
+            &r,
+        )
+        .unwrap();
+        assert_eq!(s.pattern("ban:"), "a\\*b:ban:*");
+        assert_eq!(s.key("ban:1"), "a*b:ban:1");
+    }
+
+    /// A redis-server on a free loopback port, killed on drop; None (with a loud line) when
+    /// the binary is missing outside CI.
+    struct Server(std::process::Child, u16);
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn redis_server() -> Option<Server> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn();
+        let child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                assert!(
+                    std::env::var("CI").is_err(),
+                    "redis-server is required under CI: {e}"
+                );
+                eprintln!("SKIP: redis-server not available ({e})");
+                return None;
+            }
+        };
+        let server = Server(child, port);
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(server);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server did not listen on {port}");
+    }
+
+    #[tokio::test]
+    async fn every_operation_against_a_real_redis() {
+        let Some(srv) = redis_server() else { return };
+        let r = Registry::new();
+        let url = format!("redis://127.0.0.1:{}/3", srv.1);
+        let s = RedisStore::new(&url, "t1:", Duration::from_millis(500), &r).unwrap();
+        let w = Duration::from_secs(10);
+        assert_eq!(s.incr_window("win", w).await.unwrap(), 1);
+        assert_eq!(s.incr_window("win", w).await.unwrap(), 2);
+        assert_eq!(s.get("win").await.unwrap().as_deref(), Some(&b"2"[..]));
+        s.set_ex("ban:10.0.0.1", Bytes::from_static(b"v"), w)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.get("ban:10.0.0.1").await.unwrap().as_deref(),
+            Some(&b"v"[..])
+        );
+        assert_eq!(s.incr_by("calls", 5, w).await.unwrap(), 5);
+        assert_eq!(s.incr_by("calls", -2, w).await.unwrap(), 3);
+        assert!(matches!(
+            s.incr_by("ban:10.0.0.1", 1, w).await,
+            Err(StoreError::NotAnInteger(_))
+        ));
+        s.hash_set(
+            "subscriber:alice",
+            vec![("ha1".into(), Bytes::from_static(b"abc"))],
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            s.hash_get_all("subscriber:alice").await.unwrap(),
+            vec![("ha1".to_string(), Bytes::from_static(b"abc"))]
+        );
+        let hit = || FloodHit {
+            counter_key: "flood:10.0.0.2",
+            ban_key: "ban:10.0.0.2",
+            limit: 2,
+            window: w,
+            ban_ttl: Duration::from_secs(30),
+            ban_value: Bytes::from_static(b"flood"),
+        };
+        assert_eq!(
+            s.flood_hit(hit()).await.unwrap(),
+            FloodOutcome::Allowed { count: 1 }
+        );
+        assert_eq!(
+            s.flood_hit(hit()).await.unwrap(),
+            FloodOutcome::Allowed { count: 2 }
+        );
+        assert!(matches!(
+            s.flood_hit(hit()).await.unwrap(),
+            FloodOutcome::Banned { new: true, .. }
+        ));
+        assert!(matches!(
+            s.flood_hit(hit()).await.unwrap(),
+            FloodOutcome::Banned { new: false, remaining } if remaining > Duration::from_secs(25)
+        ));
+        let bans = s.list_prefix_ttl("ban:", 10).await.unwrap();
+        let keys: Vec<&str> = bans.iter().map(|l| l.key.as_str()).collect();
+        assert_eq!(keys, ["ban:10.0.0.1", "ban:10.0.0.2"]);
+        assert_eq!(bans[1].value, Bytes::from_static(b"flood"));
+        assert!(bans[1].ttl > Duration::from_secs(25));
+        assert_eq!(s.list_prefix("ban:", 1).await.unwrap().len(), 1);
+        assert!(s.del("ban:10.0.0.2").await.unwrap());
+        assert!(!s.del("ban:10.0.0.2").await.unwrap());
+        s.ping().await.unwrap();
+        // Another prefix sees none of it.
+        let other = RedisStore::new(&url, "t2:", Duration::from_millis(500), &r).unwrap();
+        assert!(other.list_prefix_ttl("", 10).await.unwrap().is_empty());
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&r.gather())
+            .unwrap();
+        assert!(
+            text.contains("sbc_store_round_trips_total{op=\"flood_hit\"} 4"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_urls_are_refused() {
+        let r = Registry::new();
+        assert!(RedisStore::new("http://x", "", Duration::from_millis(50), &r).is_err());
+    }
+
+    #[tokio::test]
+    async fn unreachable_redis_is_unavailable() {
+        let r = Registry::new();
+        // Port 1 on loopback: nothing listens there, the connection is refused at once.
+        let s =
+            RedisStore::new("redis://127.0.0.1:1/0", "", Duration::from_millis(50), &r).unwrap();
+        let e = tokio::time::timeout(Duration::from_secs(5), s.get("k"))
+            .await
+            .expect("bounded by the connection timeout")
+            .unwrap_err();
+        assert!(matches!(e, StoreError::Unavailable(_)), "{e}");
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&r.gather())
+            .unwrap();
+        assert!(
+            text.contains("sbc_store_round_trips_total{op=\"get\"} 1"),
+            "{text}"
+        );
+    }
+}
