@@ -9,6 +9,9 @@
 #   RATES=500,1000,2000,4000,6000,8000,10000,12000 DURATION=20 ./compare.sh
 #   PORT=5260 B1=5271 B2=5272 UACPORT=5290 ./compare.sh   # other ports if 5060/5071/5072/5090 are taken
 #   SBC_EXTRA="--algorithm 4" KAM_EXTRA="--cpus 1" HARNESS_EXTRA="--sipp-cpus 0" ./compare.sh
+#   POLICY=1 ./compare.sh                 # issue 6's figure: kubesbc with guard (flood bans) +
+#                                         # throttle + Redis store vs Kamailio's seed.cfg (pike +
+#                                         # topoh); starts its own redis-server
 #
 # Writes RESULTS (default bench/results/compare-<UTC stamp>/): <proxy>-<transport>.json from
 # find-max-cps.sh, the proxies' logs, summary.md (summarize.py's table plus a ratio table), and
@@ -21,8 +24,19 @@ RATES="${RATES:-200,500,1000,2000,3000,4000,5000,6000,8000,10000,12000,16000}"
 TRANSPORTS="${TRANSPORTS:-udp tcp}"; PROXIES="${PROXIES:-kamailio kubesbc}"
 RESULTS="${RESULTS:-$HERE/results/compare-$(date -u +%Y%m%dT%H%M%SZ)}"
 SBC_EXTRA="${SBC_EXTRA:-}"; KAM_EXTRA="${KAM_EXTRA:-}"; HARNESS_EXTRA="${HARNESS_EXTRA:-}"
+POLICY="${POLICY:-}"; KAM_CFG=dispatcher; SBC_NAME=kubesbc; REDIS_PID=""
 BACKENDS="127.0.0.1:$B1,127.0.0.1:$B2"
 mkdir -p "$RESULTS"
+if [[ -n "$POLICY" ]]; then
+  # The policy pipeline with shared state: a real redis-server, a flood limit no single bench
+  # source reaches (as seed.cfg's pike density), a throttle every call passes through.
+  command -v redis-server >/dev/null || { echo "compare: redis-server missing" >&2; exit 1; }
+  REDIS_PORT="${REDIS_PORT:-6391}"
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >"$RESULTS/redis.log" 2>&1 &
+  REDIS_PID=$!
+  sed "s/@REDIS_PORT@/$REDIS_PORT/" "$HERE/policy.yaml" > "$RESULTS/policy.yaml"
+  SBC_EXTRA="--config $RESULTS/policy.yaml $SBC_EXTRA"; KAM_CFG=seed; SBC_NAME=kubesbc-policy
+fi
 
 for tool in sipp python3 ss; do
   command -v "$tool" >/dev/null || { echo "compare: $tool missing (scripts/install-deps.sh --with-kamailio)" >&2; exit 1; }
@@ -38,7 +52,11 @@ cleanup() {
   esac
   running=""
 }
-trap cleanup EXIT
+stop_all() {
+  cleanup
+  if [[ -n "$REDIS_PID" ]]; then kill "$REDIS_PID" 2>/dev/null || true; fi
+}
+trap stop_all EXIT
 trap 'exit 130' INT TERM
 
 # Build before measuring, so the compiler does not share the box with the first run.
@@ -48,13 +66,13 @@ for tr in $TRANSPORTS; do
   for proxy in $PROXIES; do
     case "$proxy" in
       kamailio)
-        name="kamailio-dispatcher-$tr-w2"
+        name="kamailio-$KAM_CFG-$tr-w2"
         # shellcheck disable=SC2086
-        "$HERE/kamailio/run-kamailio.sh" start --cfg dispatcher --transport "$tr" --workers 2 --tcp-workers 2 \
+        "$HERE/kamailio/run-kamailio.sh" start --cfg "$KAM_CFG" --transport "$tr" --workers 2 --tcp-workers 2 \
           --port "$PORT" --backends "$BACKENDS" $KAM_EXTRA
         pidfile="/tmp/kamailio-bench-$PORT.pid"; log="/tmp/kamailio-bench-$PORT.log";;
       kubesbc)
-        name="kubesbc-$tr"
+        name="$SBC_NAME-$tr"
         # shellcheck disable=SC2086
         "$HERE/run-kubesbc.sh" start --transport "$tr" --port "$PORT" --backends "$BACKENDS" -- $SBC_EXTRA
         pidfile="/tmp/kubesbc-bench-$PORT.pid"; log="/tmp/kubesbc-bench-$PORT.log";;
