@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod discovery;
 pub mod dispatch;
 pub mod pipeline;
 pub mod relay;
