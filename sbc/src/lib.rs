@@ -9,6 +9,7 @@ pub mod discovery;
 pub mod dispatch;
 pub mod pipeline;
 pub mod relay;
+pub mod reload;
 pub mod sanity;
 pub mod sip;
 pub mod store;

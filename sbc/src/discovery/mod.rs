@@ -268,5 +268,29 @@ impl LiveDispatch {
     }
 }
 
+/// Destinations of every set by state, for `sbc_dispatcher_set_destinations` (scrape time).
+pub fn set_state_samples(d: &Dispatcher) -> Vec<crate::telemetry::SetStateSample> {
+    use crate::dispatch::DestState;
+    const STATES: [(DestState, &str); 4] = [
+        (DestState::Active, "active"),
+        (DestState::Trying, "trying"),
+        (DestState::Inactive, "inactive"),
+        (DestState::Disabled, "disabled"),
+    ];
+    let table = d.table();
+    let mut out = Vec::with_capacity(table.sets().len() * STATES.len());
+    for set in table.sets() {
+        for (state, name) in STATES {
+            let n = set
+                .destinations()
+                .iter()
+                .filter(|x| x.state() == state)
+                .count();
+            out.push((set.id(), name, i64::try_from(n).unwrap_or(i64::MAX)));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,308 @@
+//! Live configuration: a new version of `sbc.yaml` (the mounted file, or the ConfigMap read
+//! through the API) is validated, then put in force without a restart.
+//!
+//! An invalid version is refused with a log line naming the field, counted in
+//! `sbc_config_reloads_total{result="refused"}`, and the version in force stays. A valid one
+//! replaces the relay's configuration and the dispatcher sets (merged again with the
+//! discovered endpoints), restarts the Service watchers it needs, and is handed to every
+//! [`Reloader::on_change`] hook (policy stages rebuild themselves there). Listeners are bound
+//! once: a changed listener list is logged as needing a restart and not applied.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client};
+
+use crate::config::{ConfigError, DispatcherConfig, SbcConfig};
+use crate::discovery::LiveDispatch;
+use crate::discovery::watch::Discovery;
+use crate::relay::Relay;
+use crate::telemetry::LiveMetrics;
+
+/// How often the configuration file is read for changes. A mounted ConfigMap changes by a
+/// symlink swap, so the content is compared, not the modification time.
+pub const FILE_POLL: Duration = Duration::from_millis(500);
+
+/// The ConfigMap key holding the configuration.
+pub const CONFIGMAP_KEY: &str = "sbc.yaml";
+
+/// A consumer of configuration changes, called with each accepted version.
+pub type Hook = Box<dyn Fn(&SbcConfig) + Send + Sync>;
+
+/// Why a configuration version was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The document is invalid; the error names the field.
+    #[error("{0}")]
+    Invalid(#[from] ConfigError),
+    /// The dispatcher sets cannot be built (a destination does not resolve).
+    #[error("{0}")]
+    Dispatcher(#[from] crate::dispatch::DispatchError),
+    /// The ConfigMap has no `sbc.yaml` key.
+    #[error("no {CONFIGMAP_KEY:?} key")]
+    MissingKey,
+    /// The ConfigMap could not be read.
+    #[error("{0}")]
+    Api(String),
+}
+
+/// Settings given on the command line, which win over every version of the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--listen`: replaces the listeners.
+    pub listeners: Vec<crate::config::Listener>,
+    /// `--dispatcher-list`: replaces the dispatcher sets.
+    pub dispatcher: Option<DispatcherConfig>,
+    /// `--probe-interval-ms` for every set.
+    pub probe_interval_ms: Option<u64>,
+    /// `--reply-timeout-ms` for every set.
+    pub reply_timeout_ms: Option<u64>,
+    /// `--admin`.
+    pub admin: Option<std::net::SocketAddr>,
+    /// `--advertise` for every listener.
+    pub advertise: Option<String>,
+    /// `--drain-grace-secs`.
+    pub drain_grace_secs: Option<u64>,
+}
+
+impl Overrides {
+    /// Applies the overrides to a configuration (then validate it again).
+    pub fn apply(&self, cfg: &mut SbcConfig) {
+        if !self.listeners.is_empty() {
+            cfg.listeners = self.listeners.clone();
+        }
+        if let Some(d) = &self.dispatcher {
+            cfg.dispatcher = d.clone();
+        }
+        for s in &mut cfg.dispatcher.sets {
+            if let Some(ms) = self.probe_interval_ms {
+                s.probing.interval_ms = ms;
+                s.probing.timeout_ms = s.probing.timeout_ms.min(ms);
+            }
+            if let Some(ms) = self.reply_timeout_ms {
+                s.failover.reply_timeout_ms = ms;
+            }
+        }
+        if let Some(admin) = self.admin {
+            cfg.admin.address = admin;
+        }
+        if let Some(adv) = &self.advertise {
+            for l in &mut cfg.listeners {
+                l.advertise = Some(adv.clone());
+            }
+        }
+        if let Some(g) = self.drain_grace_secs {
+            cfg.drain.grace_period_secs = g;
+        }
+    }
+}
+
+/// Puts new configuration versions in force; see the module doc.
+pub struct Reloader {
+    relay: Arc<Relay>,
+    live: Arc<LiveDispatch>,
+    discovery: Arc<Discovery>,
+    metrics: Arc<LiveMetrics>,
+    overrides: Overrides,
+    current: Mutex<Arc<SbcConfig>>,
+    hooks: Mutex<Vec<Hook>>,
+    /// One version at a time.
+    applying: tokio::sync::Mutex<()>,
+}
+
+impl Reloader {
+    /// A reloader for an sbc started with `config` (overrides applied).
+    pub fn new(
+        config: Arc<SbcConfig>,
+        relay: Arc<Relay>,
+        live: Arc<LiveDispatch>,
+        discovery: Arc<Discovery>,
+        metrics: Arc<LiveMetrics>,
+        overrides: Overrides,
+    ) -> Reloader {
+        Reloader {
+            relay,
+            live,
+            discovery,
+            metrics,
+            overrides,
+            current: Mutex::new(config),
+            hooks: Mutex::new(Vec::new()),
+            applying: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Calls `hook` with every configuration version accepted from now on.
+    pub fn on_change(&self, hook: Hook) {
+        self.hooks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(hook);
+    }
+
+    /// The configuration in force.
+    pub fn current(&self) -> Arc<SbcConfig> {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Validates `text` (a whole `sbc.yaml`) from `origin` and puts it in force, or refuses
+    /// it and keeps the version in force. Logs and counts either way.
+    pub async fn apply_text(&self, text: &str, origin: &str) -> Result<(), ReloadError> {
+        let result = self.try_apply(text).await;
+        match &result {
+            Ok(()) => self.metrics.reload(true),
+            Err(e) => {
+                self.metrics.reload(false);
+                tracing::error!(
+                    source = origin,
+                    error = %e,
+                    "configuration refused: {e}; the configuration in force stays"
+                );
+            }
+        }
+        result
+    }
+
+    async fn try_apply(&self, text: &str) -> Result<(), ReloadError> {
+        let _one = self.applying.lock().await;
+        let mut cfg = SbcConfig::from_yaml(text)?;
+        self.overrides.apply(&mut cfg);
+        cfg.validate()?;
+        let old = self.current();
+        if cfg == *old {
+            tracing::info!("configuration unchanged");
+            return Ok(());
+        }
+        if cfg.listeners != old.listeners {
+            tracing::warn!(
+                "configuration: the listeners changed; that needs a restart, the bound sockets stay"
+            );
+            // Keep describing what is bound.
+            cfg.listeners = old.listeners.clone();
+        }
+        if cfg.dispatcher != old.dispatcher {
+            let live = self.live.clone();
+            let dispatcher = cfg.dispatcher.clone();
+            tokio::task::spawn_blocking(move || live.set_config(dispatcher))
+                .await
+                .map_err(|e| ReloadError::Api(e.to_string()))??;
+            self.discovery.sync().await;
+        }
+        self.relay.set_config(cfg.clone());
+        let cfg = Arc::new(cfg);
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = cfg.clone();
+        for hook in self.hooks.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            hook(&cfg);
+        }
+        tracing::info!(
+            sets = cfg.dispatcher.sets.len(),
+            access_lists = cfg.access_lists.len(),
+            throttles = cfg.throttles.len(),
+            "configuration reloaded"
+        );
+        Ok(())
+    }
+
+    /// Reads `path` every [`FILE_POLL`] and applies each new content. `initial` is the
+    /// content in force. Runs until the task is dropped.
+    pub async fn watch_file(self: Arc<Self>, path: PathBuf, initial: Vec<u8>) {
+        let origin = path.display().to_string();
+        let mut last = initial;
+        let mut unreadable = false;
+        let mut tick = tokio::time::interval(FILE_POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match tokio::fs::read(&path).await {
+                Ok(bytes) => {
+                    unreadable = false;
+                    if bytes == last {
+                        continue;
+                    }
+                    tracing::info!(file = %origin, "configuration file changed");
+                    let text = String::from_utf8_lossy(&bytes).into_owned();
+                    // Remember even a refused version: it is not retried until it changes.
+                    last = bytes;
+                    let _ = self.apply_text(&text, &origin).await;
+                }
+                Err(e) => {
+                    if !unreadable {
+                        tracing::warn!(file = %origin, error = %e, "configuration file unreadable; the configuration in force stays");
+                    }
+                    unreadable = true;
+                }
+            }
+        }
+    }
+
+    /// Watches ConfigMap `namespace/name` and applies each new `sbc.yaml`. `initial` is the
+    /// text in force. Runs until the task is dropped.
+    pub async fn watch_configmap(
+        self: Arc<Self>,
+        client: Client,
+        namespace: String,
+        name: String,
+        initial: String,
+    ) {
+        let origin = format!("configmap/{namespace}/{name}");
+        let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let mut stream = watcher::watcher(api, config).default_backoff().boxed();
+        let mut last = initial;
+        let mut failing = false;
+        while let Some(event) = stream.next().await {
+            let cm = match event {
+                Ok(Event::Apply(cm) | Event::InitApply(cm)) => cm,
+                Ok(Event::Delete(_)) => {
+                    tracing::warn!(source = %origin, "ConfigMap deleted; the configuration in force stays");
+                    continue;
+                }
+                Ok(Event::Init | Event::InitDone) => continue,
+                Err(e) => {
+                    self.metrics.watch_error(&origin);
+                    if !failing {
+                        tracing::error!(source = %origin, error = %e, "ConfigMap watch failed; the configuration in force stays, retrying");
+                    }
+                    failing = true;
+                    continue;
+                }
+            };
+            failing = false;
+            let Some(text) = cm.data.as_ref().and_then(|d| d.get(CONFIGMAP_KEY)) else {
+                self.metrics.reload(false);
+                tracing::error!(source = %origin, "configuration refused: {}; the configuration in force stays", ReloadError::MissingKey);
+                continue;
+            };
+            if *text == last {
+                continue;
+            }
+            last = text.clone();
+            tracing::info!(source = %origin, "ConfigMap changed");
+            let _ = self.apply_text(text, &origin).await;
+        }
+    }
+}
+
+/// Reads `sbc.yaml` of ConfigMap `namespace/name` once (at startup).
+pub async fn read_configmap(
+    client: Client,
+    namespace: &str,
+    name: &str,
+) -> Result<String, ReloadError> {
+    let api: Api<ConfigMap> = Api::namespaced(client, namespace);
+    let cm = api
+        .get(name)
+        .await
+        .map_err(|e| ReloadError::Api(format!("ConfigMap {namespace}/{name}: {e}")))?;
+    cm.data
+        .and_then(|mut d| d.remove(CONFIGMAP_KEY))
+        .ok_or(ReloadError::MissingKey)
+}
