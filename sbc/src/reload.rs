@@ -306,3 +306,118 @@ pub async fn read_configmap(
         .and_then(|mut d| d.remove(CONFIGMAP_KEY))
         .ok_or(ReloadError::MissingKey)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::discovery::watch::ApiSource;
+    use crate::dispatch::Dispatcher;
+    use crate::telemetry::Metrics;
+
+    const V1: &str = "listeners:\n- transport: udp\n  address: 127.0.0.1:5060\ndispatcher:\n  sets:\n  - id: 1\n    destinations:\n    - uri: sip:127.0.0.1:5080\n";
+
+    fn reloader() -> (Arc<Reloader>, Arc<Dispatcher>, prometheus::Registry) {
+        let cfg = SbcConfig::from_yaml(V1).unwrap();
+        let dispatcher = Arc::new(Dispatcher::new(&cfg.dispatcher).unwrap());
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let registry = prometheus::Registry::new();
+        let lm = Arc::new(LiveMetrics::new(&registry).unwrap());
+        let relay = Relay::new(cfg.clone(), dispatcher.clone(), metrics);
+        let live = Arc::new(LiveDispatch::new(
+            dispatcher.clone(),
+            cfg.dispatcher.clone(),
+            lm.clone(),
+            "default",
+        ));
+        let discovery = Arc::new(Discovery::new(
+            live.clone(),
+            lm.clone(),
+            ApiSource::default(),
+        ));
+        let r = Reloader::new(
+            Arc::new(cfg),
+            relay,
+            live,
+            discovery,
+            lm,
+            Overrides::default(),
+        );
+        (Arc::new(r), dispatcher, registry)
+    }
+
+    fn uris(d: &Dispatcher) -> Vec<String> {
+        let mut v: Vec<String> = d.snapshot()[0]
+            .destinations
+            .iter()
+            .map(|x| x.uri.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn reloads(registry: &prometheus::Registry, result: &str) -> String {
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&registry.gather())
+            .unwrap();
+        let series = format!("sbc_config_reloads_total{{result=\"{result}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn valid_versions_apply_invalid_ones_are_refused_by_field() {
+        let (r, d, registry) = reloader();
+        let seen = Arc::new(AtomicUsize::new(0));
+        let s = seen.clone();
+        r.on_change(Box::new(move |c| {
+            s.store(c.dispatcher.sets[0].destinations.len(), Ordering::SeqCst)
+        }));
+
+        let v2 = format!("{V1}    - uri: sip:127.0.0.1:5081\n");
+        r.apply_text(&v2, "test").await.unwrap();
+        assert_eq!(uris(&d), ["sip:127.0.0.1:5080", "sip:127.0.0.1:5081"]);
+        assert_eq!(
+            seen.load(Ordering::SeqCst),
+            2,
+            "the hook saw the new version"
+        );
+
+        let bad = v2.replace("id: 1\n", "id: 1\n    algorithm: roundrobin\n");
+        let err = r.apply_text(&bad, "test").await.unwrap_err().to_string();
+        assert!(err.starts_with("dispatcher.sets[0].algorithm:"), "{err}");
+        assert_eq!(uris(&d), ["sip:127.0.0.1:5080", "sip:127.0.0.1:5081"]);
+        assert_eq!(r.current().dispatcher.sets[0].destinations.len(), 2);
+        assert_eq!(reloads(&registry, "accepted"), "1");
+        assert_eq!(reloads(&registry, "refused"), "1");
+
+        // New listeners are not bound: the ones in force stay described.
+        let moved = v2.replace("127.0.0.1:5060", "127.0.0.1:5070");
+        r.apply_text(&moved, "test").await.unwrap();
+        assert_eq!(r.current().listeners[0].address.port(), 5060);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rewritten_file_is_picked_up() {
+        let (r, d, _registry) = reloader();
+        let dir = std::env::temp_dir().join(format!("sbc-reload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("sbc.yaml");
+        std::fs::write(&file, V1).unwrap();
+        let task = tokio::spawn(r.clone().watch_file(file.clone(), V1.as_bytes().to_vec()));
+        // A symlink-swap style rewrite: a new file renamed over the old one.
+        let tmp = dir.join("sbc.yaml.new");
+        std::fs::write(&tmp, V1.replace("5080", "5090")).unwrap();
+        std::fs::rename(&tmp, &file).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while uris(&d) != ["sip:127.0.0.1:5090"] {
+            assert!(std::time::Instant::now() < deadline, "{:?}", uris(&d));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        task.abort();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
