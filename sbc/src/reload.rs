@@ -420,4 +420,78 @@ mod tests {
         task.abort();
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    fn configmap(text: Option<&str>) -> serde_json::Value {
+        let mut cm = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "edge-config", "namespace": "voip", "resourceVersion": "5"}});
+        if let Some(t) = text {
+            cm["data"] = serde_json::json!({ CONFIGMAP_KEY: t });
+        }
+        cm
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn configmap_versions_through_the_api() {
+        use http::{Request, Response};
+        use kube::client::Body;
+        let (r, d, registry) = reloader();
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(service, "voip");
+        let task = tokio::spawn(r.clone().watch_configmap(
+            client,
+            "voip".into(),
+            "edge-config".into(),
+            V1.into(),
+        ));
+        let v2 = format!("{V1}    - uri: sip:127.0.0.1:5081\n");
+        let bad = v2.replace("uri: sip:127.0.0.1:5081", "uri: http://x");
+        let mut next = async || {
+            let (req, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(req.uri().path(), "/api/v1/namespaces/voip/configmaps");
+            let q = req.uri().query().unwrap_or_default().to_owned();
+            assert!(
+                q.contains("fieldSelector=metadata.name%3Dedge-config"),
+                "{q}"
+            );
+            (q.contains("watch=true"), send)
+        };
+        let reply = |send: tower_test::mock::SendResponse<Response<Body>>, v: serde_json::Value| {
+            send.send_response(Response::new(Body::from(serde_json::to_vec(&v).unwrap())))
+        };
+        // The listing carries a new version: applied.
+        let (watch, send) = next().await;
+        assert!(!watch);
+        reply(
+            send,
+            serde_json::json!({"apiVersion": "v1", "kind": "ConfigMapList",
+            "metadata": {"resourceVersion": "5"}, "items": [configmap(Some(&v2))]}),
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while uris(&d).len() != 2 {
+            assert!(std::time::Instant::now() < deadline, "{:?}", uris(&d));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // An invalid version and one without the key are refused; the version in force stays.
+        let (watch, send) = next().await;
+        assert!(watch);
+        let mut body = serde_json::to_vec(
+            &serde_json::json!({"type": "MODIFIED", "object": configmap(Some(&bad))}),
+        )
+        .unwrap();
+        body.push(b'\n');
+        body.extend(
+            serde_json::to_vec(&serde_json::json!({"type": "MODIFIED", "object": configmap(None)}))
+                .unwrap(),
+        );
+        send.send_response(Response::new(Body::from(body)));
+        let (watch, _send) = next().await;
+        assert!(watch, "the watch goes on");
+        assert_eq!(reloads(&registry, "refused"), "2");
+        assert_eq!(reloads(&registry, "accepted"), "1");
+        assert_eq!(uris(&d), ["sip:127.0.0.1:5080", "sip:127.0.0.1:5081"]);
+        task.abort();
+    }
 }

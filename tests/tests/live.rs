@@ -295,3 +295,244 @@ fn config_file_rewritten_under_load_applies_and_an_invalid_one_is_refused() {
         "{metrics}"
     );
 }
+
+#[test]
+fn service_reference_without_a_reachable_api_keeps_static_destinations_serving() {
+    if !e2e_tools() || !sbc_only() {
+        return;
+    }
+    let dir = TempDir::new("live-no-api");
+    let p1 = free_port();
+    let b1 = uas(&dir, "b1", p1);
+    // A kubeconfig whose API server is a closed loopback port.
+    let closed = free_port();
+    let kubeconfig = dir.write(
+        "kubeconfig",
+        &format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: x\n  cluster:\n    server: http://127.0.0.1:{closed}\ncontexts:\n- name: x\n  context:\n    cluster: x\n    user: x\ncurrent-context: x\nusers:\n- name: x\n  user: {{}}\n"
+        ),
+    );
+    let sip_port = free_port();
+    let cfg = dir.write("sbc.yaml", &config(sip_port, &[p1], true, "round-robin"));
+    let proxy = start(
+        &dir,
+        &cfg,
+        &["--kubeconfig".into(), kubeconfig.display().to_string()],
+    );
+    let log = wait_for(Duration::from_secs(10), || {
+        let log = proxy.log_tail();
+        log.contains("EndpointSlice watch failed").then_some(log)
+    })
+    .unwrap_or_else(|| panic!("no watch error logged:\n{}", proxy.log_tail()));
+    assert!(
+        log.contains("voip/asterisk"),
+        "the error names the Service:\n{log}"
+    );
+    let calls = 20;
+    let mut caller = uac(&dir, &proxy, calls);
+    caller.wait(Duration::from_secs(30));
+    let stats = caller.stats();
+    assert_eq!(
+        (stats.successful, stats.failed),
+        (u64::from(calls), 0),
+        "{}",
+        proxy.log_tail()
+    );
+    assert_eq!(
+        invites(&b1),
+        calls as usize,
+        "the static destination took the calls"
+    );
+    let metrics = kubesbc_e2e::http::get(proxy.admin(), "/metrics", Duration::from_secs(2))
+        .map(|r| r.body)
+        .unwrap_or_default();
+    assert!(
+        metrics
+            .contains("sbc_discovery_watch_errors_total{source=\"endpointslices/voip/asterisk\"}"),
+        "{metrics}"
+    );
+}
+
+/// Seconds since the Unix epoch of a sipp message-log stamp, `2026-11-24 07:01:13.986007`
+/// (sipp writes local time: run with `TZ=UTC`).
+fn sipp_stamp(line: &str) -> Option<f64> {
+    let mut it = line.split_whitespace();
+    let (date, time) = (it.next()?, it.next()?);
+    let mut d = date.split('-').map(|x| x.parse::<i64>());
+    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let mut t = time.split(':');
+    let (hh, mm) = (
+        t.next()?.parse::<f64>().ok()?,
+        t.next()?.parse::<f64>().ok()?,
+    );
+    let ss = t.next()?.parse::<f64>().ok()?;
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days as f64 * 86_400.0 + hh * 3600.0 + mm * 60.0 + ss)
+}
+
+/// Receive times of the INVITEs in a sipp message log.
+fn invite_times(log: &Path) -> Vec<f64> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let mut out = Vec::new();
+    for block in text.split("----------------------------------------------- ") {
+        let mut lines = block.lines();
+        let (Some(stamp), Some(kind)) = (lines.next(), lines.next()) else {
+            continue;
+        };
+        if !kind.contains("received") {
+            continue;
+        }
+        let first = lines.find(|l| !l.trim().is_empty()).unwrap_or_default();
+        if first.starts_with("INVITE ")
+            && let Some(t) = sipp_stamp(stamp)
+        {
+            out.push(t);
+        }
+    }
+    out.sort_by(f64::total_cmp);
+    out
+}
+
+fn now_epoch() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn env_u32(name: &str, default: u32) -> u32 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The benchmark of `bench/discovery/run.sh`: time from an EndpointSlice event (or a config
+/// file rewrite, `BENCH_MODE=file`) to the first INVITE the new backend receives, with
+/// `BENCH_RATE` calls/s flowing and `BENCH_UPDATES` updates `BENCH_INTERVAL_MS` apart. Each
+/// update adds a backend that was out of the set and removes another, so two serve at any
+/// time. Prints p50/p99/max and the failed calls; asserts nothing about time.
+#[test]
+#[ignore = "benchmark: run through bench/discovery/run.sh"]
+fn bench_update_to_first_call() {
+    if !e2e_tools() || !sbc_only() {
+        return;
+    }
+    let rate = env_u32("BENCH_RATE", 1000);
+    let updates = env_u32("BENCH_UPDATES", 100) as usize;
+    let interval = Duration::from_millis(u64::from(env_u32("BENCH_INTERVAL_MS", 1500)));
+    let file_mode = std::env::var("BENCH_MODE").is_ok_and(|m| m == "file");
+    let dir = TempDir::new("bench-discovery");
+    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
+    let backends: Vec<Sipp> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| uas(&dir, &format!("b{i}"), *p))
+        .collect();
+    let api = FakeKubeApi::start();
+    let slice = |i: usize| {
+        Slice::new(
+            "asterisk",
+            &format!("asterisk-{i}"),
+            ports[i],
+            &[("127.0.0.1", true, false)],
+        )
+    };
+    let sip_port = free_port();
+    let cfg_for = |active: &[usize]| {
+        let ps: Vec<u16> = active.iter().map(|i| ports[*i]).collect();
+        config(sip_port, &ps, false, "round-robin")
+    };
+    let (cfg, extra) = if file_mode {
+        (dir.write("sbc.yaml", &cfg_for(&[0, 1])), Vec::new())
+    } else {
+        api.apply(slice(0));
+        api.apply(slice(1));
+        let kc = api.kubeconfig(&dir);
+        (
+            dir.write("sbc.yaml", &config(sip_port, &[], true, "round-robin")),
+            vec!["--kubeconfig".to_owned(), kc.display().to_string()],
+        )
+    };
+    let mut extra = extra;
+    extra.extend(["--workers".to_owned(), "2".to_owned()]);
+    let proxy = start(&dir, &cfg, &extra);
+    let uri = |i: usize| {
+        if file_mode {
+            format!("sip:127.0.0.1:{}", ports[i])
+        } else {
+            udp(ports[i])
+        }
+    };
+    wait_listed(&proxy, &uri(0), true);
+    wait_listed(&proxy, &uri(1), true);
+
+    let total = u32::try_from(
+        (u128::from(rate) * (interval.as_millis() * (updates as u128 + 2)) / 1000).max(1),
+    )
+    .unwrap_or(u32::MAX);
+    let mut caller = Sipp::uac(
+        &dir,
+        "uac",
+        &scenario("uac.xml"),
+        free_port(),
+        proxy.sip_addr(),
+        SippTransport::Udp,
+        &UacOptions {
+            rate,
+            calls: total,
+            hold_ms: 100,
+            timeout_s: 60,
+        },
+    );
+    std::thread::sleep(interval);
+    let mut events: Vec<(usize, f64)> = Vec::with_capacity(updates);
+    for u in 0..updates {
+        let (add, remove) = ((u + 2) % 4, u % 4);
+        let t0 = now_epoch();
+        if file_mode {
+            rewrite(&cfg, &cfg_for(&[(u + 1) % 4, add]));
+        } else {
+            api.apply(slice(add));
+            api.delete(&format!("asterisk-{remove}"));
+        }
+        events.push((add, t0));
+        std::thread::sleep(interval);
+    }
+    let code = caller.wait(Duration::from_secs(120));
+    let stats = caller.stats();
+    let times: Vec<Vec<f64>> = (0..4)
+        .map(|i| invite_times(&dir.path().join(format!("b{i}.msg"))))
+        .collect();
+    drop(backends);
+    let mut lat: Vec<f64> = Vec::new();
+    let mut missed = 0;
+    for (b, t0) in &events {
+        match times[*b].iter().find(|t| **t > *t0) {
+            Some(t) if *t - *t0 < interval.as_secs_f64() => lat.push(*t - *t0),
+            _ => missed += 1,
+        }
+    }
+    lat.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p).ceil() as usize).saturating_sub(1))
+            .map_or(f64::NAN, |v| v * 1000.0)
+    };
+    println!(
+        "BENCH mode={} rate={rate} updates={updates} calls={} successful={} failed={} sipp_exit={code} \
+         update_to_first_call_ms p50={:.1} p99={:.1} max={:.1} missed={missed}",
+        if file_mode { "file" } else { "endpointslices" },
+        stats.created,
+        stats.successful,
+        stats.failed,
+        pct(0.5),
+        pct(0.99),
+        pct(1.0),
+    );
+}
