@@ -3,7 +3,7 @@
 # config file) to the first call the new backend receives, with calls flowing.
 #
 #   bench/discovery/run.sh [--mode endpointslices|file] [--rate 1000] [--updates 100]
-#                          [--interval-ms 1500]
+#                          [--interval-ms 1537]
 #
 # Builds the release sbc and the e2e crate, then runs the ignored test
 # `bench_update_to_first_call` (tests/tests/live.rs): a fake Kubernetes API on loopback (or
@@ -16,7 +16,8 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 
-mode=endpointslices; rate=1000; updates=100; interval=1500
+# 1537 ms: not a multiple of the 500 ms file poll, so file-mode updates sample every phase.
+mode=endpointslices; rate=1000; updates=100; interval=1537
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --mode) mode="$2"; shift 2;;

@@ -488,7 +488,8 @@ fn bench_update_to_first_call() {
             rate,
             calls: total,
             hold_ms: 100,
-            timeout_s: 60,
+            // sipp's -timeout bounds the whole run.
+            timeout_s: total / rate.max(1) + 60,
         },
     );
     std::thread::sleep(interval);
@@ -505,7 +506,7 @@ fn bench_update_to_first_call() {
         events.push((add, t0));
         std::thread::sleep(interval);
     }
-    let code = caller.wait(Duration::from_secs(120));
+    let code = caller.wait(Duration::from_secs(180));
     let stats = caller.stats();
     let times: Vec<Vec<f64>> = (0..4)
         .map(|i| invite_times(&dir.path().join(format!("b{i}.msg"))))
