@@ -111,7 +111,10 @@ pub async fn watch_service(
                         }
                     }
                     Event::InitDone => {
-                        let slices = listing.take().unwrap_or_default();
+                        // Only a listing seen from its start replaces what is known.
+                        let Some(slices) = listing.take() else {
+                            continue;
+                        };
                         tracing::info!(
                             service = %service,
                             slices = slices.len(),
