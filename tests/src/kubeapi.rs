@@ -1,7 +1,9 @@
 //! A fake Kubernetes API server on loopback, speaking just enough of the API for kube-rs's
-//! watcher of EndpointSlices: a list (`GET .../endpointslices?labelSelector=...`) and a watch
-//! (`...&watch=true`) streamed as JSON lines over chunked HTTP/1.1. The test changes slices
-//! with [`FakeKubeApi::apply`] and [`FakeKubeApi::delete`]; every open watch gets the event.
+//! watchers in namespace `voip`: EndpointSlices by Service (`GET .../endpointslices?
+//! labelSelector=...`, then `...&watch=true` streamed as JSON lines over chunked HTTP/1.1),
+//! and ConfigMaps by name (get, and list/watch with a `metadata.name` field selector). The
+//! test changes objects with [`FakeKubeApi::apply`], [`FakeKubeApi::delete`] and
+//! [`FakeKubeApi::set_configmap`]; every open watch of the object gets the event.
 //!
 //! Threads only (no async runtime); stopped on drop.
 
@@ -75,7 +77,10 @@ impl Slice {
 struct State {
     rv: u64,
     slices: BTreeMap<String, Slice>,
-    /// Open watches: the service they select and where their events go.
+    /// ConfigMaps: name to `sbc.yaml` text.
+    configmaps: BTreeMap<String, String>,
+    /// Open watches: what they select (`slices/SERVICE`, `configmap/NAME`) and where their
+    /// events go.
     watches: Vec<(String, Sender<String>)>,
     lists: u64,
 }
@@ -138,9 +143,9 @@ impl FakeKubeApi {
             "ADDED"
         };
         let event = format!(r#"{{"type":"{kind}","object":{}}}"#, slice.json(st.rv));
-        let service = slice.service.clone();
+        let key = format!("slices/{}", slice.service);
         st.slices.insert(slice.name.clone(), slice);
-        broadcast(&mut st, &service, &event);
+        broadcast(&mut st, &key, &event);
     }
 
     /// Deletes a slice; open watches get DELETED.
@@ -149,8 +154,26 @@ impl FakeKubeApi {
         st.rv += 1;
         if let Some(slice) = st.slices.remove(name) {
             let event = format!(r#"{{"type":"DELETED","object":{}}}"#, slice.json(st.rv));
-            broadcast(&mut st, &slice.service, &event);
+            broadcast(&mut st, &format!("slices/{}", slice.service), &event);
         }
+    }
+
+    /// Creates or replaces ConfigMap `name` with key `sbc.yaml` = `text`; open watches of it
+    /// get ADDED or MODIFIED.
+    pub fn set_configmap(&self, name: &str, text: &str) {
+        let mut st = self.lock();
+        st.rv += 1;
+        let kind = if st.configmaps.contains_key(name) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        st.configmaps.insert(name.to_owned(), text.to_owned());
+        let event = format!(
+            r#"{{"type":"{kind}","object":{}}}"#,
+            configmap_json(name, text, st.rv)
+        );
+        broadcast(&mut st, &format!("configmap/{name}"), &event);
     }
 
     /// Open watches.
@@ -173,9 +196,44 @@ impl Drop for FakeKubeApi {
     }
 }
 
-fn broadcast(st: &mut State, service: &str, event: &str) {
+fn broadcast(st: &mut State, key: &str, event: &str) {
     st.watches
-        .retain(|(s, tx)| s != service || tx.send(event.to_owned()).is_ok());
+        .retain(|(k, tx)| k != key || tx.send(event.to_owned()).is_ok());
+}
+
+/// A JSON string literal.
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn configmap_json(name: &str, text: &str, rv: u64) -> String {
+    format!(
+        r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"{name}","namespace":"voip","resourceVersion":"{rv}"}},"data":{{"sbc.yaml":{}}}}}"#,
+        json_string(text)
+    )
+}
+
+/// The name of a `fieldSelector=metadata.name%3DNAME` query.
+fn selected_name(query: &str) -> Option<String> {
+    query.split('&').find_map(|kv| {
+        let v = kv.strip_prefix("fieldSelector=")?;
+        let v = v.replace("%3D", "=");
+        v.strip_prefix("metadata.name=").map(str::to_owned)
+    })
 }
 
 /// The service name of a `labelSelector=kubernetes.io%2Fservice-name%3DNAME` query.
@@ -213,12 +271,61 @@ fn serve(conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
         let (path, query) = target.split_once('?').unwrap_or((&target, ""));
         let service = selected_service(query);
         let is_slices = path == "/apis/discovery.k8s.io/v1/namespaces/voip/endpointslices";
+        const CONFIGMAPS: &str = "/api/v1/namespaces/voip/configmaps";
+        if path.starts_with(CONFIGMAPS) {
+            let watched = selected_name(query).filter(|_| path == CONFIGMAPS);
+            let one = path
+                .strip_prefix(CONFIGMAPS)
+                .and_then(|p| p.strip_prefix('/'));
+            if let Some(name) = &watched
+                && query.contains("watch=true")
+            {
+                let (tx, rx) = mpsc::channel();
+                {
+                    let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+                    st.watches.push((format!("configmap/{name}"), tx));
+                }
+                stream_watch(&mut out, &rx, stop);
+                return;
+            }
+            let body = {
+                let st = state.lock().unwrap_or_else(|e| e.into_inner());
+                match (one, &watched) {
+                    (Some(name), _) => st
+                        .configmaps
+                        .get(name)
+                        .map(|t| configmap_json(name, t, st.rv)),
+                    (None, Some(name)) => {
+                        let items: Vec<String> = st
+                            .configmaps
+                            .get(name)
+                            .map(|t| configmap_json(name, t, st.rv))
+                            .into_iter()
+                            .collect();
+                        Some(format!(
+                            r#"{{"apiVersion":"v1","kind":"ConfigMapList","metadata":{{"resourceVersion":"{}"}},"items":[{}]}}"#,
+                            st.rv,
+                            items.join(",")
+                        ))
+                    }
+                    (None, None) => None,
+                }
+            };
+            let sent = match body {
+                Some(b) => respond(&mut out, 200, &b),
+                None => respond(&mut out, 404, NOT_FOUND),
+            };
+            if sent.is_err() {
+                return;
+            }
+            continue;
+        }
         match (is_slices, service) {
             (true, Some(service)) if query.contains("watch=true") => {
                 let (tx, rx) = mpsc::channel();
                 {
                     let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
-                    st.watches.push((service, tx));
+                    st.watches.push((format!("slices/{service}"), tx));
                 }
                 stream_watch(&mut out, &rx, stop);
                 return;
@@ -244,14 +351,16 @@ fn serve(conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
                 }
             }
             _ => {
-                let body = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}"#;
-                if respond(&mut out, 404, body).is_err() {
+                if respond(&mut out, 404, NOT_FOUND).is_err() {
                     return;
                 }
             }
         }
     }
 }
+
+const NOT_FOUND: &str =
+    r#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}"#;
 
 fn respond(out: &mut TcpStream, code: u16, body: &str) -> std::io::Result<()> {
     let reason = if code == 200 { "OK" } else { "Not Found" };

@@ -353,6 +353,82 @@ fn service_reference_without_a_reachable_api_keeps_static_destinations_serving()
     );
 }
 
+#[test]
+fn configmap_watched_through_the_api_applies_new_versions_under_load() {
+    if !e2e_tools() || !sbc_only() {
+        return;
+    }
+    let dir = TempDir::new("live-configmap");
+    let (p1, p2) = (free_port(), free_port());
+    let (b1, b2) = (uas(&dir, "b1", p1), uas(&dir, "b2", p2));
+    let api = FakeKubeApi::start();
+    let sip_port = free_port();
+    api.set_configmap(
+        "edge-config",
+        &config(sip_port, &[p1], false, "round-robin"),
+    );
+    let kubeconfig = api.kubeconfig(&dir);
+    let admin = loopback(free_port());
+    let args: Vec<String> = vec![
+        "--configmap".into(),
+        "voip/edge-config".into(),
+        "--kubeconfig".into(),
+        kubeconfig.display().to_string(),
+        "--admin".into(),
+        admin.to_string(),
+    ];
+    let proxy = Proxy::start_sbc(&dir, &args, sip_port, admin);
+    assert!(
+        proxy
+            .log_tail()
+            .contains("configuration source: ConfigMap key sbc.yaml, watched"),
+        "{}",
+        proxy.log_tail()
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || (api.watches() > 0)
+            .then_some(()))
+        .is_some(),
+        "the sbc watches its ConfigMap"
+    );
+    let calls = 200;
+    let mut caller = uac(&dir, &proxy, calls);
+    std::thread::sleep(Duration::from_millis(1000));
+    api.set_configmap(
+        "edge-config",
+        &config(sip_port, &[p1, p2], false, "round-robin"),
+    );
+    wait_listed(&proxy, &format!("sip:127.0.0.1:{p2}"), true);
+    // A version without a valid algorithm is refused; both backends keep serving.
+    api.set_configmap("edge-config", &config(sip_port, &[p2], false, "roundrobin"));
+    let refused = wait_for(Duration::from_secs(5), || {
+        let log = proxy.log_tail();
+        log.contains("configuration refused").then_some(log)
+    })
+    .unwrap_or_else(|| panic!("no refusal logged:\n{}", proxy.log_tail()));
+    assert!(
+        refused.contains("dispatcher.sets[0].algorithm"),
+        "{refused}"
+    );
+    let b1_at_refusal = invites(&b1);
+    caller.wait(Duration::from_secs(30));
+    let stats = caller.stats();
+    assert_eq!(
+        (stats.successful, stats.failed),
+        (u64::from(calls), 0),
+        "{}",
+        proxy.log_tail()
+    );
+    assert!(
+        invites(&b2) > 0,
+        "the backend added through the ConfigMap took calls"
+    );
+    assert!(
+        invites(&b1) > b1_at_refusal,
+        "the refused version changed nothing"
+    );
+}
+
 /// Seconds since the Unix epoch of a sipp message-log stamp, `2026-11-24 07:01:13.986007`
 /// (sipp writes local time: run with `TZ=UTC`).
 fn sipp_stamp(line: &str) -> Option<f64> {
