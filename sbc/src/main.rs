@@ -247,6 +247,14 @@ async fn run(
     for (t, a) in transports.local_addrs() {
         tracing::info!("listening on {t}:{a}");
     }
+    tracing::info!(
+        store = if cfg.store.is_some() {
+            "redis"
+        } else {
+            "memory"
+        },
+        "shared state store"
+    );
     // Policy stages follow configuration changes through `reloader.on_change(...)`.
     let reloader = live_sources(&cfg, source, overrides, api, &relay, &metrics).await?;
     let d = dispatcher.clone();
