@@ -188,6 +188,12 @@ impl Reloader {
             // Keep describing what is bound.
             cfg.listeners = old.listeners.clone();
         }
+        if cfg.admin.address != old.admin.address {
+            tracing::warn!(
+                "configuration: admin.address changed; that needs a restart, the admin endpoint stays where it is"
+            );
+            cfg.admin.address = old.admin.address;
+        }
         if cfg.dispatcher != old.dispatcher {
             let live = self.live.clone();
             let dispatcher = cfg.dispatcher.clone();
