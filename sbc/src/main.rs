@@ -349,6 +349,7 @@ async fn live_sources(
         );
     }
     discovery.sync().await;
+    tokio::spawn(discovery.clone().retry());
     let reloader = Arc::new(Reloader::new(
         Arc::new(cfg.clone()),
         relay.clone(),

@@ -153,7 +153,14 @@ pub struct Discovery {
     api: ApiSource,
     client: tokio::sync::Mutex<Option<Client>>,
     watchers: Mutex<BTreeMap<ServiceKey, AbortHandle>>,
+    /// Whether the missing API was already reported (retries then log at debug).
+    reported: std::sync::atomic::AtomicBool,
+    /// One sync at a time, so a Service never gets two watchers.
+    syncing: tokio::sync::Mutex<()>,
 }
+
+/// How often Services that could not be watched (no API) are tried again.
+pub const RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Discovery {
     /// Discovery for `live`, reaching the API through `api` when a Service is referenced.
@@ -164,6 +171,8 @@ impl Discovery {
             api,
             client: tokio::sync::Mutex::new(None),
             watchers: Mutex::new(BTreeMap::new()),
+            reported: std::sync::atomic::AtomicBool::new(false),
+            syncing: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -203,6 +212,7 @@ impl Discovery {
     /// Without a reachable API configuration, logs which sets keep only their static
     /// destinations.
     pub async fn sync(&self) {
+        let _one = self.syncing.lock().await;
         let wanted = self.live.services_of(&self.live.config());
         let stale: Vec<ServiceKey> = self
             .lock()
@@ -230,17 +240,26 @@ impl Discovery {
         let client = match self.client().await {
             Ok(c) => c,
             Err(e) => {
+                let first = !self
+                    .reported
+                    .swap(true, std::sync::atomic::Ordering::Relaxed);
                 for (k, sets) in &new {
-                    tracing::error!(
-                        service = %k,
-                        sets = ?sets,
-                        error = %e,
-                        "cannot watch the Service's EndpointSlices; its sets serve only their static destinations"
-                    );
+                    if first {
+                        tracing::error!(
+                            service = %k,
+                            sets = ?sets,
+                            error = %e,
+                            "cannot watch the Service's EndpointSlices; its sets serve only their static destinations (retrying every {RETRY:?})"
+                        );
+                    } else {
+                        tracing::debug!(service = %k, error = %e, "still no Kubernetes API");
+                    }
                 }
                 return;
             }
         };
+        self.reported
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         for (k, sets) in new {
             tracing::info!(service = %k, sets = ?sets, "watching EndpointSlices");
             let task = tokio::spawn(watch_service(
@@ -250,6 +269,17 @@ impl Discovery {
                 self.metrics.clone(),
             ));
             self.lock().insert(k, task.abort_handle());
+        }
+    }
+
+    /// Calls [`Discovery::sync`] every [`RETRY`], so Services that could not be watched
+    /// (no API yet) are picked up when it appears. Runs until the task is dropped.
+    pub async fn retry(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(RETRY);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            self.sync().await;
         }
     }
 
