@@ -28,6 +28,9 @@ use crate::telemetry::LiveMetrics;
 /// symlink swap, so the content is compared, not the modification time.
 pub const FILE_POLL: Duration = Duration::from_millis(500);
 
+/// The largest configuration file read (a ConfigMap holds at most 1 MiB).
+pub const MAX_FILE_BYTES: u64 = 4 << 20;
+
 /// The ConfigMap key holding the configuration.
 pub const CONFIGMAP_KEY: &str = "sbc.yaml";
 
@@ -227,7 +230,7 @@ impl Reloader {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            match tokio::fs::read(&path).await {
+            match read_bounded(&path).await {
                 Ok(bytes) => {
                     unreadable = false;
                     if bytes == last {
@@ -295,6 +298,20 @@ impl Reloader {
             let _ = self.apply_text(text, &origin).await;
         }
     }
+}
+
+/// Reads at most [`MAX_FILE_BYTES`] of `path`; a longer file is an error.
+async fn read_bounded(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let f = tokio::fs::File::open(path).await?;
+    let mut bytes = Vec::new();
+    f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes).await?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(std::io::Error::other(format!(
+            "larger than {MAX_FILE_BYTES} bytes"
+        )));
+    }
+    Ok(bytes)
 }
 
 /// Reads `sbc.yaml` of ConfigMap `namespace/name` once (at startup).
