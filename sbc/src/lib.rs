@@ -6,10 +6,12 @@
 pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod discovery;
 pub mod dispatch;
 pub mod guard;
 pub mod pipeline;
 pub mod relay;
+pub mod reload;
 pub mod sanity;
 pub mod sip;
 pub mod store;

@@ -9,12 +9,15 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sbc::admin::{self, AdminServer, AdminState, Health, ctl};
 use sbc::config::{self, Algorithm, SbcConfig};
+use sbc::discovery::LiveDispatch;
+use sbc::discovery::watch::{ApiSource, Discovery};
 use sbc::dispatch::Dispatcher;
 use sbc::guard::{Guard, GuardMetrics};
 use sbc::pipeline::Pipeline;
 use sbc::relay::Relay;
+use sbc::reload::{Overrides, Reloader};
 use sbc::store::{FallbackStore, MemoryStore, RedisStore, Store, StoreMetrics};
-use sbc::telemetry::{self, Metrics};
+use sbc::telemetry::{self, LiveMetrics, Metrics};
 
 /// kubesbc: a SIP session border controller.
 #[derive(Parser)]
@@ -39,9 +42,18 @@ enum Command {
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// YAML configuration file (the schema the operator renders into the ConfigMap).
-    #[arg(long)]
+    /// YAML configuration file (the schema the operator renders into the ConfigMap); watched
+    /// for changes.
+    #[arg(long, conflicts_with = "configmap")]
     config: Option<PathBuf>,
+    /// Read and watch the configuration from ConfigMap `NAMESPACE/NAME` (key `sbc.yaml`)
+    /// through the Kubernetes API.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    configmap: Option<String>,
+    /// Kubeconfig file for the Kubernetes API (default: KUBECONFIG, ~/.kube/config, or the
+    /// pod's service account).
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
     /// A listener, `transport:ip:port` (repeatable); replaces the file's listeners.
     #[arg(long = "listen", value_name = "TRANSPORT:IP:PORT")]
     listen: Vec<String>,
@@ -93,8 +105,8 @@ fn main() -> ExitCode {
         },
         None => {
             let _ = telemetry::init_tracing();
-            let cfg = match build_config(&cli.run) {
-                Ok(c) => c,
+            let overrides = match overrides(&cli.run) {
+                Ok(o) => o,
                 Err(e) => {
                     eprintln!("error: {e:#}");
                     return ExitCode::from(2);
@@ -115,7 +127,17 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(run(cfg, workers)) {
+            let (cfg, source) = match rt.block_on(load(&cli.run, &overrides)) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    return ExitCode::from(2);
+                }
+            };
+            let api = ApiSource {
+                kubeconfig: cli.run.kubeconfig.clone(),
+            };
+            match rt.block_on(run(cfg, source, overrides, api, workers)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");
@@ -126,84 +148,138 @@ fn main() -> ExitCode {
     }
 }
 
-fn build_config(a: &RunArgs) -> anyhow::Result<SbcConfig> {
+/// Where the configuration comes from, and what `run` watches.
+enum Source {
+    /// A file, with the content loaded.
+    File(PathBuf, Vec<u8>),
+    /// A ConfigMap, with the client that read it and the text loaded.
+    ConfigMap {
+        client: kube::Client,
+        namespace: String,
+        name: String,
+        text: String,
+    },
+    /// Command-line flags only.
+    Flags,
+}
+
+/// The command-line settings that win over every version of the configuration.
+fn overrides(a: &RunArgs) -> anyhow::Result<Overrides> {
     let listeners = a
         .listen
         .iter()
         .map(|s| config::parse_listen(s))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut cfg = match &a.config {
+    let dispatcher = match &a.dispatcher_list {
         Some(path) => {
-            let mut c = config::load_file(path)?;
-            if !listeners.is_empty() {
-                c.listeners = listeners;
+            let algorithm = Algorithm::from_name(&a.algorithm)
+                .with_context(|| format!("--algorithm {:?}: unknown algorithm", a.algorithm))?;
+            let mut sets = sbc::dispatch::list::parse_file(path)?;
+            for s in &mut sets {
+                s.algorithm = algorithm;
             }
-            c
+            Some(sbc::dispatch::list::dispatcher_config(sets))
         }
-        None => config::from_listeners(listeners)?,
+        None => None,
     };
-    if let Some(path) = &a.dispatcher_list {
-        let algorithm = Algorithm::from_name(&a.algorithm)
-            .with_context(|| format!("--algorithm {:?}: unknown algorithm", a.algorithm))?;
-        let mut sets = sbc::dispatch::list::parse_file(path)?;
-        for s in &mut sets {
-            s.algorithm = algorithm;
-        }
-        cfg.dispatcher = sbc::dispatch::list::dispatcher_config(sets);
-    }
-    for s in &mut cfg.dispatcher.sets {
-        if let Some(ms) = a.probe_interval_ms {
-            s.probing.interval_ms = ms;
-            s.probing.timeout_ms = s.probing.timeout_ms.min(ms);
-        }
-        if let Some(ms) = a.reply_timeout_ms {
-            s.failover.reply_timeout_ms = ms;
-        }
-    }
-    if let Some(admin) = a.admin {
-        cfg.admin.address = admin;
-    }
-    if let Some(adv) = &a.advertise {
-        for l in &mut cfg.listeners {
-            l.advertise = Some(adv.clone());
-        }
-    }
-    if let Some(g) = a.drain_grace_secs {
-        cfg.drain.grace_period_secs = g;
-    }
-    cfg.validate().map_err(config::LoadError::Flags)?;
-    Ok(cfg)
+    Ok(Overrides {
+        listeners,
+        dispatcher,
+        probe_interval_ms: a.probe_interval_ms,
+        reply_timeout_ms: a.reply_timeout_ms,
+        admin: a.admin,
+        advertise: a.advertise.clone(),
+        drain_grace_secs: a.drain_grace_secs,
+    })
 }
 
-async fn run(cfg: SbcConfig, workers: usize) -> anyhow::Result<()> {
+/// Loads the first configuration version from the file, the ConfigMap or the flags.
+async fn load(a: &RunArgs, ov: &Overrides) -> anyhow::Result<(SbcConfig, Source)> {
+    let (mut cfg, source) = if let Some(path) = &a.config {
+        let file = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|source| config::LoadError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        let text = String::from_utf8_lossy(&bytes);
+        let c = SbcConfig::from_yaml(&text)
+            .map_err(|source| config::LoadError::Invalid { file, source })?;
+        (c, Source::File(path.clone(), bytes))
+    } else if let Some(cm) = &a.configmap {
+        let (namespace, name) = cm
+            .split_once('/')
+            .filter(|(ns, n)| !ns.is_empty() && !n.is_empty())
+            .with_context(|| format!("--configmap {cm:?}: expected NAMESPACE/NAME"))?;
+        let api = ApiSource {
+            kubeconfig: a.kubeconfig.clone(),
+        };
+        let client = api.client().await?;
+        let text = sbc::reload::read_configmap(client.clone(), namespace, name).await?;
+        let c = SbcConfig::from_yaml(&text).map_err(|source| config::LoadError::Invalid {
+            file: format!("configmap/{cm}"),
+            source,
+        })?;
+        let source = Source::ConfigMap {
+            client,
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            text,
+        };
+        (c, source)
+    } else {
+        (config::from_listeners(ov.listeners.clone())?, Source::Flags)
+    };
+    ov.apply(&mut cfg);
+    cfg.validate().map_err(config::LoadError::Flags)?;
+    Ok((cfg, source))
+}
+
+async fn run(
+    cfg: SbcConfig,
+    source: Source,
+    overrides: Overrides,
+    api: ApiSource,
+    workers: usize,
+) -> anyhow::Result<()> {
     let dispatcher = Arc::new(Dispatcher::new(&cfg.dispatcher)?);
     let grace = Duration::from_secs(cfg.drain.grace_period_secs);
     let admin_addr = cfg.admin.address;
     let metrics = Arc::new(Metrics::new()?);
     let relay = Relay::new(cfg.clone(), dispatcher.clone(), metrics.clone());
     let store = build_store(&cfg, &metrics)?;
-    let d = dispatcher.clone();
-    let guard = Guard::new(&cfg.access_lists, store.clone())
-        .with_trusted(Arc::new(move |ip| is_destination(&d, ip)))
-        .with_metrics(GuardMetrics::new(metrics.registry())?);
-    // The guard runs first; auth and throttle follow it.
-    let mut stages: Vec<Arc<dyn sbc::pipeline::Stage>> = vec![Arc::new(guard)];
-    stages.extend(policy_stages(&cfg, &store));
-    relay.set_pipeline(Pipeline::new(stages));
+    // The store and the stages' metrics live as long as the process; the stages themselves are
+    // rebuilt from every accepted configuration version.
+    let build_pipeline = {
+        let (store, d) = (store.clone(), dispatcher.clone());
+        let guard_metrics = GuardMetrics::new(metrics.registry())?;
+        let clock = sbc::throttle::Clock::new();
+        move |c: &SbcConfig| {
+            let d = d.clone();
+            let guard = Guard::new(&c.access_lists, store.clone())
+                .with_trusted(Arc::new(move |ip| is_destination(&d, ip)))
+                .with_metrics(guard_metrics.clone());
+            // The guard runs first; auth and throttle follow it.
+            let mut stages: Vec<Arc<dyn sbc::pipeline::Stage>> = vec![Arc::new(guard)];
+            stages.extend(policy_stages(c, &store, clock));
+            Pipeline::new(stages)
+        }
+    };
+    relay.set_pipeline(build_pipeline(&cfg));
     let transports = relay.start(workers).await?;
     for (t, a) in transports.local_addrs() {
         tracing::info!("listening on {t}:{a}");
     }
     tracing::info!(
-        sets = cfg.dispatcher.sets.len(),
         store = if cfg.store.is_some() {
             "redis"
         } else {
             "memory"
         },
-        "sources: static configuration, no Kubernetes API"
+        "shared state store"
     );
-
+    let reloader = live_sources(&cfg, source, overrides, api, &relay, &metrics).await?;
+    let r = relay.clone();
+    reloader.on_change(Box::new(move |c| r.set_pipeline(build_pipeline(c))));
     let d = dispatcher.clone();
     let health = Arc::new(Health::new(Arc::new(move || admin::any_destination_up(&d))));
     health.set_listeners_bound(true);
@@ -241,6 +317,7 @@ async fn run(cfg: SbcConfig, workers: usize) -> anyhow::Result<()> {
     }
     let _ = shutdown_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
+    drop(reloader);
     tracing::info!("stopped");
     Ok(())
 }
@@ -249,10 +326,10 @@ async fn run(cfg: SbcConfig, workers: usize) -> anyhow::Result<()> {
 fn policy_stages(
     cfg: &SbcConfig,
     store: &Arc<dyn sbc::store::Store>,
+    clock: sbc::throttle::Clock,
 ) -> Vec<Arc<dyn sbc::pipeline::Stage>> {
     // The shared store applies the cluster's key prefix itself.
     let prefix = "";
-    let clock = sbc::throttle::Clock::new();
     let mut stages: Vec<Arc<dyn sbc::pipeline::Stage>> = Vec::new();
     if let Some(auth) = &cfg.auth {
         stages.push(Arc::new(sbc::auth::AuthStage::new(
@@ -304,6 +381,91 @@ fn is_destination(d: &Dispatcher, ip: std::net::IpAddr) -> bool {
             .iter()
             .any(|x| x.target.addr.ip().to_canonical() == ip)
     })
+}
+
+/// Starts discovery and the configuration watch, and says which sources are in use.
+async fn live_sources(
+    cfg: &SbcConfig,
+    source: Source,
+    overrides: Overrides,
+    api: ApiSource,
+    relay: &Arc<Relay>,
+    metrics: &Metrics,
+) -> anyhow::Result<Arc<Reloader>> {
+    let dispatcher = relay.dispatcher();
+    let live_metrics = &Arc::new(LiveMetrics::new(metrics.registry())?);
+    let client = match &source {
+        Source::ConfigMap { client, .. } => Some(client.clone()),
+        _ => None,
+    };
+    let namespace = client
+        .as_ref()
+        .map_or_else(sbc::discovery::watch::own_namespace, |c| {
+            c.default_namespace().to_owned()
+        });
+    let live = Arc::new(LiveDispatch::new(
+        dispatcher.clone(),
+        cfg.dispatcher.clone(),
+        live_metrics.clone(),
+        &namespace,
+    ));
+    tokio::spawn(live.clone().run());
+    let d = dispatcher.clone();
+    LiveMetrics::register_set_states(
+        metrics.registry(),
+        Arc::new(move || sbc::discovery::set_state_samples(&d)),
+    )?;
+    let services = live.services_of(&cfg.dispatcher);
+    let discovery = Arc::new(match client {
+        Some(c) => Discovery::with_client(live.clone(), live_metrics.clone(), c),
+        None => Discovery::new(live.clone(), live_metrics.clone(), api),
+    });
+    if services.is_empty() {
+        tracing::info!(
+            sets = cfg.dispatcher.sets.len(),
+            "dispatcher sources: static destinations only (no Service reference, no Kubernetes API for discovery)"
+        );
+    } else {
+        let names: Vec<String> = services.keys().map(ToString::to_string).collect();
+        tracing::info!(
+            sets = cfg.dispatcher.sets.len(),
+            services = ?names,
+            "dispatcher sources: static destinations plus the EndpointSlices of Services, through the Kubernetes API"
+        );
+    }
+    discovery.sync().await;
+    tokio::spawn(discovery.clone().retry());
+    let reloader = Arc::new(Reloader::new(
+        Arc::new(cfg.clone()),
+        relay.clone(),
+        live,
+        discovery,
+        live_metrics.clone(),
+        overrides,
+    ));
+    match source {
+        Source::File(path, content) => {
+            tracing::info!(file = %path.display(), "configuration source: file, watched (read every 500 ms)");
+            tokio::spawn(reloader.clone().watch_file(path, content));
+        }
+        Source::ConfigMap {
+            client,
+            namespace,
+            name,
+            text,
+        } => {
+            tracing::info!(configmap = %format!("{namespace}/{name}"), "configuration source: ConfigMap key sbc.yaml, watched through the Kubernetes API");
+            tokio::spawn(
+                reloader
+                    .clone()
+                    .watch_configmap(client, namespace, name, text),
+            );
+        }
+        Source::Flags => {
+            tracing::info!("configuration source: command-line flags only, not watched");
+        }
+    }
+    Ok(reloader)
 }
 
 async fn wait_for_signal() {

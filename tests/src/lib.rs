@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod http;
+pub mod kubeapi;
 pub mod proxy;
 pub mod redis;
 pub mod sip;
