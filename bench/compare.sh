@@ -27,6 +27,7 @@ SBC_EXTRA="${SBC_EXTRA:-}"; KAM_EXTRA="${KAM_EXTRA:-}"; HARNESS_EXTRA="${HARNESS
 POLICY="${POLICY:-}"; KAM_CFG=dispatcher; SBC_NAME=kubesbc; REDIS_PID=""
 BACKENDS="127.0.0.1:$B1,127.0.0.1:$B2"
 mkdir -p "$RESULTS"
+RESULTS="$(cd "$RESULTS" && pwd)"   # absolute: the start scripts run from elsewhere
 if [[ -n "$POLICY" ]]; then
   # The policy pipeline with shared state: a real redis-server, a flood limit no single bench
   # source reaches (as seed.cfg's pike density), a throttle every call passes through.

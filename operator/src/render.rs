@@ -702,7 +702,9 @@ impl Objects<'_> {
         let mut container = json!({
             "name": "sbc",
             "image": spec.image.clone().unwrap_or_else(|| kubesbc_crds::cluster::DEFAULT_IMAGE.to_owned()),
-            "args": ["--config", format!("{CONFIG_DIR}/{CONFIG_KEY}")],
+            // The sbc watches its ConfigMap through the API, so a change takes effect within a
+            // second; the kubelet refreshes a mounted one only about once a minute.
+            "args": ["--configmap", format!("$(POD_NAMESPACE)/{}", config_map_name(self.cluster))],
             "env": [
                 {"name": "KUBESBC_CONFIGMAP", "value": config_map_name(self.cluster)},
                 {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},

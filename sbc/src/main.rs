@@ -374,12 +374,17 @@ fn build_store(cfg: &SbcConfig, metrics: &Metrics) -> anyhow::Result<Arc<dyn Sto
     )))
 }
 
-/// Whether `ip` is one of the dispatcher's destinations (trusted by the guard).
-fn is_destination(d: &Dispatcher, ip: std::net::IpAddr) -> bool {
+/// Whether `source` is one of the dispatcher's destinations (trusted by the guard): same IP,
+/// and over UDP the same port too (a backend sends from the socket it listens on; over a
+/// stream its source port may be any), as Kamailio's `ds_is_from_list` compares them.
+fn is_destination(d: &Dispatcher, source: std::net::SocketAddr) -> bool {
+    let ip = source.ip().to_canonical();
     d.table().sets().iter().any(|s| {
-        s.destinations()
-            .iter()
-            .any(|x| x.target.addr.ip().to_canonical() == ip)
+        s.destinations().iter().any(|x| {
+            x.target.addr.ip().to_canonical() == ip
+                && (x.target.transport != sbc::config::Transport::Udp
+                    || x.target.addr.port() == source.port())
+        })
     })
 }
 

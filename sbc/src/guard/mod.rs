@@ -54,8 +54,9 @@ const MAX_USER: usize = 128;
 /// Most bans a listing returns.
 pub const MAX_LISTED_BANS: usize = 10_000;
 
-/// Answers whether an address belongs to a trusted peer (the dispatcher's destinations).
-pub type TrustedFn = Arc<dyn Fn(IpAddr) -> bool + Send + Sync>;
+/// Answers whether a source (address and port) is a trusted peer (the dispatcher's
+/// destinations). The port matters: a caller on the same host as a backend is not trusted.
+pub type TrustedFn = Arc<dyn Fn(std::net::SocketAddr) -> bool + Send + Sync>;
 
 /// Why the guard refused a request, for the `reason` label of `sbc_guard_refused_total`.
 #[derive(Debug, Clone, Copy)]
@@ -159,15 +160,15 @@ impl Guard {
         }
     }
 
-    fn is_trusted(&self, ip: IpAddr) -> bool {
+    fn is_trusted(&self, ip: IpAddr, source: std::net::SocketAddr) -> bool {
         self.trusted.iter().any(|c| c.contains(ip))
-            || self.trusted_fn.as_ref().is_some_and(|f| f(ip))
+            || self.trusted_fn.as_ref().is_some_and(|f| f(source))
     }
 
     /// The whole decision for one request.
     pub async fn decide(&self, req: &Message, cx: &RequestContext) -> Verdict {
         let ip = cx.peer.addr.ip().to_canonical();
-        let trusted = self.is_trusted(ip);
+        let trusted = self.is_trusted(ip, cx.peer.addr);
 
         if let Some(f) = &self.flood
             && !trusted

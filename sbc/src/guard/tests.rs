@@ -433,7 +433,9 @@ async fn ban_answer_and_removal() {
 async fn trusted_sources_are_never_banned() {
     let mut l = flood_list(2);
     l.trusted = vec!["10.0.0.0/8".into()];
-    let g = guard(vec![l]).with_trusted(Arc::new(|ip: IpAddr| ip == IpAddr::from([192, 0, 2, 50])));
+    let g = guard(vec![l]).with_trusted(Arc::new(|a: std::net::SocketAddr| {
+        a.ip() == IpAddr::from([192, 0, 2, 50])
+    }));
     for _ in 0..20 {
         assert_eq!(
             verdict(&g, &req("OPTIONS"), "10.1.1.1").await,

@@ -194,8 +194,20 @@ pub struct Local {
 
 impl Local {
     /// Builds the identity from the bound listeners and the configured advertise addresses.
-    pub fn new(config: &SbcConfig, bound: &[(Transport, SocketAddr)]) -> Local {
+    /// A listener bound to the unspecified address (`0.0.0.0`, as in a pod) with no advertise
+    /// address writes `pod_ip` (the pod's `POD_IP`) into messages: `0.0.0.0` in a Via or
+    /// Record-Route would send every reply nowhere.
+    pub fn new(
+        config: &SbcConfig,
+        bound: &[(Transport, SocketAddr)],
+        pod_ip: Option<IpAddr>,
+    ) -> Local {
         let mut local = Local::default();
+        if let Some(ip) = pod_ip {
+            for (_, addr) in bound {
+                local.aliases.push((ip.to_string(), addr.port()));
+            }
+        }
         for (t, addr) in bound {
             let adv = config
                 .listeners
@@ -209,6 +221,16 @@ impl Local {
                         p.unwrap_or(addr.port()),
                     ),
                     None => (a, addr.port()),
+                },
+                None if addr.ip().is_unspecified() => match pod_ip {
+                    Some(ip) => (host_string(ip), addr.port()),
+                    None => {
+                        tracing::warn!(
+                            listener = %format!("{t}:{addr}"),
+                            "listener bound to all addresses without an advertise address or POD_IP: Via and Record-Route will say 127.0.0.1; set listeners[].advertise"
+                        );
+                        ("127.0.0.1".to_owned(), addr.port())
+                    }
                 },
                 None => (host_string(addr.ip()), addr.port()),
             };
@@ -254,6 +276,8 @@ pub struct RelayStats {
     pub rejected: AtomicU64,
     /// Requests moved to another destination.
     pub failovers: AtomicU64,
+    /// Requests refused because no destination was up.
+    pub no_destination: AtomicU64,
 }
 
 /// The proxy.
@@ -272,6 +296,8 @@ pub struct Relay {
     pub stats: RelayStats,
     metrics: Arc<Metrics>,
     pipeline: ArcSwap<Pipeline>,
+    started: Instant,
+    last_no_dest_log: AtomicU64,
 }
 
 impl Relay {
@@ -300,6 +326,8 @@ impl Relay {
             stats: RelayStats::default(),
             metrics,
             pipeline: ArcSwap::from_pointee(Pipeline::default()),
+            started: Instant::now(),
+            last_no_dest_log: AtomicU64::new(0),
         });
         let _ = r.me.set(Arc::downgrade(&r));
         r
@@ -313,8 +341,9 @@ impl Relay {
         let cfg = self.config.load_full();
         let inbound: Arc<dyn Inbound> = self.clone();
         let t = Transports::bind(&cfg.listeners, &cfg.limits, workers, inbound).await?;
+        let pod_ip = std::env::var("POD_IP").ok().and_then(|v| v.parse().ok());
         self.local
-            .store(Arc::new(Local::new(&cfg, &t.local_addrs())));
+            .store(Arc::new(Local::new(&cfg, &t.local_addrs(), pod_ip)));
         let _ = self.transports.set(t.clone());
         let me = Arc::downgrade(self);
         tokio::spawn(async move {
@@ -697,7 +726,7 @@ impl Relay {
         let Some(sel) = self.select(&msg, set_id, &[]) else {
             drop(st);
             let ra = build::itoa(retry_after(&cfg, set_id));
-            tracing::warn!(set = set_id, "no destination up");
+            self.warn_no_destination(set_id);
             return self.refuse(
                 &msg,
                 &cx,
@@ -720,6 +749,30 @@ impl Relay {
             flow: None,
         };
         self.forward(&mut st, &key, target, Some((sel.dest, sel.index)), out);
+    }
+
+    /// Logs "no destination up" at most once a second, with how many requests it refused:
+    /// under overload it would otherwise be one line per call.
+    fn warn_no_destination(&self, set: u32) {
+        let refused = self.stats.no_destination.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = self.wheel_secs();
+        let last = self.last_no_dest_log.load(Ordering::Relaxed);
+        if now > last
+            && self
+                .last_no_dest_log
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                set,
+                refused_so_far = refused,
+                "no destination up: new requests get 503"
+            );
+        }
+    }
+
+    fn wheel_secs(&self) -> u64 {
+        self.started.elapsed().as_secs() + 1
     }
 
     /// Answers a request the relay will not route, and tells the stages it passed that its
@@ -1884,6 +1937,23 @@ mod tests {
             ))
         );
         assert_ne!(a, loop_hash(&msg(&INVITE.replace("CSeq: 1", "CSeq: 2"))));
+    }
+
+    #[test]
+    fn a_pod_bound_to_all_addresses_writes_its_pod_ip() {
+        let cfg = crate::config::from_listeners(vec![
+            crate::config::parse_listen("udp:0.0.0.0:5060").unwrap(),
+        ])
+        .unwrap();
+        let bound = [(Transport::Udp, "0.0.0.0:5060".parse().unwrap())];
+        let l = Local::new(&cfg, &bound, Some("10.1.2.3".parse().unwrap()));
+        assert_eq!(l.sent_by(Transport::Udp), ("10.1.2.3", 5060));
+        assert!(l.is_us(b"10.1.2.3", None));
+        let mut adv = cfg.clone();
+        adv.listeners[0].advertise = Some("203.0.113.9:5080".into());
+        let l = Local::new(&adv, &bound, Some("10.1.2.3".parse().unwrap()));
+        assert_eq!(l.sent_by(Transport::Udp), ("203.0.113.9", 5080));
+        assert!(l.is_us(b"203.0.113.9", Some(5080)) && l.is_us(b"10.1.2.3", Some(5060)));
     }
 
     #[test]
