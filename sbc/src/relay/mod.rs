@@ -121,6 +121,28 @@ struct ClientTx {
     retransmit: Duration,
 }
 
+impl ClientTx {
+    /// A fresh non-INVITE transaction of the sbc's own, sending `data` to `to`; callers
+    /// set what differs (the server transaction it relays, INVITE, CANCEL, a probe's reply).
+    fn new(id: u64, to: Peer, data: Bytes, cfg: &SbcConfig) -> ClientTx {
+        ClientTx {
+            id,
+            server: None,
+            local: None,
+            invite: false,
+            cancel: false,
+            to,
+            data,
+            dest: None,
+            provisional: false,
+            completed: false,
+            cancel_pending: false,
+            ack: None,
+            retransmit: Duration::from_millis(cfg.relay.t1_ms),
+        }
+    }
+}
+
 /// A transaction table that keeps the `transactions active` gauge in step with its size.
 struct Table<T> {
     map: HashMap<Vec<u8>, T>,
@@ -863,19 +885,10 @@ impl Relay {
         st.client.insert(
             branch.clone(),
             ClientTx {
-                id,
                 server: Some(server_key.to_vec()),
-                local: None,
                 invite,
-                cancel: false,
-                to: target,
-                data: data.clone(),
                 dest,
-                provisional: false,
-                completed: false,
-                cancel_pending: false,
-                ack: None,
-                retransmit: Duration::from_millis(cfg.relay.t1_ms),
+                ..ClientTx::new(id, target, data.clone(), &cfg)
             },
         );
         self.wheel.schedule(
@@ -1010,19 +1023,8 @@ impl Relay {
         st.client.insert(
             key.clone(),
             ClientTx {
-                id,
-                server: None,
-                local: None,
-                invite: false,
                 cancel: true,
-                to,
-                data: data.clone(),
-                dest: None,
-                provisional: false,
-                completed: false,
-                cancel_pending: false,
-                ack: None,
-                retransmit: Duration::from_millis(cfg.relay.t1_ms),
+                ..ClientTx::new(id, to, data.clone(), cfg)
             },
         );
         self.wheel.schedule(
@@ -1563,19 +1565,8 @@ impl Relay {
         st.client.insert(
             branch.clone(),
             ClientTx {
-                id,
-                server: None,
                 local: Some(tx),
-                invite: false,
-                cancel: false,
-                to,
-                data: data.clone(),
-                dest: None,
-                provisional: false,
-                completed: false,
-                cancel_pending: false,
-                ack: None,
-                retransmit: Duration::from_millis(cfg.relay.t1_ms),
+                ..ClientTx::new(id, to, data.clone(), &cfg)
             },
         );
         drop(st);
