@@ -9,7 +9,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::{FloodHit, FloodOutcome, Listed, Store, StoreError, StoreFuture, ready};
+use super::{
+    DialogRelease, FloodHit, FloodOutcome, Listed, Op, OpResult, Store, StoreError, StoreFuture,
+    ready,
+};
 
 /// A stored value: counters are kept as integers so increments need no parsing.
 #[derive(Debug, Clone)]
@@ -356,6 +359,55 @@ impl Store for MemoryStore {
 
     fn ping(&self) -> StoreFuture<'_, ()> {
         ready(Ok(()))
+    }
+
+    fn batch<'a>(&'a self, ops: &'a [Op]) -> StoreFuture<'a, Vec<Result<OpResult, StoreError>>> {
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(ops.len());
+            // Every method of this store answers at once: the awaits never wait.
+            for op in ops {
+                out.push(match op {
+                    Op::Get(k) => self.get(k).await.map(OpResult::Value),
+                    Op::IncrWindow(k, w) => self
+                        .incr_window(k, *w)
+                        .await
+                        .map(|n| OpResult::Count(i64::try_from(n).unwrap_or(i64::MAX))),
+                    Op::IncrBy(k, d, ttl) => self.incr_by(k, *d, *ttl).await.map(OpResult::Count),
+                    Op::SetEx(k, v, ttl) => self
+                        .set_ex(k, v.clone(), *ttl)
+                        .await
+                        .map(|()| OpResult::Done),
+                    Op::Del(k) => self.del(k).await.map(OpResult::Deleted),
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn release_dialog<'a>(&'a self, release: DialogRelease<'a>) -> StoreFuture<'a, bool> {
+        // Taking the dialog key is one critical section, so only one caller releases it.
+        let value = self.with_shard(release.dialog_key, |shard, _| {
+            shard.map.remove(release.dialog_key).map(|e| e.value)
+        });
+        let Some(value) = value else {
+            return ready(Ok(false));
+        };
+        let Some((key, ttl)) = release.counter(&value.to_bytes()) else {
+            return ready(Ok(true));
+        };
+        ready(self.with_shard(&key, |shard, now| {
+            // Decrementing a bucket that expired meanwhile would only create a negative
+            // counter: leave it absent.
+            match shard.map.get_mut(&key) {
+                Some(e) => {
+                    let n = e.value.as_int(&key)?.saturating_sub(1);
+                    e.value = Value::Int(n);
+                    e.expires_at = deadline(now, ttl);
+                    Ok(true)
+                }
+                None => Ok(true),
+            }
+        }))
     }
 
     fn list_prefix<'a>(
