@@ -14,7 +14,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use prometheus::{IntCounter, IntGauge, Registry};
 
-use super::{FloodHit, FloodOutcome, Listed, MemoryStore, Store, StoreError, StoreFuture};
+use super::{
+    DialogRelease, FloodHit, FloodOutcome, Listed, MemoryStore, Op, OpResult, Store, StoreError,
+    StoreFuture,
+};
 
 /// How often a down backend is pinged.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
@@ -250,6 +253,18 @@ impl Store for FallbackStore {
         ))
     }
 
+    fn batch<'a>(&'a self, ops: &'a [Op]) -> StoreFuture<'a, Vec<Result<OpResult, StoreError>>> {
+        Box::pin(self.call(move || self.inner.backend.batch(ops), move |m| m.batch(ops)))
+    }
+
+    fn release_dialog<'a>(&'a self, release: DialogRelease<'a>) -> StoreFuture<'a, bool> {
+        let r = release.clone();
+        Box::pin(self.call(
+            move || self.inner.backend.release_dialog(release),
+            move |m| m.release_dialog(r),
+        ))
+    }
+
     fn ping(&self) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             if self.backend_up() {
@@ -330,6 +345,15 @@ mod tests {
         }
         fn list_prefix_ttl<'a>(&'a self, p: &'a str, l: usize) -> StoreFuture<'a, Vec<Listed>> {
             self.run(move || self.mem.list_prefix_ttl(p, l))
+        }
+        fn batch<'a>(
+            &'a self,
+            ops: &'a [Op],
+        ) -> StoreFuture<'a, Vec<Result<OpResult, StoreError>>> {
+            self.run(move || self.mem.batch(ops))
+        }
+        fn release_dialog<'a>(&'a self, r: DialogRelease<'a>) -> StoreFuture<'a, bool> {
+            self.run(move || self.mem.release_dialog(r))
         }
         fn ping(&self) -> StoreFuture<'_, ()> {
             self.run(move || self.mem.ping())

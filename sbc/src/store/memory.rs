@@ -9,7 +9,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::{FloodHit, FloodOutcome, Listed, Store, StoreError, StoreFuture, ready};
+use super::{
+    DialogRelease, FloodHit, FloodOutcome, Listed, Op, OpResult, Store, StoreError, StoreFuture,
+    ready,
+};
 
 /// A stored value: counters are kept as integers so increments need no parsing.
 #[derive(Debug, Clone)]
@@ -358,6 +361,55 @@ impl Store for MemoryStore {
         ready(Ok(()))
     }
 
+    fn batch<'a>(&'a self, ops: &'a [Op]) -> StoreFuture<'a, Vec<Result<OpResult, StoreError>>> {
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(ops.len());
+            // Every method of this store answers at once: the awaits never wait.
+            for op in ops {
+                out.push(match op {
+                    Op::Get(k) => self.get(k).await.map(OpResult::Value),
+                    Op::IncrWindow(k, w) => self
+                        .incr_window(k, *w)
+                        .await
+                        .map(|n| OpResult::Count(i64::try_from(n).unwrap_or(i64::MAX))),
+                    Op::IncrBy(k, d, ttl) => self.incr_by(k, *d, *ttl).await.map(OpResult::Count),
+                    Op::SetEx(k, v, ttl) => self
+                        .set_ex(k, v.clone(), *ttl)
+                        .await
+                        .map(|()| OpResult::Done),
+                    Op::Del(k) => self.del(k).await.map(OpResult::Deleted),
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn release_dialog<'a>(&'a self, release: DialogRelease<'a>) -> StoreFuture<'a, bool> {
+        // Taking the dialog key is one critical section, so only one caller releases it.
+        let value = self.with_shard(release.dialog_key, |shard, _| {
+            shard.map.remove(release.dialog_key).map(|e| e.value)
+        });
+        let Some(value) = value else {
+            return ready(Ok(false));
+        };
+        let Some((key, ttl)) = release.counter(&value.to_bytes()) else {
+            return ready(Ok(true));
+        };
+        ready(self.with_shard(&key, |shard, now| {
+            // Decrementing a bucket that expired meanwhile would only create a negative
+            // counter: leave it absent.
+            match shard.map.get_mut(&key) {
+                Some(e) => {
+                    let n = e.value.as_int(&key)?.saturating_sub(1);
+                    e.value = Value::Int(n);
+                    e.expires_at = deadline(now, ttl);
+                    Ok(true)
+                }
+                None => Ok(true),
+            }
+        }))
+    }
+
     fn list_prefix<'a>(
         &'a self,
         prefix: &'a str,
@@ -616,6 +668,73 @@ mod tests {
             s.flood_hit(hit()).await.unwrap(),
             FloodOutcome::Allowed { count: 1 }
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn batch_runs_operations_in_order_each_on_its_own() {
+        let s = store();
+        let ttl = Duration::from_secs(10);
+        s.set_ex("text", Bytes::from_static(b"abc"), ttl)
+            .await
+            .unwrap();
+        let ops = [
+            Op::IncrWindow("w".into(), ttl),
+            Op::IncrWindow("w".into(), ttl),
+            Op::IncrBy("text".into(), 1, ttl),
+            Op::IncrBy("c".into(), 5, ttl),
+            Op::SetEx("d".into(), Bytes::from_static(b"v"), ttl),
+            Op::Get("d".into()),
+            Op::Get("absent".into()),
+            Op::Del("d".into()),
+            Op::Del("d".into()),
+        ];
+        let r = s.batch(&ops).await.unwrap();
+        assert_eq!(r.len(), ops.len());
+        assert_eq!(r[0].as_ref().unwrap(), &OpResult::Count(1));
+        assert_eq!(r[1].as_ref().unwrap(), &OpResult::Count(2));
+        assert!(matches!(r[2], Err(StoreError::NotAnInteger(_))));
+        assert_eq!(r[3].as_ref().unwrap(), &OpResult::Count(5));
+        assert_eq!(r[4].as_ref().unwrap(), &OpResult::Done);
+        assert_eq!(
+            r[5].as_ref().unwrap(),
+            &OpResult::Value(Some(Bytes::from_static(b"v")))
+        );
+        assert_eq!(r[6].as_ref().unwrap(), &OpResult::Value(None));
+        assert_eq!(r[7].as_ref().unwrap(), &OpResult::Deleted(true));
+        assert_eq!(r[8].as_ref().unwrap(), &OpResult::Deleted(false));
+        assert!(s.batch(&[]).await.unwrap().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn release_dialog_decrements_its_live_bucket_once() {
+        let s = store();
+        let ttl = Duration::from_secs(100);
+        s.incr_by("cc:t=a:7", 2, ttl).await.unwrap();
+        s.set_ex("dlg:x", Bytes::from_static(b"7|t=a"), ttl)
+            .await
+            .unwrap();
+        let rel = |key| DialogRelease {
+            dialog_key: key,
+            counter_prefix: "cc:",
+            bucket_ms: 1000,
+            timeout_ms: 4000,
+            now_ms: 9000,
+        };
+        assert!(s.release_dialog(rel("dlg:x")).await.unwrap());
+        assert_eq!(s.get("cc:t=a:7").await.unwrap().as_deref(), Some(&b"1"[..]));
+        assert_eq!(s.get("dlg:x").await.unwrap(), None);
+        // The second BYE finds no dialog and releases nothing.
+        assert!(!s.release_dialog(rel("dlg:x")).await.unwrap());
+        assert_eq!(s.get("cc:t=a:7").await.unwrap().as_deref(), Some(&b"1"[..]));
+        // A bucket past its life (ended at 8 s, lived 4 s more) is left alone.
+        s.set_ex("dlg:y", Bytes::from_static(b"7|t=a"), ttl)
+            .await
+            .unwrap();
+        let mut late = rel("dlg:y");
+        late.now_ms = 12_000;
+        assert!(s.release_dialog(late).await.unwrap());
+        assert_eq!(s.get("cc:t=a:7").await.unwrap().as_deref(), Some(&b"1"[..]));
+        assert_eq!(s.get("dlg:y").await.unwrap(), None);
     }
 
     #[tokio::test(start_paused = true)]

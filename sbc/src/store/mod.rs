@@ -98,8 +98,92 @@ pub trait Store: Send + Sync {
     fn list_prefix_ttl<'a>(&'a self, prefix: &'a str, limit: usize)
     -> StoreFuture<'a, Vec<Listed>>;
 
+    /// Runs `ops` in order as one round trip (Redis: one Lua script, atomic) and returns one
+    /// result per operation, in order. Each operation succeeds or fails on its own (a counter
+    /// that is not an integer fails only its operation); the outer error means the backend
+    /// did not answer at all.
+    fn batch<'a>(&'a self, ops: &'a [Op]) -> StoreFuture<'a, Vec<Result<OpResult, StoreError>>>;
+
+    /// Ends a counted call in one round trip (Redis: one Lua script): when the dialog key
+    /// exists it is deleted and, if its counter bucket still lives, that bucket is decremented.
+    /// True when this call released the slot; a dialog released twice (a BYE seen by two
+    /// replicas) is released once.
+    fn release_dialog<'a>(&'a self, release: DialogRelease<'a>) -> StoreFuture<'a, bool>;
+
     /// Checks that the backend answers (Redis: `PING`). Always true for local stores.
     fn ping(&self) -> StoreFuture<'_, ()>;
+}
+
+/// One operation of [`Store::batch`]; each behaves as the [`Store`] method of the same name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// [`Store::get`]: answers [`OpResult::Value`].
+    Get(String),
+    /// [`Store::incr_window`] with this window: answers [`OpResult::Count`].
+    IncrWindow(String, Duration),
+    /// [`Store::incr_by`] with this delta and TTL: answers [`OpResult::Count`].
+    IncrBy(String, i64, Duration),
+    /// [`Store::set_ex`] with this value and TTL: answers [`OpResult::Done`].
+    SetEx(String, Bytes, Duration),
+    /// [`Store::del`]: answers [`OpResult::Deleted`].
+    Del(String),
+}
+
+/// The answer to one [`Op`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpResult {
+    /// The value read by [`Op::Get`].
+    Value(Option<Bytes>),
+    /// The counter after [`Op::IncrWindow`] or [`Op::IncrBy`].
+    Count(i64),
+    /// [`Op::SetEx`] stored its value.
+    Done,
+    /// Whether the key of [`Op::Del`] existed.
+    Deleted(bool),
+}
+
+/// The arguments of [`Store::release_dialog`].
+///
+/// The dialog key holds `<bucket>|<segment>`; the counter released is
+/// `<counter_prefix><segment>:<bucket>`, which lives until
+/// `(bucket + 1) * bucket_ms + timeout_ms` (milliseconds since the epoch).
+#[derive(Debug, Clone)]
+pub struct DialogRelease<'a> {
+    /// The dialog key (`thr:<throttle>:dlg:<Call-ID>`).
+    pub dialog_key: &'a str,
+    /// The counter keys' common prefix (`thr:<throttle>:cc:`).
+    pub counter_prefix: &'a str,
+    /// Length of a bucket.
+    pub bucket_ms: u64,
+    /// How long a bucket lives after it ends (the dialog timeout).
+    pub timeout_ms: u64,
+    /// Now, in milliseconds since the epoch (the caller's clock, shared by all replicas).
+    pub now_ms: u64,
+}
+
+impl DialogRelease<'_> {
+    /// Parses a dialog value into the counter key to decrement and its remaining TTL;
+    /// None when the value is not one the throttle wrote or the bucket has expired.
+    pub(crate) fn counter(&self, value: &[u8]) -> Option<(String, Duration)> {
+        let (b, seg) = std::str::from_utf8(value).ok()?.split_once('|')?;
+        if !b.bytes().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        let bucket: u64 = b.parse().ok()?;
+        let expire = bucket
+            .saturating_add(1)
+            .saturating_mul(self.bucket_ms.max(1))
+            .saturating_add(self.timeout_ms)
+            .saturating_sub(self.now_ms);
+        if expire == 0 || seg.is_empty() {
+            return None;
+        }
+        // The bucket as written (not re-formatted), as the Redis script does.
+        Some((
+            format!("{}{seg}:{b}", self.counter_prefix),
+            Duration::from_millis(expire),
+        ))
+    }
 }
 
 /// The arguments of [`Store::flood_hit`].

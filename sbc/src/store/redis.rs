@@ -13,7 +13,10 @@ use ::redis::{Client, ErrorKind, RedisError, Script};
 use bytes::Bytes;
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 
-use super::{FloodHit, FloodOutcome, Listed, Store, StoreError, StoreFuture};
+use super::{
+    DialogRelease, FloodHit, FloodOutcome, Listed, Op as BatchOp, OpResult, Store, StoreError,
+    StoreFuture,
+};
 
 /// Why a Redis store could not be created.
 #[derive(Debug, thiserror::Error)]
@@ -27,7 +30,7 @@ pub enum RedisStoreError {
 }
 
 /// The store operations, for the `op` label of `sbc_store_round_trips_total`.
-const OPS: [&str; 11] = [
+const OPS: [&str; 13] = [
     "incr_window",
     "get",
     "set_ex",
@@ -39,6 +42,8 @@ const OPS: [&str; 11] = [
     "flood_hit",
     "list_prefix_ttl",
     "ping",
+    "batch",
+    "release_dialog",
 ];
 
 #[derive(Clone, Copy)]
@@ -54,6 +59,8 @@ enum Op {
     FloodHit,
     ListPrefixTtl,
     Ping,
+    Batch,
+    ReleaseDialog,
 }
 
 /// Keys listed per listing at most; listings are for operators, not for the hot path.
@@ -80,6 +87,59 @@ if n > tonumber(ARGV[1]) then
   return {1, tonumber(ARGV[3]), 1}
 end
 return {0, n, 0}
+";
+
+/// A batch: KEYS[i] is the key of operation i, ARGV[3i-2..3i] its code and two arguments.
+/// Each operation answers {1, value}, {2} for a missing value or {0, error}; an error in one
+/// operation (redis.pcall) does not stop the others.
+const BATCH: &str = r"
+local out = {}
+local function res(r)
+  if type(r) == 'table' and r.err then return {0, r.err} end
+  if r == false then return {2} end
+  return {1, r}
+end
+for i, k in ipairs(KEYS) do
+  local op, a, b = ARGV[3 * i - 2], ARGV[3 * i - 1], ARGV[3 * i]
+  local r
+  if op == 'g' then
+    r = redis.pcall('GET', k)
+  elseif op == 'w' then
+    r = redis.pcall('INCR', k)
+    if type(r) == 'number' and redis.call('PTTL', k) < 0 then redis.call('PEXPIRE', k, a) end
+  elseif op == 'i' then
+    r = redis.pcall('INCRBY', k, a)
+    if type(r) == 'number' then redis.call('PEXPIRE', k, b) end
+  elseif op == 's' then
+    r = redis.pcall('SET', k, a, 'PX', b)
+    if type(r) == 'table' and r.ok then r = 1 end
+  elseif op == 'd' then
+    r = redis.pcall('DEL', k)
+  else
+    r = {err = 'unknown batch operation'}
+  end
+  out[i] = res(r)
+end
+return out
+";
+
+/// Ends a counted call: takes the dialog key (KEYS[1]) and decrements its bucket,
+/// `ARGV[1]<segment>:<bucket>`, while that bucket lives. ARGV[2..4]: bucket length, dialog
+/// timeout and now, in ms. Returns 1 when this call took the dialog key, else 0.
+const RELEASE_DIALOG: &str = r"
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+redis.call('DEL', KEYS[1])
+local b, seg = string.match(v, '^(%d+)|(.+)$')
+if not b or #b > 18 then return 1 end
+local expire = (tonumber(b) + 1) * tonumber(ARGV[2]) + tonumber(ARGV[3]) - tonumber(ARGV[4])
+if expire < 1 then return 1 end
+local k = ARGV[1] .. seg .. ':' .. b
+if redis.call('EXISTS', k) == 1 then
+  redis.call('DECRBY', k, 1)
+  redis.call('PEXPIRE', k, math.floor(expire))
+end
+return 1
 ";
 
 /// A bounded SCAN of the keys matching ARGV[1], with value and remaining TTL in ms (-1 for a
@@ -114,6 +174,8 @@ pub struct RedisStore {
     incr_window: Script,
     flood_hit: Script,
     list: Script,
+    batch: Script,
+    release_dialog: Script,
     trips: [IntCounter; OPS.len()],
 }
 
@@ -178,6 +240,8 @@ impl RedisStore {
             incr_window: Script::new(INCR_WINDOW),
             flood_hit: Script::new(FLOOD_HIT),
             list: Script::new(LIST),
+            batch: Script::new(BATCH),
+            release_dialog: Script::new(RELEASE_DIALOG),
             trips,
         })
     }
@@ -239,6 +303,55 @@ impl RedisStore {
         out.sort_unstable_by(|a, b| a.key.cmp(&b.key));
         out.truncate(limit);
         Ok(out)
+    }
+}
+
+/// One answer of the batch script: {1, value}, {2} (no value) or {0, error}.
+fn batch_result(op: &BatchOp, v: ::redis::Value) -> Result<OpResult, StoreError> {
+    use ::redis::Value as V;
+    let key = match op {
+        BatchOp::Get(k)
+        | BatchOp::IncrWindow(k, _)
+        | BatchOp::IncrBy(k, _, _)
+        | BatchOp::SetEx(k, _, _)
+        | BatchOp::Del(k) => k.as_str(),
+    };
+    let bad = || StoreError::Rejected(format!("unexpected batch answer for {key:?}"));
+    let V::Array(mut parts) = v else {
+        return Err(bad());
+    };
+    let value = if parts.len() > 1 { parts.pop() } else { None };
+    let status = match parts.first() {
+        Some(V::Int(n)) => *n,
+        _ => return Err(bad()),
+    };
+    match (status, value) {
+        (0, e) => {
+            let msg = match e {
+                Some(V::BulkString(b)) => String::from_utf8_lossy(&b).into_owned(),
+                Some(V::SimpleString(s)) => s,
+                _ => String::new(),
+            };
+            Err(if msg.contains("not an integer") {
+                StoreError::NotAnInteger(key.to_owned())
+            } else if msg.contains("overflow") {
+                StoreError::Overflow(key.to_owned())
+            } else {
+                StoreError::Rejected(msg)
+            })
+        }
+        (2, _) => match op {
+            BatchOp::Get(_) => Ok(OpResult::Value(None)),
+            _ => Err(bad()),
+        },
+        (1, Some(v)) => match (op, v) {
+            (BatchOp::Get(_), V::BulkString(b)) => Ok(OpResult::Value(Some(Bytes::from(b)))),
+            (BatchOp::IncrWindow(..) | BatchOp::IncrBy(..), V::Int(n)) => Ok(OpResult::Count(n)),
+            (BatchOp::SetEx(..), _) => Ok(OpResult::Done),
+            (BatchOp::Del(_), V::Int(n)) => Ok(OpResult::Deleted(n > 0)),
+            _ => Err(bad()),
+        },
+        _ => Err(bad()),
     }
 }
 
@@ -428,6 +541,65 @@ impl Store for RedisStore {
         Box::pin(self.list_raw(Op::ListPrefixTtl, prefix, limit))
     }
 
+    fn batch<'a>(
+        &'a self,
+        ops: &'a [BatchOp],
+    ) -> StoreFuture<'a, Vec<Result<OpResult, StoreError>>> {
+        Box::pin(async move {
+            if ops.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut inv = self.batch.prepare_invoke();
+            for op in ops {
+                match op {
+                    BatchOp::Get(k) => inv.key(self.key(k)).arg("g").arg(0).arg(0),
+                    BatchOp::IncrWindow(k, w) => inv.key(self.key(k)).arg("w").arg(ms(*w)).arg(0),
+                    BatchOp::IncrBy(k, d, ttl) => {
+                        inv.key(self.key(k)).arg("i").arg(*d).arg(ms(*ttl))
+                    }
+                    BatchOp::SetEx(k, v, ttl) => {
+                        inv.key(self.key(k)).arg("s").arg(v.as_ref()).arg(ms(*ttl))
+                    }
+                    BatchOp::Del(k) => inv.key(self.key(k)).arg("d").arg(0).arg(0),
+                };
+            }
+            let mut conn = self.trip(Op::Batch);
+            let answers: Vec<::redis::Value> = inv
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| map_err(e, "batch"))?;
+            if answers.len() != ops.len() {
+                return Err(StoreError::Rejected(format!(
+                    "batch of {} operations answered {}",
+                    ops.len(),
+                    answers.len()
+                )));
+            }
+            Ok(ops
+                .iter()
+                .zip(answers)
+                .map(|(op, v)| batch_result(op, v))
+                .collect())
+        })
+    }
+
+    fn release_dialog<'a>(&'a self, release: DialogRelease<'a>) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let mut conn = self.trip(Op::ReleaseDialog);
+            let n: i64 = self
+                .release_dialog
+                .key(self.key(release.dialog_key))
+                .arg(self.key(release.counter_prefix))
+                .arg(release.bucket_ms.max(1))
+                .arg(release.timeout_ms)
+                .arg(release.now_ms)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| map_err(e, release.dialog_key))?;
+            Ok(n == 1)
+        })
+    }
+
     fn ping(&self) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             let mut conn = self.trip(Op::Ping);
@@ -568,6 +740,63 @@ mod tests {
         assert!(s.del("ban:10.0.0.2").await.unwrap());
         assert!(!s.del("ban:10.0.0.2").await.unwrap());
         s.ping().await.unwrap();
+
+        // A batch: one round trip, each operation answered on its own, in order.
+        let ops = [
+            BatchOp::IncrWindow("bw".into(), w),
+            BatchOp::IncrWindow("bw".into(), w),
+            BatchOp::IncrBy("ban:10.0.0.1".into(), 1, w),
+            BatchOp::IncrBy("bc".into(), 5, w),
+            BatchOp::SetEx("bd".into(), Bytes::from_static(b"7|t=a"), w),
+            BatchOp::Get("bd".into()),
+            BatchOp::Get("absent".into()),
+            BatchOp::Del("absent".into()),
+        ];
+        let res = s.batch(&ops).await.unwrap();
+        assert_eq!(res.len(), ops.len());
+        assert_eq!(res[0].as_ref().unwrap(), &OpResult::Count(1));
+        assert_eq!(res[1].as_ref().unwrap(), &OpResult::Count(2));
+        assert!(
+            matches!(res[2], Err(StoreError::NotAnInteger(_))),
+            "{res:?}"
+        );
+        assert_eq!(res[3].as_ref().unwrap(), &OpResult::Count(5));
+        assert_eq!(res[4].as_ref().unwrap(), &OpResult::Done);
+        assert_eq!(
+            res[5].as_ref().unwrap(),
+            &OpResult::Value(Some(Bytes::from_static(b"7|t=a")))
+        );
+        assert_eq!(res[6].as_ref().unwrap(), &OpResult::Value(None));
+        assert_eq!(res[7].as_ref().unwrap(), &OpResult::Deleted(false));
+        // The window counter got its TTL, the others theirs.
+        let listed = s.list_prefix_ttl("b", 10).await.unwrap();
+        assert!(
+            listed.iter().all(|l| l.ttl > Duration::from_secs(5)),
+            "{listed:?}"
+        );
+        assert!(s.batch(&[]).await.unwrap().is_empty());
+
+        // Releasing a dialog: its live bucket is decremented once, by one caller.
+        s.incr_by("cc:t=a:7", 2, w).await.unwrap();
+        let rel = |now_ms| DialogRelease {
+            dialog_key: "bd",
+            counter_prefix: "cc:",
+            bucket_ms: 1000,
+            timeout_ms: 4000,
+            now_ms,
+        };
+        assert!(s.release_dialog(rel(9000)).await.unwrap());
+        assert_eq!(s.get("cc:t=a:7").await.unwrap().as_deref(), Some(&b"1"[..]));
+        assert_eq!(s.get("bd").await.unwrap(), None);
+        assert!(!s.release_dialog(rel(9000)).await.unwrap());
+        assert_eq!(s.get("cc:t=a:7").await.unwrap().as_deref(), Some(&b"1"[..]));
+        // A bucket past its life is left alone.
+        s.set_ex("bd", Bytes::from_static(b"7|t=a"), w)
+            .await
+            .unwrap();
+        assert!(s.release_dialog(rel(12_000)).await.unwrap());
+        assert_eq!(s.get("cc:t=a:7").await.unwrap().as_deref(), Some(&b"1"[..]));
+
         // Another prefix sees none of it.
         let other = RedisStore::new(&url, "t2:", Duration::from_millis(500), &r).unwrap();
         assert!(other.list_prefix_ttl("", 10).await.unwrap().is_empty());
@@ -576,6 +805,15 @@ mod tests {
             .unwrap();
         assert!(
             text.contains("sbc_store_round_trips_total{op=\"flood_hit\"} 4"),
+            "{text}"
+        );
+        // The empty batch sent nothing.
+        assert!(
+            text.contains("sbc_store_round_trips_total{op=\"batch\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sbc_store_round_trips_total{op=\"release_dialog\"} 3"),
             "{text}"
         );
     }

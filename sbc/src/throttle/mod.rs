@@ -1,8 +1,8 @@
 //! The throttle stage (DESIGN.md step 5): TenantThrottle limits by a header, shared by every
 //! replica through the store.
 //!
-//! Per request, all counters a decision needs are updated with commands sent together (one
-//! round-trip time), then the decision is taken; counts of a refused request are given back
+//! Per request, all counters a decision needs (of every throttle) are updated and read in one
+//! store batch (one round trip), then the decision is taken; counts of a refused request are given back
 //! in the background, so a tenant over its limit still gets its limit through.
 //!
 //! - `requestsPerSecond` + `burst`: a sliding window of `burst / rate` seconds allowing
@@ -27,7 +27,7 @@ use kubesbc_crds::policy::{MissingTenant, TenantLimit, ThrottleConfig};
 
 use crate::pipeline::{Admission, BoxFuture, Refusal, RequestContext, Stage, Verdict};
 use crate::sip::{Message, Method};
-use crate::store::Store;
+use crate::store::{DialogRelease, Op, OpResult, Store, StoreError};
 
 pub use clock::Clock;
 
@@ -35,6 +35,8 @@ pub use clock::Clock;
 const MAX_TENANT: usize = 64;
 /// Concurrency buckets per dialog timeout.
 const BUCKETS: u64 = 4;
+/// Life of a calls-per-second counter: its second and the next.
+const CPS_WINDOW: Duration = Duration::from_secs(2);
 
 /// The throttle stage: every configured TenantThrottle, all of which must admit a request.
 pub struct ThrottleStage {
@@ -70,18 +72,25 @@ enum Tenant<'a> {
     Counted(String, &'a TenantLimit),
 }
 
-/// A counter change to undo when the request is refused after all.
-#[derive(Debug)]
-enum Undo {
-    Decr(String, Duration),
-    Del(String),
+/// Where one throttle's counters sit in the decision's batch, and what to compare them with.
+#[derive(Debug, Default)]
+struct Plan {
+    /// Sliding window: index of the current window's increment (the previous window's read
+    /// follows it), its key and TTL, the previous window's weight, and the burst.
+    rps: Option<(usize, String, Duration, f64, u64)>,
+    /// Calls per second: index of the increment, its key, the limit.
+    cps: Option<(usize, String, u64)>,
+    /// Concurrent calls: index of the bucket increment (the older buckets' reads and the
+    /// dialog key's write follow it), the limit, bucket key and TTL, older buckets, dialog key.
+    cc: Option<(usize, u64, String, Duration, usize, String)>,
 }
 
 /// The outcome of one throttle for one request.
 #[derive(Debug, Default)]
 struct Outcome {
     over: bool,
-    undo: Vec<Undo>,
+    /// Counter changes to give back when the request is refused after all.
+    undo: Vec<Op>,
 }
 
 fn valid_tenant(v: &[u8]) -> Option<&str> {
@@ -169,9 +178,9 @@ impl ThrottleStage {
         Duration::from_millis(expire.saturating_sub(now_ms).max(1))
     }
 
-    /// Updates and reads the counters of one throttle for a request.
+    /// Appends the counter operations of one throttle for a request to `ops`.
     #[allow(clippy::too_many_arguments)]
-    async fn count(
+    fn plan(
         &self,
         t: &Throttle,
         seg: &str,
@@ -180,104 +189,97 @@ impl ThrottleStage {
         counted: bool,
         new_call: bool,
         now_ms: u64,
-    ) -> Outcome {
-        let mut out = Outcome::default();
-        let store = &*self.store;
-
+        ops: &mut Vec<Op>,
+    ) -> Plan {
+        let mut plan = Plan::default();
         // requestsPerSecond + burst: sliding window.
-        let rps = limit.requests_per_second.filter(|_| counted).map(|rate| {
+        if let Some(rate) = limit.requests_per_second.filter(|_| counted) {
             let burst = u64::from(limit.burst.unwrap_or(rate).max(rate));
             let win_ms = (burst * 1000).div_ceil(u64::from(rate)).max(1);
             let idx = now_ms / win_ms;
             let cur = self.key(t, "rps", seg, idx);
             let prev = self.key(t, "rps", seg, idx.saturating_sub(1));
             let weight = 1.0 - (now_ms % win_ms) as f64 / win_ms as f64;
-            (cur, prev, Duration::from_millis(win_ms * 2), weight, burst)
-        });
+            let ttl = Duration::from_millis(win_ms * 2);
+            plan.rps = Some((ops.len(), cur.clone(), ttl, weight, burst));
+            ops.push(Op::IncrWindow(cur, ttl));
+            ops.push(Op::Get(prev));
+        }
         // callsPerSecond: the wall-clock second.
-        let cps = limit
-            .calls_per_second
-            .filter(|_| new_call)
-            .map(|n| (self.key(t, "cps", seg, now_ms / 1000), u64::from(n)));
+        if let Some(n) = limit.calls_per_second.filter(|_| new_call) {
+            let key = self.key(t, "cps", seg, now_ms / 1000);
+            plan.cps = Some((ops.len(), key.clone(), u64::from(n)));
+            ops.push(Op::IncrWindow(key, CPS_WINDOW));
+        }
         // concurrentCalls: current bucket plus the ones still alive.
-        let cc = limit
+        if let Some((n, call_id)) = limit
             .concurrent_calls
             .filter(|_| new_call)
             .and_then(|n| Some((n, req.call_id()?)))
-            .map(|(n, call_id)| {
-                let (len_ms, b) = Self::bucket(t, now_ms);
-                let cur = self.key(t, "cc", seg, b);
-                let older: Vec<String> = (1..=BUCKETS)
+        {
+            let (len_ms, b) = Self::bucket(t, now_ms);
+            let cur = self.key(t, "cc", seg, b);
+            let ttl = Self::bucket_ttl(t, len_ms, b, now_ms);
+            let dlg = self.dialog_key(t, call_id);
+            let at = ops.len();
+            ops.push(Op::IncrBy(cur.clone(), 1, ttl));
+            let before = ops.len();
+            ops.extend(
+                (1..=BUCKETS)
                     .filter_map(|i| b.checked_sub(i))
-                    .map(|ob| self.key(t, "cc", seg, ob))
-                    .collect();
-                let ttl = Self::bucket_ttl(t, len_ms, b, now_ms);
-                let dlg = self.dialog_key(t, call_id);
-                let value = Bytes::from(format!("{b}|{seg}"));
-                (u64::from(n), cur, older, ttl, dlg, value)
-            });
-
-        let rps_f = async {
-            match &rps {
-                Some((cur, prev, ttl, _, _)) => {
-                    let (c, p) = futures::join!(store.incr_window(cur, *ttl), store.get(prev));
-                    Some((c, p))
-                }
-                None => None,
-            }
-        };
-        let cps_f = async {
-            match &cps {
-                Some((key, _)) => Some(store.incr_window(key, Duration::from_secs(2)).await),
-                None => None,
-            }
-        };
-        let cc_f = async {
-            match &cc {
-                Some((_, cur, older, ttl, dlg, value)) => {
-                    let (c, o, d) = futures::join!(
-                        store.incr_by(cur, 1, *ttl),
-                        join_all(older.iter().map(|k| store.get(k))),
-                        store.set_ex(dlg, value.clone(), *ttl),
-                    );
-                    Some((c, o, d))
-                }
-                None => None,
-            }
-        };
-        let (rps_r, cps_r, cc_r) = futures::join!(rps_f, cps_f, cc_f);
-
-        // A store error lets the request through: the store layer falls back and reports it.
-        if let (Some((cur, _, ttl, weight, burst)), Some((Ok(c), p))) = (&rps, rps_r) {
-            out.undo.push(Undo::Decr(cur.clone(), *ttl));
-            let prev = p.ok().flatten().map_or(0, |v| parse_count(&v));
-            let estimate = c as f64 + prev as f64 * weight;
-            out.over |= estimate > *burst as f64;
+                    .map(|ob| Op::Get(self.key(t, "cc", seg, ob))),
+            );
+            let older = ops.len() - before;
+            ops.push(Op::SetEx(
+                dlg.clone(),
+                Bytes::from(format!("{b}|{seg}")),
+                ttl,
+            ));
+            plan.cc = Some((at, u64::from(n), cur, ttl, older, dlg));
         }
-        if let (Some((key, n)), Some(Ok(c))) = (&cps, cps_r) {
-            out.undo
-                .push(Undo::Decr(key.clone(), Duration::from_secs(2)));
-            out.over |= c > *n;
+        plan
+    }
+
+    /// Takes one throttle's decision from the batch's answers. A failed operation lets the
+    /// request through: the store layer falls back and reports it.
+    fn evaluate(plan: Plan, res: &[Result<OpResult, StoreError>]) -> Outcome {
+        let count = |i: usize| match res.get(i) {
+            Some(Ok(OpResult::Count(n))) => Some(*n),
+            _ => None,
+        };
+        let value = |i: usize| match res.get(i) {
+            Some(Ok(OpResult::Value(Some(v)))) => parse_count(v),
+            _ => 0,
+        };
+        let mut out = Outcome::default();
+        if let Some((i, cur, ttl, weight, burst)) = plan.rps
+            && let Some(c) = count(i)
+        {
+            out.undo.push(Op::IncrBy(cur, -1, ttl));
+            let estimate = c as f64 + value(i + 1) as f64 * weight;
+            out.over |= estimate > burst as f64;
         }
-        if let (Some((n, cur, _, ttl, dlg, _)), Some((c, older, d))) = (&cc, cc_r) {
-            if d.is_ok() {
-                out.undo.push(Undo::Del(dlg.clone()));
+        if let Some((i, key, n)) = plan.cps
+            && let Some(c) = count(i)
+        {
+            out.undo.push(Op::IncrBy(key, -1, CPS_WINDOW));
+            out.over |= u64::try_from(c).unwrap_or(0) > n;
+        }
+        if let Some((i, n, cur, ttl, older, dlg)) = plan.cc {
+            if matches!(res.get(i + 1 + older), Some(Ok(OpResult::Done))) {
+                out.undo.push(Op::Del(dlg));
             }
-            if let Ok(c) = c {
-                out.undo.push(Undo::Decr(cur.clone(), *ttl));
-                let others: u64 = older
-                    .into_iter()
-                    .filter_map(|r| r.ok().flatten())
-                    .map(|v| parse_count(&v))
-                    .sum();
-                out.over |= u64::try_from(c).unwrap_or(0).saturating_add(others) > *n;
+            if let Some(c) = count(i) {
+                out.undo.push(Op::IncrBy(cur, -1, ttl));
+                let others: u64 = (i + 1..i + 1 + older).map(value).sum();
+                out.over |= u64::try_from(c).unwrap_or(0).saturating_add(others) > n;
             }
         }
         out
     }
 
     /// Gives back counts of a refused request, off the request path.
-    fn undo(&self, undo: Vec<Undo>) {
+    fn undo(&self, undo: Vec<Op>) {
         if undo.is_empty() {
             return;
         }
@@ -285,13 +287,9 @@ impl ThrottleStage {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        // One round trip; a failure only leaves counts to expire with their TTLs.
         rt.spawn(async move {
-            for u in undo {
-                let _ = match u {
-                    Undo::Decr(k, ttl) => store.incr_by(&k, -1, ttl).await.map(drop),
-                    Undo::Del(k) => store.del(&k).await.map(drop),
-                };
-            }
+            let _ = store.batch(&undo).await;
         });
     }
 
@@ -320,36 +318,21 @@ impl ThrottleStage {
             return;
         };
         let store = self.store.clone();
-        let clock = self.clock;
+        let now_ms = self.clock.now_ms();
         rt.spawn(async move {
-            for (dlg, cc_prefix, timeout_ms) in jobs {
-                let Ok(Some(v)) = store.get(&dlg).await else {
-                    continue;
-                };
-                // Only the replica whose delete succeeds releases: a BYE seen twice (or a
-                // final response racing a BYE) frees one slot.
-                if !matches!(store.del(&dlg).await, Ok(true)) {
-                    continue;
-                }
-                let Some((b, seg)) = std::str::from_utf8(&v)
-                    .ok()
-                    .and_then(|s| s.split_once('|'))
-                    .and_then(|(b, seg)| Some((b.parse::<u64>().ok()?, seg.to_owned())))
-                else {
-                    continue;
-                };
-                let len_ms = timeout_ms.div_ceil(BUCKETS).max(1);
-                let now_ms = clock.now_ms();
-                let expire = (b + 1)
-                    .saturating_mul(len_ms)
-                    .saturating_add(timeout_ms)
-                    .saturating_sub(now_ms);
-                if expire == 0 {
-                    continue;
-                }
-                let key = format!("{cc_prefix}{seg}:{b}");
-                let _ = store.incr_by(&key, -1, Duration::from_millis(expire)).await;
-            }
+            // One round trip per throttle counting calls, all sent together. The store takes
+            // the dialog key atomically, so a BYE seen twice (or a final response racing a
+            // BYE) frees one slot.
+            join_all(jobs.iter().map(|(dlg, cc_prefix, timeout_ms)| {
+                store.release_dialog(DialogRelease {
+                    dialog_key: dlg,
+                    counter_prefix: cc_prefix,
+                    bucket_ms: timeout_ms.div_ceil(BUCKETS).max(1),
+                    timeout_ms: *timeout_ms,
+                    now_ms,
+                })
+            }))
+            .await;
         });
     }
 }
@@ -393,10 +376,24 @@ impl Stage for ThrottleStage {
             if jobs.is_empty() {
                 return Verdict::Continue;
             }
-            let outcomes = join_all(jobs.iter().map(|(t, seg, limit, counted)| {
-                self.count(t, seg, limit, req, *counted, new_call, now_ms)
-            }))
-            .await;
+            let mut ops = Vec::new();
+            let plans: Vec<Plan> = jobs
+                .iter()
+                .map(|(t, seg, limit, counted)| {
+                    self.plan(t, seg, limit, req, *counted, new_call, now_ms, &mut ops)
+                })
+                .collect();
+            // One round trip for the whole decision. A store that does not answer lets the
+            // request through (the fallback store answers locally instead).
+            let results = if ops.is_empty() {
+                Vec::new()
+            } else {
+                self.store.batch(&ops).await.unwrap_or_default()
+            };
+            let outcomes: Vec<Outcome> = plans
+                .into_iter()
+                .map(|p| Self::evaluate(p, &results))
+                .collect();
             let refused = jobs
                 .iter()
                 .zip(&outcomes)

@@ -295,3 +295,128 @@ async fn replicas_sharing_a_store_share_the_limit() {
     assert_eq!(open.len(), 1);
     assert_eq!(open[0].1, Bytes::from_static(b"3"));
 }
+
+/// A memory store that counts the calls made to it: each would be one Redis round trip.
+#[derive(Default)]
+struct Counting {
+    mem: MemoryStore,
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+impl Counting {
+    fn take(&self) -> usize {
+        self.calls.swap(0, std::sync::atomic::Ordering::SeqCst)
+    }
+    fn hit(&self) -> &MemoryStore {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        &self.mem
+    }
+}
+
+impl Store for Counting {
+    fn incr_window<'a>(&'a self, k: &'a str, w: Duration) -> crate::store::StoreFuture<'a, u64> {
+        self.hit().incr_window(k, w)
+    }
+    fn get<'a>(&'a self, k: &'a str) -> crate::store::StoreFuture<'a, Option<Bytes>> {
+        self.hit().get(k)
+    }
+    fn set_ex<'a>(
+        &'a self,
+        k: &'a str,
+        v: Bytes,
+        t: Duration,
+    ) -> crate::store::StoreFuture<'a, ()> {
+        self.hit().set_ex(k, v, t)
+    }
+    fn del<'a>(&'a self, k: &'a str) -> crate::store::StoreFuture<'a, bool> {
+        self.hit().del(k)
+    }
+    fn incr_by<'a>(
+        &'a self,
+        k: &'a str,
+        d: i64,
+        t: Duration,
+    ) -> crate::store::StoreFuture<'a, i64> {
+        self.hit().incr_by(k, d, t)
+    }
+    fn list_prefix<'a>(
+        &'a self,
+        p: &'a str,
+        l: usize,
+    ) -> crate::store::StoreFuture<'a, Vec<(String, Bytes)>> {
+        self.hit().list_prefix(p, l)
+    }
+    fn hash_get_all<'a>(
+        &'a self,
+        k: &'a str,
+    ) -> crate::store::StoreFuture<'a, Vec<(String, Bytes)>> {
+        self.hit().hash_get_all(k)
+    }
+    fn hash_set<'a>(
+        &'a self,
+        k: &'a str,
+        f: Vec<(String, Bytes)>,
+        t: Option<Duration>,
+    ) -> crate::store::StoreFuture<'a, ()> {
+        self.hit().hash_set(k, f, t)
+    }
+    fn flood_hit<'a>(
+        &'a self,
+        h: crate::store::FloodHit<'a>,
+    ) -> crate::store::StoreFuture<'a, crate::store::FloodOutcome> {
+        self.hit().flood_hit(h)
+    }
+    fn list_prefix_ttl<'a>(
+        &'a self,
+        p: &'a str,
+        l: usize,
+    ) -> crate::store::StoreFuture<'a, Vec<crate::store::Listed>> {
+        self.hit().list_prefix_ttl(p, l)
+    }
+    fn batch<'a>(
+        &'a self,
+        ops: &'a [Op],
+    ) -> crate::store::StoreFuture<'a, Vec<Result<OpResult, StoreError>>> {
+        self.hit().batch(ops)
+    }
+    fn release_dialog<'a>(&'a self, r: DialogRelease<'a>) -> crate::store::StoreFuture<'a, bool> {
+        self.hit().release_dialog(r)
+    }
+    fn ping(&self) -> crate::store::StoreFuture<'_, ()> {
+        self.hit().ping()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_store_round_trip_per_invite_and_per_bye() {
+    let store = Arc::new(Counting::default());
+    let mut second = config(&[], None);
+    second.name = "ns/second".into();
+    second.default = Some(limit(None, None, Some(10), Some(5)));
+    let st = ThrottleStage::new(
+        &[
+            config(
+                &[("acme", limit(Some(10), Some(20), Some(10), Some(1)))],
+                None,
+            ),
+            second,
+        ],
+        store.clone(),
+        "p:",
+        Clock::at(START),
+    );
+    // Two throttles, every limit: still one round trip for the decision.
+    assert_eq!(invite(&st, "c1", Some("acme")).await, Verdict::Continue);
+    settle().await;
+    assert_eq!(store.take(), 1);
+    // A refusal: the decision, then one give-back of all its counts.
+    assert!(is_429(&invite(&st, "c2", Some("acme")).await));
+    settle().await;
+    assert_eq!(store.take(), 2);
+    // Its counts were given back: c1's BYE frees the only slot for c3.
+    st.on_dialog_end(&req("BYE", "c1", None), &cx(Method::Bye, true));
+    settle().await;
+    // One release per throttle counting calls, sent together.
+    assert_eq!(store.take(), 2);
+    assert_eq!(invite(&st, "c3", Some("acme")).await, Verdict::Continue);
+}
