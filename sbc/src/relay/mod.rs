@@ -909,14 +909,15 @@ impl Relay {
         });
     }
 
-    fn failover_of(&self, cfg: &SbcConfig, set: Option<u32>) -> Failover {
+    /// The failover settings of a set, borrowed from the loaded config (no copy per message).
+    fn failover_of<'a>(&self, cfg: &'a SbcConfig, set: Option<u32>) -> &'a Failover {
+        static DEFAULT: std::sync::LazyLock<Failover> = std::sync::LazyLock::new(Failover::default);
         let id = set.unwrap_or(cfg.dispatcher.default_set);
         cfg.dispatcher
             .sets
             .iter()
             .find(|s| s.id == id)
-            .map(|s| s.failover.clone())
-            .unwrap_or_default()
+            .map_or(&*DEFAULT, |s| &s.failover)
     }
 
     fn on_ack(&self, msg: Message, peer: Peer, mf: u32, loop_hash: u64, out: &mut Vec<Out>) {
