@@ -257,7 +257,8 @@ async fn run(
             let d = d.clone();
             let guard = Guard::new(&c.access_lists, store.clone())
                 .with_trusted(Arc::new(move |ip| is_destination(&d, ip)))
-                .with_metrics(guard_metrics.clone());
+                .with_metrics(guard_metrics.clone())
+                .start();
             // The guard runs first; auth and throttle follow it.
             let mut stages: Vec<Arc<dyn sbc::pipeline::Stage>> = vec![Arc::new(guard)];
             stages.extend(policy_stages(c, &store, clock));

@@ -4,9 +4,10 @@
 //! 1. **flood** (Kamailio's pike): more than `flood.requests` requests from one source IP in
 //!    `flood.windowSecs` bans the source for `flood.banSecs`. The count and the ban live in
 //!    the store (`flood:{ip}`, `ban:{ip}`), so every replica enforces a ban set by any of
-//!    them; one store round trip per request decides. Trusted sources (the dispatcher's
-//!    destinations, `trusted` CIDRs) are exempt. A banned source gets no answer, or
-//!    `banResponseCode` when configured.
+//!    them; each replica tallies hits locally and syncs them in one round trip for all
+//!    sources every 50 ms (see [`flood`]). Trusted sources (the dispatcher's destinations,
+//!    `trusted` CIDRs) are exempt. A banned source gets no answer, or `banResponseCode` when
+//!    configured.
 //! 2. **access lists**, each in order of the configuration: the first matching rule decides,
 //!    else the list's default action; a request must be allowed by every list. A deny answers
 //!    the rule's code with a reason naming the rule's kind (`403 Forbidden (scanner)`,
@@ -22,12 +23,15 @@
 //! A store error never blocks traffic: the guard lets the request through and logs at debug
 //! level (the fallback store already answers from memory when Redis is unreachable).
 
+pub mod flood;
 pub mod rules;
 
 use std::io::Write as _;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
@@ -38,6 +42,7 @@ use crate::sip::{HeaderName, Message, Method};
 use crate::store::{FloodHit, FloodOutcome, Store, StoreError};
 use kubesbc_crds::policy::{AccessListConfig, FloodLimit};
 
+use flood::{FloodTracker, Local};
 use rules::{Cidr, Decision, List};
 
 /// Key prefix of source bans: `ban:{ip}`.
@@ -104,6 +109,7 @@ impl GuardMetrics {
 pub struct Guard {
     lists: Vec<List>,
     flood: Option<FloodLimit>,
+    tracker: Option<Arc<FloodTracker>>,
     register_flood: Option<FloodLimit>,
     trusted: Vec<Cidr>,
     trusted_fn: Option<TrustedFn>,
@@ -127,9 +133,11 @@ impl Guard {
     /// Flood limits, trusted CIDRs and the ban answer come from the first list that sets
     /// them; trusted CIDRs of every list add up.
     pub fn new(lists: &[AccessListConfig], store: Arc<dyn Store>) -> Guard {
+        let flood = lists.iter().find_map(|l| l.flood.clone());
         Guard {
             lists: lists.iter().map(List::compile).collect(),
-            flood: lists.iter().find_map(|l| l.flood.clone()),
+            tracker: flood.as_ref().map(|f| Arc::new(FloodTracker::new(f))),
+            flood,
             register_flood: lists.iter().find_map(|l| l.register_flood.clone()),
             trusted: lists
                 .iter()
@@ -154,6 +162,22 @@ impl Guard {
         self
     }
 
+    /// Starts syncing the flood tallies with the store (see [`flood`]); call once, inside
+    /// the runtime, when the guard is built. Without it every tracked source is decided by
+    /// the store only when this replica alone takes it over the limit.
+    pub fn start(self) -> Guard {
+        if let (Some(t), Some(f)) = (&self.tracker, &self.flood) {
+            let (bans, secs) = (self.metrics.as_ref().map(|m| m.bans.clone()), f.ban_secs);
+            t.spawn_sync(self.store.clone(), move |ip| {
+                tracing::warn!(%ip, secs, "source banned for flooding");
+                if let Some(b) = &bans {
+                    b.inc();
+                }
+            });
+        }
+        self
+    }
+
     fn count(&self, r: Refused) {
         if let Some(m) = &self.metrics {
             m.refused[r as usize].inc();
@@ -170,34 +194,39 @@ impl Guard {
         let ip = cx.peer.addr.ip().to_canonical();
         let trusted = self.is_trusted(ip, cx.peer.addr);
 
-        if let Some(f) = &self.flood
+        if let (Some(f), Some(tracker)) = (&self.flood, &self.tracker)
             && !trusted
         {
-            let (counter, ban) = (IpKey::new(FLOOD_PREFIX, ip), IpKey::new(BAN_PREFIX, ip));
-            let hit = FloodHit {
-                counter_key: counter.as_str(),
-                ban_key: ban.as_str(),
-                limit: u64::from(f.requests),
-                window: Duration::from_secs(u64::from(f.window_secs)),
-                ban_ttl: Duration::from_secs(u64::from(f.ban_secs)),
-                ban_value: Bytes::from_static(b"flood"),
-            };
-            match self.store.flood_hit(hit).await {
-                Ok(FloodOutcome::Banned { new, .. }) => {
-                    if new {
-                        tracing::warn!(%ip, secs = f.ban_secs, "source banned for flooding");
-                        if let Some(m) = &self.metrics {
-                            m.bans.inc();
-                        }
-                    }
-                    self.count(Refused::Banned);
-                    return match self.ban_code {
-                        Some(code) => Verdict::Reply(Refusal::new(code, "Forbidden (banned)")),
-                        None => Verdict::Drop,
-                    };
+            let local = tracker.hit(ip, Instant::now());
+            let outcome = match local {
+                Local::Allow => FloodOutcome::Allowed { count: 0 },
+                Local::Banned(remaining) => FloodOutcome::Banned {
+                    remaining,
+                    new: false,
+                },
+                Local::Ask(hits) => {
+                    let (counter, ban) = (IpKey::new(FLOOD_PREFIX, ip), IpKey::new(BAN_PREFIX, ip));
+                    let hit = tracker.flood_hit(counter.as_str(), ban.as_str(), hits);
+                    let answer = self.store.flood_hit(hit).await;
+                    tracker.answered(ip, answer.as_ref().ok().copied(), Instant::now());
+                    answer.unwrap_or_else(|e| {
+                        tracing::debug!(error = %e, "flood check skipped");
+                        FloodOutcome::Allowed { count: 0 }
+                    })
                 }
-                Ok(FloodOutcome::Allowed { .. }) => {}
-                Err(e) => tracing::debug!(error = %e, "flood check skipped"),
+            };
+            if let FloodOutcome::Banned { new, .. } = outcome {
+                if new {
+                    tracing::warn!(%ip, secs = f.ban_secs, "source banned for flooding");
+                    if let Some(m) = &self.metrics {
+                        m.bans.inc();
+                    }
+                }
+                self.count(Refused::Banned);
+                return match self.ban_code {
+                    Some(code) => Verdict::Reply(Refusal::new(code, "Forbidden (banned)")),
+                    None => Verdict::Drop,
+                };
             }
         }
 
@@ -239,6 +268,7 @@ impl Guard {
                         window: Duration::from_secs(u64::from(f.window_secs)),
                         ban_ttl: Duration::from_secs(u64::from(f.ban_secs)),
                         ban_value: Bytes::from_static(b"register-flood"),
+                        hits: 1,
                     };
                     match self.store.flood_hit(hit).await {
                         Ok(FloodOutcome::Banned { new, .. }) => {
@@ -288,13 +318,13 @@ impl Stage for Guard {
 }
 
 /// `prefix` + an address, formatted on the stack (no allocation per request).
-struct IpKey {
+pub(crate) struct IpKey {
     buf: [u8; 64],
     len: usize,
 }
 
 impl IpKey {
-    fn new(prefix: &str, ip: IpAddr) -> IpKey {
+    pub(crate) fn new(prefix: &str, ip: IpAddr) -> IpKey {
         let mut buf = [0u8; 64];
         let mut w: &mut [u8] = &mut buf;
         // 64 bytes hold the longest prefix plus the longest IPv6 text (45 bytes).
@@ -303,7 +333,7 @@ impl IpKey {
         IpKey { buf, len }
     }
 
-    fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         std::str::from_utf8(self.buf.get(..self.len).unwrap_or(&[])).unwrap_or("")
     }
 }

@@ -384,6 +384,65 @@ async fn flood_bans_the_source_until_the_ban_expires() {
     assert!(list_bans(store.as_ref()).await.unwrap().is_empty());
 }
 
+/// Two replicas' guards sharing one store, syncing as the sbc runs them.
+fn replicas(limit: u32) -> (Guard, Guard, Arc<dyn Store>) {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new(10_000));
+    let a = Guard::new(&[flood_list(limit)], store.clone()).start();
+    let b = Guard::new(&[flood_list(limit)], store.clone()).start();
+    (a, b, store)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_ban_set_through_one_replica_is_enforced_by_another_that_knows_the_source() {
+    let (a, b, _) = replicas(5);
+    // B has seen the source already, so it decides it locally from now on.
+    assert_eq!(
+        verdict(&b, &req("OPTIONS"), "192.0.2.9").await,
+        Verdict::Continue
+    );
+    tokio::time::sleep(flood::SYNC_INTERVAL * 2).await;
+    for _ in 0..4 {
+        assert_eq!(
+            verdict(&a, &req("OPTIONS"), "192.0.2.9").await,
+            Verdict::Continue
+        );
+    }
+    assert_eq!(
+        verdict(&a, &req("OPTIONS"), "192.0.2.9").await,
+        Verdict::Drop
+    );
+    tokio::time::sleep(flood::SYNC_INTERVAL * 2).await;
+    assert_eq!(
+        verdict(&b, &req("OPTIONS"), "192.0.2.9").await,
+        Verdict::Drop
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn tallies_of_all_replicas_add_up_to_a_ban() {
+    let (a, b, store) = replicas(10);
+    // Six requests through each replica: under the limit for each, over it together.
+    for g in [&a, &b] {
+        for _ in 0..6 {
+            assert_eq!(
+                verdict(g, &req("OPTIONS"), "192.0.2.10").await,
+                Verdict::Continue
+            );
+        }
+    }
+    // Each replica learns the total at its next sync (or asks, once its knowledge is old).
+    tokio::time::sleep(flood::SYNC_INTERVAL * 3).await;
+    for g in [&a, &b] {
+        assert_eq!(
+            verdict(g, &req("OPTIONS"), "192.0.2.10").await,
+            Verdict::Drop
+        );
+    }
+    let bans = list_bans(store.as_ref()).await.unwrap();
+    assert_eq!(bans.len(), 1, "{bans:?}");
+    assert_eq!(bans[0].ip, "192.0.2.10");
+}
+
 #[tokio::test(start_paused = true)]
 async fn requests_spread_over_windows_are_not_a_flood() {
     let g = guard(vec![flood_list(3)]);
@@ -403,7 +462,7 @@ async fn ban_answer_and_removal() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new(10_000));
     let mut l = flood_list(1);
     l.ban_response_code = Some(403);
-    let g = Guard::new(&[l], store.clone());
+    let g = Guard::new(&[l], store.clone()).start();
     assert_eq!(
         verdict(&g, &req("OPTIONS"), "2001:db8::7").await,
         Verdict::Continue
@@ -422,6 +481,12 @@ async fn ban_answer_and_removal() {
             .await
             .unwrap()
     );
+    // Still banned here until the next sync tells this replica the ban is gone.
+    assert_eq!(
+        verdict(&g, &req("OPTIONS"), "2001:db8::7").await,
+        refused(403, "Forbidden (banned)")
+    );
+    tokio::time::sleep(crate::guard::flood::SYNC_INTERVAL * 2).await;
     // The counter was reset with the ban: one more request fits.
     assert_eq!(
         verdict(&g, &req("OPTIONS"), "2001:db8::7").await,

@@ -242,6 +242,13 @@ impl Store for FallbackStore {
         ))
     }
 
+    fn flood_sync<'a>(&'a self, hits: &'a [FloodHit<'a>]) -> StoreFuture<'a, Vec<FloodOutcome>> {
+        Box::pin(self.call(
+            move || self.inner.backend.flood_sync(hits),
+            move |m| m.flood_sync(hits),
+        ))
+    }
+
     fn list_prefix_ttl<'a>(
         &'a self,
         prefix: &'a str,

@@ -287,6 +287,17 @@ impl Store for MemoryStore {
                 new: false,
             }));
         }
+        if hit.hits == 0 {
+            let count = self.with_shard(hit.counter_key, |shard, _| {
+                shard
+                    .map
+                    .get(hit.counter_key)
+                    .map_or(Ok(0), |e| e.value.as_int(hit.counter_key))
+            });
+            return ready(count.map(|n| FloodOutcome::Allowed {
+                count: u64::try_from(n).unwrap_or(0),
+            }));
+        }
         let count = self.with_shard(hit.counter_key, |shard, now| {
             self.admit(shard, hit.counter_key, now)?;
             let entry = shard
@@ -296,7 +307,8 @@ impl Store for MemoryStore {
                     value: Value::Int(0),
                     expires_at: deadline(now, hit.window),
                 });
-            let n = entry.value.as_int(hit.counter_key)?.saturating_add(1);
+            let hits = i64::try_from(hit.hits).unwrap_or(i64::MAX);
+            let n = entry.value.as_int(hit.counter_key)?.saturating_add(hits);
             entry.value = Value::Int(n);
             if u64::try_from(n).unwrap_or(0) > hit.limit {
                 shard.map.remove(hit.counter_key);
@@ -638,6 +650,7 @@ mod tests {
             window: Duration::from_secs(2),
             ban_ttl: Duration::from_secs(60),
             ban_value: Bytes::from_static(b"x"),
+            hits: 1,
         };
         for n in 1..=3 {
             assert_eq!(

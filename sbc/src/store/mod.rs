@@ -94,6 +94,18 @@ pub trait Store: Send + Sync {
     /// and answers [`FloodOutcome::Banned`] with `new: true`.
     fn flood_hit<'a>(&'a self, hit: FloodHit<'a>) -> StoreFuture<'a, FloodOutcome>;
 
+    /// [`Store::flood_hit`] for many sources in one round trip (Redis: one Lua script), with
+    /// one answer per hit, in order. The guard syncs its local tallies with this.
+    fn flood_sync<'a>(&'a self, hits: &'a [FloodHit<'a>]) -> StoreFuture<'a, Vec<FloodOutcome>> {
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(hits.len());
+            for h in hits {
+                out.push(self.flood_hit(h.clone()).await?);
+            }
+            Ok(out)
+        })
+    }
+
     /// Like [`Store::list_prefix`], with each key's remaining time to live.
     fn list_prefix_ttl<'a>(&'a self, prefix: &'a str, limit: usize)
     -> StoreFuture<'a, Vec<Listed>>;
@@ -201,6 +213,9 @@ pub struct FloodHit<'a> {
     pub ban_ttl: Duration,
     /// What the ban key holds (see [`crate::guard::BanRecord`]).
     pub ban_value: Bytes,
+    /// Hits to count at once (a replica's local tally since its last sync); 0 only reads the
+    /// count and the ban.
+    pub hits: u64,
 }
 
 /// The answer of [`Store::flood_hit`].

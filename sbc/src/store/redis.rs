@@ -30,7 +30,7 @@ pub enum RedisStoreError {
 }
 
 /// The store operations, for the `op` label of `sbc_store_round_trips_total`.
-const OPS: [&str; 13] = [
+const OPS: [&str; 14] = [
     "incr_window",
     "get",
     "set_ex",
@@ -44,6 +44,7 @@ const OPS: [&str; 13] = [
     "ping",
     "batch",
     "release_dialog",
+    "flood_sync",
 ];
 
 #[derive(Clone, Copy)]
@@ -61,6 +62,7 @@ enum Op {
     Ping,
     Batch,
     ReleaseDialog,
+    FloodSync,
 }
 
 /// Keys listed per listing at most; listings are for operators, not for the hot path.
@@ -76,17 +78,38 @@ return n
 
 /// Pike in one step: an existing ban answers at once; otherwise count, and ban when over.
 /// Returns {banned, remaining ms or count, new}.
-const FLOOD_HIT: &str = r"
-local left = redis.call('PTTL', KEYS[2])
-if left > 0 then return {1, left, 0} end
-local n = redis.call('INCR', KEYS[1])
-if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-if n > tonumber(ARGV[1]) then
-  redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[3])
-  redis.call('DEL', KEYS[1])
-  return {1, tonumber(ARGV[3]), 1}
+/// Flood decisions: for each source i, KEYS[2i-1] is its counter and KEYS[2i] its ban, and
+/// ARGV[5i-4..5i] are the limit, window ms, ban ms, ban value and the hits to count. A live
+/// ban answers {1, ms left, 0}; otherwise the hits are counted in a fixed window and the count
+/// that goes over the limit sets the ban ({1, ban ms, 1}); else {0, count, 0}. Answers are
+/// flattened, three numbers per source.
+const FLOOD: &str = r"
+local out = {}
+for i = 1, #KEYS / 2 do
+  local c, b, a = KEYS[2 * i - 1], KEYS[2 * i], 5 * i - 5
+  local limit, win, ban, val, hits =
+    tonumber(ARGV[a + 1]), ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], tonumber(ARGV[a + 5])
+  local left = redis.call('PTTL', b)
+  if left > 0 then
+    out[#out + 1], out[#out + 2], out[#out + 3] = 1, left, 0
+  else
+    local n
+    if hits > 0 then
+      n = redis.call('INCRBY', c, hits)
+      if redis.call('PTTL', c) < 0 then redis.call('PEXPIRE', c, win) end
+    else
+      n = tonumber(redis.call('GET', c) or '0') or 0
+    end
+    if n > limit then
+      redis.call('SET', b, val, 'PX', ban)
+      redis.call('DEL', c)
+      out[#out + 1], out[#out + 2], out[#out + 3] = 1, tonumber(ban), 1
+    else
+      out[#out + 1], out[#out + 2], out[#out + 3] = 0, n, 0
+    end
+  end
 end
-return {0, n, 0}
+return out
 ";
 
 /// A batch: KEYS[i] is the key of operation i, ARGV[3i-2..3i] its code and two arguments.
@@ -172,7 +195,7 @@ pub struct RedisStore {
     conn: ConnectionManager,
     prefix: String,
     incr_window: Script,
-    flood_hit: Script,
+    flood: Script,
     list: Script,
     batch: Script,
     release_dialog: Script,
@@ -238,7 +261,7 @@ impl RedisStore {
             conn,
             prefix: prefix.to_owned(),
             incr_window: Script::new(INCR_WINDOW),
-            flood_hit: Script::new(FLOOD_HIT),
+            flood: Script::new(FLOOD),
             list: Script::new(LIST),
             batch: Script::new(BATCH),
             release_dialog: Script::new(RELEASE_DIALOG),
@@ -256,6 +279,50 @@ impl RedisStore {
     fn trip(&self, op: Op) -> ConnectionManager {
         self.trips[op as usize].inc();
         self.conn.clone()
+    }
+
+    /// One run of the flood script for `hits`, answers in order.
+    async fn flood_run(
+        &self,
+        op: Op,
+        hits: &[FloodHit<'_>],
+    ) -> Result<Vec<FloodOutcome>, StoreError> {
+        let mut inv = self.flood.prepare_invoke();
+        for h in hits {
+            inv.key(self.key(h.counter_key))
+                .key(self.key(h.ban_key))
+                .arg(h.limit)
+                .arg(ms(h.window))
+                .arg(ms(h.ban_ttl))
+                .arg(h.ban_value.as_ref())
+                .arg(h.hits);
+        }
+        let mut conn = self.trip(op);
+        let flat: Vec<i64> = inv
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| map_err(e, hits.first().map_or("", |h| h.counter_key)))?;
+        if flat.len() != hits.len() * 3 {
+            return Err(StoreError::Rejected(format!(
+                "flood script answered {} numbers for {} sources",
+                flat.len(),
+                hits.len()
+            )));
+        }
+        Ok(flat
+            .chunks_exact(3)
+            .map(|t| match *t {
+                [1, ms, new] => FloodOutcome::Banned {
+                    remaining: Duration::from_millis(u64::try_from(ms).unwrap_or(0)),
+                    new: new == 1,
+                },
+                [_, n, _] => FloodOutcome::Allowed {
+                    count: u64::try_from(n).unwrap_or(0),
+                },
+                // chunks_exact(3) yields only triples.
+                _ => FloodOutcome::Allowed { count: 0 },
+            })
+            .collect())
     }
 
     /// The glob matching every key that starts with `prefix` (Redis glob characters escaped).
@@ -509,27 +576,21 @@ impl Store for RedisStore {
 
     fn flood_hit<'a>(&'a self, hit: FloodHit<'a>) -> StoreFuture<'a, FloodOutcome> {
         Box::pin(async move {
-            let mut conn = self.trip(Op::FloodHit);
-            let (banned, n, new): (i64, i64, i64) = self
-                .flood_hit
-                .key(self.key(hit.counter_key))
-                .key(self.key(hit.ban_key))
-                .arg(hit.limit)
-                .arg(ms(hit.window))
-                .arg(ms(hit.ban_ttl))
-                .arg(hit.ban_value.as_ref())
-                .invoke_async(&mut conn)
-                .await
-                .map_err(|e| map_err(e, hit.counter_key))?;
-            let n = u64::try_from(n).unwrap_or(0);
-            Ok(if banned == 1 {
-                FloodOutcome::Banned {
-                    remaining: Duration::from_millis(n),
-                    new: new == 1,
-                }
-            } else {
-                FloodOutcome::Allowed { count: n }
-            })
+            let out = self
+                .flood_run(Op::FloodHit, std::slice::from_ref(&hit))
+                .await?;
+            out.into_iter()
+                .next()
+                .ok_or_else(|| StoreError::Rejected("flood script answered nothing".into()))
+        })
+    }
+
+    fn flood_sync<'a>(&'a self, hits: &'a [FloodHit<'a>]) -> StoreFuture<'a, Vec<FloodOutcome>> {
+        Box::pin(async move {
+            if hits.is_empty() {
+                return Ok(Vec::new());
+            }
+            self.flood_run(Op::FloodSync, hits).await
         })
     }
 
@@ -714,6 +775,7 @@ mod tests {
             window: w,
             ban_ttl: Duration::from_secs(30),
             ban_value: Bytes::from_static(b"flood"),
+            hits: 1,
         };
         assert_eq!(
             s.flood_hit(hit()).await.unwrap(),
