@@ -242,6 +242,16 @@ impl Store for FallbackStore {
         ))
     }
 
+    fn release_dialogs<'a>(
+        &'a self,
+        releases: &'a [DialogRelease<'a>],
+    ) -> StoreFuture<'a, Vec<bool>> {
+        Box::pin(self.call(
+            move || self.inner.backend.release_dialogs(releases),
+            move |m| m.release_dialogs(releases),
+        ))
+    }
+
     fn flood_sync<'a>(&'a self, hits: &'a [FloodHit<'a>]) -> StoreFuture<'a, Vec<FloodOutcome>> {
         Box::pin(self.call(
             move || self.inner.backend.flood_sync(hits),

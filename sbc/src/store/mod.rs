@@ -122,6 +122,21 @@ pub trait Store: Send + Sync {
     /// replicas) is released once.
     fn release_dialog<'a>(&'a self, release: DialogRelease<'a>) -> StoreFuture<'a, bool>;
 
+    /// [`Store::release_dialog`] for many calls in one round trip (Redis: one Lua script),
+    /// with one answer per release, in order.
+    fn release_dialogs<'a>(
+        &'a self,
+        releases: &'a [DialogRelease<'a>],
+    ) -> StoreFuture<'a, Vec<bool>> {
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(releases.len());
+            for r in releases {
+                out.push(self.release_dialog(r.clone()).await?);
+            }
+            Ok(out)
+        })
+    }
+
     /// Checks that the backend answers (Redis: `PING`). Always true for local stores.
     fn ping(&self) -> StoreFuture<'_, ()>;
 }

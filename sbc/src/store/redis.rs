@@ -30,7 +30,7 @@ pub enum RedisStoreError {
 }
 
 /// The store operations, for the `op` label of `sbc_store_round_trips_total`.
-const OPS: [&str; 14] = [
+const OPS: [&str; 15] = [
     "incr_window",
     "get",
     "set_ex",
@@ -45,6 +45,7 @@ const OPS: [&str; 14] = [
     "batch",
     "release_dialog",
     "flood_sync",
+    "release_dialogs",
 ];
 
 #[derive(Clone, Copy)]
@@ -63,6 +64,7 @@ enum Op {
     Batch,
     ReleaseDialog,
     FloodSync,
+    ReleaseDialogs,
 }
 
 /// Keys listed per listing at most; listings are for operators, not for the hot path.
@@ -149,20 +151,32 @@ return out
 /// Ends a counted call: takes the dialog key (KEYS[1]) and decrements its bucket,
 /// `ARGV[1]<segment>:<bucket>`, while that bucket lives. ARGV[2..4]: bucket length, dialog
 /// timeout and now, in ms. Returns 1 when this call took the dialog key, else 0.
+/// Releases: KEYS[i] is the dialog key of release i, ARGV[4i-3..4i] its counter prefix,
+/// bucket ms, timeout ms and now (ms since the epoch). Answers 1 per release that freed a
+/// slot, 0 per dialog already released.
 const RELEASE_DIALOG: &str = r"
-local v = redis.call('GET', KEYS[1])
-if not v then return 0 end
-redis.call('DEL', KEYS[1])
-local b, seg = string.match(v, '^(%d+)|(.+)$')
-if not b or #b > 18 then return 1 end
-local expire = (tonumber(b) + 1) * tonumber(ARGV[2]) + tonumber(ARGV[3]) - tonumber(ARGV[4])
-if expire < 1 then return 1 end
-local k = ARGV[1] .. seg .. ':' .. b
-if redis.call('EXISTS', k) == 1 then
-  redis.call('DECRBY', k, 1)
-  redis.call('PEXPIRE', k, math.floor(expire))
+local out = {}
+for i, dlg in ipairs(KEYS) do
+  local a = 4 * i - 4
+  local v = redis.call('GET', dlg)
+  if not v then
+    out[i] = 0
+  else
+    out[i] = 1
+    redis.call('DEL', dlg)
+    local b, seg = string.match(v, '^(%d+)|(.+)$')
+    if b and #b <= 18 then
+      local expire = (tonumber(b) + 1) * tonumber(ARGV[a + 2]) + tonumber(ARGV[a + 3])
+        - tonumber(ARGV[a + 4])
+      local k = ARGV[a + 1] .. seg .. ':' .. b
+      if expire >= 1 and redis.call('EXISTS', k) == 1 then
+        redis.call('DECRBY', k, 1)
+        redis.call('PEXPIRE', k, math.floor(expire))
+      end
+    end
+  end
 end
-return 1
+return out
 ";
 
 /// A bounded SCAN of the keys matching ARGV[1], with value and remaining TTL in ms (-1 for a
@@ -279,6 +293,28 @@ impl RedisStore {
     fn trip(&self, op: Op) -> ConnectionManager {
         self.trips[op as usize].inc();
         self.conn.clone()
+    }
+
+    /// One run of the release script for `releases`, answers in order.
+    async fn release_run(
+        &self,
+        op: Op,
+        releases: &[DialogRelease<'_>],
+    ) -> Result<Vec<bool>, StoreError> {
+        let mut inv = self.release_dialog.prepare_invoke();
+        for r in releases {
+            inv.key(self.key(r.dialog_key))
+                .arg(self.key(r.counter_prefix))
+                .arg(r.bucket_ms.max(1))
+                .arg(r.timeout_ms)
+                .arg(r.now_ms);
+        }
+        let mut conn = self.trip(op);
+        let out: Vec<i64> = inv
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| map_err(e, releases.first().map_or("", |r| r.dialog_key)))?;
+        Ok(out.into_iter().map(|n| n == 1).collect())
     }
 
     /// One run of the flood script for `hits`, answers in order.
@@ -646,18 +682,22 @@ impl Store for RedisStore {
 
     fn release_dialog<'a>(&'a self, release: DialogRelease<'a>) -> StoreFuture<'a, bool> {
         Box::pin(async move {
-            let mut conn = self.trip(Op::ReleaseDialog);
-            let n: i64 = self
-                .release_dialog
-                .key(self.key(release.dialog_key))
-                .arg(self.key(release.counter_prefix))
-                .arg(release.bucket_ms.max(1))
-                .arg(release.timeout_ms)
-                .arg(release.now_ms)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(|e| map_err(e, release.dialog_key))?;
-            Ok(n == 1)
+            let out = self
+                .release_run(Op::ReleaseDialog, std::slice::from_ref(&release))
+                .await?;
+            Ok(out.first().copied().unwrap_or(false))
+        })
+    }
+
+    fn release_dialogs<'a>(
+        &'a self,
+        releases: &'a [DialogRelease<'a>],
+    ) -> StoreFuture<'a, Vec<bool>> {
+        Box::pin(async move {
+            if releases.is_empty() {
+                return Ok(Vec::new());
+            }
+            self.release_run(Op::ReleaseDialogs, releases).await
         })
     }
 

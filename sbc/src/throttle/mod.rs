@@ -17,17 +17,18 @@
 //!   then, even while the tenant keeps calling.
 
 mod clock;
+mod release;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::future::join_all;
 use kubesbc_crds::policy::{MissingTenant, TenantLimit, ThrottleConfig};
 
 use crate::pipeline::{Admission, BoxFuture, Refusal, RequestContext, Stage, Verdict};
 use crate::sip::{Message, Method};
-use crate::store::{DialogRelease, Op, OpResult, Store, StoreError};
+use crate::store::{Op, OpResult, Store, StoreError};
+use release::{Release, Releaser};
 
 pub use clock::Clock;
 
@@ -44,6 +45,7 @@ pub struct ThrottleStage {
     store: Arc<dyn Store>,
     prefix: String,
     clock: Clock,
+    releaser: Releaser,
 }
 
 impl std::fmt::Debug for ThrottleStage {
@@ -124,6 +126,7 @@ impl ThrottleStage {
             .collect();
         ThrottleStage {
             throttles,
+            releaser: Releaser::start(store.clone()),
             store,
             prefix: prefix.to_owned(),
             clock,
@@ -298,42 +301,25 @@ impl ThrottleStage {
         let Some(call_id) = req.call_id() else {
             return;
         };
-        // (dialog key, counter key prefix, dialog timeout) of each throttle counting calls.
-        let jobs: Vec<(String, String, u64)> = self
+        let now_ms = self.clock.now_ms();
+        let jobs: Vec<Release> = self
             .throttles
             .iter()
             .filter(|t| t.counts_calls)
             .map(|t| {
-                (
-                    self.dialog_key(t, call_id),
-                    format!("{}thr:{}:cc:", self.prefix, t.cfg.name),
-                    u64::from(t.cfg.dialog_timeout_secs) * 1000,
-                )
+                let timeout_ms = u64::from(t.cfg.dialog_timeout_secs) * 1000;
+                Release {
+                    dialog_key: self.dialog_key(t, call_id),
+                    counter_prefix: format!("{}thr:{}:cc:", self.prefix, t.cfg.name),
+                    bucket_ms: timeout_ms.div_ceil(BUCKETS).max(1),
+                    timeout_ms,
+                    now_ms,
+                }
             })
             .collect();
-        if jobs.is_empty() {
-            return;
+        if !jobs.is_empty() {
+            self.releaser.send(jobs);
         }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let store = self.store.clone();
-        let now_ms = self.clock.now_ms();
-        rt.spawn(async move {
-            // One round trip per throttle counting calls, all sent together. The store takes
-            // the dialog key atomically, so a BYE seen twice (or a final response racing a
-            // BYE) frees one slot.
-            join_all(jobs.iter().map(|(dlg, cc_prefix, timeout_ms)| {
-                store.release_dialog(DialogRelease {
-                    dialog_key: dlg,
-                    counter_prefix: cc_prefix,
-                    bucket_ms: timeout_ms.div_ceil(BUCKETS).max(1),
-                    timeout_ms: *timeout_ms,
-                    now_ms,
-                })
-            }))
-            .await;
-        });
     }
 }
 
