@@ -249,7 +249,11 @@ async fn a_new_cluster_gets_its_configmap_deployment_and_status() {
     assert_eq!(ready["status"], "True");
 
     let carriers = patches(&sent, "/dispatchersets/carriers/status");
-    assert!(carriers[0].body["status"].get("destinationsTotal").is_none());
+    assert!(
+        carriers[0].body["status"]
+            .get("destinationsTotal")
+            .is_none()
+    );
     // The selected resources are told they took effect.
     for child in [
         "/dispatchersets/asterisk/status",
