@@ -16,6 +16,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource, ResourceExt};
+use kubesbc_crds::cluster::SbcClusterStatus;
 use kubesbc_crds::status::{ACCEPTED, READY};
 use kubesbc_crds::{AccessList, DispatcherSet, SbcCluster, TenantThrottle};
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
@@ -23,12 +24,16 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
+use crate::destinations::{self, Count, DestinationProbe, HttpProbe, Observation};
 use crate::render::{self, Inputs, Lookups, RenderError};
 
 /// Field manager of every server-side apply the operator makes.
 pub const MANAGER: &str = "kubesbc-operator";
 /// How often a healthy cluster is looked at again even without a change.
 pub const RESYNC: Duration = Duration::from_secs(600);
+/// How often an accepted cluster is looked at again, so "destinations up" follows what the
+/// sbc pods see (status is written only when it changed).
+pub const STATUS_RESYNC: Duration = Duration::from_secs(30);
 /// How soon a rejected cluster is retried (a missing Secret may appear).
 pub const RETRY_INVALID: Duration = Duration::from_secs(60);
 /// How soon a cluster is retried after an API error.
@@ -106,6 +111,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// Counters.
     pub metrics: Metrics,
+    /// Asks sbc pods what they see of their destinations.
+    pub probe: Arc<dyn DestinationProbe>,
 }
 
 impl Context {
@@ -119,7 +126,13 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             metrics: Metrics::new(registry)?,
             client,
+            probe: Arc::new(HttpProbe),
         })
+    }
+
+    /// The same context asking pods through `probe` (tests answer without sockets).
+    pub fn with_probe(self, probe: Arc<dyn DestinationProbe>) -> Context {
+        Context { probe, ..self }
     }
 }
 
@@ -363,6 +376,11 @@ where
     if let (Some(st), Some(more)) = (status.as_object_mut(), extra.as_object()) {
         st.extend(more.clone());
     }
+    // Requeued every STATUS_RESYNC: write only what moved.
+    let current = serde_json::to_value(obj).ok().map(|v| v["status"].clone());
+    if current.as_ref() == Some(&status) {
+        return Ok(());
+    }
     let body = json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
@@ -533,6 +551,9 @@ pub async fn reconcile(cluster: Arc<SbcCluster>, ctx: Arc<Context>) -> Result<Ac
             if let Some(t) = old.destinations_total {
                 st["destinationsTotal"] = json!(t);
             }
+            if let Some(u) = old.destinations_up {
+                st["destinationsUp"] = json!(u);
+            }
             let status =
                 json!({"apiVersion": "kubesbc.io/v1alpha1", "kind": "SbcCluster", "status": st});
             api.patch_status(&cluster.name_any(), &pp, &Patch::Apply(&status))
@@ -570,13 +591,8 @@ pub async fn reconcile(cluster: Arc<SbcCluster>, ctx: Arc<Context>) -> Result<Ac
     let desired = deployment.spec.and_then(|s| s.replicas).unwrap_or(1);
     let ready = dstatus.ready_replicas.unwrap_or(0);
     let is_ready = ready >= desired && desired > 0;
-    let destinations: usize = rendered
-        .config
-        .dispatcher
-        .sets
-        .iter()
-        .map(|s| s.destinations.len())
-        .sum();
+    let observed = observe_destinations(&ctx, &ns, &rendered).await;
+    let cluster_count = cluster_destinations(&observed, &rendered);
     let conds = [
         condition(
             &previous,
@@ -602,32 +618,43 @@ pub async fn reconcile(cluster: Arc<SbcCluster>, ctx: Arc<Context>) -> Result<Ac
             } else {
                 "ReplicasNotReady"
             },
-            format!("{ready}/{desired} replicas ready"),
+            format!(
+                "{ready}/{desired} replicas ready; {}",
+                destinations_message(&observed, cluster_count)
+            ),
             generation,
             now,
         ),
     ];
-    let status = json!({
-        "apiVersion": "kubesbc.io/v1alpha1",
-        "kind": "SbcCluster",
-        "status": {
-            "observedGeneration": generation,
-            "conditions": conds,
-            "replicas": dstatus.replicas.unwrap_or(0),
-            "readyReplicas": ready,
-            "destinationsTotal": destinations,
-            "configHash": rendered.config_hash,
-        },
+    let mut st = json!({
+        "observedGeneration": generation,
+        "conditions": conds,
+        "replicas": dstatus.replicas.unwrap_or(0),
+        "readyReplicas": ready,
+        "configHash": rendered.config_hash,
     });
-    api.patch_status(&cluster.name_any(), &pp, &Patch::Apply(&status))
-        .await?;
+    // No pod answered: the counts are unknown, not 0 (the Ready message says why).
+    if let Some(c) = cluster_count {
+        st["destinationsUp"] = json!(c.up_i32());
+        st["destinationsTotal"] = json!(c.total_i32());
+    }
+    // Requeued every STATUS_RESYNC: write only what moved.
+    let unchanged = serde_json::from_value::<SbcClusterStatus>(st.clone())
+        .is_ok_and(|new| Some(&new) == cluster.status.as_ref());
+    if !unchanged {
+        let status =
+            json!({"apiVersion": "kubesbc.io/v1alpha1", "kind": "SbcCluster", "status": st});
+        api.patch_status(&cluster.name_any(), &pp, &Patch::Apply(&status))
+            .await?;
+    }
     let cluster_id = format!("{ns}/{}", cluster.name_any());
+    let owners = set_reporters(client, &ns, &sets).await?;
     for ds in &sets {
-        // Static sets know their size; Service sets are counted by the sbc from EndpointSlices.
-        let extra = match &ds.spec.destinations.static_ {
-            Some(d) => json!({"destinationsTotal": d.len()}),
-            None => json!({}),
-        };
+        let extra = set_destinations(
+            ds,
+            &observed,
+            owners.get(&ds.name_any()) == Some(&cluster.name_any()),
+        );
         child_status(client, ds, Ok(&cluster_id), extra).await?;
     }
     for tt in &throttles {
@@ -654,7 +681,108 @@ pub async fn reconcile(cluster: Arc<SbcCluster>, ctx: Arc<Context>) -> Result<Ac
         )
         .await;
     }
-    Ok(Action::requeue(RESYNC))
+    Ok(Action::requeue(STATUS_RESYNC))
+}
+
+/// Asks the cluster's running sbc pods for their `/dispatcher` view. Never an error: a pod
+/// list that fails (or no pod) is an observation with nobody asked, which the status shows.
+async fn observe_destinations(ctx: &Context, ns: &str, rendered: &render::Rendered) -> Observation {
+    // The Deployment's own selector: exactly the pods it runs.
+    let selector = rendered
+        .deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.match_labels.clone())
+        .unwrap_or_default();
+    if selector.is_empty() {
+        return Observation::default();
+    }
+    let port = rendered.config.admin.address.port();
+    match destinations::pod_admins(&ctx.client, ns, &selector, port).await {
+        Ok(admins) => destinations::observe(ctx.probe.as_ref(), &admins).await,
+        Err(e) => {
+            tracing::warn!(namespace = ns, error = %e, "cannot list sbc pods");
+            Observation::default()
+        }
+    }
+}
+
+/// Up/total over the cluster's rendered sets, or `None` when no pod answered.
+fn cluster_destinations(observed: &Observation, rendered: &render::Rendered) -> Option<Count> {
+    (observed.answered > 0).then(|| {
+        destinations::sum(
+            &observed.sets,
+            rendered.config.dispatcher.sets.iter().map(|s| s.id),
+        )
+    })
+}
+
+/// The destinations part of the cluster's Ready message.
+fn destinations_message(observed: &Observation, count: Option<Count>) -> String {
+    match count {
+        Some(c) => format!(
+            "{}/{} destinations up (as seen by {}/{} sbc pods)",
+            c.up, c.total, observed.answered, observed.asked
+        ),
+        None if observed.asked == 0 => "destinations unknown: no running sbc pod".to_owned(),
+        None => format!(
+            "destinations unknown: none of {} sbc pods answered GET /dispatcher",
+            observed.asked
+        ),
+    }
+}
+
+/// For each of `sets` (by name), the SbcCluster that reports its destinations: of the clusters
+/// in `ns` selecting it, the first by name. A set shared by clusters thus shows one cluster's
+/// view instead of flipping between them.
+async fn set_reporters(
+    client: &Client,
+    ns: &str,
+    sets: &[DispatcherSet],
+) -> Result<std::collections::BTreeMap<String, String>, Error> {
+    if sets.is_empty() {
+        return Ok(Default::default());
+    }
+    let mut clusters = Api::<SbcCluster>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await?
+        .items;
+    clusters.sort_by_key(|c| c.name_any());
+    Ok(sets
+        .iter()
+        .filter_map(|ds| {
+            clusters
+                .iter()
+                .find(|c| render::selects(c.spec.dispatcher_set_selector.as_ref(), ds.labels()))
+                .map(|c| (ds.name_any(), c.name_any()))
+        })
+        .collect())
+}
+
+/// The `destinationsUp`/`destinationsTotal` a DispatcherSet's status gets from this cluster:
+/// the pods' view of its set when this cluster reports it (see [`set_reporters`]) and a pod
+/// listed the set; what the status already holds when another cluster reports it (an apply
+/// without the fields would remove them); nothing otherwise.
+fn set_destinations(
+    ds: &DispatcherSet,
+    observed: &Observation,
+    reporter: bool,
+) -> serde_json::Value {
+    if !reporter {
+        let old = ds.status.as_ref();
+        let mut extra = json!({});
+        if let Some(t) = old.and_then(|s| s.destinations_total) {
+            extra["destinationsTotal"] = json!(t);
+        }
+        if let Some(u) = old.and_then(|s| s.destinations_up) {
+            extra["destinationsUp"] = json!(u);
+        }
+        return extra;
+    }
+    match observed.sets.get(&ds.spec.set_id) {
+        Some(c) => json!({"destinationsUp": c.up_i32(), "destinationsTotal": c.total_i32()}),
+        None => json!({}),
+    }
 }
 
 /// Counts the failure and retries later; errors never crash the operator.

@@ -3,5 +3,6 @@
 #![forbid(unsafe_code)]
 
 pub mod controller;
+pub mod destinations;
 pub mod leader;
 pub mod render;

@@ -238,7 +238,9 @@ async fn a_new_cluster_gets_its_configmap_deployment_and_status() {
     let st = &status[0].body["status"];
     assert_eq!(st["observedGeneration"], 3);
     assert_eq!(st["readyReplicas"], 2);
-    assert_eq!(st["destinationsTotal"], 2);
+    // No sbc pod to ask in this world: the counts are unknown, not 0.
+    assert!(st.get("destinationsTotal").is_none(), "{st}");
+    assert!(st.get("destinationsUp").is_none(), "{st}");
     assert_eq!(accepted(status[0]).0, "True");
     let ready = st["conditions"]
         .as_array()
@@ -247,7 +249,11 @@ async fn a_new_cluster_gets_its_configmap_deployment_and_status() {
     assert_eq!(ready["status"], "True");
 
     let carriers = patches(&sent, "/dispatchersets/carriers/status");
-    assert_eq!(carriers[0].body["status"]["destinationsTotal"], 2);
+    assert!(
+        carriers[0].body["status"]
+            .get("destinationsTotal")
+            .is_none()
+    );
     // The selected resources are told they took effect.
     for child in [
         "/dispatchersets/asterisk/status",
