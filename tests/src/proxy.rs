@@ -397,6 +397,52 @@ impl Proxy {
         }
     }
 
+    /// The text of `/metrics` (sbc only), empty when the endpoint does not answer.
+    pub fn metrics(&self) -> String {
+        http::get(self.admin(), "/metrics", Duration::from_secs(3))
+            .map(|r| r.body)
+            .unwrap_or_default()
+    }
+
+    /// The value of the first sample of `series` in `/metrics` (a full series name with
+    /// labels, or a bare name).
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        self.metrics().lines().find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+    }
+
+    /// Asserts that `/metrics` contains each of `samples` (series with labels, and a value
+    /// where the test fixes one).
+    pub fn assert_metrics_contain(&self, samples: &[&str]) {
+        let metrics = self.metrics();
+        for sample in samples {
+            assert!(
+                metrics.contains(sample),
+                "no {sample} in /metrics:\n{metrics}"
+            );
+        }
+    }
+
+    /// Waits until the proxy's log contains `needle` and returns the log's end; panics with
+    /// it after `timeout`.
+    pub fn wait_logged(&self, needle: &str, timeout: Duration) -> String {
+        wait_for(timeout, || {
+            let log = self.log_tail();
+            log.contains(needle).then_some(log)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no {needle:?} logged within {timeout:?}:\n{}",
+                self.log_tail()
+            )
+        })
+    }
+
     /// Sends SIGTERM (to the process group for Kamailio).
     pub fn terminate(&self) {
         if let Some(pid) = self.pid() {

@@ -371,6 +371,20 @@ pub fn options_ping(target: SocketAddr, timeout: Duration) -> Option<SipResponse
     c.request(&req, timeout)
 }
 
+/// Sends `n` OPTIONS (each its own transaction) from `client` at once and counts the answers
+/// that arrive, each within `wait` of the one before: how many a flood limit let through.
+pub fn options_burst(client: &mut SipClient, n: usize, wait: Duration) -> usize {
+    for _ in 0..n {
+        let req = RequestBuilder::new("OPTIONS", "sip:burst@example.com", client);
+        client.send(&req.build());
+    }
+    let mut answered = 0;
+    while client.recv(wait).is_some() {
+        answered += 1;
+    }
+    answered
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
