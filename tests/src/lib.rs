@@ -30,7 +30,8 @@ pub use proxy::{DispatcherDest, Proxy, ProxyKind, ProxyOptions, sbc_only};
 pub use redis::RedisServer;
 pub use sipp::{CallStats, MessageLog, Sipp, SippTransport, UacOptions};
 pub use testbed::{
-    CallRun, Testbed, TestbedBuilder, received_invites, start_calls, start_calls_from,
+    CallRun, Testbed, TestbedBuilder, received_invites, start_backend, start_calls,
+    start_calls_from,
 };
 
 /// The loopback address every process of a test binds and targets.

@@ -548,23 +548,16 @@ mod tests {
     #[test]
     fn finds_flags_in_kamcmd_tree_and_in_tables() {
         let kam = "{\n\tSET: {\n\t\tTARGETS: {\n\t\t\tDEST: {\n\t\t\t\tURI: sip:127.0.0.1:25071\n\t\t\t\tFLAGS: AP\n\t\t\t\tPRIORITY: 0\n\t\t\t}\n\t\t\tDEST: {\n\t\t\t\tURI: sip:127.0.0.1:25072\n\t\t\t\tFLAGS: IP\n";
-        assert_eq!(
-            destination_flags(kam, "sip:127.0.0.1:25071").as_deref(),
-            Some("AP")
-        );
-        assert_eq!(
-            destination_flags(kam, "sip:127.0.0.1:25072").as_deref(),
-            Some("IP")
-        );
-        assert_eq!(destination_flags(kam, "sip:127.0.0.1:2507"), None);
         let table = "SET URI FLAGS PRIORITY\n1 sip:127.0.0.1:5071;transport=tcp IP 0\n1 sip:127.0.0.1:5072 AP 0\n";
-        assert_eq!(
-            destination_flags(table, "sip:127.0.0.1:5071").as_deref(),
-            Some("IP")
-        );
-        assert_eq!(
-            destination_flags(table, "sip:127.0.0.1:5072").as_deref(),
-            Some("AP")
-        );
+        let cases = [
+            (kam, "sip:127.0.0.1:25071", Some("AP")),
+            (kam, "sip:127.0.0.1:25072", Some("IP")),
+            (kam, "sip:127.0.0.1:2507", None),
+            (table, "sip:127.0.0.1:5071", Some("IP")),
+            (table, "sip:127.0.0.1:5072", Some("AP")),
+        ];
+        for (listing, uri, flags) in cases {
+            assert_eq!(destination_flags(listing, uri).as_deref(), flags, "{uri}");
+        }
     }
 }

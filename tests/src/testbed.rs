@@ -41,8 +41,8 @@ pub struct TestbedBuilder<'a> {
 /// One destination of the list being built.
 #[derive(Debug)]
 enum Entry {
-    /// A sipp backend to start: its name, scenario file and port.
-    Backend(String, String, u16),
+    /// A sipp backend to start: its name and scenario file.
+    Backend(String, String),
     /// A port where nothing listens.
     Dead(u16),
     /// A destination given as is, expected up.
@@ -122,11 +122,8 @@ impl<'a> TestbedBuilder<'a> {
     /// Adds a sipp backend `name` running `scenario_name` on a fresh port, listed as a
     /// destination; the proxy is ready only once the listing shows it up.
     pub fn backend(mut self, name: &str, scenario_name: &str) -> Self {
-        self.dests.push(Entry::Backend(
-            name.to_owned(),
-            scenario_name.to_owned(),
-            free_port(),
-        ));
+        self.dests
+            .push(Entry::Backend(name.to_owned(), scenario_name.to_owned()));
         self
     }
 
@@ -177,14 +174,10 @@ impl<'a> TestbedBuilder<'a> {
         for entry in self.dests {
             let up = !matches!(entry, Entry::Dead(_));
             let dest = match entry {
-                Entry::Backend(name, scenario_name, port) => {
-                    backends.push(Sipp::uas(
-                        self.dir,
-                        &name,
-                        &scenario(&scenario_name),
-                        port,
-                        self.transport,
-                    ));
+                Entry::Backend(name, scenario_name) => {
+                    let backend = start_backend(self.dir, &name, &scenario_name, self.transport);
+                    let port = backend.port();
+                    backends.push(backend);
                     DispatcherDest::local(port, tcp)
                 }
                 Entry::Dead(port) => DispatcherDest::local(port, tcp),
@@ -213,6 +206,17 @@ impl<'a> TestbedBuilder<'a> {
             transport: self.transport,
         }
     }
+}
+
+/// Starts a sipp backend (UAS) `name` running `scenario_name` (from `tests/scenarios/`) on a
+/// fresh loopback port.
+pub fn start_backend(
+    dir: &TempDir,
+    name: &str,
+    scenario_name: &str,
+    transport: SippTransport,
+) -> Sipp {
+    Sipp::uas(dir, name, &scenario(scenario_name), free_port(), transport)
 }
 
 /// Starts a sipp caller (`scenario_name`, from `tests/scenarios/`) placing calls to `target`

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use kubesbc_e2e::sip::{RequestBuilder, SipClient};
+use kubesbc_e2e::sip::invite_once;
 use kubesbc_e2e::{MessageLog, SippTransport, TempDir, Testbed, UacOptions, e2e_tools};
 
 /// Two backends, round robin: every call succeeds, the calls are spread evenly, and ACK and BYE
@@ -22,12 +22,7 @@ fn round_robin_calls(transport: SippTransport, label: &str) {
         .start();
 
     let calls = 20;
-    let opts = UacOptions {
-        rate: 20,
-        calls,
-        hold_ms: 100,
-        timeout_s: 40,
-    };
+    let opts = UacOptions::new(calls, 20);
     let run = bed.run_calls(&dir, "uac", "uac.xml", &opts);
     run.assert_all_succeeded(calls);
 
@@ -118,12 +113,7 @@ fn reply_503_fails_over_to_the_next_destination() {
         .backend("uas", "uas.xml")
         .start();
     let calls = 10;
-    let opts = UacOptions {
-        rate: 10,
-        calls,
-        hold_ms: 50,
-        timeout_s: 40,
-    };
+    let opts = UacOptions::new(calls, 10).with_hold_ms(50);
     let run = bed.run_calls(&dir, "uac", "uac.xml", &opts);
     run.assert_all_succeeded(calls);
     let invites = bed.invites();
@@ -153,12 +143,7 @@ fn cancel_of_a_ringing_call_reaches_the_backend_and_caller_gets_487() {
         .backend("ring", "uas_ring.xml")
         .start();
     let calls = 3;
-    let opts = UacOptions {
-        rate: 5,
-        calls,
-        hold_ms: 0,
-        timeout_s: 30,
-    };
+    let opts = UacOptions::new(calls, 5).with_hold_ms(0);
     let run = bed.run_calls(&dir, "uac", "uac_cancel.xml", &opts);
     run.assert_all_succeeded(calls);
     assert_eq!(run.log.responses_received(487).len(), calls as usize);
@@ -188,13 +173,8 @@ fn no_destination_up_gets_503_with_retry_after() {
     let bed = Testbed::builder(&dir).dead_destination().start();
     bed.proxy
         .wait_destination(&bed.dests[0].uri, false, Duration::from_secs(15));
-    let target = bed.proxy.sip_addr();
-    let mut client = SipClient::udp(target);
-    let invite = RequestBuilder::invite(&format!("sip:service@{target}"), &client);
-    let resp = client
-        .request(&invite.build(), Duration::from_secs(8))
+    let resp = invite_once(bed.proxy.sip_addr(), Duration::from_secs(8))
         .expect("a final response to the INVITE");
-    client.send(&invite.ack(&resp).build());
     assert_eq!(resp.code, 503, "{}", resp.status_line);
     let retry_after: u32 = resp
         .header("Retry-After")

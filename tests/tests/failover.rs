@@ -24,12 +24,10 @@ fn backend_stopped_mid_run_calls_fail_over_and_it_comes_back() {
     let d2 = bed.dests[1].uri.clone();
 
     let calls = 40;
-    let opts = UacOptions {
-        rate: 10,
-        calls,
-        hold_ms: 20,
-        timeout_s: 60,
-    };
+    // Calls stranded in dialog with the dead backend take sipp's own timers to fail.
+    let opts = UacOptions::new(calls, 10)
+        .with_hold_ms(20)
+        .with_timeout_s(60);
     let mut uac = bed.start_calls(&dir, "uac", "uac.xml", &opts);
     // Let a dozen calls through both backends, then kill backend 2 without a word.
     std::thread::sleep(Duration::from_millis(1500));
@@ -79,12 +77,7 @@ fn backend_stopped_mid_run_calls_fail_over_and_it_comes_back() {
     bed.proxy
         .wait_destination(&d2, true, probe * 4 + Duration::from_secs(5));
     let calls = 10;
-    let opts = UacOptions {
-        rate: 10,
-        calls,
-        hold_ms: 20,
-        timeout_s: 30,
-    };
+    let opts = UacOptions::new(calls, 10).with_hold_ms(20);
     bed.run_calls(&dir, "uac2", "uac.xml", &opts)
         .assert_all_succeeded(calls);
     let back = received_invites(&uas2b).len();

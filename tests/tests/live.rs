@@ -37,34 +37,22 @@ fn uas(dir: &TempDir, name: &str, port: u16) -> Sipp {
     Sipp::uas(dir, name, &scenario("uas.xml"), port, SippTransport::Udp)
 }
 
-/// `n` sipp backends `b1`..`bn` on fresh ports: their ports and guards.
-fn backends(dir: &TempDir, n: usize) -> (Vec<u16>, Vec<Sipp>) {
-    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
-    let sipps = ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| uas(dir, &format!("b{}", i + 1), *p))
-        .collect();
+/// `N` sipp backends `b1`..`bN` on fresh ports: their ports and guards.
+fn backends<const N: usize>(dir: &TempDir) -> ([u16; N], [Sipp; N]) {
+    let ports: [u16; N] = std::array::from_fn(|_| free_port());
+    let sipps = std::array::from_fn(|i| uas(dir, &format!("b{}", i + 1), ports[i]));
     (ports, sipps)
 }
 
-/// Options of a caller placing `calls` at `rate` per second.
-fn load(calls: u32, rate: u32) -> UacOptions {
-    UacOptions {
-        rate,
-        calls,
-        hold_ms: 100,
-        // sipp's -timeout bounds the whole run.
-        timeout_s: calls / rate.max(1) + 60,
-    }
+/// The temp dir of an sbc-only live test; `None` (after a loud skip) without sipp or when the
+/// proxy is Kamailio.
+fn live_test(label: &str) -> Option<TempDir> {
+    (e2e_tools() && sbc_only()).then(|| TempDir::new(label))
 }
 
 /// A caller placing `calls` calls at 50 per second through `proxy`.
 fn uac(dir: &TempDir, proxy: &Proxy, calls: u32) -> (Sipp, UacOptions) {
-    let opts = UacOptions {
-        timeout_s: 60,
-        ..load(calls, 50)
-    };
+    let opts = UacOptions::new(calls, 50).with_timeout_s(60);
     let caller = start_calls(
         dir,
         "uac",
@@ -179,13 +167,10 @@ fn udp(port: u16) -> String {
 
 #[test]
 fn endpoint_slice_events_move_new_calls_and_no_call_fails() {
-    if !e2e_tools() || !sbc_only() {
+    let Some(dir) = live_test("live-discovery") else {
         return;
-    }
-    let dir = TempDir::new("live-discovery");
-    let (ports, sipps) = backends(&dir, 3);
-    let (p1, p2, p3) = (ports[0], ports[1], ports[2]);
-    let (b1, b2, b3) = (&sipps[0], &sipps[1], &sipps[2]);
+    };
+    let ([p1, p2, p3], [b1, b2, b3]) = backends(&dir);
     let api = FakeKubeApi::start();
     api.apply(slice("asterisk-1", p1, true));
     let sip_port = free_port();
@@ -205,7 +190,7 @@ fn endpoint_slice_events_move_new_calls_and_no_call_fails() {
     // Backend 1 terminates: no new calls for it; its calls in progress finish.
     api.apply(slice("asterisk-1", p1, false));
     wait_listed(&proxy, &udp(p1), false);
-    let b1_after_removal = settled_invites(b1, Duration::from_millis(500));
+    let b1_after_removal = settled_invites(&b1, Duration::from_millis(500));
     std::thread::sleep(Duration::from_millis(1000));
 
     // In one burst: backend 3 appears, backend 2's slice is deleted.
@@ -213,10 +198,10 @@ fn endpoint_slice_events_move_new_calls_and_no_call_fails() {
     api.delete("asterisk-2");
     wait_listed(&proxy, &udp(p2), false);
     wait_listed(&proxy, &udp(p3), true);
-    let b2_after_removal = settled_invites(b2, Duration::from_millis(500));
+    let b2_after_removal = settled_invites(&b2, Duration::from_millis(500));
 
     assert_no_call_failed(caller, &proxy);
-    let (n1, n2, n3) = (invites(b1), invites(b2), invites(b3));
+    let (n1, n2, n3) = (invites(&b1), invites(&b2), invites(&b3));
     eprintln!(
         "INVITEs: b1 {n1} (at removal {b1_after_removal}), b2 {n2} (at removal {b2_after_removal}), b3 {n3}"
     );
@@ -236,13 +221,10 @@ fn endpoint_slice_events_move_new_calls_and_no_call_fails() {
 
 #[test]
 fn config_file_rewritten_under_load_applies_and_an_invalid_one_is_refused() {
-    if !e2e_tools() || !sbc_only() {
+    let Some(dir) = live_test("live-config") else {
         return;
-    }
-    let dir = TempDir::new("live-config");
-    let (ports, sipps) = backends(&dir, 3);
-    let (p1, p2, p3) = (ports[0], ports[1], ports[2]);
-    let (b1, b2, b3) = (&sipps[0], &sipps[1], &sipps[2]);
+    };
+    let ([p1, p2, p3], [b1, b2, b3]) = backends(&dir);
     let sip_port = free_port();
     let cfg = dir.write(
         "sbc.yaml",
@@ -267,7 +249,7 @@ fn config_file_rewritten_under_load_applies_and_an_invalid_one_is_refused() {
     // An invalid version (unknown algorithm, backend 1 removed) is refused: nothing changes.
     rewrite(&cfg, &config(sip_port, &[p2, p3], false, "roundrobin"));
     assert_refused_naming_the_algorithm(&proxy);
-    let b1_at_refusal = invites(b1);
+    let b1_at_refusal = invites(&b1);
     assert!(
         proxy
             .destination_flags(&format!("sip:127.0.0.1:{p1}"))
@@ -275,7 +257,7 @@ fn config_file_rewritten_under_load_applies_and_an_invalid_one_is_refused() {
     );
 
     assert_no_call_failed(caller, &proxy);
-    let (n1, n2, n3) = (invites(b1), invites(b2), invites(b3));
+    let (n1, n2, n3) = (invites(&b1), invites(&b2), invites(&b3));
     eprintln!("INVITEs: b1 {n1} (at refusal {b1_at_refusal}), b2 {n2}, b3 {n3}");
     assert!(n3 > 0, "the backend added by the rewrite took calls");
     assert!(
@@ -290,11 +272,10 @@ fn config_file_rewritten_under_load_applies_and_an_invalid_one_is_refused() {
 
 #[test]
 fn service_reference_without_a_reachable_api_keeps_static_destinations_serving() {
-    if !e2e_tools() || !sbc_only() {
+    let Some(dir) = live_test("live-no-api") else {
         return;
-    }
-    let dir = TempDir::new("live-no-api");
-    let (ports, sipps) = backends(&dir, 1);
+    };
+    let ([p1], [b1]) = backends(&dir);
     // A kubeconfig whose API server is a closed loopback port.
     let closed = free_port();
     let kubeconfig = dir.write(
@@ -304,7 +285,7 @@ fn service_reference_without_a_reachable_api_keeps_static_destinations_serving()
         ),
     );
     let sip_port = free_port();
-    let cfg = dir.write("sbc.yaml", &config(sip_port, &ports, true, "round-robin"));
+    let cfg = dir.write("sbc.yaml", &config(sip_port, &[p1], true, "round-robin"));
     let proxy = start(&dir, sip_port, &cfg, &kubeconfig_arg(&kubeconfig));
     let log = proxy.wait_logged("EndpointSlice watch failed", Duration::from_secs(10));
     assert!(
@@ -314,7 +295,7 @@ fn service_reference_without_a_reachable_api_keeps_static_destinations_serving()
     let calls = 20;
     assert_no_call_failed(uac(&dir, &proxy, calls), &proxy);
     assert_eq!(
-        invites(&sipps[0]),
+        invites(&b1),
         calls as usize,
         "the static destination took the calls"
     );
@@ -325,13 +306,10 @@ fn service_reference_without_a_reachable_api_keeps_static_destinations_serving()
 
 #[test]
 fn configmap_watched_through_the_api_applies_new_versions_under_load() {
-    if !e2e_tools() || !sbc_only() {
+    let Some(dir) = live_test("live-configmap") else {
         return;
-    }
-    let dir = TempDir::new("live-configmap");
-    let (ports, sipps) = backends(&dir, 2);
-    let (p1, p2) = (ports[0], ports[1]);
-    let (b1, b2) = (&sipps[0], &sipps[1]);
+    };
+    let ([p1, p2], [b1, b2]) = backends(&dir);
     let api = FakeKubeApi::start();
     let sip_port = free_port();
     api.set_configmap(
@@ -362,14 +340,14 @@ fn configmap_watched_through_the_api_applies_new_versions_under_load() {
     // A version without a valid algorithm is refused; both backends keep serving.
     api.set_configmap("edge-config", &config(sip_port, &[p2], false, "roundrobin"));
     assert_refused_naming_the_algorithm(&proxy);
-    let b1_at_refusal = invites(b1);
+    let b1_at_refusal = invites(&b1);
     assert_no_call_failed(caller, &proxy);
     assert!(
-        invites(b2) > 0,
+        invites(&b2) > 0,
         "the backend added through the ConfigMap took calls"
     );
     assert!(
-        invites(b1) > b1_at_refusal,
+        invites(&b1) > b1_at_refusal,
         "the refused version changed nothing"
     );
 }
@@ -450,7 +428,7 @@ fn bench_update_to_first_call() {
     let interval = Duration::from_millis(u64::from(env_u32("BENCH_INTERVAL_MS", 1500)));
     let file_mode = std::env::var("BENCH_MODE").is_ok_and(|m| m == "file");
     let dir = TempDir::new("bench-discovery");
-    let (ports, backends) = backends(&dir, 4);
+    let (ports, backends) = backends::<4>(&dir);
     let api = FakeKubeApi::start();
     let slice = |i: usize| slice(&format!("asterisk-{i}"), ports[i], true);
     let sip_port = free_port();
@@ -491,7 +469,8 @@ fn bench_update_to_first_call() {
         "uac.xml",
         proxy.sip_addr(),
         SippTransport::Udp,
-        &load(total, rate),
+        // sipp's -timeout bounds the whole run.
+        &UacOptions::new(total, rate).with_timeout_s(total / rate.max(1) + 60),
     );
     std::thread::sleep(interval);
     let mut events: Vec<(usize, f64)> = Vec::with_capacity(updates);
