@@ -15,25 +15,21 @@
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
+# shellcheck source=../lib.sh
+source "$HERE/../lib.sh"
 
 # 1537 ms: not a multiple of the 500 ms file poll, so file-mode updates sample every phase.
-mode=endpointslices; rate=1000; updates=100; interval=1537
-while [[ $# -gt 0 ]]; do
-  case "$1" in
-    --mode) mode="$2"; shift 2;;
-    --rate) rate="$2"; shift 2;;
-    --updates) updates="$2"; shift 2;;
-    --interval-ms) interval="$2"; shift 2;;
-    *) echo "unknown option: $1" >&2; exit 2;;
-  esac
-done
+mode=endpointslices; rate=1000; updates=100; interval_ms=1537
+BENCH_OPTIONS="mode rate updates interval_ms"
+bench_parse_options "$@"
+[[ ${#BENCH_REST[@]} -eq 0 ]] || { echo "unknown arguments: ${BENCH_REST[*]}" >&2; exit 2; }
 case "$mode" in endpointslices|file) ;; *) echo "--mode endpointslices|file" >&2; exit 2;; esac
 
 cd "$ROOT"
 cargo build --release -p kubesbc-sbc --bin sbc
 # sipp stamps its message log in local time; the benchmark reads it as UTC.
 out=$(TZ=UTC RUST_LOG=warn BENCH_MODE="$mode" BENCH_RATE="$rate" BENCH_UPDATES="$updates" \
-  BENCH_INTERVAL_MS="$interval" \
+  BENCH_INTERVAL_MS="$interval_ms" \
   cargo test --release -p kubesbc-e2e --test live -- --ignored --nocapture \
   bench_update_to_first_call 2>&1) || { echo "$out" | tail -40; exit 1; }
 line=$(echo "$out" | grep '^BENCH ' || true)

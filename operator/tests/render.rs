@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use kubesbc_crds::config::{Algorithm, SbcConfig};
 use kubesbc_crds::{AccessList, DispatcherSet, SbcCluster, TenantThrottle};
-use kubesbc_operator::render::{self, Inputs, Lookups};
+use kubesbc_operator::render::{self, Inputs, Lookups, RenderError};
 
 fn example<T: serde::de::DeserializeOwned + kube::Resource>(file: &str) -> T {
     let path = format!("{}/../examples/{file}", env!("CARGO_MANIFEST_DIR"));
@@ -56,6 +56,13 @@ impl World {
             lookups: &self.lookups,
         }
     }
+}
+
+/// Why the example world, changed by `edit`, does not render.
+fn refusal(edit: impl FnOnce(&mut World)) -> RenderError {
+    let mut w = World::new();
+    edit(&mut w);
+    render::render(w.inputs()).expect_err("the changed world is refused")
 }
 
 #[test]
@@ -254,9 +261,9 @@ fn rendering_is_stable_whatever_the_list_order() {
 
 #[test]
 fn two_sets_with_one_id_are_refused_naming_the_field() {
-    let mut w = World::new();
-    w.sets[1].spec.set_id = 1;
-    let e = render::render(w.inputs()).unwrap_err();
+    let e = refusal(|w| {
+        w.sets[1].spec.set_id = 1;
+    });
     assert_eq!(e.reason, "DuplicateSetId");
     assert_eq!(e.object, "DispatcherSet voip/carriers");
     assert_eq!(e.field, "spec.setId");
@@ -268,9 +275,9 @@ fn two_sets_with_one_id_are_refused_naming_the_field() {
 
 #[test]
 fn missing_secret_service_and_port_are_refused_naming_the_field() {
-    let mut w = World::new();
-    w.lookups.secrets.clear();
-    let e = render::render(w.inputs()).unwrap_err();
+    let e = refusal(|w| {
+        w.lookups.secrets.clear();
+    });
     assert_eq!(
         (e.reason, e.object.as_str()),
         ("SecretNotFound", "AccessList voip/edge-guard")
@@ -281,25 +288,25 @@ fn missing_secret_service_and_port_are_refused_naming_the_field() {
     );
     assert_eq!(e.message, "Secret voip/company-signature does not exist");
 
-    let mut w = World::new();
-    w.lookups.secrets.values_mut().for_each(BTreeSet::clear);
-    let e = render::render(w.inputs()).unwrap_err();
+    let e = refusal(|w| {
+        w.lookups.secrets.values_mut().for_each(BTreeSet::clear);
+    });
     assert_eq!(e.field, "spec.rules[2].requiredHeaders[0].secretKeyRef.key");
 
-    let mut w = World::new();
-    w.lookups.services.clear();
-    let e = render::render(w.inputs()).unwrap_err();
+    let e = refusal(|w| {
+        w.lookups.services.clear();
+    });
     assert_eq!(
         (e.reason, e.field.as_str()),
         ("ServiceNotFound", "spec.destinations.service.name")
     );
 
-    let mut w = World::new();
-    w.lookups
-        .services
-        .values_mut()
-        .for_each(|p| p.retain(|n| n != "sip"));
-    let e = render::render(w.inputs()).unwrap_err();
+    let e = refusal(|w| {
+        w.lookups
+            .services
+            .values_mut()
+            .for_each(|p| p.retain(|n| n != "sip"));
+    });
     assert_eq!(
         (e.reason, e.field.as_str()),
         ("ServicePortNotFound", "spec.destinations.service.port")
@@ -309,11 +316,11 @@ fn missing_secret_service_and_port_are_refused_naming_the_field() {
 
 #[test]
 fn a_bad_static_uri_names_the_crd_field() {
-    let mut w = World::new();
-    if let Some(d) = w.sets[1].spec.destinations.static_.as_mut() {
-        d[1].uri = "http://carrier".into();
-    }
-    let e = render::render(w.inputs()).unwrap_err();
+    let e = refusal(|w| {
+        if let Some(d) = w.sets[1].spec.destinations.static_.as_mut() {
+            d[1].uri = "http://carrier".into();
+        }
+    });
     assert_eq!(e.object, "DispatcherSet voip/carriers");
     assert_eq!(e.field, "spec.destinations.static[1].uri");
 }
@@ -349,23 +356,23 @@ fn node_ports_are_kept_for_node_port_services_only() {
     w.cluster.spec.service.type_ = kubesbc_crds::cluster::ServiceType::NodePort;
     w.cluster.spec.listeners[0].node_port = Some(30060);
     w.cluster.spec.listeners[1].node_port = Some(30060);
-    let r = render::render(w.inputs()).expect("renders");
-    let ports = r.services[0]
-        .spec
-        .as_ref()
-        .and_then(|s| s.ports.clone())
-        .unwrap_or_default();
-    let node_ports: Vec<_> = ports.iter().map(|p| p.node_port).collect();
-    assert_eq!(node_ports, [Some(30060), Some(30060), None]);
+    assert_eq!(node_ports(&w), [Some(30060), Some(30060), None]);
 
     w.cluster.spec.service.type_ = kubesbc_crds::cluster::ServiceType::ClusterIP;
+    assert!(node_ports(&w).iter().all(Option::is_none));
+}
+
+/// The node port of each port of the first rendered Service.
+fn node_ports(w: &World) -> Vec<Option<i32>> {
     let r = render::render(w.inputs()).expect("renders");
-    let ports = r.services[0]
+    r.services[0]
         .spec
         .as_ref()
         .and_then(|s| s.ports.clone())
-        .unwrap_or_default();
-    assert!(ports.iter().all(|p| p.node_port.is_none()));
+        .unwrap_or_default()
+        .iter()
+        .map(|p| p.node_port)
+        .collect()
 }
 
 #[test]
@@ -444,9 +451,9 @@ fn passwords_are_cut_from_redis_urls() {
 #[test]
 fn cluster_names_that_cannot_name_services_are_refused() {
     for bad in ["9lives", &"a".repeat(58)] {
-        let mut w = World::new();
-        w.cluster.metadata.name = Some(bad.to_owned());
-        let e = render::render(w.inputs()).unwrap_err();
+        let e = refusal(|w| {
+            w.cluster.metadata.name = Some(bad.to_owned());
+        });
         assert_eq!(
             (e.reason, e.field.as_str()),
             ("InvalidName", "metadata.name"),

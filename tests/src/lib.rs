@@ -15,6 +15,7 @@ pub mod proxy;
 pub mod redis;
 pub mod sip;
 pub mod sipp;
+pub mod testbed;
 
 use std::collections::HashSet;
 use std::io::Write as _;
@@ -28,6 +29,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub use proxy::{DispatcherDest, Proxy, ProxyKind, ProxyOptions, sbc_only};
 pub use redis::RedisServer;
 pub use sipp::{CallStats, MessageLog, Sipp, SippTransport, UacOptions};
+pub use testbed::{
+    CallRun, Testbed, TestbedBuilder, received_invites, start_backend, start_calls,
+    start_calls_from,
+};
 
 /// The loopback address every process of a test binds and targets.
 pub const LOOPBACK: Ipv4Addr = Ipv4Addr::LOCALHOST;
@@ -219,6 +224,16 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Sleeps until 50 ms into the next wall-clock second, so that a few quick requests that
+/// follow fall into one per-second window of a rate limit.
+pub fn sleep_into_next_second() {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_millis();
+    std::thread::sleep(Duration::from_millis(u64::from(1050 - ms)));
 }
 
 /// The last `max` bytes of a log file, for failure reports.

@@ -397,6 +397,52 @@ impl Proxy {
         }
     }
 
+    /// The text of `/metrics` (sbc only), empty when the endpoint does not answer.
+    pub fn metrics(&self) -> String {
+        http::get(self.admin(), "/metrics", Duration::from_secs(3))
+            .map(|r| r.body)
+            .unwrap_or_default()
+    }
+
+    /// The value of the first sample of `series` in `/metrics` (a full series name with
+    /// labels, or a bare name).
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        self.metrics().lines().find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+    }
+
+    /// Asserts that `/metrics` contains each of `samples` (series with labels, and a value
+    /// where the test fixes one).
+    pub fn assert_metrics_contain(&self, samples: &[&str]) {
+        let metrics = self.metrics();
+        for sample in samples {
+            assert!(
+                metrics.contains(sample),
+                "no {sample} in /metrics:\n{metrics}"
+            );
+        }
+    }
+
+    /// Waits until the proxy's log contains `needle` and returns the log's end; panics with
+    /// it after `timeout`.
+    pub fn wait_logged(&self, needle: &str, timeout: Duration) -> String {
+        wait_for(timeout, || {
+            let log = self.log_tail();
+            log.contains(needle).then_some(log)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no {needle:?} logged within {timeout:?}:\n{}",
+                self.log_tail()
+            )
+        })
+    }
+
     /// Sends SIGTERM (to the process group for Kamailio).
     pub fn terminate(&self) {
         if let Some(pid) = self.pid() {
@@ -502,23 +548,16 @@ mod tests {
     #[test]
     fn finds_flags_in_kamcmd_tree_and_in_tables() {
         let kam = "{\n\tSET: {\n\t\tTARGETS: {\n\t\t\tDEST: {\n\t\t\t\tURI: sip:127.0.0.1:25071\n\t\t\t\tFLAGS: AP\n\t\t\t\tPRIORITY: 0\n\t\t\t}\n\t\t\tDEST: {\n\t\t\t\tURI: sip:127.0.0.1:25072\n\t\t\t\tFLAGS: IP\n";
-        assert_eq!(
-            destination_flags(kam, "sip:127.0.0.1:25071").as_deref(),
-            Some("AP")
-        );
-        assert_eq!(
-            destination_flags(kam, "sip:127.0.0.1:25072").as_deref(),
-            Some("IP")
-        );
-        assert_eq!(destination_flags(kam, "sip:127.0.0.1:2507"), None);
         let table = "SET URI FLAGS PRIORITY\n1 sip:127.0.0.1:5071;transport=tcp IP 0\n1 sip:127.0.0.1:5072 AP 0\n";
-        assert_eq!(
-            destination_flags(table, "sip:127.0.0.1:5071").as_deref(),
-            Some("IP")
-        );
-        assert_eq!(
-            destination_flags(table, "sip:127.0.0.1:5072").as_deref(),
-            Some("AP")
-        );
+        let cases = [
+            (kam, "sip:127.0.0.1:25071", Some("AP")),
+            (kam, "sip:127.0.0.1:25072", Some("IP")),
+            (kam, "sip:127.0.0.1:2507", None),
+            (table, "sip:127.0.0.1:5071", Some("IP")),
+            (table, "sip:127.0.0.1:5072", Some("AP")),
+        ];
+        for (listing, uri, flags) in cases {
+            assert_eq!(destination_flags(listing, uri).as_deref(), flags, "{uri}");
+        }
     }
 }

@@ -57,6 +57,26 @@ impl RedisServer {
         Some(String::from_utf8_lossy(&buf[..n]).into_owned())
     }
 
+    /// The `store:` section of an sbc config pointing at this server, keys prefixed `e2e:`.
+    pub fn store_config(&self) -> String {
+        format!("store: {{url: \"{}\", keyPrefix: \"e2e:\"}}\n", self.url())
+    }
+
+    /// Whether the sbc wrote a key matching `pattern` here. When it did not, the sbc binary
+    /// has no Redis store (a branch before the store lands): a loud skip, a failure under CI.
+    pub fn sbc_wrote(&self, pattern: &str) -> bool {
+        let keys = self.command(&["KEYS", pattern]).unwrap_or_default();
+        if !keys.starts_with("*0") {
+            return true;
+        }
+        let msg = "the sbc wrote nothing into Redis: this build has no Redis store";
+        if crate::in_ci() {
+            panic!("{msg}");
+        }
+        crate::loud_skip(msg);
+        false
+    }
+
     /// The PID while running.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

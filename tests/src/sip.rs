@@ -371,6 +371,32 @@ pub fn options_ping(target: SocketAddr, timeout: Duration) -> Option<SipResponse
     c.request(&req, timeout)
 }
 
+/// Sends one INVITE to `sip:service@TARGET` from a fresh UDP client and returns its final
+/// response within `timeout`, ACKed when it is not a 2xx (as a UA does).
+pub fn invite_once(target: SocketAddr, timeout: Duration) -> Option<SipResponse> {
+    let mut client = SipClient::udp(target);
+    let invite = RequestBuilder::invite(&format!("sip:service@{target}"), &client);
+    let resp = client.request(&invite.build(), timeout)?;
+    if resp.code >= 300 {
+        client.send(&invite.ack(&resp).build());
+    }
+    Some(resp)
+}
+
+/// Sends `n` OPTIONS (each its own transaction) from `client` at once and counts the answers
+/// that arrive, each within `wait` of the one before: how many a flood limit let through.
+pub fn options_burst(client: &mut SipClient, n: usize, wait: Duration) -> usize {
+    for _ in 0..n {
+        let req = RequestBuilder::new("OPTIONS", "sip:burst@example.com", client);
+        client.send(&req.build());
+    }
+    let mut answered = 0;
+    while client.recv(wait).is_some() {
+        answered += 1;
+    }
+    answered
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -63,6 +63,35 @@ impl Default for UacOptions {
     }
 }
 
+impl UacOptions {
+    /// `calls` calls at `rate` per second, each held 100 ms, the run bounded by the time its
+    /// calls need plus 40 s.
+    pub fn new(calls: u32, rate: u32) -> UacOptions {
+        UacOptions {
+            rate,
+            calls,
+            hold_ms: 100,
+            timeout_s: calls / rate.max(1) + 40,
+        }
+    }
+
+    /// Holds each call `ms` milliseconds between ACK and BYE.
+    pub fn with_hold_ms(self, ms: u32) -> UacOptions {
+        UacOptions {
+            hold_ms: ms,
+            ..self
+        }
+    }
+
+    /// Bounds the whole run by `secs` seconds.
+    pub fn with_timeout_s(self, secs: u32) -> UacOptions {
+        UacOptions {
+            timeout_s: secs,
+            ..self
+        }
+    }
+}
+
 /// A running sipp process.
 #[derive(Debug)]
 pub struct Sipp {

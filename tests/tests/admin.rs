@@ -3,10 +3,7 @@
 
 use std::time::Duration;
 
-use kubesbc_e2e::{
-    DispatcherDest, Proxy, ProxyOptions, Sipp, SippTransport, TempDir, free_port, http,
-    require_tool, sbc_only, scenario, wait_for,
-};
+use kubesbc_e2e::{TempDir, Testbed, http, require_tool, sbc_only, wait_for};
 
 #[test]
 fn admin_endpoint_reports_health_readiness_metrics_and_destinations() {
@@ -14,23 +11,11 @@ fn admin_endpoint_reports_health_readiness_metrics_and_destinations() {
         return;
     }
     let dir = TempDir::new("admin");
-    let live_port = free_port();
-    let _uas = Sipp::uas(
-        &dir,
-        "uas",
-        &scenario("uas.xml"),
-        live_port,
-        SippTransport::Udp,
-    );
-    let live = DispatcherDest::local(live_port, false);
-    let dead = DispatcherDest::local(free_port(), false);
-    let proxy = Proxy::start(
-        &dir,
-        &ProxyOptions {
-            destinations: vec![live.clone(), dead.clone()],
-            ..ProxyOptions::default()
-        },
-    );
+    let bed = Testbed::builder(&dir)
+        .backend("uas", "uas.xml")
+        .dead_destination()
+        .start();
+    let (proxy, live, dead) = (&bed.proxy, &bed.dests[0], &bed.dests[1]);
     let admin = proxy.admin();
     let get = |path: &str| {
         http::get(admin, path, Duration::from_secs(2))

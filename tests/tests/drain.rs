@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use kubesbc_e2e::sip::{RequestBuilder, SipClient};
+use kubesbc_e2e::sip::{RequestBuilder, SipClient, invite_once};
 use kubesbc_e2e::{
-    Proxy, Sipp, SippTransport, TempDir, free_port, http, loopback, require_tool, sbc_only,
-    scenario, wait_for,
+    Proxy, SippTransport, TempDir, free_port, http, loopback, require_tool, sbc_only,
+    start_backend, wait_for,
 };
 
 #[test]
@@ -16,14 +16,8 @@ fn sigterm_refuses_new_invites_with_503_and_exits_after_open_transactions() {
         return;
     }
     let dir = TempDir::new("drain");
-    let backend = free_port();
-    let _ringing = Sipp::uas(
-        &dir,
-        "ring",
-        &scenario("uas_ring.xml"),
-        backend,
-        SippTransport::Udp,
-    );
+    let ringing_backend = start_backend(&dir, "ring", "uas_ring.xml", SippTransport::Udp);
+    let backend = ringing_backend.port();
     let (port, admin) = (free_port(), loopback(free_port()));
     let config = dir.write(
         "sbc.yaml",
@@ -83,12 +77,8 @@ drain:
     );
 
     // A new call while draining is refused, with Retry-After from the config.
-    let mut late = SipClient::udp(target);
-    let invite = RequestBuilder::invite(&format!("sip:service@{target}"), &late);
-    let resp = late
-        .request(&invite.build(), Duration::from_secs(5))
+    let resp = invite_once(target, Duration::from_secs(5))
         .expect("a final response to an INVITE during drain");
-    late.send(&invite.ack(&resp).build());
     assert_eq!(resp.code, 503, "{}", resp.status_line);
     assert_eq!(resp.header("Retry-After"), Some("7"), "{resp:?}");
 

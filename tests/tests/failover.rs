@@ -6,8 +6,7 @@
 use std::time::Duration;
 
 use kubesbc_e2e::{
-    DispatcherDest, Proxy, ProxyOptions, Sipp, SippTransport, TempDir, UacOptions, e2e_tools,
-    free_port, scenario,
+    Sipp, SippTransport, TempDir, Testbed, UacOptions, e2e_tools, received_invites, scenario,
 };
 
 #[test]
@@ -16,45 +15,24 @@ fn backend_stopped_mid_run_calls_fail_over_and_it_comes_back() {
         return;
     }
     let dir = TempDir::new("failover");
-    let (p1, p2) = (free_port(), free_port());
-    let _uas1 = Sipp::uas(&dir, "uas1", &scenario("uas.xml"), p1, SippTransport::Udp);
-    let mut uas2 = Sipp::uas(&dir, "uas2", &scenario("uas.xml"), p2, SippTransport::Udp);
-    let (d1, d2) = (
-        DispatcherDest::local(p1, false),
-        DispatcherDest::local(p2, false),
-    );
     let probe = Duration::from_millis(500);
-    let proxy = Proxy::start(
-        &dir,
-        &ProxyOptions {
-            destinations: vec![d1.clone(), d2.clone()],
-            probe_interval_ms: probe.as_millis() as u64,
-            reply_timeout_ms: 1000,
-            ..ProxyOptions::default()
-        },
-    );
-    proxy.wait_destination(&d1.uri, true, Duration::from_secs(10));
-    proxy.wait_destination(&d2.uri, true, Duration::from_secs(10));
+    let mut bed = Testbed::builder(&dir)
+        .backend("uas1", "uas.xml")
+        .backend("uas2", "uas.xml")
+        .probe_interval(probe)
+        .start();
+    let d2 = bed.dests[1].uri.clone();
 
     let calls = 40;
-    let mut uac = Sipp::uac(
-        &dir,
-        "uac",
-        &scenario("uac.xml"),
-        free_port(),
-        proxy.sip_addr(),
-        SippTransport::Udp,
-        &UacOptions {
-            rate: 10,
-            calls,
-            hold_ms: 20,
-            timeout_s: 60,
-        },
-    );
+    // Calls stranded in dialog with the dead backend take sipp's own timers to fail.
+    let opts = UacOptions::new(calls, 10)
+        .with_hold_ms(20)
+        .with_timeout_s(60);
+    let mut uac = bed.start_calls(&dir, "uac", "uac.xml", &opts);
     // Let a dozen calls through both backends, then kill backend 2 without a word.
     std::thread::sleep(Duration::from_millis(1500));
-    uas2.kill();
-    let log2 = uas2.messages();
+    bed.backends[1].kill();
+    let log2 = bed.backend(1).messages();
     let before_kill = log2.calls_received("INVITE");
     assert!(
         !before_kill.is_empty(),
@@ -67,7 +45,8 @@ fn backend_stopped_mid_run_calls_fail_over_and_it_comes_back() {
         .collect();
 
     // The listing shows it down within a few probe intervals.
-    proxy.wait_destination(&d2.uri, false, probe * 4 + Duration::from_secs(5));
+    bed.proxy
+        .wait_destination(&d2, false, probe * 4 + Duration::from_secs(5));
 
     // Exit code 1 when a stranded call failed; the counts below decide.
     uac.wait(Duration::from_secs(90));
@@ -87,32 +66,21 @@ fn backend_stopped_mid_run_calls_fail_over_and_it_comes_back() {
     );
 
     // Backend 2 comes back on the same port: the probe brings it up, and it takes calls again.
+    let port2 = bed.backend(1).port();
     let uas2b = Sipp::uas(
         &dir,
         "uas2-again",
         &scenario("uas.xml"),
-        p2,
+        port2,
         SippTransport::Udp,
     );
-    proxy.wait_destination(&d2.uri, true, probe * 4 + Duration::from_secs(5));
+    bed.proxy
+        .wait_destination(&d2, true, probe * 4 + Duration::from_secs(5));
     let calls = 10;
-    let mut uac2 = Sipp::uac(
-        &dir,
-        "uac2",
-        &scenario("uac.xml"),
-        free_port(),
-        proxy.sip_addr(),
-        SippTransport::Udp,
-        &UacOptions {
-            rate: 10,
-            calls,
-            hold_ms: 20,
-            timeout_s: 30,
-        },
-    );
-    assert_eq!(uac2.wait(Duration::from_secs(45)), 0, "{:?}", uac2.stats());
-    assert_eq!(uac2.stats().successful, u64::from(calls));
-    let back = uas2b.messages().calls_received("INVITE").len();
+    let opts = UacOptions::new(calls, 10).with_hold_ms(20);
+    bed.run_calls(&dir, "uac2", "uac.xml", &opts)
+        .assert_all_succeeded(calls);
+    let back = received_invites(&uas2b).len();
     assert!(
         back >= 3,
         "the restarted backend took {back} of {calls} calls (round robin: about half)"

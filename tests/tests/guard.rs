@@ -8,10 +8,10 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use kubesbc_e2e::proxy::run_sbc;
-use kubesbc_e2e::sip::{RequestBuilder, SipClient, SipResponse};
+use kubesbc_e2e::sip::{RequestBuilder, SipClient, SipResponse, options_burst};
 use kubesbc_e2e::{
-    DispatcherDest, Proxy, ProxyOptions, Sipp, SippTransport, TempDir, UacOptions, e2e_tools,
-    free_port, http, sbc_only, scenario,
+    CallRun, SippTransport, TempDir, Testbed, UacOptions, e2e_tools, http, sbc_only,
+    start_calls_from,
 };
 
 const SIGNATURE: &str = "s3cret-e2e";
@@ -41,21 +41,11 @@ accessLists:
 
 /// A backend (sipp UAS answering INVITE and OPTIONS) and an sbc in front of it configured
 /// with `config`.
-fn start(dir: &TempDir, config: &str) -> (Sipp, Proxy) {
-    let port = free_port();
-    let uas = Sipp::uas(dir, "uas", &scenario("uas.xml"), port, SippTransport::Udp);
-    let dest = DispatcherDest::local(port, false);
-    let file = dir.write("sbc.yaml", config);
-    let proxy = Proxy::start(
-        dir,
-        &ProxyOptions {
-            destinations: vec![dest.clone()],
-            extra_sbc_args: vec!["--config".into(), file.display().to_string()],
-            ..ProxyOptions::default()
-        },
-    );
-    proxy.wait_destination(&dest.uri, true, Duration::from_secs(10));
-    (uas, proxy)
+fn start(dir: &TempDir, config: &str) -> Testbed {
+    Testbed::builder(dir)
+        .backend("uas", "uas.xml")
+        .config(config)
+        .start()
 }
 
 fn signed_invite(client: &SipClient, target: std::net::SocketAddr) -> RequestBuilder {
@@ -80,8 +70,8 @@ fn each_access_rule_answers_its_status_line_and_allowed_requests_reach_the_backe
         return;
     }
     let dir = TempDir::new("guard-rules");
-    let (uas, proxy) = start(&dir, RULES);
-    let target = proxy.sip_addr();
+    let bed = start(&dir, RULES);
+    let target = bed.proxy.sip_addr();
     let mut client = SipClient::udp(target);
 
     type Edit = fn(RequestBuilder) -> RequestBuilder;
@@ -167,7 +157,7 @@ fn each_access_rule_answers_its_status_line_and_allowed_requests_reach_the_backe
     let resp = exchange(&mut client, &options);
     assert_eq!(resp.code, 200, "{}", resp.status_line);
 
-    let log = uas.messages();
+    let log = bed.backend(0).messages();
     let invites = log.calls_received("INVITE");
     let ok_id = ok.get("Call-ID").unwrap_or_default().to_owned();
     assert!(
@@ -182,21 +172,10 @@ fn each_access_rule_answers_its_status_line_and_allowed_requests_reach_the_backe
     }
     assert_eq!(invites.len(), 1, "{invites:?}");
 
-    let metrics = http::get(proxy.admin(), "/metrics", Duration::from_secs(3)).expect("metrics");
-    assert!(
-        metrics
-            .body
-            .contains("sbc_guard_refused_total{reason=\"rule\"} 7"),
-        "{}",
-        metrics.body
-    );
-    assert!(
-        metrics
-            .body
-            .contains("sbc_guard_refused_total{reason=\"target\"} 2"),
-        "{}",
-        metrics.body
-    );
+    bed.proxy.assert_metrics_contain(&[
+        "sbc_guard_refused_total{reason=\"rule\"} 7",
+        "sbc_guard_refused_total{reason=\"target\"} 2",
+    ]);
 }
 
 const FLOOD: &str = r#"
@@ -211,39 +190,29 @@ accessLists:
       banSecs: 60
 "#;
 
-/// Sends `n` OPTIONS (each its own transaction) from `client` and counts the answers that
-/// arrive within `wait` after the last one.
-fn burst(client: &mut SipClient, n: usize, wait: Duration) -> usize {
-    for _ in 0..n {
-        let req = RequestBuilder::new("OPTIONS", "sip:burst@example.com", client);
-        client.send(&req.build());
-    }
-    let mut answered = 0;
-    while client.recv(wait).is_some() {
-        answered += 1;
-    }
-    answered
-}
-
 #[test]
 fn a_burst_from_one_source_is_banned_while_another_source_still_calls() {
     if !e2e_tools() || !sbc_only() {
         return;
     }
     let dir = TempDir::new("guard-flood");
-    let (_uas, proxy) = start(&dir, FLOOD);
+    let bed = start(&dir, FLOOD);
+    let proxy = &bed.proxy;
     let target = proxy.sip_addr();
     let flooder = Ipv4Addr::new(127, 0, 0, 3);
     let mut client = SipClient::udp_from(flooder, target);
 
-    let answered = burst(&mut client, 60, Duration::from_millis(1500));
+    let answered = options_burst(&mut client, 60, Duration::from_millis(1500));
     assert!(
         (1..=20).contains(&answered),
         "20 requests per window pass, then nothing: {answered} of 60 answered"
     );
     // Banned: no answer at all, even in a later window.
     std::thread::sleep(Duration::from_millis(2100));
-    assert_eq!(burst(&mut client, 3, Duration::from_millis(1000)), 0);
+    assert_eq!(
+        options_burst(&mut client, 3, Duration::from_millis(1000)),
+        0
+    );
 
     let admin = proxy.admin().to_string();
     let out = run_sbc(
@@ -260,23 +229,17 @@ fn a_burst_from_one_source_is_banned_while_another_source_still_calls() {
     assert!(out.stdout.contains("REASON flood"), "{}", out.stdout);
 
     // Another source places calls through the same sbc meanwhile.
-    let mut uac = Sipp::uac_from(
+    let opts = UacOptions::new(5, 5);
+    let caller = start_calls_from(
         &dir,
         "uac",
-        &scenario("uac.xml"),
+        "uac.xml",
         Ipv4Addr::new(127, 0, 0, 2),
-        free_port(),
         target,
         SippTransport::Udp,
-        &UacOptions {
-            rate: 5,
-            calls: 5,
-            hold_ms: 100,
-            timeout_s: 20,
-        },
+        &opts,
     );
-    assert_eq!(uac.wait(Duration::from_secs(30)), 0, "{:?}", uac.stats());
-    assert_eq!(uac.stats().successful, 5);
+    CallRun::finish(caller, &opts).assert_all_succeeded(5);
 
     // Lifting the ban lets the source in again.
     let out = run_sbc(
@@ -286,7 +249,10 @@ fn a_burst_from_one_source_is_banned_while_another_source_still_calls() {
     );
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert_eq!(out.stdout, "ban of 127.0.0.3 lifted\n");
-    assert_eq!(burst(&mut client, 1, Duration::from_millis(2000)), 1);
+    assert_eq!(
+        options_burst(&mut client, 1, Duration::from_millis(2000)),
+        1
+    );
     let bans = http::get(proxy.admin(), "/bans", Duration::from_secs(3)).expect("bans");
     assert_eq!(bans.body, "[]");
 }

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use kubesbc_e2e::kubeapi::{FakeKubeApi, Slice};
 use kubesbc_e2e::{
-    Proxy, Sipp, SippTransport, TempDir, UacOptions, e2e_tools, free_port, loopback, sbc_only,
-    scenario, wait_for,
+    CallRun, Proxy, Sipp, SippTransport, TempDir, UacOptions, e2e_tools, free_port, loopback,
+    sbc_only, scenario, start_calls, wait_for,
 };
 
 /// A config with set 1 over static `ports` and, when `service`, Service voip/asterisk.
@@ -37,21 +37,71 @@ fn uas(dir: &TempDir, name: &str, port: u16) -> Sipp {
     Sipp::uas(dir, name, &scenario("uas.xml"), port, SippTransport::Udp)
 }
 
-fn uac(dir: &TempDir, proxy: &Proxy, calls: u32) -> Sipp {
-    Sipp::uac(
+/// `N` sipp backends `b1`..`bN` on fresh ports: their ports and guards.
+fn backends<const N: usize>(dir: &TempDir) -> ([u16; N], [Sipp; N]) {
+    let ports: [u16; N] = std::array::from_fn(|_| free_port());
+    let sipps = std::array::from_fn(|i| uas(dir, &format!("b{}", i + 1), ports[i]));
+    (ports, sipps)
+}
+
+/// The temp dir of an sbc-only live test; `None` (after a loud skip) without sipp or when the
+/// proxy is Kamailio.
+fn live_test(label: &str) -> Option<TempDir> {
+    (e2e_tools() && sbc_only()).then(|| TempDir::new(label))
+}
+
+/// A caller placing `calls` calls at 50 per second through `proxy`.
+fn uac(dir: &TempDir, proxy: &Proxy, calls: u32) -> (Sipp, UacOptions) {
+    let opts = UacOptions::new(calls, 50).with_timeout_s(60);
+    let caller = start_calls(
         dir,
         "uac",
-        &scenario("uac.xml"),
-        free_port(),
+        "uac.xml",
         proxy.sip_addr(),
         SippTransport::Udp,
-        &UacOptions {
-            rate: 50,
-            calls,
-            hold_ms: 100,
-            timeout_s: 60,
-        },
-    )
+        &opts,
+    );
+    (caller, opts)
+}
+
+/// Waits for `caller` and asserts that every one of its `calls` succeeded, across whatever
+/// changed during the run.
+fn assert_no_call_failed(caller: (Sipp, UacOptions), proxy: &Proxy) {
+    let (caller, opts) = caller;
+    let run = CallRun::finish(caller, &opts);
+    assert_eq!(
+        (run.stats.successful, run.stats.failed),
+        (u64::from(opts.calls), 0),
+        "every call succeeds across the changes (sipp exit {}); log:\n{}",
+        run.exit,
+        proxy.log_tail()
+    );
+}
+
+/// An EndpointSlice of Service voip/asterisk with one endpoint on 127.0.0.1:`port`, ready or
+/// terminating.
+fn slice(name: &str, port: u16, ready: bool) -> Slice {
+    Slice::new("asterisk", name, port, &[("127.0.0.1", ready, !ready)])
+}
+
+/// Asserts that the sbc opened a watch on the fake API (`what` it watches).
+fn assert_watching(api: &FakeKubeApi, what: &str) {
+    assert!(
+        wait_for(Duration::from_secs(10), || (api.watches() > 0)
+            .then_some(()))
+        .is_some(),
+        "the sbc watches {what}"
+    );
+}
+
+/// Waits until the sbc logs that it refused a configuration, and asserts that the refusal
+/// names the invalid field (`dispatcher.sets[0].algorithm`).
+fn assert_refused_naming_the_algorithm(proxy: &Proxy) {
+    let refused = proxy.wait_logged("configuration refused", Duration::from_secs(5));
+    assert!(
+        refused.contains("dispatcher.sets[0].algorithm"),
+        "the refusal names the field:\n{refused}"
+    );
 }
 
 fn invites(s: &Sipp) -> usize {
@@ -79,25 +129,29 @@ fn settled_invites(s: &Sipp, settle: Duration) -> usize {
     invites(s)
 }
 
-fn start(dir: &TempDir, config: &Path, extra: &[String]) -> Proxy {
-    let sip_port = port_of(config);
+/// Starts the sbc from `config` (a file whose listener is on `sip_port`) and `extra` arguments.
+fn start(dir: &TempDir, sip_port: u16, config: &Path, extra: &[String]) -> Proxy {
+    start_with(
+        dir,
+        sip_port,
+        &["--config".into(), config.display().to_string()],
+        extra,
+    )
+}
+
+/// Starts the sbc with `source` (where its configuration comes from) and `extra` arguments,
+/// and an admin endpoint on a fresh port.
+fn start_with(dir: &TempDir, sip_port: u16, source: &[String], extra: &[String]) -> Proxy {
     let admin = loopback(free_port());
-    let mut args: Vec<String> = vec![
-        "--config".into(),
-        config.display().to_string(),
-        "--admin".into(),
-        admin.to_string(),
-    ];
+    let mut args = source.to_vec();
+    args.extend(["--admin".into(), admin.to_string()]);
     args.extend(extra.iter().cloned());
     Proxy::start_sbc(dir, &args, sip_port, admin)
 }
 
-fn port_of(config: &Path) -> u16 {
-    let text = std::fs::read_to_string(config).unwrap_or_default();
-    text.lines()
-        .find_map(|l| l.trim().strip_prefix("address: 127.0.0.1:"))
-        .and_then(|p| p.parse().ok())
-        .expect("the config has a listener")
+/// `--kubeconfig FILE`.
+fn kubeconfig_arg(file: &Path) -> Vec<String> {
+    vec!["--kubeconfig".into(), file.display().to_string()]
 }
 
 /// Replaces `path` the way a ConfigMap volume does: a new file renamed over the old one.
@@ -113,84 +167,40 @@ fn udp(port: u16) -> String {
 
 #[test]
 fn endpoint_slice_events_move_new_calls_and_no_call_fails() {
-    if !e2e_tools() || !sbc_only() {
+    let Some(dir) = live_test("live-discovery") else {
         return;
-    }
-    let dir = TempDir::new("live-discovery");
-    let (p1, p2, p3) = (free_port(), free_port(), free_port());
-    let (b1, b2, b3) = (
-        uas(&dir, "b1", p1),
-        uas(&dir, "b2", p2),
-        uas(&dir, "b3", p3),
-    );
+    };
+    let ([p1, p2, p3], [b1, b2, b3]) = backends(&dir);
     let api = FakeKubeApi::start();
-    api.apply(Slice::new(
-        "asterisk",
-        "asterisk-1",
-        p1,
-        &[("127.0.0.1", true, false)],
-    ));
+    api.apply(slice("asterisk-1", p1, true));
     let sip_port = free_port();
     let cfg = dir.write("sbc.yaml", &config(sip_port, &[], true, "round-robin"));
-    let kubeconfig = api.kubeconfig(&dir);
-    let proxy = start(
-        &dir,
-        &cfg,
-        &["--kubeconfig".into(), kubeconfig.display().to_string()],
-    );
+    let proxy = start(&dir, sip_port, &cfg, &kubeconfig_arg(&api.kubeconfig(&dir)));
     wait_listed(&proxy, &udp(p1), true);
-    assert!(
-        wait_for(Duration::from_secs(10), || (api.watches() > 0)
-            .then_some(()))
-        .is_some(),
-        "the sbc watches the EndpointSlices"
-    );
+    assert_watching(&api, "the EndpointSlices");
 
-    let calls = 500;
-    let mut caller = uac(&dir, &proxy, calls);
+    let caller = uac(&dir, &proxy, 500);
     std::thread::sleep(Duration::from_millis(1500));
 
     // A second backend appears: it starts taking calls.
-    api.apply(Slice::new(
-        "asterisk",
-        "asterisk-2",
-        p2,
-        &[("127.0.0.1", true, false)],
-    ));
+    api.apply(slice("asterisk-2", p2, true));
     wait_listed(&proxy, &udp(p2), true);
     std::thread::sleep(Duration::from_millis(1500));
 
     // Backend 1 terminates: no new calls for it; its calls in progress finish.
-    api.apply(Slice::new(
-        "asterisk",
-        "asterisk-1",
-        p1,
-        &[("127.0.0.1", false, true)],
-    ));
+    api.apply(slice("asterisk-1", p1, false));
     wait_listed(&proxy, &udp(p1), false);
     let b1_after_removal = settled_invites(&b1, Duration::from_millis(500));
     std::thread::sleep(Duration::from_millis(1000));
 
     // In one burst: backend 3 appears, backend 2's slice is deleted.
-    api.apply(Slice::new(
-        "asterisk",
-        "asterisk-3",
-        p3,
-        &[("127.0.0.1", true, false)],
-    ));
+    api.apply(slice("asterisk-3", p3, true));
     api.delete("asterisk-2");
     wait_listed(&proxy, &udp(p2), false);
     wait_listed(&proxy, &udp(p3), true);
     let b2_after_removal = settled_invites(&b2, Duration::from_millis(500));
 
-    let code = caller.wait(Duration::from_secs(60));
-    let stats = caller.stats();
-    assert_eq!(
-        (stats.successful, stats.failed),
-        (u64::from(calls), 0),
-        "every call succeeds across the changes (sipp exit {code}); log:\n{}",
-        proxy.log_tail()
-    );
+    assert_no_call_failed(caller, &proxy);
     let (n1, n2, n3) = (invites(&b1), invites(&b2), invites(&b3));
     eprintln!(
         "INVITEs: b1 {n1} (at removal {b1_after_removal}), b2 {n2} (at removal {b2_after_removal}), b3 {n3}"
@@ -203,37 +213,24 @@ fn endpoint_slice_events_move_new_calls_and_no_call_fails() {
         "no new call for terminating backend 1"
     );
     assert_eq!(n2, b2_after_removal, "no new call for deleted backend 2");
-    let metrics = kubesbc_e2e::http::get(proxy.admin(), "/metrics", Duration::from_secs(2))
-        .map(|r| r.body)
-        .unwrap_or_default();
-    assert!(
-        metrics.contains("sbc_dispatcher_set_generation{set=\"1\"}"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("sbc_dispatcher_set_destinations{set=\"1\",state=\"active\"} 1"),
-        "{metrics}"
-    );
+    proxy.assert_metrics_contain(&[
+        "sbc_dispatcher_set_generation{set=\"1\"}",
+        "sbc_dispatcher_set_destinations{set=\"1\",state=\"active\"} 1",
+    ]);
 }
 
 #[test]
 fn config_file_rewritten_under_load_applies_and_an_invalid_one_is_refused() {
-    if !e2e_tools() || !sbc_only() {
+    let Some(dir) = live_test("live-config") else {
         return;
-    }
-    let dir = TempDir::new("live-config");
-    let (p1, p2, p3) = (free_port(), free_port(), free_port());
-    let (b1, b2, b3) = (
-        uas(&dir, "b1", p1),
-        uas(&dir, "b2", p2),
-        uas(&dir, "b3", p3),
-    );
+    };
+    let ([p1, p2, p3], [b1, b2, b3]) = backends(&dir);
     let sip_port = free_port();
     let cfg = dir.write(
         "sbc.yaml",
         &config(sip_port, &[p1, p2], false, "round-robin"),
     );
-    let proxy = start(&dir, &cfg, &[]);
+    let proxy = start(&dir, sip_port, &cfg, &[]);
     let log = std::fs::read_to_string(dir.path().join("sbc.log")).unwrap_or_default();
     assert!(
         log.contains("dispatcher sources: static destinations only"),
@@ -241,8 +238,7 @@ fn config_file_rewritten_under_load_applies_and_an_invalid_one_is_refused() {
     );
     assert!(log.contains("configuration source: file, watched"), "{log}");
 
-    let calls = 400;
-    let mut caller = uac(&dir, &proxy, calls);
+    let caller = uac(&dir, &proxy, 400);
     std::thread::sleep(Duration::from_millis(1500));
 
     // A third backend is added to the file: it starts taking calls.
@@ -252,15 +248,7 @@ fn config_file_rewritten_under_load_applies_and_an_invalid_one_is_refused() {
 
     // An invalid version (unknown algorithm, backend 1 removed) is refused: nothing changes.
     rewrite(&cfg, &config(sip_port, &[p2, p3], false, "roundrobin"));
-    let refused = wait_for(Duration::from_secs(5), || {
-        let log = proxy.log_tail();
-        log.contains("configuration refused").then_some(log)
-    })
-    .unwrap_or_else(|| panic!("no refusal logged:\n{}", proxy.log_tail()));
-    assert!(
-        refused.contains("dispatcher.sets[0].algorithm"),
-        "the refusal names the field:\n{refused}"
-    );
+    assert_refused_naming_the_algorithm(&proxy);
     let b1_at_refusal = invites(&b1);
     assert!(
         proxy
@@ -268,14 +256,7 @@ fn config_file_rewritten_under_load_applies_and_an_invalid_one_is_refused() {
             .is_some()
     );
 
-    let code = caller.wait(Duration::from_secs(60));
-    let stats = caller.stats();
-    assert_eq!(
-        (stats.successful, stats.failed),
-        (u64::from(calls), 0),
-        "every call succeeds across the rewrites (sipp exit {code}); log:\n{}",
-        proxy.log_tail()
-    );
+    assert_no_call_failed(caller, &proxy);
     let (n1, n2, n3) = (invites(&b1), invites(&b2), invites(&b3));
     eprintln!("INVITEs: b1 {n1} (at refusal {b1_at_refusal}), b2 {n2}, b3 {n3}");
     assert!(n3 > 0, "the backend added by the rewrite took calls");
@@ -283,27 +264,18 @@ fn config_file_rewritten_under_load_applies_and_an_invalid_one_is_refused() {
         n1 > b1_at_refusal,
         "backend 1 (dropped only by the refused version) kept taking calls"
     );
-    let metrics = kubesbc_e2e::http::get(proxy.admin(), "/metrics", Duration::from_secs(2))
-        .map(|r| r.body)
-        .unwrap_or_default();
-    assert!(
-        metrics.contains("sbc_config_reloads_total{result=\"accepted\"} 1"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("sbc_config_reloads_total{result=\"refused\"} 1"),
-        "{metrics}"
-    );
+    proxy.assert_metrics_contain(&[
+        "sbc_config_reloads_total{result=\"accepted\"} 1",
+        "sbc_config_reloads_total{result=\"refused\"} 1",
+    ]);
 }
 
 #[test]
 fn service_reference_without_a_reachable_api_keeps_static_destinations_serving() {
-    if !e2e_tools() || !sbc_only() {
+    let Some(dir) = live_test("live-no-api") else {
         return;
-    }
-    let dir = TempDir::new("live-no-api");
-    let p1 = free_port();
-    let b1 = uas(&dir, "b1", p1);
+    };
+    let ([p1], [b1]) = backends(&dir);
     // A kubeconfig whose API server is a closed loopback port.
     let closed = free_port();
     let kubeconfig = dir.write(
@@ -314,70 +286,42 @@ fn service_reference_without_a_reachable_api_keeps_static_destinations_serving()
     );
     let sip_port = free_port();
     let cfg = dir.write("sbc.yaml", &config(sip_port, &[p1], true, "round-robin"));
-    let proxy = start(
-        &dir,
-        &cfg,
-        &["--kubeconfig".into(), kubeconfig.display().to_string()],
-    );
-    let log = wait_for(Duration::from_secs(10), || {
-        let log = proxy.log_tail();
-        log.contains("EndpointSlice watch failed").then_some(log)
-    })
-    .unwrap_or_else(|| panic!("no watch error logged:\n{}", proxy.log_tail()));
+    let proxy = start(&dir, sip_port, &cfg, &kubeconfig_arg(&kubeconfig));
+    let log = proxy.wait_logged("EndpointSlice watch failed", Duration::from_secs(10));
     assert!(
         log.contains("voip/asterisk"),
         "the error names the Service:\n{log}"
     );
     let calls = 20;
-    let mut caller = uac(&dir, &proxy, calls);
-    caller.wait(Duration::from_secs(30));
-    let stats = caller.stats();
-    assert_eq!(
-        (stats.successful, stats.failed),
-        (u64::from(calls), 0),
-        "{}",
-        proxy.log_tail()
-    );
+    assert_no_call_failed(uac(&dir, &proxy, calls), &proxy);
     assert_eq!(
         invites(&b1),
         calls as usize,
         "the static destination took the calls"
     );
-    let metrics = kubesbc_e2e::http::get(proxy.admin(), "/metrics", Duration::from_secs(2))
-        .map(|r| r.body)
-        .unwrap_or_default();
-    assert!(
-        metrics
-            .contains("sbc_discovery_watch_errors_total{source=\"endpointslices/voip/asterisk\"}"),
-        "{metrics}"
-    );
+    proxy.assert_metrics_contain(&[
+        "sbc_discovery_watch_errors_total{source=\"endpointslices/voip/asterisk\"}",
+    ]);
 }
 
 #[test]
 fn configmap_watched_through_the_api_applies_new_versions_under_load() {
-    if !e2e_tools() || !sbc_only() {
+    let Some(dir) = live_test("live-configmap") else {
         return;
-    }
-    let dir = TempDir::new("live-configmap");
-    let (p1, p2) = (free_port(), free_port());
-    let (b1, b2) = (uas(&dir, "b1", p1), uas(&dir, "b2", p2));
+    };
+    let ([p1, p2], [b1, b2]) = backends(&dir);
     let api = FakeKubeApi::start();
     let sip_port = free_port();
     api.set_configmap(
         "edge-config",
         &config(sip_port, &[p1], false, "round-robin"),
     );
-    let kubeconfig = api.kubeconfig(&dir);
-    let admin = loopback(free_port());
-    let args: Vec<String> = vec![
-        "--configmap".into(),
-        "voip/edge-config".into(),
-        "--kubeconfig".into(),
-        kubeconfig.display().to_string(),
-        "--admin".into(),
-        admin.to_string(),
-    ];
-    let proxy = Proxy::start_sbc(&dir, &args, sip_port, admin);
+    let proxy = start_with(
+        &dir,
+        sip_port,
+        &["--configmap".into(), "voip/edge-config".into()],
+        &kubeconfig_arg(&api.kubeconfig(&dir)),
+    );
     assert!(
         proxy
             .log_tail()
@@ -385,14 +329,8 @@ fn configmap_watched_through_the_api_applies_new_versions_under_load() {
         "{}",
         proxy.log_tail()
     );
-    assert!(
-        wait_for(Duration::from_secs(10), || (api.watches() > 0)
-            .then_some(()))
-        .is_some(),
-        "the sbc watches its ConfigMap"
-    );
-    let calls = 200;
-    let mut caller = uac(&dir, &proxy, calls);
+    assert_watching(&api, "its ConfigMap");
+    let caller = uac(&dir, &proxy, 200);
     std::thread::sleep(Duration::from_millis(1000));
     api.set_configmap(
         "edge-config",
@@ -401,24 +339,9 @@ fn configmap_watched_through_the_api_applies_new_versions_under_load() {
     wait_listed(&proxy, &format!("sip:127.0.0.1:{p2}"), true);
     // A version without a valid algorithm is refused; both backends keep serving.
     api.set_configmap("edge-config", &config(sip_port, &[p2], false, "roundrobin"));
-    let refused = wait_for(Duration::from_secs(5), || {
-        let log = proxy.log_tail();
-        log.contains("configuration refused").then_some(log)
-    })
-    .unwrap_or_else(|| panic!("no refusal logged:\n{}", proxy.log_tail()));
-    assert!(
-        refused.contains("dispatcher.sets[0].algorithm"),
-        "{refused}"
-    );
+    assert_refused_naming_the_algorithm(&proxy);
     let b1_at_refusal = invites(&b1);
-    caller.wait(Duration::from_secs(30));
-    let stats = caller.stats();
-    assert_eq!(
-        (stats.successful, stats.failed),
-        (u64::from(calls), 0),
-        "{}",
-        proxy.log_tail()
-    );
+    assert_no_call_failed(caller, &proxy);
     assert!(
         invites(&b2) > 0,
         "the backend added through the ConfigMap took calls"
@@ -505,21 +428,9 @@ fn bench_update_to_first_call() {
     let interval = Duration::from_millis(u64::from(env_u32("BENCH_INTERVAL_MS", 1500)));
     let file_mode = std::env::var("BENCH_MODE").is_ok_and(|m| m == "file");
     let dir = TempDir::new("bench-discovery");
-    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
-    let backends: Vec<Sipp> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| uas(&dir, &format!("b{i}"), *p))
-        .collect();
+    let (ports, backends) = backends::<4>(&dir);
     let api = FakeKubeApi::start();
-    let slice = |i: usize| {
-        Slice::new(
-            "asterisk",
-            &format!("asterisk-{i}"),
-            ports[i],
-            &[("127.0.0.1", true, false)],
-        )
-    };
+    let slice = |i: usize| slice(&format!("asterisk-{i}"), ports[i], true);
     let sip_port = free_port();
     let cfg_for = |active: &[usize]| {
         let ps: Vec<u16> = active.iter().map(|i| ports[*i]).collect();
@@ -530,15 +441,14 @@ fn bench_update_to_first_call() {
     } else {
         api.apply(slice(0));
         api.apply(slice(1));
-        let kc = api.kubeconfig(&dir);
         (
             dir.write("sbc.yaml", &config(sip_port, &[], true, "round-robin")),
-            vec!["--kubeconfig".to_owned(), kc.display().to_string()],
+            kubeconfig_arg(&api.kubeconfig(&dir)),
         )
     };
     let mut extra = extra;
     extra.extend(["--workers".to_owned(), "2".to_owned()]);
-    let proxy = start(&dir, &cfg, &extra);
+    let proxy = start(&dir, sip_port, &cfg, &extra);
     let uri = |i: usize| {
         if file_mode {
             format!("sip:127.0.0.1:{}", ports[i])
@@ -553,20 +463,14 @@ fn bench_update_to_first_call() {
         (u128::from(rate) * (interval.as_millis() * (updates as u128 + 2)) / 1000).max(1),
     )
     .unwrap_or(u32::MAX);
-    let mut caller = Sipp::uac(
+    let mut caller = start_calls(
         &dir,
         "uac",
-        &scenario("uac.xml"),
-        free_port(),
+        "uac.xml",
         proxy.sip_addr(),
         SippTransport::Udp,
-        &UacOptions {
-            rate,
-            calls: total,
-            hold_ms: 100,
-            // sipp's -timeout bounds the whole run.
-            timeout_s: total / rate.max(1) + 60,
-        },
+        // sipp's -timeout bounds the whole run.
+        &UacOptions::new(total, rate).with_timeout_s(total / rate.max(1) + 60),
     );
     std::thread::sleep(interval);
     let mut events: Vec<(usize, f64)> = Vec::with_capacity(updates);
@@ -585,7 +489,7 @@ fn bench_update_to_first_call() {
     let code = caller.wait(Duration::from_secs(180));
     let stats = caller.stats();
     let times: Vec<Vec<f64>> = (0..4)
-        .map(|i| invite_times(&dir.path().join(format!("b{i}.msg"))))
+        .map(|i| invite_times(&dir.path().join(format!("b{}.msg", i + 1))))
         .collect();
     drop(backends);
     let mut lat: Vec<f64> = Vec::new();

@@ -6,11 +6,8 @@
 
 use std::time::Duration;
 
-use kubesbc_e2e::sip::{RequestBuilder, SipClient, SipResponse, options_ping};
-use kubesbc_e2e::{
-    DispatcherDest, Proxy, ProxyKind, ProxyOptions, Sipp, SippTransport, TempDir, e2e_tools,
-    free_port, scenario,
-};
+use kubesbc_e2e::sip::{RequestBuilder, SipClient, SipResponse, invite_once, options_ping};
+use kubesbc_e2e::{DispatcherDest, ProxyKind, TempDir, Testbed, e2e_tools, free_port};
 
 /// A request that comes back to the proxy (its only destination is the proxy itself) is a loop
 /// (RFC 3261 16.3 item 4): the caller gets 482. Kamailio's config has no loop detection; there
@@ -22,23 +19,14 @@ fn request_that_loops_back_to_the_proxy_gets_482() {
     }
     let dir = TempDir::new("loop");
     let port = free_port();
-    let itself = DispatcherDest::local(port, false);
-    let proxy = Proxy::start(
-        &dir,
-        &ProxyOptions {
-            sip_port: Some(port),
-            destinations: vec![itself.clone()],
-            ..ProxyOptions::default()
-        },
-    );
-    proxy.wait_destination(&itself.uri, true, Duration::from_secs(10));
+    let bed = Testbed::builder(&dir)
+        .sip_port(port)
+        .destination(&DispatcherDest::local(port, false))
+        .start();
+    let proxy = &bed.proxy;
     let target = proxy.sip_addr();
-    let mut client = SipClient::udp(target);
-    let invite = RequestBuilder::invite(&format!("sip:service@{target}"), &client);
-    let resp = client
-        .request(&invite.build(), Duration::from_secs(8))
-        .expect("a final response to a looping INVITE");
-    client.send(&invite.ack(&resp).build());
+    let resp =
+        invite_once(target, Duration::from_secs(8)).expect("a final response to a looping INVITE");
     let expected = match proxy.kind() {
         ProxyKind::Sbc => 482,
         ProxyKind::Kamailio => 483,
@@ -234,16 +222,8 @@ fn malformed_requests_get_their_status_and_the_proxy_keeps_answering() {
     let kamailio = ProxyKind::from_env() == ProxyKind::Kamailio;
     let dir = TempDir::new("malformed");
     // A live backend, so a request that wrongly passes sanity would be relayed, not 503'd.
-    let p1 = free_port();
-    let _uas = Sipp::uas(&dir, "uas", &scenario("uas.xml"), p1, SippTransport::Udp);
-    let proxy = Proxy::start(
-        &dir,
-        &ProxyOptions {
-            destinations: vec![DispatcherDest::local(p1, false)],
-            ..ProxyOptions::default()
-        },
-    );
-    let target = proxy.sip_addr();
+    let bed = Testbed::builder(&dir).backend("uas", "uas.xml").start();
+    let target = bed.proxy.sip_addr();
     let me = target.to_string();
     let mut failures = Vec::new();
     for row in rows() {

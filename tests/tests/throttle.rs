@@ -1,35 +1,42 @@
 //! The throttle stage seen from a UA (sbc only): 429 + Retry-After over a tenant's limit,
 //! capacity given back by BYE, other tenants unaffected.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use kubesbc_e2e::sip::{RequestBuilder, SipClient, SipResponse};
 use kubesbc_e2e::{
-    DispatcherDest, Proxy, ProxyOptions, Sipp, SippTransport, TempDir, free_port, require_tool,
-    sbc_only, scenario, wait_for,
+    RedisServer, TempDir, Testbed, require_tool, sbc_only, sleep_into_next_second, wait_for,
 };
 
 const T: Duration = Duration::from_secs(3);
 
-fn throttle_config(tenants: &str) -> String {
+/// A config throttling tenant acme by `acme` and tenant globex by `globex` (YAML flow
+/// mappings such as `{concurrentCalls: 2}`), answering 429 with Retry-After 3.
+fn throttle_config(acme: &str, globex: &str) -> String {
     format!(
         "listeners: [{{transport: udp, address: \"127.0.0.1:1\"}}]\n\
-throttles:\n  - name: e2e/tt\n    response: {{code: 429, retryAfterSecs: 3}}\n    tenants:\n{tenants}"
+throttles:\n  - name: e2e/tt\n    response: {{code: 429, retryAfterSecs: 3}}\n    tenants:\n      \
+acme: {acme}\n      globex: {globex}\n"
     )
 }
 
-fn start(dir: &TempDir, config: &str, backend: u16, extra: &[String]) -> Proxy {
-    let cfg = dir.write("sbc.yaml", config);
-    let mut args = vec!["--config".to_owned(), cfg.display().to_string()];
-    args.extend_from_slice(extra);
-    Proxy::start(
-        dir,
-        &ProxyOptions {
-            destinations: vec![DispatcherDest::local(backend, false)],
-            extra_sbc_args: args,
-            ..ProxyOptions::default()
-        },
-    )
+/// An sbc configured with `config` in front of one sipp backend.
+fn start(dir: &TempDir, config: &str) -> Testbed {
+    Testbed::builder(dir)
+        .backend("uas", "uas.xml")
+        .config(config)
+        .start()
+}
+
+/// A UA in front of a fresh sbc that throttles acme and globex as [`throttle_config`] says;
+/// `None` (after a loud skip) when sipp is missing or the proxy is not the sbc.
+fn throttled(label: &str, acme: &str, globex: &str) -> Option<(SipClient, Testbed, TempDir)> {
+    if !sbc_only() || !require_tool("sipp") {
+        return None;
+    }
+    let dir = TempDir::new(label);
+    let bed = start(&dir, &throttle_config(acme, globex));
+    Some((SipClient::udp(bed.proxy.sip_addr()), bed, dir))
 }
 
 fn invite(ua: &mut SipClient, tenant: &str) -> (RequestBuilder, SipResponse) {
@@ -74,25 +81,13 @@ fn assert_429(r: &SipResponse) {
 
 #[test]
 fn concurrent_calls_over_the_limit_get_429_until_a_bye() {
-    if !sbc_only() || !require_tool("sipp") {
+    let Some((mut ua, _bed, _dir)) = throttled(
+        "throttle-cc",
+        "{concurrentCalls: 2}",
+        "{concurrentCalls: 1}",
+    ) else {
         return;
-    }
-    let dir = TempDir::new("throttle-cc");
-    let backend = free_port();
-    let _uas = Sipp::uas(
-        &dir,
-        "uas",
-        &scenario("uas.xml"),
-        backend,
-        SippTransport::Udp,
-    );
-    let proxy = start(
-        &dir,
-        &throttle_config("      acme: {concurrentCalls: 2}\n      globex: {concurrentCalls: 1}\n"),
-        backend,
-        &[],
-    );
-    let mut ua = SipClient::udp(proxy.sip_addr());
+    };
     let (inv1, ok1) = invite(&mut ua, "acme");
     assert_eq!(ok1.code, 200, "{}", ok1.status_line);
     let (_, ok2) = invite(&mut ua, "acme");
@@ -113,53 +108,19 @@ fn concurrent_calls_over_the_limit_get_429_until_a_bye() {
 
 #[test]
 fn calls_per_second_over_the_limit_get_429() {
-    if !sbc_only() || !require_tool("sipp") {
+    let Some((mut ua, _bed, _dir)) =
+        throttled("throttle-cps", "{callsPerSecond: 3}", "{callsPerSecond: 3}")
+    else {
         return;
-    }
-    let dir = TempDir::new("throttle-cps");
-    let backend = free_port();
-    let _uas = Sipp::uas(
-        &dir,
-        "uas",
-        &scenario("uas.xml"),
-        backend,
-        SippTransport::Udp,
-    );
-    let proxy = start(
-        &dir,
-        &throttle_config("      acme: {callsPerSecond: 3}\n      globex: {callsPerSecond: 3}\n"),
-        backend,
-        &[],
-    );
-    let mut ua = SipClient::udp(proxy.sip_addr());
+    };
     // Windows are wall-clock seconds: start just after a second begins, so the six calls
     // (a few milliseconds each on loopback) fall into one window.
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .subsec_millis();
-    std::thread::sleep(Duration::from_millis(u64::from(1050 - ms)));
+    sleep_into_next_second();
     let codes: Vec<u16> = (0..6).map(|_| invite(&mut ua, "acme").1.code).collect();
     let other = invite(&mut ua, "globex").1;
     assert_eq!(codes.iter().filter(|c| **c == 200).count(), 3, "{codes:?}");
     assert_eq!(codes.iter().filter(|c| **c == 429).count(), 3, "{codes:?}");
     assert_eq!(other.code, 200, "another tenant was blocked");
-}
-
-/// Whether the sbc wrote anything matching `pattern` into `redis`; when it did not, the sbc
-/// binary has no Redis store (this branch before the store lands): a loud skip, a failure
-/// under CI.
-fn sbc_uses_redis(redis: &kubesbc_e2e::RedisServer, pattern: &str) -> bool {
-    let keys = redis.command(&["KEYS", pattern]).unwrap_or_default();
-    if !keys.starts_with("*0") {
-        return true;
-    }
-    let msg = "the sbc wrote nothing into Redis: this build has no Redis store";
-    if kubesbc_e2e::in_ci() {
-        panic!("{msg}");
-    }
-    kubesbc_e2e::loud_skip(msg);
-    false
 }
 
 #[test]
@@ -171,40 +132,32 @@ fn two_replicas_sharing_redis_admit_n_calls_per_second_in_total() {
     if !require_tool("redis-server") {
         return;
     }
-    let redis = kubesbc_e2e::RedisServer::start(&dir);
-    let backend = free_port();
-    let _uas = Sipp::uas(
-        &dir,
-        "uas",
-        &scenario("uas.xml"),
-        backend,
-        SippTransport::Udp,
-    );
+    let redis = RedisServer::start(&dir);
     let config = format!(
-        "store: {{url: \"{}\", keyPrefix: \"e2e:\"}}\n{}",
-        redis.url(),
-        throttle_config("      acme: {callsPerSecond: 4}\n      globex: {callsPerSecond: 4}\n")
+        "{}{}",
+        redis.store_config(),
+        throttle_config("{callsPerSecond: 4}", "{callsPerSecond: 4}")
     );
     let dir_b = TempDir::new("throttle-shared-b");
-    let a = start(&dir, &config, backend, &[]);
-    let b = start(&dir_b, &config, backend, &[]);
-    let mut ua_a = SipClient::udp(a.sip_addr());
-    let mut ua_b = SipClient::udp(b.sip_addr());
+    let a = start(&dir, &config);
+    // Replica B relays to A's backend.
+    let b = Testbed::builder(&dir_b)
+        .destination(&a.dests[0])
+        .config(&config)
+        .start();
+    let mut ua_a = SipClient::udp(a.proxy.sip_addr());
+    let mut ua_b = SipClient::udp(b.proxy.sip_addr());
     // Tolerance: none. Windows are wall-clock seconds shared through Redis, and the ten calls
     // start just after a second begins and take a few milliseconds each on loopback, so they
     // all fall into one window.
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .subsec_millis();
-    std::thread::sleep(Duration::from_millis(u64::from(1050 - ms)));
+    sleep_into_next_second();
     let mut answers = Vec::new();
     for i in 0..10 {
         let ua = if i % 2 == 0 { &mut ua_a } else { &mut ua_b };
         answers.push(invite(ua, "acme").1);
     }
     let other = invite(&mut ua_b, "globex").1;
-    if !sbc_uses_redis(&redis, "e2e:*") {
+    if !redis.sbc_wrote("e2e:*") {
         return;
     }
     let ok = answers.iter().filter(|r| r.code == 200).count();

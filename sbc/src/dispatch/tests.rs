@@ -20,6 +20,27 @@ fn dc(uri: &str) -> DestinationConfig {
     }
 }
 
+/// A priority dispatcher over `(uri, priority)` destinations, in file order.
+fn prioritized(dests: &[(&str, i32)]) -> Dispatcher {
+    let dests = dests
+        .iter()
+        .map(|(uri, priority)| DestinationConfig {
+            priority: *priority,
+            ..dc(uri)
+        })
+        .collect();
+    dispatcher(Algorithm::Priority, dests)
+}
+
+/// The URIs of set 1 in the order the dispatcher keeps them.
+fn listed_uris(d: &Dispatcher) -> Vec<String> {
+    d.snapshot()[0]
+        .destinations
+        .iter()
+        .map(|x| x.uri.clone())
+        .collect()
+}
+
 fn set(id: u32, algorithm: Algorithm, destinations: Vec<DestinationConfig>) -> DispatcherSetConfig {
     DispatcherSetConfig {
         id,
@@ -41,6 +62,25 @@ fn dispatcher(algorithm: Algorithm, destinations: Vec<DestinationConfig>) -> Dis
 
 fn abcd(algorithm: Algorithm) -> Dispatcher {
     dispatcher(algorithm, vec![dc(A), dc(B), dc(C), dc(D)])
+}
+
+/// A Call-ID whose Kamailio hash picks index 2 of four (B).
+const ATLANTA: &[u8] = b"a84b4c76e66710@pc33.atlanta.com";
+
+/// A selection key with only a Call-ID.
+fn call_id_key(call_id: &[u8]) -> SelectKey<'_> {
+    SelectKey {
+        call_id,
+        ..Default::default()
+    }
+}
+
+/// A selection key with only a digest username.
+fn auth_key(username: &[u8]) -> SelectKey<'_> {
+    SelectKey {
+        auth_username: Some(username),
+        ..Default::default()
+    }
 }
 
 fn pick(d: &Dispatcher, key: &SelectKey<'_>, tried: &[usize]) -> Option<String> {
@@ -74,41 +114,10 @@ fn count(m: &HashMap<String, usize>, uri: &str) -> usize {
 
 #[test]
 fn destinations_are_in_kamailio_order() {
-    let d = dispatcher(
-        Algorithm::Priority,
-        vec![
-            DestinationConfig {
-                priority: 0,
-                ..dc(A)
-            },
-            DestinationConfig {
-                priority: 10,
-                ..dc(B)
-            },
-            DestinationConfig {
-                priority: 5,
-                ..dc(C)
-            },
-            DestinationConfig {
-                priority: 10,
-                ..dc(D)
-            },
-        ],
-    );
-    let uris: Vec<String> = d.snapshot()[0]
-        .destinations
-        .iter()
-        .map(|x| x.uri.clone())
-        .collect();
-    assert_eq!(uris, vec![D, B, C, A]);
-    let same = abcd(Algorithm::RoundRobin);
-    let uris: Vec<String> = same.snapshot()[0]
-        .destinations
-        .iter()
-        .map(|x| x.uri.clone())
-        .collect();
+    let d = prioritized(&[(A, 0), (B, 10), (C, 5), (D, 10)]);
+    assert_eq!(listed_uris(&d), vec![D, B, C, A]);
     assert_eq!(
-        uris,
+        listed_uris(&abcd(Algorithm::RoundRobin)),
         vec![D, C, B, A],
         "equal priorities: last listed first"
     );
@@ -117,45 +126,47 @@ fn destinations_are_in_kamailio_order() {
 // Four destinations A, B, C, D with equal priority: Kamailio indexes them D=0, C=1, B=2, A=3.
 #[test]
 fn hash_algorithms_pick_what_kamailio_picks() {
-    let callid = SelectKey {
+    let cases = [
         // ds_get_hash = 2175018094, % 4 = 2
-        call_id: b" a84b4c76e66710@pc33.atlanta.com\r\n",
-        ..Default::default()
-    };
-    let callid3 = SelectKey {
+        (
+            Algorithm::HashCallId,
+            call_id_key(b" a84b4c76e66710@pc33.atlanta.com\r\n"),
+            B,
+        ),
         // ds_get_hash = 2552023384, % 4 = 0
-        call_id: b"call-3@host",
-        ..Default::default()
-    };
-    let from = SelectKey {
+        (Algorithm::HashCallId, call_id_key(b"call-3@host"), D),
         // ("alice", "example.com") = 1442294598, % 4 = 2
-        from_uri: b"sip:alice@example.com;transport=tcp",
-        ..Default::default()
-    };
-    let to = SelectKey {
+        (
+            Algorithm::HashFromUri,
+            SelectKey {
+                from_uri: b"sip:alice@example.com;transport=tcp",
+                ..Default::default()
+            },
+            B,
+        ),
         // ("bob", "10.0.0.1:5080") = 2701604707, % 4 = 3
-        to_uri: b"sip:bob@10.0.0.1:5080;user=phone",
-        ..Default::default()
-    };
-    let ruri = SelectKey {
+        (
+            Algorithm::HashToUri,
+            SelectKey {
+                to_uri: b"sip:bob@10.0.0.1:5080;user=phone",
+                ..Default::default()
+            },
+            A,
+        ),
         // ("1234", "sbc.example.com"): the default port is not hashed = 2632154839, % 4 = 3
-        request_uri: b"sip:1234@sbc.example.com:5060;transport=udp",
-        ..Default::default()
-    };
-    let auth = SelectKey {
+        (
+            Algorithm::HashRequestUri,
+            SelectKey {
+                request_uri: b"sip:1234@sbc.example.com:5060;transport=udp",
+                ..Default::default()
+            },
+            A,
+        ),
         // "alice" = 1834153949, % 4 = 1
-        auth_username: Some(b"alice"),
-        ..Default::default()
-    };
-    let cases: [(Algorithm, &SelectKey<'_>, &str); 6] = [
-        (Algorithm::HashCallId, &callid, B),
-        (Algorithm::HashCallId, &callid3, D),
-        (Algorithm::HashFromUri, &from, B),
-        (Algorithm::HashToUri, &to, A),
-        (Algorithm::HashRequestUri, &ruri, A),
-        (Algorithm::HashAuthUsername, &auth, C),
+        (Algorithm::HashAuthUsername, auth_key(b"alice"), C),
     ];
-    for (alg, key, want) in cases {
+    for (alg, key, want) in &cases {
+        let (alg, want) = (*alg, *want);
         let d = abcd(alg);
         assert_eq!(pick(&d, key, &[]).as_deref(), Some(want), "{alg}");
         // Stable across requests and across a rebuilt dispatcher (a restart).
@@ -172,10 +183,7 @@ fn hash_algorithms_pick_what_kamailio_picks() {
 #[test]
 fn hash_skips_down_destinations_to_the_next_index() {
     let d = abcd(Algorithm::HashCallId);
-    let key = SelectKey {
-        call_id: b"a84b4c76e66710@pc33.atlanta.com",
-        ..Default::default()
-    };
+    let key = call_id_key(ATLANTA);
     dest(&d, B).mark_down(); // index 2, the hashed one
     assert_eq!(pick(&d, &key, &[]).as_deref(), Some(A), "index 3");
     dest(&d, A).mark_down();
@@ -185,10 +193,7 @@ fn hash_skips_down_destinations_to_the_next_index() {
 #[test]
 fn failover_follows_kamailio_order_and_ends_in_none() {
     let d = abcd(Algorithm::HashCallId);
-    let key = SelectKey {
-        call_id: b"a84b4c76e66710@pc33.atlanta.com",
-        ..Default::default()
-    };
+    let key = call_id_key(ATLANTA);
     let first = d.select(1, &key, &[]).unwrap();
     assert_eq!((first.index, first.dest.uri.as_str()), (2, B));
     let mut tried = vec![first.index];
@@ -242,10 +247,7 @@ fn round_robin_spreads_evenly() {
 fn auth_username_without_credentials_falls_back_to_round_robin() {
     let d = abcd(Algorithm::HashAuthUsername);
     let none = SelectKey::default();
-    let empty = SelectKey {
-        auth_username: Some(b"  "),
-        ..Default::default()
-    };
+    let empty = auth_key(b"  ");
     assert_eq!(pick(&d, &none, &[]).as_deref(), Some(D));
     assert_eq!(pick(&d, &empty, &[]).as_deref(), Some(C));
     assert_eq!(pick(&d, &none, &[]).as_deref(), Some(B));
@@ -264,23 +266,7 @@ fn random_uses_every_up_destination_and_never_a_down_one() {
 
 #[test]
 fn priority_takes_the_highest_up_destination() {
-    let d = dispatcher(
-        Algorithm::Priority,
-        vec![
-            DestinationConfig {
-                priority: 0,
-                ..dc(A)
-            },
-            DestinationConfig {
-                priority: 10,
-                ..dc(B)
-            },
-            DestinationConfig {
-                priority: 5,
-                ..dc(C)
-            },
-        ],
-    );
+    let d = prioritized(&[(A, 0), (B, 10), (C, 5)]);
     let key = SelectKey::default();
     assert_eq!(pick(&d, &key, &[]).as_deref(), Some(B));
     assert_eq!(pick(&d, &key, &[]).as_deref(), Some(B));

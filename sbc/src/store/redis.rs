@@ -715,6 +715,7 @@ impl Store for RedisStore {
 
 #[cfg(test)]
 mod tests {
+    use super::super::memory::contract;
     use super::*;
 
     #[tokio::test]
@@ -772,6 +773,17 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("redis-server did not listen on {port}");
+    }
+
+    /// Asserts the round trips counted per operation (`sbc_store_round_trips_total`).
+    fn assert_round_trips(r: &Registry, expected: &[(&str, u64)]) {
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&r.gather())
+            .unwrap();
+        for (op, n) in expected {
+            let sample = format!("sbc_store_round_trips_total{{op=\"{op}\"}} {n}");
+            assert!(text.contains(&sample), "no {sample} in:\n{text}");
+        }
     }
 
     #[tokio::test]
@@ -844,80 +856,15 @@ mod tests {
         s.ping().await.unwrap();
 
         // A batch: one round trip, each operation answered on its own, in order.
-        let ops = [
-            BatchOp::IncrWindow("bw".into(), w),
-            BatchOp::IncrWindow("bw".into(), w),
-            BatchOp::IncrBy("ban:10.0.0.1".into(), 1, w),
-            BatchOp::IncrBy("bc".into(), 5, w),
-            BatchOp::SetEx("bd".into(), Bytes::from_static(b"7|t=a"), w),
-            BatchOp::Get("bd".into()),
-            BatchOp::Get("absent".into()),
-            BatchOp::Del("absent".into()),
-        ];
-        let res = s.batch(&ops).await.unwrap();
-        assert_eq!(res.len(), ops.len());
-        assert_eq!(res[0].as_ref().unwrap(), &OpResult::Count(1));
-        assert_eq!(res[1].as_ref().unwrap(), &OpResult::Count(2));
-        assert!(
-            matches!(res[2], Err(StoreError::NotAnInteger(_))),
-            "{res:?}"
-        );
-        assert_eq!(res[3].as_ref().unwrap(), &OpResult::Count(5));
-        assert_eq!(res[4].as_ref().unwrap(), &OpResult::Done);
-        assert_eq!(
-            res[5].as_ref().unwrap(),
-            &OpResult::Value(Some(Bytes::from_static(b"7|t=a")))
-        );
-        assert_eq!(res[6].as_ref().unwrap(), &OpResult::Value(None));
-        assert_eq!(res[7].as_ref().unwrap(), &OpResult::Deleted(false));
-        // The window counter got its TTL, the others theirs.
-        let listed = s.list_prefix_ttl("b", 10).await.unwrap();
-        assert!(
-            listed.iter().all(|l| l.ttl > Duration::from_secs(5)),
-            "{listed:?}"
-        );
-        assert!(s.batch(&[]).await.unwrap().is_empty());
-
+        contract::batch_runs_operations_in_order_each_on_its_own(&s).await;
         // Releasing a dialog: its live bucket is decremented once, by one caller.
-        s.incr_by("cc:t=a:7", 2, w).await.unwrap();
-        let rel = |now_ms| DialogRelease {
-            dialog_key: "bd",
-            counter_prefix: "cc:",
-            bucket_ms: 1000,
-            timeout_ms: 4000,
-            now_ms,
-        };
-        assert!(s.release_dialog(rel(9000)).await.unwrap());
-        assert_eq!(s.get("cc:t=a:7").await.unwrap().as_deref(), Some(&b"1"[..]));
-        assert_eq!(s.get("bd").await.unwrap(), None);
-        assert!(!s.release_dialog(rel(9000)).await.unwrap());
-        assert_eq!(s.get("cc:t=a:7").await.unwrap().as_deref(), Some(&b"1"[..]));
-        // A bucket past its life is left alone.
-        s.set_ex("bd", Bytes::from_static(b"7|t=a"), w)
-            .await
-            .unwrap();
-        assert!(s.release_dialog(rel(12_000)).await.unwrap());
-        assert_eq!(s.get("cc:t=a:7").await.unwrap().as_deref(), Some(&b"1"[..]));
+        contract::release_dialog_decrements_its_live_bucket_once(&s).await;
 
         // Another prefix sees none of it.
         let other = RedisStore::new(&url, "t2:", Duration::from_millis(500), &r).unwrap();
         assert!(other.list_prefix_ttl("", 10).await.unwrap().is_empty());
-        let text = prometheus::TextEncoder::new()
-            .encode_to_string(&r.gather())
-            .unwrap();
-        assert!(
-            text.contains("sbc_store_round_trips_total{op=\"flood_hit\"} 4"),
-            "{text}"
-        );
-        // The empty batch sent nothing.
-        assert!(
-            text.contains("sbc_store_round_trips_total{op=\"batch\"} 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("sbc_store_round_trips_total{op=\"release_dialog\"} 3"),
-            "{text}"
-        );
+        // The empty batch sent nothing: one batch round trip.
+        assert_round_trips(&r, &[("flood_hit", 4), ("batch", 1), ("release_dialog", 3)]);
     }
 
     #[tokio::test]
@@ -937,12 +884,6 @@ mod tests {
             .expect("bounded by the connection timeout")
             .unwrap_err();
         assert!(matches!(e, StoreError::Unavailable(_)), "{e}");
-        let text = prometheus::TextEncoder::new()
-            .encode_to_string(&r.gather())
-            .unwrap();
-        assert!(
-            text.contains("sbc_store_round_trips_total{op=\"get\"} 1"),
-            "{text}"
-        );
+        assert_round_trips(&r, &[("get", 1)]);
     }
 }
