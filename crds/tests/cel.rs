@@ -145,3 +145,45 @@ fn response_code_only_on_deny_rules() {
         ["responseCode only applies to deny rules"]
     );
 }
+
+#[test]
+fn the_host_network_example_passes_every_rule() {
+    assert_eq!(
+        broken("SbcCluster", &example("sbccluster-hostnetwork.yaml")),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn host_network_excludes_replicas_and_autoscaling() {
+    let host = example("sbccluster-hostnetwork.yaml");
+    let mut scaled = host.clone();
+    scaled["spec"]["autoscaling"] = json!({"minReplicas": 2, "maxReplicas": 4});
+    assert_eq!(
+        broken("SbcCluster", &scaled),
+        [
+            "spec.autoscaling cannot be used with spec.hostNetwork: host-network pods run as a DaemonSet, one per node"
+        ]
+    );
+    let mut counted = host.clone();
+    counted["spec"]["replicas"] = json!(3);
+    assert_eq!(
+        broken("SbcCluster", &counted),
+        [
+            "spec.replicas cannot be used with spec.hostNetwork: host-network pods run as a DaemonSet, one per node"
+        ]
+    );
+    // Without hostNetwork both are fine again (one at a time).
+    counted["spec"]["hostNetwork"] = json!(false);
+    assert!(broken("SbcCluster", &counted).is_empty());
+}
+
+#[test]
+fn auth_methods_must_be_sip_methods() {
+    let mut host = example("sbccluster-hostnetwork.yaml");
+    host["spec"]["auth"]["methods"] = json!({"invite": "proxy"});
+    assert_eq!(
+        broken("SbcCluster", &host),
+        ["spec.auth.methods: keys must be upper-case SIP methods such as INVITE"]
+    );
+}
