@@ -149,14 +149,14 @@ fn response_code_only_on_deny_rules() {
 #[test]
 fn the_host_network_example_passes_every_rule() {
     assert_eq!(
-        broken("SbcCluster", &example("sbccluster-hostnetwork.yaml")),
+        broken("SbcCluster", &example("hostnetwork/sbccluster.yaml")),
         Vec::<String>::new()
     );
 }
 
 #[test]
 fn host_network_excludes_replicas_and_autoscaling() {
-    let host = example("sbccluster-hostnetwork.yaml");
+    let host = example("hostnetwork/sbccluster.yaml");
     let mut scaled = host.clone();
     scaled["spec"]["autoscaling"] = json!({"minReplicas": 2, "maxReplicas": 4});
     assert_eq!(
@@ -180,7 +180,7 @@ fn host_network_excludes_replicas_and_autoscaling() {
 
 #[test]
 fn auth_methods_must_be_sip_methods() {
-    let mut host = example("sbccluster-hostnetwork.yaml");
+    let mut host = example("hostnetwork/sbccluster.yaml");
     host["spec"]["auth"]["methods"] = json!({"invite": "proxy"});
     assert_eq!(
         broken("SbcCluster", &host),

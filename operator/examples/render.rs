@@ -45,7 +45,7 @@ fn main() -> anyhow::Result<()> {
         );
     }
     lookups.redis_url = Some("redis://:change-me@redis.voip.svc:6379/0".into());
-    let host: SbcCluster = load(&dir, "sbccluster-hostnetwork.yaml")?;
+    let host: SbcCluster = load(&dir, "hostnetwork/sbccluster.yaml")?;
     let mut variants = vec![cluster.clone(), host];
     // Also the autoscaling + TLS shape, so the HPA is validated too (the hostNetwork example
     // above covers the DaemonSet).

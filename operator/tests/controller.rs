@@ -557,7 +557,7 @@ fn a_secret_change_reaches_the_clusters_whose_config_refers_to_it() {
         key_prefix: None,
         timeout_ms: None,
     });
-    let mut host: SbcCluster = example("sbccluster-hostnetwork.yaml");
+    let mut host: SbcCluster = example("hostnetwork/sbccluster.yaml");
     host.spec.access_list_selector = None;
     host.spec.redis = None;
     let mut elsewhere = edge.clone();

@@ -500,6 +500,7 @@ fn cluster_names_that_cannot_name_services_are_refused() {
 fn access_list_and_throttle_settings_reach_the_sbc_config() {
     let mut w = World::new();
     w.acls[0].spec.ban_response_code = Some(503);
+    w.throttles[0].spec.missing_tenant = kubesbc_crds::policy::MissingTenant::Reject;
     let r = render::render(w.inputs()).expect("renders");
     let parsed = SbcConfig::from_yaml(&r.config.to_yaml()).expect("the sbc reads it");
     let acl = &parsed.access_lists[0];
@@ -542,7 +543,7 @@ fn a_trusted_entry_that_is_not_a_cidr_is_refused_naming_the_field() {
 
 fn host_world() -> World {
     let mut w = World::new();
-    w.cluster = example("sbccluster-hostnetwork.yaml");
+    w.cluster = example("hostnetwork/sbccluster.yaml");
     for (secret, key) in [("sbc-auth", "nonce-key"), ("redis-url", "url")] {
         w.lookups.secrets.insert(
             ("voip".into(), secret.into()),
