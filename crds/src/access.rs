@@ -23,6 +23,9 @@ use crate::status::{CommonStatus, SecretKeyRef};
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!has(self.banResponseCode) || has(self.flood) || has(self.registerFlood)", "message": "banResponseCode needs flood or registerFlood: nothing bans a source otherwise"}
+]))]
 pub struct AccessListSpec {
     /// Rules in order; the first rule that matches decides.
     #[serde(default)]

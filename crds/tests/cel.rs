@@ -187,3 +187,17 @@ fn auth_methods_must_be_sip_methods() {
         ["spec.auth.methods: keys must be upper-case SIP methods such as INVITE"]
     );
 }
+
+#[test]
+fn ban_response_code_needs_a_flood_limit() {
+    let mut a = example("accesslist.yaml");
+    a["spec"]["banResponseCode"] = json!(503);
+    assert!(broken("AccessList", &a).is_empty());
+    let spec = a["spec"].as_object_mut().expect("spec");
+    spec.remove("flood");
+    spec.remove("registerFlood");
+    assert_eq!(
+        broken("AccessList", &a),
+        ["banResponseCode needs flood or registerFlood: nothing bans a source otherwise"]
+    );
+}
