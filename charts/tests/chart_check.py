@@ -173,10 +173,12 @@ def main():
         for rule in role["rules"]:
             assert "*" not in rule["verbs"] and "*" not in rule["resources"], rule
             if "secrets" in rule["resources"]:
-                assert rule["verbs"] == ["get"], rule
+                # list/watch serve the operator's metadata-only watch; never write.
+                assert rule["verbs"] == ["get", "list", "watch"], rule
             if "delete" in rule["verbs"]:
-                assert set(rule["resources"]) <= {"services", "horizontalpodautoscalers"}, rule
-    check("ClusterRole has no wildcards, deletes only Services/HPAs, secrets get-only", least_privilege)
+                assert set(rule["resources"]) <= {"services", "horizontalpodautoscalers",
+                                                  "deployments", "daemonsets"}, rule
+    check("ClusterRole has no wildcards, deletes only what it renders, secrets read-only", least_privilege)
 
     # manifests/ is the chart rendered with default values, plus the CRDs.
     want = manifest_text(default)
@@ -198,13 +200,13 @@ def main():
               lambda crd=crd: kubernetes_validate.validate(crd, KUBE_VERSION, strict=True))
 
     # Example custom resources against the generated CRD schemas.
-    examples = sorted((ROOT / "examples").glob("*.yaml"))
+    examples = sorted((ROOT / "examples").glob("*.yaml")) + sorted((ROOT / "examples").glob("hostnetwork/*.yaml"))
     check("examples/ has an example of each kind",
           lambda: {d["kind"] for f in examples for d in docs(f.read_text())}
           >= {"SbcCluster", "DispatcherSet", "TenantThrottle", "AccessList"})
     for f in examples:
         for obj in docs(f.read_text()):
-            check(f"validate examples/{f.name}: {obj['kind']}/{obj['metadata']['name']}",
+            check(f"validate examples/{f.relative_to(ROOT / 'examples')}: {obj['kind']}/{obj['metadata']['name']}",
                   lambda obj=obj: validate_any(obj))
 
     # examples/invalid/ holds resources the CRD schemas must refuse, each with the word the
@@ -273,6 +275,23 @@ def main():
              lambda: validate_cr(with_(acl, ["spec", "rules", 1, "sources"], ["example.com"])), "does not match")
     rejected("CRD rejects AccessList action maybe",
              lambda: validate_cr(with_(acl, ["spec", "rules", 0, "action"], "maybe")), "maybe")
+    rejected("CRD rejects AccessList trusted entry that is not a CIDR",
+             lambda: validate_cr(with_(acl, ["spec", "trusted"], ["carrier.example.com"])), "does not match")
+    rejected("CRD rejects AccessList banResponseCode 200",
+             lambda: validate_cr(with_(acl, ["spec", "banResponseCode"], 200)), "minimum")
+    rejected("CRD rejects TenantThrottle missingTenant maybe",
+             lambda: validate_cr(with_(throttle, ["spec", "missingTenant"], "maybe")), "maybe")
+    rejected("CRD rejects TenantThrottle dialogTimeoutSecs 10",
+             lambda: validate_cr(with_(throttle, ["spec", "dialogTimeoutSecs"], 10)), "minimum")
+    host = docs((ROOT / "examples" / "hostnetwork/sbccluster.yaml").read_text())[0]
+    rejected("CRD rejects SbcCluster auth algorithm MD4",
+             lambda: validate_cr(with_(host, ["spec", "auth", "algorithms"], ["MD4"])), "MD4")
+    rejected("CRD rejects SbcCluster auth nonceLifetimeSecs 1",
+             lambda: validate_cr(with_(host, ["spec", "auth", "nonceLifetimeSecs"], 1)), "minimum")
+    rejected("CRD rejects SbcCluster auth challenge basic",
+             lambda: validate_cr(with_(host, ["spec", "auth", "methods"], {"INVITE": "basic"})), "basic")
+    rejected("CRD rejects SbcCluster auth without nonceSecretRef",
+             lambda: validate_cr(with_(host, ["spec", "auth"], {"realm": "sip.example.com"})), "nonceSecretRef")
 
     print(f"{results['passed']} passed, {results['failed']} failed")
     return 1 if results["failed"] else 0

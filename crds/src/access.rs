@@ -23,6 +23,9 @@ use crate::status::{CommonStatus, SecretKeyRef};
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!has(self.banResponseCode) || has(self.flood) || has(self.registerFlood)", "message": "banResponseCode needs flood or registerFlood: nothing bans a source otherwise"}
+]))]
 pub struct AccessListSpec {
     /// Rules in order; the first rule that matches decides.
     #[serde(default)]
@@ -37,7 +40,25 @@ pub struct AccessListSpec {
     /// REGISTER flood detection per user (To URI).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub register_flood: Option<FloodLimit>,
+    /// Source CIDRs never counted by the flood limits nor banned: trunks, the carriers'
+    /// signalling addresses, monitoring. The dispatcher's destinations always are.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1024), inner(regex(pattern = CIDR)))]
+    pub trusted: Vec<String>,
+    /// Deny rules that match by User-Agent (scanners such as friendly-scanner or sipvicious)
+    /// drop the request without an answer, so the scanner learns nothing. Default false:
+    /// they are answered with the rule's response code.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drop_scanners: bool,
+    /// Response code for requests from a banned source. Absent: no answer at all (like
+    /// Kamailio's pike), which costs a flooding source the most.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 400, max = 699))]
+    pub ban_response_code: Option<u16>,
 }
+
+/// An IPv4 or IPv6 address with an optional prefix length (`10.0.0.0/8`, `2001:db8::/32`).
+pub(crate) const CIDR: &str = r"^([0-9]{1,3}(\.[0-9]{1,3}){3}(/([0-9]|[12][0-9]|3[0-2]))?|[0-9a-fA-F:]*:[0-9a-fA-F:.]*(/([0-9]{1,2}|1[01][0-9]|12[0-8]))?)$";
 
 /// One rule. It matches a request when every criterion it lists matches; an empty list
 /// matches anything.
@@ -51,12 +72,7 @@ pub struct AccessRuleSpec {
     pub action: AccessAction,
     /// Source CIDRs (`10.0.0.0/8`, `2001:db8::/32`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(
-        length(max = 1024),
-        inner(regex(
-            pattern = r"^([0-9]{1,3}(\.[0-9]{1,3}){3}(/([0-9]|[12][0-9]|3[0-2]))?|[0-9a-fA-F:]*:[0-9a-fA-F:.]*(/([0-9]{1,2}|1[01][0-9]|12[0-8]))?)$"
-        ))
-    )]
+    #[schemars(length(max = 1024), inner(regex(pattern = CIDR)))]
     pub sources: Vec<String>,
     /// Case-insensitive substrings of the User-Agent (`friendly-scanner`, `sipvicious`,
     /// `sipcli`, `VaxSIPUserAgent`).

@@ -10,6 +10,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{DrainConfig, Limits, RelayConfig, Transport};
+use crate::policy::{
+    AuthFailureBlock, Challenge, DigestAlgorithm, default_auth_methods, default_digest_algorithms,
+    default_nonce_lifetime_secs, default_subscriber_prefix,
+};
 use crate::status::SecretKeyRef;
 
 /// Image of the sbc pods when the spec does not name one.
@@ -36,7 +40,9 @@ pub const DEFAULT_IMAGE: &str = "ghcr.io/kubesbc/sbc:0.1.0";
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "!(has(self.replicas) && has(self.autoscaling))", "message": "set spec.replicas or spec.autoscaling, not both"},
     {"rule": "has(self.tls) || !self.listeners.exists(l, l.transport == 'tls' || l.transport == 'wss')", "message": "tls and wss listeners need spec.tls"},
-    {"rule": "self.listeners.all(a, self.listeners.exists_one(b, b.transport == a.transport && b.port == a.port))", "message": "spec.listeners: a transport and port pair is listed twice"}
+    {"rule": "self.listeners.all(a, self.listeners.exists_one(b, b.transport == a.transport && b.port == a.port))", "message": "spec.listeners: a transport and port pair is listed twice"},
+    {"rule": "!(has(self.hostNetwork) && self.hostNetwork && has(self.autoscaling))", "message": "spec.autoscaling cannot be used with spec.hostNetwork: host-network pods run as a DaemonSet, one per node"},
+    {"rule": "!(has(self.hostNetwork) && self.hostNetwork && has(self.replicas))", "message": "spec.replicas cannot be used with spec.hostNetwork: host-network pods run as a DaemonSet, one per node"}
 ]))]
 pub struct SbcClusterSpec {
     /// Number of sbc pods (when `autoscaling` is not set). Default 2.
@@ -59,8 +65,9 @@ pub struct SbcClusterSpec {
     /// The Service in front of the SIP listeners.
     #[serde(default)]
     pub service: ServiceSpec,
-    /// Run the pods on the nodes' network (one pod per node), so UDP replies leave from the
-    /// address the client sent to. Replaces the SIP Service's load balancing.
+    /// Run the pods on the nodes' network as a DaemonSet (one pod on every node), so UDP
+    /// replies leave from the address the client sent to. Excludes `replicas` and
+    /// `autoscaling`: the number of nodes decides.
     #[serde(default)]
     pub host_network: bool,
     /// Certificate for tls and wss listeners.
@@ -76,6 +83,9 @@ pub struct SbcClusterSpec {
         inner(regex(pattern = r"^[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}$"))
     )]
     pub rtpengine: Vec<String>,
+    /// Digest authentication (RFC 7616 / RFC 2617) of initial requests. Absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthSpec>,
     /// Resources of the sbc container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
@@ -236,7 +246,53 @@ pub struct RedisSpec {
     pub url_secret_ref: SecretKeyRef,
     /// Key prefix; absent: `<namespace>/<name>:`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
     pub key_prefix: Option<String>,
+    /// Milliseconds to wait for Redis before a pod falls back to its local state. Default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 60000))]
+    pub timeout_ms: Option<u64>,
+}
+
+/// Digest authentication by the sbc, against the credential hashes in Redis.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!has(self.methods) || self.methods.all(m, m.matches('^[A-Z]{1,32}$'))", "message": "spec.auth.methods: keys must be upper-case SIP methods such as INVITE"}
+]))]
+pub struct AuthSpec {
+    /// Realm of the challenges. Absent: the host of each request's From URI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = "^[!#-~]+$"))]
+    pub realm: Option<String>,
+    /// Methods that must authenticate (initial requests only) and how each is challenged:
+    /// `proxy` (407) or `www` (401). Default: INVITE proxy, REGISTER www.
+    #[serde(default = "default_auth_methods")]
+    #[schemars(extend("minProperties" = 1, "maxProperties" = 32))]
+    pub methods: BTreeMap<String, Challenge>,
+    /// Source CIDRs that need no authentication (trunks, the backends).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1024), inner(regex(pattern = crate::access::CIDR)))]
+    pub trusted_sources: Vec<String>,
+    /// Secret key holding the key that signs nonces (at least 16 characters), shared by
+    /// every pod so any of them accepts a challenge another issued.
+    pub nonce_secret_ref: SecretKeyRef,
+    /// Seconds a nonce stays valid; an older one is challenged again with `stale=true`.
+    #[serde(default = "default_nonce_lifetime_secs")]
+    #[schemars(range(min = 5, max = 86400))]
+    pub nonce_lifetime_secs: u32,
+    /// Digest algorithms offered, in order of preference. Default: SHA-256, MD5.
+    #[serde(default = "default_digest_algorithms")]
+    #[schemars(length(min = 1, max = 2), extend("x-kubernetes-list-type" = "set"))]
+    pub algorithms: Vec<DigestAlgorithm>,
+    /// Prefix of the credential keys in Redis (`subscriber:<user>` holding `ha1`, `ha1b`,
+    /// `ha1sha256`), read as is, without the cluster's key prefix.
+    #[serde(default = "default_subscriber_prefix")]
+    #[schemars(length(max = 256))]
+    pub subscriber_prefix: String,
+    /// Block a user after repeated failed attempts. Absent: no blocking.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_block: Option<AuthFailureBlock>,
 }
 
 /// Status of an SbcCluster.
@@ -259,7 +315,7 @@ pub struct SbcClusterStatus {
     /// Destinations answering probes, over all sets (reported by the sbc pods).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destinations_up: Option<i32>,
-    /// Static destinations over all selected sets.
+    /// Destinations over all selected sets, as the sbc pods report them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destinations_total: Option<i32>,
     /// Hash of the rendered `sbc.yaml` now in the ConfigMap.

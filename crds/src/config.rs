@@ -748,6 +748,18 @@ impl SbcConfig {
         serde_saphyr::to_string(self).unwrap_or_default()
     }
 
+    /// Reads the secrets the document names by file (`auth.nonceSecretFile`) into it, so a
+    /// key that cannot be read refuses the version instead of leaving nonces unsigned. The sbc
+    /// calls it on every version it loads; the operator never does (the files exist in the
+    /// pods only). Files read per request (`valueFile`) or at startup (`store.urlFile`) are
+    /// not touched.
+    pub fn read_secret_files(&mut self) -> Result<(), ConfigError> {
+        if let Some(a) = &mut self.auth {
+            crate::policy::read_nonce_secret(a, "auth")?;
+        }
+        Ok(())
+    }
+
     /// Checks what the types alone cannot: ranges, uniqueness, URIs.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.listeners.is_empty() {

@@ -70,7 +70,7 @@ pub struct DispatcherSetStatus {
     /// Conditions, observed generation, users.
     #[serde(flatten)]
     pub common: CommonStatus,
-    /// Destinations known: static URIs, or ready endpoints of the Service.
+    /// Destinations the sbc pods know in this set (static URIs and Service endpoints).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destinations_total: Option<i32>,
     /// Destinations that answer probes (reported by the sbc pods).

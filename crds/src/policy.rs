@@ -331,8 +331,14 @@ pub struct AuthConfig {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trusted_sources: Vec<String>,
     /// Key signing the nonces, shared by every replica so any of them accepts a challenge
-    /// another issued (from a Secret in the CRD world). At least 16 characters.
+    /// another issued. At least 16 characters. Give this or `nonceSecretFile`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub nonce_secret: String,
+    /// File holding the nonce key (trailing newlines are not part of it): the operator mounts
+    /// it from a Secret so the key never sits in the ConfigMap. Read when a configuration
+    /// version is loaded ([`crate::config::SbcConfig::read_secret_files`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce_secret_file: Option<String>,
     /// Seconds a nonce stays valid; an older one is answered with `stale=true`.
     #[serde(default = "default_nonce_lifetime_secs")]
     #[schemars(range(min = 5, max = 86400))]
@@ -350,19 +356,23 @@ pub struct AuthConfig {
     pub failure_block: Option<AuthFailureBlock>,
 }
 
-fn default_auth_methods() -> BTreeMap<String, Challenge> {
+/// Default of [`AuthConfig::methods`]: INVITE challenged proxy style, REGISTER registrar style.
+pub fn default_auth_methods() -> BTreeMap<String, Challenge> {
     BTreeMap::from([
         ("INVITE".to_owned(), Challenge::Proxy),
         ("REGISTER".to_owned(), Challenge::Www),
     ])
 }
-fn default_nonce_lifetime_secs() -> u32 {
+/// Default of [`AuthConfig::nonce_lifetime_secs`].
+pub fn default_nonce_lifetime_secs() -> u32 {
     300
 }
-fn default_digest_algorithms() -> Vec<DigestAlgorithm> {
+/// Default of [`AuthConfig::algorithms`]: SHA-256 first, then MD5.
+pub fn default_digest_algorithms() -> Vec<DigestAlgorithm> {
     vec![DigestAlgorithm::Sha256, DigestAlgorithm::Md5]
 }
-fn default_subscriber_prefix() -> String {
+/// Default of [`AuthConfig::subscriber_prefix`].
+pub fn default_subscriber_prefix() -> String {
     "subscriber:".to_owned()
 }
 
@@ -393,11 +403,28 @@ impl AuthConfig {
                 ));
             }
         }
-        if self.nonce_secret.len() < 16 {
-            return Err(field(
-                format!("{path}.nonceSecret"),
-                "must be at least 16 characters".to_owned(),
-            ));
+        match (&self.nonce_secret_file, self.nonce_secret.is_empty()) {
+            (Some(_), false) => {
+                return Err(field(
+                    format!("{path}.nonceSecret"),
+                    "give exactly one of nonceSecret and nonceSecretFile".to_owned(),
+                ));
+            }
+            (Some(f), true) if f.is_empty() => {
+                return Err(field(
+                    format!("{path}.nonceSecretFile"),
+                    "must name a file".to_owned(),
+                ));
+            }
+            // The file's content is checked when it is read.
+            (Some(_), true) => {}
+            (None, _) if self.nonce_secret.len() < 16 => {
+                return Err(field(
+                    format!("{path}.nonceSecret"),
+                    "must be at least 16 characters".to_owned(),
+                ));
+            }
+            (None, _) => {}
         }
         if !(5..=86400).contains(&self.nonce_lifetime_secs) {
             return Err(field(
@@ -421,6 +448,28 @@ impl AuthConfig {
         }
         Ok(())
     }
+}
+
+/// Reads the nonce key from `nonce_secret_file` into `nonce_secret`; `path` is where the
+/// section sits in the document.
+pub(crate) fn read_nonce_secret(auth: &mut AuthConfig, path: &str) -> Result<(), ConfigError> {
+    let Some(file) = &auth.nonce_secret_file else {
+        return Ok(());
+    };
+    let p = format!("{path}.nonceSecretFile");
+    let mut key =
+        std::fs::read_to_string(file).map_err(|e| field(p.clone(), format!("{file}: {e}")))?;
+    while key.ends_with(['\n', '\r']) {
+        key.pop();
+    }
+    if key.len() < 16 {
+        return Err(field(
+            p,
+            format!("{file}: the key must be at least 16 characters"),
+        ));
+    }
+    auth.nonce_secret = key;
+    Ok(())
 }
 
 /// Media anchoring through rtpengine.

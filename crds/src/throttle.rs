@@ -7,7 +7,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::policy::{
-    TenantLimit, ThrottleResponse, default_tenant_header, default_throttle_methods,
+    MissingTenant, TenantLimit, ThrottleResponse, default_dialog_timeout_secs,
+    default_tenant_header, default_throttle_methods,
 };
 use crate::status::CommonStatus;
 
@@ -48,4 +49,15 @@ pub struct TenantThrottleSpec {
     /// The answer when a limit is exceeded (429 + Retry-After: 1 by default).
     #[serde(default)]
     pub response: ThrottleResponse,
+    /// What happens to a request without the tenant header (or with an unusable value):
+    /// `allow` (not throttled), `default` (throttled together as one tenant with the
+    /// `default` limits; the default) or `reject` (refused with 403).
+    #[serde(default)]
+    pub missing_tenant: MissingTenant,
+    /// Seconds after which a call still counted as open is forgotten (its BYE was lost), so
+    /// `concurrentCalls` capacity cannot leak for ever. Default 14400 (4 hours); set it above
+    /// your longest call.
+    #[serde(default = "default_dialog_timeout_secs")]
+    #[schemars(range(min = 60, max = 604800))]
+    pub dialog_timeout_secs: u32,
 }

@@ -145,3 +145,59 @@ fn response_code_only_on_deny_rules() {
         ["responseCode only applies to deny rules"]
     );
 }
+
+#[test]
+fn the_host_network_example_passes_every_rule() {
+    assert_eq!(
+        broken("SbcCluster", &example("hostnetwork/sbccluster.yaml")),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn host_network_excludes_replicas_and_autoscaling() {
+    let host = example("hostnetwork/sbccluster.yaml");
+    let mut scaled = host.clone();
+    scaled["spec"]["autoscaling"] = json!({"minReplicas": 2, "maxReplicas": 4});
+    assert_eq!(
+        broken("SbcCluster", &scaled),
+        [
+            "spec.autoscaling cannot be used with spec.hostNetwork: host-network pods run as a DaemonSet, one per node"
+        ]
+    );
+    let mut counted = host.clone();
+    counted["spec"]["replicas"] = json!(3);
+    assert_eq!(
+        broken("SbcCluster", &counted),
+        [
+            "spec.replicas cannot be used with spec.hostNetwork: host-network pods run as a DaemonSet, one per node"
+        ]
+    );
+    // Without hostNetwork both are fine again (one at a time).
+    counted["spec"]["hostNetwork"] = json!(false);
+    assert!(broken("SbcCluster", &counted).is_empty());
+}
+
+#[test]
+fn auth_methods_must_be_sip_methods() {
+    let mut host = example("hostnetwork/sbccluster.yaml");
+    host["spec"]["auth"]["methods"] = json!({"invite": "proxy"});
+    assert_eq!(
+        broken("SbcCluster", &host),
+        ["spec.auth.methods: keys must be upper-case SIP methods such as INVITE"]
+    );
+}
+
+#[test]
+fn ban_response_code_needs_a_flood_limit() {
+    let mut a = example("accesslist.yaml");
+    a["spec"]["banResponseCode"] = json!(503);
+    assert!(broken("AccessList", &a).is_empty());
+    let spec = a["spec"].as_object_mut().expect("spec");
+    spec.remove("flood");
+    spec.remove("registerFlood");
+    assert_eq!(
+        broken("AccessList", &a),
+        ["banResponseCode needs flood or registerFlood: nothing bans a source otherwise"]
+    );
+}

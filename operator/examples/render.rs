@@ -38,9 +38,17 @@ fn main() -> anyhow::Result<()> {
     lookups
         .services
         .insert(("voip".into(), "asterisk".into()), vec!["sip".into()]);
-    let mut variants = vec![cluster.clone()];
-    // Also the autoscaling + hostNetwork + TLS shape, so the HPA and the host-network pod
-    // spec are validated too.
+    for (secret, key) in [("sbc-auth", "nonce-key"), ("redis-url", "url")] {
+        lookups.secrets.insert(
+            ("voip".into(), secret.into()),
+            BTreeSet::from([key.to_owned()]),
+        );
+    }
+    lookups.redis_url = Some("redis://:change-me@redis.voip.svc:6379/0".into());
+    let host: SbcCluster = load(&dir, "hostnetwork/sbccluster.yaml")?;
+    let mut variants = vec![cluster.clone(), host];
+    // Also the autoscaling + TLS shape, so the HPA is validated too (the hostNetwork example
+    // above covers the DaemonSet).
     let mut scaled = cluster;
     scaled.spec.replicas = None;
     scaled.spec.autoscaling = Some(kubesbc_crds::cluster::Autoscaling {
@@ -48,7 +56,6 @@ fn main() -> anyhow::Result<()> {
         max_replicas: 6,
         target_cpu_utilization: 70,
     });
-    scaled.spec.host_network = true;
     scaled.spec.tls = Some(kubesbc_crds::cluster::TlsSpec {
         secret_name: "sbc-cert".into(),
     });
@@ -65,7 +72,10 @@ fn main() -> anyhow::Result<()> {
         })?;
         let mut docs = vec![
             serde_json::to_value(&r.config_map)?,
-            serde_json::to_value(&r.deployment)?,
+            match &r.workload {
+                render::Workload::Deployment(d) => serde_json::to_value(d)?,
+                render::Workload::DaemonSet(d) => serde_json::to_value(d)?,
+            },
             serde_json::to_value(&r.admin_service)?,
             serde_json::to_value(&r.service_account)?,
             serde_json::to_value(&r.role)?,

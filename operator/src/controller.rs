@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -29,8 +29,6 @@ use crate::render::{self, Inputs, Lookups, RenderError};
 
 /// Field manager of every server-side apply the operator makes.
 pub const MANAGER: &str = "kubesbc-operator";
-/// How often a healthy cluster is looked at again even without a change.
-pub const RESYNC: Duration = Duration::from_secs(600);
 /// How often an accepted cluster is looked at again, so "destinations up" follows what the
 /// sbc pods see (status is written only when it changed).
 pub const STATUS_RESYNC: Duration = Duration::from_secs(30);
@@ -151,6 +149,34 @@ pub fn clusters_selecting<K: ResourceExt>(
         .collect()
 }
 
+/// The SbcClusters to re-render when the Secret `namespace/name` is created, changed or
+/// deleted: those whose rendered config refers to it (`spec.redis.urlSecretRef`,
+/// `spec.auth.nonceSecretRef`, and the required headers of the AccessLists they select).
+/// `access_lists` may hold AccessLists of any namespace; only the Secret's own namespace
+/// counts, since every reference is to a Secret beside the object that names it.
+pub fn clusters_using_secret(
+    clusters: &[Arc<SbcCluster>],
+    access_lists: &[Arc<AccessList>],
+    namespace: Option<&str>,
+    name: &str,
+) -> Vec<ObjectRef<SbcCluster>> {
+    let mut out: Vec<ObjectRef<SbcCluster>> = clusters
+        .iter()
+        .filter(|c| c.namespace().as_deref() == namespace)
+        .filter(|c| {
+            let selected = access_lists
+                .iter()
+                .filter(|a| a.namespace().as_deref() == namespace)
+                .filter(|a| render::selects(c.spec.access_list_selector.as_ref(), a.labels()))
+                .map(|a| a.as_ref());
+            render::mounted_secrets(c, selected).contains(name)
+        })
+        .map(|c| ObjectRef::from_obj(c.as_ref()))
+        .collect();
+    out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    out
+}
+
 /// The SbcClusters to re-render when Service `svc` changes: those selecting a DispatcherSet
 /// whose destinations come from it (so a backend Service created after its DispatcherSet, or
 /// a renamed port, is picked up at once).
@@ -211,17 +237,7 @@ async fn lookups(
     acls: &[AccessList],
 ) -> Result<Lookups, Error> {
     let mut out = Lookups::default();
-    let mut secret_names: Vec<String> = acls
-        .iter()
-        .flat_map(|a| a.spec.rules.iter())
-        .flat_map(|r| r.required_headers.iter())
-        .map(|h| h.secret_key_ref.name.clone())
-        .collect();
-    if let Some(r) = &cluster.spec.redis {
-        secret_names.push(r.url_secret_ref.name.clone());
-    }
-    secret_names.sort();
-    secret_names.dedup();
+    let secret_names = render::mounted_secrets(cluster, acls);
     let secrets = Api::<Secret>::namespaced(client.clone(), ns);
     for name in secret_names {
         if let Some(s) = secrets.get_opt(&name).await? {
@@ -446,6 +462,15 @@ async fn prune(
     if rendered.hpa.is_none() {
         delete_if_owned::<HorizontalPodAutoscaler>(ctx, cluster, ns, &name).await?;
     }
+    // hostNetwork switched on or off: the workload of the other kind goes.
+    match rendered.workload {
+        render::Workload::Deployment(_) => {
+            delete_if_owned::<DaemonSet>(ctx, cluster, ns, &name).await?;
+        }
+        render::Workload::DaemonSet(_) => {
+            delete_if_owned::<Deployment>(ctx, cluster, ns, &name).await?;
+        }
+    }
     Ok(())
 }
 
@@ -576,7 +601,14 @@ pub async fn reconcile(cluster: Arc<SbcCluster>, ctx: Arc<Context>) -> Result<Ac
     apply::<ServiceAccount>(client, &ns, &rendered.service_account).await?;
     apply::<Role>(client, &ns, &rendered.role).await?;
     apply::<RoleBinding>(client, &ns, &rendered.role_binding).await?;
-    let deployment = apply::<Deployment>(client, &ns, &rendered.deployment).await?;
+    let counts = match &rendered.workload {
+        render::Workload::Deployment(d) => {
+            render::deployment_counts(&apply::<Deployment>(client, &ns, d.as_ref()).await?)
+        }
+        render::Workload::DaemonSet(d) => {
+            render::daemon_set_counts(&apply::<DaemonSet>(client, &ns, d.as_ref()).await?)
+        }
+    };
     for svc in &rendered.services {
         apply::<Service>(client, &ns, svc).await?;
     }
@@ -587,10 +619,8 @@ pub async fn reconcile(cluster: Arc<SbcCluster>, ctx: Arc<Context>) -> Result<Ac
     }
     prune(&ctx, &cluster, &ns, &rendered).await?;
 
-    let dstatus = deployment.status.unwrap_or_default();
-    let desired = deployment.spec.and_then(|s| s.replicas).unwrap_or(1);
-    let ready = dstatus.ready_replicas.unwrap_or(0);
-    let is_ready = ready >= desired && desired > 0;
+    let (desired, ready) = (counts.desired, counts.ready);
+    let is_ready = counts.all_ready();
     let observed = observe_destinations(&ctx, &ns, &rendered).await;
     let cluster_count = cluster_destinations(&observed, &rendered);
     let conds = [
@@ -629,7 +659,7 @@ pub async fn reconcile(cluster: Arc<SbcCluster>, ctx: Arc<Context>) -> Result<Ac
     let mut st = json!({
         "observedGeneration": generation,
         "conditions": conds,
-        "replicas": dstatus.replicas.unwrap_or(0),
+        "replicas": counts.current,
         "readyReplicas": ready,
         "configHash": rendered.config_hash,
     });
@@ -687,13 +717,8 @@ pub async fn reconcile(cluster: Arc<SbcCluster>, ctx: Arc<Context>) -> Result<Ac
 /// Asks the cluster's running sbc pods for their `/dispatcher` view. Never an error: a pod
 /// list that fails (or no pod) is an observation with nobody asked, which the status shows.
 async fn observe_destinations(ctx: &Context, ns: &str, rendered: &render::Rendered) -> Observation {
-    // The Deployment's own selector: exactly the pods it runs.
-    let selector = rendered
-        .deployment
-        .spec
-        .as_ref()
-        .and_then(|s| s.selector.match_labels.clone())
-        .unwrap_or_default();
+    // The workload's own selector: exactly the pods it runs.
+    let selector = rendered.workload.selector().cloned().unwrap_or_default();
     if selector.is_empty() {
         return Observation::default();
     }
@@ -799,6 +824,7 @@ pub fn error_policy(cluster: Arc<SbcCluster>, error: &Error, ctx: Arc<Context>) 
 /// own, and DispatcherSets/TenantThrottles/AccessLists mapped to the clusters selecting them.
 pub async fn run(ctx: Arc<Context>) {
     use futures::StreamExt;
+    use kube::core::PartialObjectMeta;
     use kube::runtime::{Controller, WatchStreamExt, watcher};
 
     let client = ctx.client.clone();
@@ -806,7 +832,13 @@ pub async fn run(ctx: Arc<Context>) {
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=kubesbc-operator");
     let controller = Controller::new(Api::<SbcCluster>::all(client.clone()), wc.clone());
     let store = controller.store();
-    let (s1, s2, s3, s4) = (store.clone(), store.clone(), store.clone(), store);
+    let (s1, s2, s3, s4, s5) = (
+        store.clone(),
+        store.clone(),
+        store.clone(),
+        store.clone(),
+        store,
+    );
     // A second view of the DispatcherSets, for mapping Service changes to clusters.
     let (sets, sets_writer) = kube::runtime::reflector::store::<DispatcherSet>();
     let sets_reflector = kube::runtime::reflector(
@@ -816,11 +848,22 @@ pub async fn run(ctx: Arc<Context>) {
     .applied_objects()
     .for_each(|_| futures::future::ready(()));
     let sets_task = tokio::spawn(sets_reflector);
+    // And of the AccessLists, for mapping Secret changes to clusters.
+    let (acls, acls_writer) = kube::runtime::reflector::store::<AccessList>();
+    let acls_reflector = kube::runtime::reflector(
+        acls_writer,
+        watcher(Api::<AccessList>::all(client.clone()), wc.clone()).default_backoff(),
+    )
+    .applied_objects()
+    .for_each(|_| futures::future::ready(()));
+    let acls_task = tokio::spawn(acls_reflector);
+
     controller
-        // Only our own ConfigMaps and Deployments: watching every one in the cluster would
+        // Only our own ConfigMaps, Deployments and DaemonSets: watching every one would
         // cost memory for nothing.
         .owns(Api::<ConfigMap>::all(client.clone()), owned.clone())
-        .owns(Api::<Deployment>::all(client.clone()), owned)
+        .owns(Api::<Deployment>::all(client.clone()), owned.clone())
+        .owns(Api::<DaemonSet>::all(client.clone()), owned)
         .watches(
             Api::<DispatcherSet>::all(client.clone()),
             wc.clone(),
@@ -842,9 +885,26 @@ pub async fn run(ctx: Arc<Context>) {
             wc.clone(),
             move |o| clusters_selecting(&s3.state(), &o, |c| c.spec.access_list_selector.as_ref()),
         )
-        .watches(Api::<Service>::all(client), wc, move |svc| {
-            clusters_using_service(&s4.state(), &sets.state(), &svc)
-        })
+        .watches(
+            Api::<Service>::all(client.clone()),
+            wc.clone(),
+            move |svc| clusters_using_service(&s4.state(), &sets.state(), &svc),
+        )
+        // Secrets by metadata only (an `Api<PartialObjectMeta<_>>` asks the API server for
+        // PartialObjectMetadata): the operator learns that a Secret appeared, changed or went
+        // away without receiving, let alone keeping, every Secret's data in the cluster.
+        .watches(
+            Api::<PartialObjectMeta<Secret>>::all(client),
+            wc,
+            move |s| {
+                clusters_using_secret(
+                    &s5.state(),
+                    &acls.state(),
+                    s.namespace().as_deref(),
+                    &s.name_any(),
+                )
+            },
+        )
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -855,4 +915,5 @@ pub async fn run(ctx: Arc<Context>) {
         })
         .await;
     sets_task.abort();
+    acls_task.abort();
 }

@@ -3,9 +3,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, PodSpec, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
@@ -14,8 +14,8 @@ use kubesbc_crds::config::{
     AdminConfig, DispatcherConfig, DispatcherSetConfig, Listener, SbcConfig, StoreConfig, Transport,
 };
 use kubesbc_crds::policy::{
-    AccessListConfig, AccessRule, HeaderValue, MediaConfig, ServiceSource, ThrottleConfig,
-    TlsConfig,
+    AccessListConfig, AccessRule, AuthConfig, HeaderValue, MediaConfig, ServiceSource,
+    ThrottleConfig, TlsConfig,
 };
 use kubesbc_crds::{AccessList, DispatcherSet, SbcCluster, TenantThrottle};
 use serde_json::json;
@@ -85,8 +85,8 @@ pub struct Rendered {
     pub config_hash: String,
     /// The ConfigMap holding `sbc.yaml`.
     pub config_map: ConfigMap,
-    /// The sbc pods.
-    pub deployment: Deployment,
+    /// The sbc pods: a Deployment, or a DaemonSet with `hostNetwork`.
+    pub workload: Workload,
     /// SIP Services: one, or one per protocol for a mixed UDP/TCP LoadBalancer.
     pub services: Vec<Service>,
     /// The admin/metrics Service.
@@ -101,6 +101,79 @@ pub struct Rendered {
     pub pdb: PodDisruptionBudget,
     /// Present when the cluster autoscales.
     pub hpa: Option<HorizontalPodAutoscaler>,
+}
+
+/// The object running a cluster's pods.
+#[derive(Debug, Clone)]
+pub enum Workload {
+    /// `replicas` pods (or as many as the HPA says), spread by the scheduler.
+    Deployment(Box<Deployment>),
+    /// With `hostNetwork`: one pod on every node.
+    DaemonSet(Box<DaemonSet>),
+}
+
+impl Workload {
+    /// The pod template's spec.
+    pub fn pod_spec(&self) -> Option<&PodSpec> {
+        match self {
+            Workload::Deployment(d) => d.spec.as_ref()?.template.spec.as_ref(),
+            Workload::DaemonSet(d) => d.spec.as_ref()?.template.spec.as_ref(),
+        }
+    }
+
+    /// The labels the workload selects its pods by.
+    pub fn selector(&self) -> Option<&BTreeMap<String, String>> {
+        match self {
+            Workload::Deployment(d) => d.spec.as_ref()?.selector.match_labels.as_ref(),
+            Workload::DaemonSet(d) => d.spec.as_ref()?.selector.match_labels.as_ref(),
+        }
+    }
+
+    /// The counts of the workload as the API server returned it (after apply).
+    pub fn counts(&self) -> ReplicaCounts {
+        match self {
+            Workload::Deployment(d) => deployment_counts(d),
+            Workload::DaemonSet(d) => daemon_set_counts(d),
+        }
+    }
+}
+
+/// Pods of a cluster's workload, for its status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplicaCounts {
+    /// Pods wanted: the Deployment's replicas, or the nodes the DaemonSet should run on.
+    pub desired: i32,
+    /// Pods there are (`status.replicas` / `status.currentNumberScheduled`).
+    pub current: i32,
+    /// Pods ready.
+    pub ready: i32,
+}
+
+impl ReplicaCounts {
+    /// All wanted pods are ready (and at least one is wanted).
+    pub fn all_ready(&self) -> bool {
+        self.desired > 0 && self.ready >= self.desired
+    }
+}
+
+/// Counts of a Deployment as the API server returned it.
+pub fn deployment_counts(d: &Deployment) -> ReplicaCounts {
+    let st = d.status.as_ref();
+    ReplicaCounts {
+        desired: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+        current: st.and_then(|s| s.replicas).unwrap_or(0),
+        ready: st.and_then(|s| s.ready_replicas).unwrap_or(0),
+    }
+}
+
+/// Counts of a DaemonSet as the API server returned it: one pod per eligible node.
+pub fn daemon_set_counts(d: &DaemonSet) -> ReplicaCounts {
+    let st = d.status.as_ref();
+    ReplicaCounts {
+        desired: st.map_or(0, |s| s.desired_number_scheduled),
+        current: st.map_or(0, |s| s.current_number_scheduled),
+        ready: st.map_or(0, |s| s.number_ready),
+    }
 }
 
 /// Whether `selector` (absent: match nothing) matches `labels`.
@@ -252,16 +325,24 @@ pub fn without_password(url: &str) -> String {
     format!("{scheme}://{host}{path}")
 }
 
-/// The Secrets a cluster's pods mount: the Redis URL and the required-header values.
-pub fn mounted_secrets(cluster: &SbcCluster, access_lists: &[AccessList]) -> BTreeSet<String> {
+/// The Secrets (in the cluster's namespace) a cluster's rendered config refers to and its
+/// pods mount: the Redis URL, the nonce key of `auth` and the required-header values of the
+/// selected AccessLists. A change to any of them re-renders the cluster.
+pub fn mounted_secrets<'a>(
+    cluster: &SbcCluster,
+    access_lists: impl IntoIterator<Item = &'a AccessList>,
+) -> BTreeSet<String> {
     let mut out: BTreeSet<String> = access_lists
-        .iter()
+        .into_iter()
         .flat_map(|a| a.spec.rules.iter())
         .flat_map(|r| r.required_headers.iter())
         .map(|h| h.secret_key_ref.name.clone())
         .collect();
     if let Some(r) = &cluster.spec.redis {
         out.insert(r.url_secret_ref.name.clone());
+    }
+    if let Some(a) = &cluster.spec.auth {
+        out.insert(a.nonce_secret_ref.name.clone());
     }
     out
 }
@@ -368,10 +449,9 @@ pub fn render_access_list(
         default_action: acl.spec.default_action,
         flood: acl.spec.flood.clone(),
         register_flood: acl.spec.register_flood.clone(),
-        // Not in the AccessList CRD yet: the sbc's defaults (no trusted CIDRs, answer scanners, drop banned).
-        trusted: Vec::new(),
-        drop_scanners: false,
-        ban_response_code: None,
+        trusted: acl.spec.trusted.clone(),
+        drop_scanners: acl.spec.drop_scanners,
+        ban_response_code: acl.spec.ban_response_code,
     };
     out.validate("spec").map_err(|e| match e {
         kubesbc_crds::config::ConfigError::Field { path, message } => {
@@ -392,8 +472,8 @@ pub fn render_throttle(tt: &TenantThrottle) -> Result<ThrottleConfig, RenderErro
         default: s.default.clone(),
         methods: s.methods.clone(),
         response: s.response.clone(),
-        missing_tenant: Default::default(),
-        dialog_timeout_secs: kubesbc_crds::policy::default_dialog_timeout_secs(),
+        missing_tenant: s.missing_tenant,
+        dialog_timeout_secs: s.dialog_timeout_secs,
     };
     out.validate("spec").map_err(|e| match e {
         kubesbc_crds::config::ConfigError::Field { path, message } => {
@@ -536,7 +616,34 @@ pub fn render_config(inputs: Inputs<'_>) -> Result<SbcConfig, RenderError> {
                 .map_err(|e| internal(cluster, "spec.redis", e))?;
             store.url_file = Some(url_file);
             store.key_prefix = Some(prefix);
+            if let Some(t) = r.timeout_ms {
+                store.timeout_ms = t;
+            }
             Some(store)
+        }
+    };
+    let auth = match &spec.auth {
+        None => None,
+        Some(a) => {
+            // The key stays in its Secret: the pods read `nonceSecretFile`.
+            let key_file = secret_file(
+                cluster,
+                inputs.lookups,
+                "spec.auth.nonceSecretRef",
+                &a.nonce_secret_ref.name,
+                &a.nonce_secret_ref.key,
+            )?;
+            Some(AuthConfig {
+                realm: a.realm.clone(),
+                methods: a.methods.clone(),
+                trusted_sources: a.trusted_sources.clone(),
+                nonce_secret: String::new(),
+                nonce_secret_file: Some(key_file),
+                nonce_lifetime_secs: a.nonce_lifetime_secs,
+                algorithms: a.algorithms.clone(),
+                subscriber_prefix: a.subscriber_prefix.clone(),
+                failure_block: a.failure_block.clone(),
+            })
         }
     };
     let admin_port = spec.admin_port.unwrap_or(DEFAULT_ADMIN_PORT);
@@ -552,7 +659,7 @@ pub fn render_config(inputs: Inputs<'_>) -> Result<SbcConfig, RenderError> {
         store,
         access_lists,
         throttles,
-        auth: None,
+        auth,
         media: (!spec.rtpengine.is_empty()).then(|| MediaConfig {
             rtpengine: spec.rtpengine.clone(),
         }),
@@ -579,6 +686,15 @@ pub fn render_config(inputs: Inputs<'_>) -> Result<SbcConfig, RenderError> {
 /// Renders the configuration and every object the cluster owns.
 pub fn render(inputs: Inputs<'_>) -> Result<Rendered, RenderError> {
     let cluster = inputs.cluster;
+    if cluster.spec.host_network && cluster.spec.autoscaling.is_some() {
+        // The CRD's CEL rule refuses this; an object stored before that rule is refused here.
+        return Err(err(
+            cluster,
+            "InvalidSpec",
+            "spec.autoscaling",
+            "cannot be used with spec.hostNetwork: host-network pods run as a DaemonSet, one per node",
+        ));
+    }
     let config = render_config(inputs)?;
     let yaml = config.to_yaml();
     let config_hash = fnv1a(yaml.as_bytes());
@@ -599,7 +715,7 @@ pub fn render(inputs: Inputs<'_>) -> Result<Rendered, RenderError> {
     };
     Ok(Rendered {
         config_map: objects.config_map(&yaml, &config_hash)?,
-        deployment: objects.deployment(&config, &mounted_secrets(cluster, inputs.access_lists))?,
+        workload: objects.workload(&config, &mounted_secrets(cluster, inputs.access_lists))?,
         services: objects.services()?,
         admin_service: objects.admin_service(&config)?,
         service_account: objects.typed(json!({}), "ServiceAccount", &objects.name)?,
@@ -658,11 +774,11 @@ impl Objects<'_> {
         Ok(cm)
     }
 
-    fn deployment(
+    fn workload(
         &self,
         config: &SbcConfig,
         secrets: &BTreeSet<String>,
-    ) -> Result<Deployment, RenderError> {
+    ) -> Result<Workload, RenderError> {
         let spec = &self.cluster.spec;
         let admin_port = i32::from(config.admin.address.port());
         let mut ports: Vec<serde_json::Value> = spec
@@ -741,23 +857,26 @@ impl Objects<'_> {
         });
         if spec.host_network {
             pod["hostNetwork"] = json!(true);
+            // Without it a host-network pod resolves with the node's resolv.conf and cannot
+            // reach the API server or Redis by their Service names.
             pod["dnsPolicy"] = json!("ClusterFirstWithHostNet");
-            // Two pods on one node's network would fight over the SIP ports.
-            pod["affinity"] = json!({"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
-                {"labelSelector": {"matchLabels": pod_selector(self.cluster)}, "topologyKey": "kubernetes.io/hostname"}
-            ]}});
+            // One pod per node; a surge pod could not bind the SIP ports its predecessor
+            // holds on the node's network, so a rollout replaces them one node at a time.
+            let body = json!({
+                "spec": {
+                    "selector": {"matchLabels": pod_selector(self.cluster)},
+                    "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}},
+                    "template": {"metadata": {"labels": self.labels}, "spec": pod},
+                }
+            });
+            return self
+                .typed(body, "DaemonSet", &self.name)
+                .map(|d| Workload::DaemonSet(Box::new(d)));
         }
-        // A surge pod cannot start on a node whose host network already holds the SIP ports,
-        // so with hostNetwork the rollout replaces pods one by one instead.
-        let rolling = if spec.host_network {
-            json!({"maxUnavailable": 1, "maxSurge": 0})
-        } else {
-            json!({"maxUnavailable": 0, "maxSurge": 1})
-        };
         let mut body = json!({
             "spec": {
                 "selector": {"matchLabels": pod_selector(self.cluster)},
-                "strategy": {"type": "RollingUpdate", "rollingUpdate": rolling},
+                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
                 "template": {"metadata": {"labels": self.labels}, "spec": pod},
             }
         });
@@ -767,6 +886,7 @@ impl Objects<'_> {
             body["spec"]["replicas"] = json!(spec.replicas.unwrap_or(2));
         }
         self.typed(body, "Deployment", &self.name)
+            .map(|d| Workload::Deployment(Box::new(d)))
     }
 
     fn services(&self) -> Result<Vec<Service>, RenderError> {
@@ -878,9 +998,13 @@ impl Objects<'_> {
     }
 
     fn hpa(&self) -> Result<Option<HorizontalPodAutoscaler>, RenderError> {
+        // A DaemonSet runs one pod per node: nothing to scale.
         let Some(a) = &self.cluster.spec.autoscaling else {
             return Ok(None);
         };
+        if self.cluster.spec.host_network {
+            return Ok(None);
+        }
         self.typed(
             json!({"spec": {
                 "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": self.name},

@@ -547,3 +547,90 @@ fn a_service_change_reaches_the_clusters_whose_sets_use_it() {
             .is_empty()
     );
 }
+
+#[test]
+fn a_secret_change_reaches_the_clusters_whose_config_refers_to_it() {
+    let secret_ref = |name: &str, key: &str| kubesbc_crds::SecretKeyRef {
+        name: name.into(),
+        key: key.into(),
+    };
+    // edge selects the example AccessList (required header from `company-signature`) and
+    // takes its Redis URL from `redis-url`; host authenticates with the key in `sbc-auth`
+    // and selects no AccessList.
+    let mut edge: SbcCluster = example("sbccluster.yaml");
+    edge.spec.redis = Some(kubesbc_crds::cluster::RedisSpec {
+        url_secret_ref: secret_ref("redis-url", "url"),
+        key_prefix: None,
+        timeout_ms: None,
+    });
+    let mut host: SbcCluster = example("hostnetwork/sbccluster.yaml");
+    host.spec.access_list_selector = None;
+    host.spec.redis = None;
+    let mut elsewhere = edge.clone();
+    elsewhere.meta_mut().namespace = Some("other-ns".into());
+    let clusters = vec![Arc::new(edge), Arc::new(host), Arc::new(elsewhere)];
+    let acls = vec![Arc::new(example::<AccessList>("accesslist.yaml"))];
+    let users = |ns: &str, name: &str| {
+        controller::clusters_using_secret(&clusters, &acls, Some(ns), name)
+            .into_iter()
+            .map(|r| format!("{}/{}", r.namespace.unwrap_or_default(), r.name))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(users("voip", "company-signature"), ["voip/edge"]);
+    assert_eq!(users("voip", "redis-url"), ["voip/edge"]);
+    assert_eq!(users("voip", "sbc-auth"), ["voip/edge-host"]);
+    // other-ns/edge uses redis-url too, but its own namespace's; the AccessList lives in voip.
+    assert_eq!(users("other-ns", "redis-url"), ["other-ns/edge"]);
+    assert!(users("other-ns", "company-signature").is_empty());
+    assert!(users("voip", "unrelated").is_empty());
+}
+
+#[tokio::test]
+async fn host_network_applies_a_daemon_set_and_prunes_the_deployment_of_before() {
+    let mut cluster: SbcCluster = example("sbccluster.yaml");
+    cluster.spec.host_network = true;
+    cluster.spec.replicas = None;
+    let uid = cluster.meta().uid.clone().unwrap_or_default();
+    let ours = json!([{"apiVersion": "kubesbc.io/v1alpha1", "kind": "SbcCluster", "name": "edge", "uid": uid, "controller": true}]);
+    let mut world = World::standard();
+    // The Deployment from before hostNetwork was switched on.
+    world.objects.insert(
+        "/apis/apps/v1/namespaces/voip/deployments/edge".into(),
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+               "metadata": {"name": "edge", "namespace": "voip", "ownerReferences": ours}}),
+    );
+    let (sent, result) = reconcile(world, cluster.clone()).await;
+    assert!(result.is_ok(), "{result:?}");
+    let ds = patches(&sent, "/apis/apps/v1/namespaces/voip/daemonsets/edge");
+    assert_eq!(ds.len(), 1, "one DaemonSet applied");
+    assert_eq!(ds[0].body["kind"], "DaemonSet");
+    assert_eq!(ds[0].body["spec"]["template"]["spec"]["hostNetwork"], true);
+    assert!(
+        patches(&sent, "/deployments/").is_empty(),
+        "no Deployment applied"
+    );
+    let deleted: Vec<_> = sent
+        .iter()
+        .filter(|s| s.method == "DELETE")
+        .map(|s| s.path.as_str())
+        .collect();
+    assert_eq!(deleted, ["/apis/apps/v1/namespaces/voip/deployments/edge"]);
+
+    // And back: the Deployment is applied, the DaemonSet pruned.
+    cluster.spec.host_network = false;
+    let mut world = World::standard();
+    world.objects.insert(
+        "/apis/apps/v1/namespaces/voip/daemonsets/edge".into(),
+        json!({"apiVersion": "apps/v1", "kind": "DaemonSet",
+               "metadata": {"name": "edge", "namespace": "voip", "ownerReferences": ours}}),
+    );
+    let (sent, result) = reconcile(world, cluster).await;
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(patches(&sent, "/deployments/edge").len(), 1);
+    let deleted: Vec<_> = sent
+        .iter()
+        .filter(|s| s.method == "DELETE")
+        .map(|s| s.path.as_str())
+        .collect();
+    assert_eq!(deleted, ["/apis/apps/v1/namespaces/voip/daemonsets/edge"]);
+}

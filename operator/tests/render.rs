@@ -24,6 +24,14 @@ struct World {
     lookups: Lookups,
 }
 
+/// The Deployment of a rendering without hostNetwork.
+fn deployment(r: &render::Rendered) -> &k8s_openapi::api::apps::v1::Deployment {
+    match &r.workload {
+        render::Workload::Deployment(d) => d,
+        render::Workload::DaemonSet(_) => panic!("a DaemonSet where a Deployment was expected"),
+    }
+}
+
 impl World {
     fn new() -> World {
         let mut lookups = Lookups::default();
@@ -103,8 +111,7 @@ fn examples_render_a_config_the_sbc_accepts() {
 fn objects_are_owned_labelled_and_locked_down() {
     let w = World::new();
     let r = render::render(w.inputs()).expect("renders");
-    let owner = &r
-        .deployment
+    let owner = &deployment(&r)
         .metadata
         .owner_references
         .as_ref()
@@ -116,7 +123,7 @@ fn objects_are_owned_labelled_and_locked_down() {
     assert_eq!(owner.controller, Some(true));
     assert_eq!(r.config_map.metadata.name.as_deref(), Some("edge-config"));
 
-    let spec = r.deployment.spec.as_ref().expect("spec");
+    let spec = deployment(&r).spec.as_ref().expect("spec");
     assert_eq!(spec.replicas, Some(2));
     let pod = spec.template.spec.as_ref().expect("pod");
     assert_eq!(pod.service_account_name.as_deref(), Some("edge"));
@@ -238,7 +245,7 @@ fn autoscaling_renders_an_hpa_and_leaves_replicas_to_it() {
         target_cpu_utilization: 60,
     });
     let r = render::render(w.inputs()).expect("renders");
-    assert_eq!(r.deployment.spec.as_ref().and_then(|s| s.replicas), None);
+    assert_eq!(deployment(&r).spec.as_ref().and_then(|s| s.replicas), None);
     let hpa = r.hpa.expect("hpa").spec.expect("spec");
     assert_eq!((hpa.min_replicas, hpa.max_replicas), (Some(2), 8));
     let down = hpa
@@ -376,25 +383,55 @@ fn node_ports(w: &World) -> Vec<Option<i32>> {
 }
 
 #[test]
-fn host_network_pods_spread_one_per_node() {
+fn host_network_runs_a_daemon_set_one_pod_per_node() {
     let mut w = World::new();
     w.cluster.spec.host_network = true;
+    w.cluster.spec.replicas = None;
     let r = render::render(w.inputs()).expect("renders");
-    let pod = r
-        .deployment
-        .spec
-        .and_then(|s| s.template.spec)
-        .expect("pod");
+    let render::Workload::DaemonSet(ds) = &r.workload else {
+        panic!("hostNetwork renders a DaemonSet, got {:?}", r.workload);
+    };
+    assert_eq!(ds.metadata.name.as_deref(), Some("edge"));
+    let spec = ds.spec.as_ref().expect("spec");
+    let strategy = spec.update_strategy.as_ref().expect("updateStrategy");
+    assert_eq!(strategy.type_.as_deref(), Some("RollingUpdate"));
+    let rolling = strategy.rolling_update.as_ref().expect("rollingUpdate");
+    assert_eq!(
+        rolling.max_unavailable,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1))
+    );
+    let pod = spec.template.spec.as_ref().expect("pod");
     assert_eq!(pod.host_network, Some(true));
     assert_eq!(pod.dns_policy.as_deref(), Some("ClusterFirstWithHostNet"));
-    let anti = pod
-        .affinity
-        .and_then(|a| a.pod_anti_affinity)
-        .expect("anti-affinity");
-    let terms = anti
-        .required_during_scheduling_ignored_during_execution
-        .expect("required");
-    assert_eq!(terms[0].topology_key, "kubernetes.io/hostname");
+    // The pods and the PDB still select the same pods as the Deployment did.
+    assert_eq!(
+        spec.selector.match_labels,
+        r.pdb
+            .spec
+            .as_ref()
+            .and_then(|p| p.selector.as_ref())
+            .and_then(|s| s.match_labels.clone())
+    );
+    assert!(r.hpa.is_none());
+    assert_eq!(r.workload.pod_spec(), Some(pod));
+}
+
+#[test]
+fn autoscaling_with_host_network_is_refused_naming_the_field() {
+    let mut w = World::new();
+    w.cluster.spec.host_network = true;
+    w.cluster.spec.replicas = None;
+    w.cluster.spec.autoscaling = Some(kubesbc_crds::cluster::Autoscaling {
+        min_replicas: 2,
+        max_replicas: 4,
+        target_cpu_utilization: 70,
+    });
+    let e = render::render(w.inputs()).unwrap_err();
+    assert_eq!(
+        (e.reason, e.field.as_str()),
+        ("InvalidSpec", "spec.autoscaling")
+    );
+    assert!(e.message.contains("hostNetwork"), "{e}");
 }
 
 #[test]
@@ -406,6 +443,7 @@ fn redis_url_stays_in_its_secret_and_the_config_shows_it_without_password() {
             key: "url".into(),
         },
         key_prefix: None,
+        timeout_ms: None,
     });
     let e = render::render(w.inputs()).unwrap_err();
     assert_eq!(
@@ -463,4 +501,177 @@ fn cluster_names_that_cannot_name_services_are_refused() {
     let mut w = World::new();
     w.cluster.metadata.name = Some("a".repeat(57));
     assert!(render::render(w.inputs()).is_ok());
+}
+
+#[test]
+fn access_list_and_throttle_settings_reach_the_sbc_config() {
+    let mut w = World::new();
+    w.acls[0].spec.ban_response_code = Some(503);
+    w.throttles[0].spec.missing_tenant = kubesbc_crds::policy::MissingTenant::Reject;
+    let r = render::render(w.inputs()).expect("renders");
+    let parsed = SbcConfig::from_yaml(&r.config.to_yaml()).expect("the sbc reads it");
+    let acl = &parsed.access_lists[0];
+    assert_eq!(acl.trusted, ["192.0.2.0/24"]);
+    assert!(acl.drop_scanners);
+    assert_eq!(acl.ban_response_code, Some(503));
+    let tt = &parsed.throttles[0];
+    assert_eq!(
+        tt.missing_tenant,
+        kubesbc_crds::policy::MissingTenant::Reject
+    );
+    assert_eq!(tt.dialog_timeout_secs, 7200);
+
+    // Left out of the resources, the sbc's own defaults apply.
+    let w = World::new();
+    let mut plain = w.throttles[0].clone();
+    let text = serde_json::to_value(&plain.spec).expect("json");
+    let mut spec = text.as_object().expect("object").clone();
+    spec.remove("missingTenant");
+    spec.remove("dialogTimeoutSecs");
+    plain.spec = serde_json::from_value(spec.into()).expect("spec without them");
+    let t = render::render_throttle(&plain).expect("renders");
+    assert_eq!(
+        t.missing_tenant,
+        kubesbc_crds::policy::MissingTenant::Default
+    );
+    assert_eq!(t.dialog_timeout_secs, 4 * 3600);
+}
+
+#[test]
+fn a_trusted_entry_that_is_not_a_cidr_is_refused_naming_the_field() {
+    let mut w = World::new();
+    w.acls[0].spec.trusted = vec!["10.0.0.0/8".into(), "carrier.example.com".into()];
+    let e = render::render(w.inputs()).unwrap_err();
+    assert_eq!(
+        (e.reason, e.field.as_str()),
+        ("InvalidAccessList", "spec.trusted[1]")
+    );
+}
+
+fn host_world() -> World {
+    let mut w = World::new();
+    w.cluster = example("hostnetwork/sbccluster.yaml");
+    for (secret, key) in [("sbc-auth", "nonce-key"), ("redis-url", "url")] {
+        w.lookups.secrets.insert(
+            ("voip".into(), secret.into()),
+            BTreeSet::from([key.to_owned()]),
+        );
+    }
+    w.lookups.redis_url = Some("redis://:pw@redis.voip.svc:6379/0".into());
+    w
+}
+
+#[test]
+fn auth_renders_with_its_nonce_key_read_from_a_mounted_secret() {
+    let w = host_world();
+    let r = render::render(w.inputs()).expect("renders");
+    let yaml = &r.config_map.data.as_ref().expect("data")["sbc.yaml"];
+    let parsed = SbcConfig::from_yaml(yaml).expect("the sbc reads what the operator writes");
+    let auth = parsed.auth.as_ref().expect("auth section");
+    assert_eq!(auth.realm.as_deref(), Some("sip.example.com"));
+    assert_eq!(auth.nonce_secret, "", "the key never sits in the ConfigMap");
+    assert!(!yaml.contains("nonceSecret:"), "{yaml}");
+    assert_eq!(
+        auth.nonce_secret_file.as_deref(),
+        Some("/etc/kubesbc/secrets/sbc-auth/nonce-key")
+    );
+    assert_eq!(auth.trusted_sources, ["10.0.0.0/8"]);
+    assert_eq!(auth.failure_block.as_ref().map(|b| b.max_failures), Some(5));
+    assert_eq!(
+        auth.methods.get("INVITE"),
+        Some(&kubesbc_crds::policy::Challenge::Proxy)
+    );
+    assert_eq!(parsed.store.as_ref().map(|s| s.timeout_ms), Some(200));
+
+    // The pods mount the Secret where the config says the key is.
+    let pod = r.workload.pod_spec().expect("pod");
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.secret.as_ref().and_then(|s| s.secret_name.as_deref()) == Some("sbc-auth"))
+        .expect("sbc-auth volume");
+    let mount = pod.containers[0]
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == volume.name)
+        .expect("mounted");
+    assert_eq!(mount.mount_path, "/etc/kubesbc/secrets/sbc-auth");
+
+    // A missing Secret or key is refused naming the field.
+    let mut w = host_world();
+    w.lookups
+        .secrets
+        .remove(&("voip".into(), "sbc-auth".into()));
+    let e = render::render(w.inputs()).unwrap_err();
+    assert_eq!(
+        (e.reason, e.field.as_str()),
+        ("SecretNotFound", "spec.auth.nonceSecretRef.name")
+    );
+    let mut w = host_world();
+    w.lookups.secrets.insert(
+        ("voip".into(), "sbc-auth".into()),
+        BTreeSet::from(["other".to_owned()]),
+    );
+    let e = render::render(w.inputs()).unwrap_err();
+    assert_eq!(
+        (e.reason, e.field.as_str()),
+        ("SecretKeyNotFound", "spec.auth.nonceSecretRef.key")
+    );
+}
+
+#[test]
+fn the_sbc_reads_the_nonce_key_from_the_file_the_config_names() {
+    let w = host_world();
+    let mut config = render::render_config(w.inputs()).expect("renders");
+    let dir = std::env::temp_dir().join(format!("kubesbc-render-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("nonce-key");
+    std::fs::write(&file, "0123456789abcdef0123456789abcdef\n").expect("write key");
+    let auth = config.auth.as_mut().expect("auth");
+    auth.nonce_secret_file = Some(file.display().to_string());
+    let mut short = config.clone();
+    config.read_secret_files().expect("key read");
+    assert_eq!(
+        config.auth.as_ref().map(|a| a.nonce_secret.as_str()),
+        Some("0123456789abcdef0123456789abcdef")
+    );
+
+    std::fs::write(&file, "too-short\n").expect("write key");
+    let e = short.read_secret_files().unwrap_err().to_string();
+    assert!(e.starts_with("auth.nonceSecretFile: "), "{e}");
+    assert!(e.ends_with("the key must be at least 16 characters"), "{e}");
+    std::fs::remove_dir_all(&dir).expect("clean up");
+    let e = short.read_secret_files().unwrap_err().to_string();
+    assert!(e.starts_with("auth.nonceSecretFile: "), "{e}");
+}
+
+#[test]
+fn replica_counts_come_from_the_deployment_or_the_daemon_set() {
+    use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+    let dep: Deployment = serde_json::from_value(serde_json::json!({
+        "spec": {"replicas": 3, "selector": {}, "template": {}},
+        "status": {"replicas": 3, "readyReplicas": 2},
+    }))
+    .expect("deployment");
+    let c = render::deployment_counts(&dep);
+    assert_eq!((c.desired, c.current, c.ready), (3, 3, 2));
+    assert!(!c.all_ready());
+
+    let ds: DaemonSet = serde_json::from_value(serde_json::json!({
+        "spec": {"selector": {}, "template": {}},
+        "status": {"desiredNumberScheduled": 4, "currentNumberScheduled": 4, "numberReady": 4,
+                   "numberMisscheduled": 0},
+    }))
+    .expect("daemonset");
+    let c = render::Workload::DaemonSet(Box::new(ds)).counts();
+    assert_eq!((c.desired, c.current, c.ready), (4, 4, 4));
+    assert!(c.all_ready());
+
+    // A DaemonSet with no node to run on is not ready.
+    let none: DaemonSet = serde_json::from_value(serde_json::json!({
+        "spec": {"selector": {}, "template": {}}}))
+    .expect("daemonset");
+    assert!(!render::daemon_set_counts(&none).all_ready());
 }

@@ -22,6 +22,7 @@ fn config() -> AuthConfig {
         ]),
         trusted_sources: vec!["10.9.0.0/16".into()],
         nonce_secret: SECRET.into(),
+        nonce_secret_file: None,
         nonce_lifetime_secs: 300,
         algorithms: vec![DigestAlgorithm::Sha256, DigestAlgorithm::Md5],
         subscriber_prefix: "subscriber:".into(),
