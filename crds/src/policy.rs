@@ -704,7 +704,12 @@ auth: {nonceSecret: 0123456789abcdef}\n";
         let ok = with("credentialsKey: \"sub:{domain}:{user}\"").unwrap();
         assert_eq!(
             parse_key_template(&ok.auth.unwrap().credentials_template()).unwrap(),
-            [KeyPart::Text("sub:"), KeyPart::Domain, KeyPart::Text(":"), KeyPart::User]
+            [
+                KeyPart::Text("sub:"),
+                KeyPart::Domain,
+                KeyPart::Text(":"),
+                KeyPart::User
+            ]
         );
         let legacy = with("subscriberPrefix: \"users:\"").unwrap();
         assert_eq!(legacy.auth.unwrap().credentials_template(), "users:{user}");

@@ -353,7 +353,12 @@ impl AuthStage {
             return Check::Fail(Rejected);
         }
         if nc_before >= i64::from(nc_value) {
-            tracing::info!(user, nc = nc_value, highest = nc_before, "auth: nonce count replayed");
+            tracing::info!(
+                user,
+                nc = nc_value,
+                highest = nc_before,
+                "auth: nonce count replayed"
+            );
             return Check::Fail(Replayed);
         }
         Check::Pass
@@ -377,7 +382,11 @@ impl AuthStage {
         match self.store.flood_hit(hit).await {
             Ok(FloodOutcome::Banned { new, .. }) => {
                 if new {
-                    tracing::info!(user, secs = b.block_secs, "auth: too many failures, user blocked");
+                    tracing::info!(
+                        user,
+                        secs = b.block_secs,
+                        "auth: too many failures, user blocked"
+                    );
                     if let Some(m) = &self.metrics {
                         m.user_blocked();
                     }

@@ -273,11 +273,7 @@ pub(crate) mod auth_ops {
     pub(crate) async fn credentials_and_nonce_counts(store: &dyn Store, provision: &dyn Store) {
         let ha1 = Bytes::from_static(b"0123456789abcdef0123456789abcdef");
         provision
-            .hash_set(
-                "subscriber:alice",
-                vec![("ha1".into(), ha1.clone())],
-                None,
-            )
+            .hash_set("subscriber:alice", vec![("ha1".into(), ha1.clone())], None)
             .await
             .unwrap();
         let ttl = Duration::from_secs(60);
