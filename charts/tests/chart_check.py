@@ -290,6 +290,9 @@ def main():
              lambda: validate_cr(with_(host, ["spec", "auth", "nonceLifetimeSecs"], 1)), "minimum")
     rejected("CRD rejects SbcCluster auth challenge basic",
              lambda: validate_cr(with_(host, ["spec", "auth", "methods"], {"INVITE": "basic"})), "basic")
+    rejected("CRD rejects SbcCluster auth credentialsKey without {user}",
+             lambda: validate_cr(with_(host, ["spec", "auth", "credentialsKey"], "subscriber:alice")),
+             "does not match")
     rejected("CRD rejects SbcCluster auth without nonceSecretRef",
              lambda: validate_cr(with_(host, ["spec", "auth"], {"realm": "sip.example.com"})), "nonceSecretRef")
 

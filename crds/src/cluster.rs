@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{DrainConfig, Limits, RelayConfig, Transport};
 use crate::policy::{
-    AuthFailureBlock, Challenge, DigestAlgorithm, default_auth_methods, default_digest_algorithms,
-    default_nonce_lifetime_secs, default_subscriber_prefix,
+    AuthFailureBlock, Challenge, DigestAlgorithm, default_auth_methods, default_credentials_key,
+    default_digest_algorithms, default_nonce_lifetime_secs,
 };
 use crate::status::SecretKeyRef;
 
@@ -285,11 +285,13 @@ pub struct AuthSpec {
     #[serde(default = "default_digest_algorithms")]
     #[schemars(length(min = 1, max = 2), extend("x-kubernetes-list-type" = "set"))]
     pub algorithms: Vec<DigestAlgorithm>,
-    /// Prefix of the credential keys in Redis (`subscriber:<user>` holding `ha1`, `ha1b`,
-    /// `ha1sha256`), read as is, without the cluster's key prefix.
-    #[serde(default = "default_subscriber_prefix")]
-    #[schemars(length(max = 256))]
-    pub subscriber_prefix: String,
+    /// Where the credential hashes (`username`, `domain`, `ha1`, `ha1b`, `ha1sha256`) are read
+    /// in Redis: a key template with `{user}` (the digest username) and optionally `{domain}`
+    /// (the realm), used as written, without the cluster's key prefix. Default
+    /// `subscriber:{user}`, the layout of Kamailio setups.
+    #[serde(default = "default_credentials_key")]
+    #[schemars(length(min = 6, max = 256), regex(pattern = r"\{user\}"))]
+    pub credentials_key: String,
     /// Block a user after repeated failed attempts. Absent: no blocking.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_block: Option<AuthFailureBlock>,

@@ -346,11 +346,17 @@ pub struct AuthConfig {
     /// Algorithms offered, in order of preference (one challenge header each).
     #[serde(default = "default_digest_algorithms")]
     pub algorithms: Vec<DigestAlgorithm>,
-    /// Prefix of the credential hashes in the store: `<prefix><user>` with `ha1`,
-    /// `ha1b`, `ha1sha256` (the seeds' `subscriber:5001`). Not prefixed with the cluster's
-    /// store key prefix, so provisioned data is read as is.
+    /// Superseded by `credentialsKey`: a value other than `subscriber:` (with
+    /// `credentialsKey` left at its default) reads the credentials at `<prefix>{user}`.
     #[serde(default = "default_subscriber_prefix")]
     pub subscriber_prefix: String,
+    /// Where the credential hashes (`username`, `domain`, `ha1`, `ha1b`, `ha1sha256`) are
+    /// read in the store: a key template with `{user}` (the digest username) and optionally
+    /// `{domain}` (the realm). Used exactly as written, without the cluster's store key
+    /// prefix, so hashes provisioned by the seeds' tooling (`subscriber:5001`) are read as is.
+    #[serde(default = "default_credentials_key")]
+    #[schemars(length(min = 6, max = 256))]
+    pub credentials_key: String,
     /// Blocking users after failed attempts; absent: no blocking.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_block: Option<AuthFailureBlock>,
@@ -375,10 +381,95 @@ pub fn default_digest_algorithms() -> Vec<DigestAlgorithm> {
 pub fn default_subscriber_prefix() -> String {
     "subscriber:".to_owned()
 }
+/// Default of [`AuthConfig::credentials_key`]: the seeds' Kamailio layout.
+pub const DEFAULT_CREDENTIALS_KEY: &str = "subscriber:{user}";
+pub fn default_credentials_key() -> String {
+    DEFAULT_CREDENTIALS_KEY.to_owned()
+}
+
+/// One piece of a credentials key template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyPart<'a> {
+    /// Text used as written.
+    Text(&'a str),
+    /// The digest username.
+    User,
+    /// The realm.
+    Domain,
+}
+
+/// Splits a credentials key template into its parts; Err names what is wrong.
+pub fn parse_key_template(t: &str) -> Result<Vec<KeyPart<'_>>, String> {
+    if t.len() > 256 {
+        return Err("longer than 256 characters".to_owned());
+    }
+    if let Some(c) = t.chars().find(|c| !c.is_ascii_graphic()) {
+        return Err(format!("{c:?} is not allowed (printable ASCII, no spaces)"));
+    }
+    let mut parts = Vec::new();
+    let mut rest = t;
+    while let Some(open) = rest.find(['{', '}']) {
+        if rest[open..].starts_with('}') {
+            return Err("unmatched \"}\"".to_owned());
+        }
+        if open > 0 {
+            parts.push(KeyPart::Text(&rest[..open]));
+        }
+        let after = &rest[open + 1..];
+        let close = after.find('}').ok_or("unclosed \"{\"")?;
+        parts.push(match &after[..close] {
+            "user" => KeyPart::User,
+            "domain" => KeyPart::Domain,
+            other => {
+                return Err(format!(
+                    "unknown placeholder {{{other}}}, expected {{user}} or {{domain}}"
+                ));
+            }
+        });
+        rest = &after[close + 1..];
+    }
+    if !rest.is_empty() {
+        parts.push(KeyPart::Text(rest));
+    }
+    if !parts.contains(&KeyPart::User) {
+        return Err("must contain {user}".to_owned());
+    }
+    Ok(parts)
+}
 
 impl AuthConfig {
+    /// The credentials key template in force: `credentialsKey`, or `<subscriberPrefix>{user}`
+    /// when only the older `subscriberPrefix` was changed.
+    pub fn credentials_template(&self) -> std::borrow::Cow<'_, str> {
+        if self.credentials_key == DEFAULT_CREDENTIALS_KEY
+            && self.subscriber_prefix != default_subscriber_prefix()
+        {
+            std::borrow::Cow::Owned(format!("{}{{user}}", self.subscriber_prefix))
+        } else {
+            std::borrow::Cow::Borrowed(&self.credentials_key)
+        }
+    }
+
     /// Validates the auth section; `path` is where it sits in the document.
     pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        if self.credentials_key != DEFAULT_CREDENTIALS_KEY
+            && self.subscriber_prefix != default_subscriber_prefix()
+        {
+            return Err(field(
+                format!("{path}.subscriberPrefix"),
+                "set either credentialsKey or the older subscriberPrefix, not both".to_owned(),
+            ));
+        }
+        let which = if self.credentials_key == DEFAULT_CREDENTIALS_KEY
+            && self.subscriber_prefix != default_subscriber_prefix()
+        {
+            "subscriberPrefix"
+        } else {
+            "credentialsKey"
+        };
+        if let Err(e) = parse_key_template(&self.credentials_template()) {
+            return Err(field(format!("{path}.{which}"), e));
+        }
         if let Some(r) = &self.realm
             && (r.is_empty() || r.contains(|c: char| !c.is_ascii_graphic() || c == '"'))
         {
@@ -646,6 +737,56 @@ accessLists:
         );
         let ok = doc.replace(", valueFile: /x", "");
         assert!(crate::config::SbcConfig::from_yaml(&ok).is_ok());
+    }
+
+    #[test]
+    fn credentials_key_defaults_to_the_seeds_layout_and_is_checked() {
+        let doc = "listeners: [{transport: udp, address: \"127.0.0.1:5060\"}]\n\
+auth: {nonceSecret: 0123456789abcdef}\n";
+        let cfg = crate::config::SbcConfig::from_yaml(doc).unwrap();
+        let auth = cfg.auth.unwrap();
+        assert_eq!(auth.credentials_template(), "subscriber:{user}");
+        let with = |extra: &str| {
+            let d = doc.replace("abcdef}", &format!("abcdef, {extra}}}"));
+            crate::config::SbcConfig::from_yaml(&d).map_err(|e| e.to_string())
+        };
+        let ok = with("credentialsKey: \"sub:{domain}:{user}\"").unwrap();
+        assert_eq!(
+            parse_key_template(&ok.auth.unwrap().credentials_template()).unwrap(),
+            [
+                KeyPart::Text("sub:"),
+                KeyPart::Domain,
+                KeyPart::Text(":"),
+                KeyPart::User
+            ]
+        );
+        let legacy = with("subscriberPrefix: \"users:\"").unwrap();
+        assert_eq!(legacy.auth.unwrap().credentials_template(), "users:{user}");
+        for (extra, err) in [
+            (
+                "credentialsKey: \"subscriber:{usr}\"",
+                "auth.credentialsKey: unknown placeholder {usr}, expected {user} or {domain}",
+            ),
+            (
+                "credentialsKey: \"subscriber:{domain}\"",
+                "auth.credentialsKey: must contain {user}",
+            ),
+            (
+                "credentialsKey: \"sub:{user\"",
+                "auth.credentialsKey: unclosed \"{\"",
+            ),
+            (
+                "credentialsKey: \"sub {user}\"",
+                "auth.credentialsKey: ' ' is not allowed (printable ASCII, no spaces)",
+            ),
+            (
+                "credentialsKey: \"s:{user}\", subscriberPrefix: \"x:\"",
+                "auth.subscriberPrefix: set either credentialsKey or the older subscriberPrefix, \
+not both",
+            ),
+        ] {
+            assert_eq!(with(extra).unwrap_err(), err, "{extra}");
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ use kubesbc_crds::config::{
 };
 use kubesbc_crds::policy::{
     AccessListConfig, AccessRule, AuthConfig, HeaderValue, MediaConfig, ServiceSource,
-    ThrottleConfig, TlsConfig,
+    ThrottleConfig, TlsConfig, default_subscriber_prefix,
 };
 use kubesbc_crds::{AccessList, DispatcherSet, SbcCluster, TenantThrottle};
 use serde_json::json;
@@ -641,7 +641,8 @@ pub fn render_config(inputs: Inputs<'_>) -> Result<SbcConfig, RenderError> {
                 nonce_secret_file: Some(key_file),
                 nonce_lifetime_secs: a.nonce_lifetime_secs,
                 algorithms: a.algorithms.clone(),
-                subscriber_prefix: a.subscriber_prefix.clone(),
+                subscriber_prefix: default_subscriber_prefix(),
+                credentials_key: a.credentials_key.clone(),
                 failure_block: a.failure_block.clone(),
             })
         }

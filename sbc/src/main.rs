@@ -253,6 +253,7 @@ async fn run(
     let build_pipeline = {
         let (store, d) = (store.clone(), dispatcher.clone());
         let guard_metrics = GuardMetrics::new(metrics.registry())?;
+        let auth_metrics = metrics.auth().clone();
         let clock = sbc::throttle::Clock::new();
         move |c: &SbcConfig| {
             let d = d.clone();
@@ -262,7 +263,7 @@ async fn run(
                 .start();
             // The guard runs first; auth and throttle follow it.
             let mut stages: Vec<Arc<dyn sbc::pipeline::Stage>> = vec![Arc::new(guard)];
-            stages.extend(policy_stages(c, &store, clock));
+            stages.extend(policy_stages(c, &store, clock, &auth_metrics));
             Pipeline::new(stages)
         }
     };
@@ -329,17 +330,16 @@ fn policy_stages(
     cfg: &SbcConfig,
     store: &Arc<dyn sbc::store::Store>,
     clock: sbc::throttle::Clock,
+    auth_metrics: &sbc::auth::AuthMetrics,
 ) -> Vec<Arc<dyn sbc::pipeline::Stage>> {
     // The shared store applies the cluster's key prefix itself.
     let prefix = "";
     let mut stages: Vec<Arc<dyn sbc::pipeline::Stage>> = Vec::new();
     if let Some(auth) = &cfg.auth {
-        stages.push(Arc::new(sbc::auth::AuthStage::new(
-            auth.clone(),
-            store.clone(),
-            prefix,
-            clock,
-        )));
+        stages.push(Arc::new(
+            sbc::auth::AuthStage::new(auth.clone(), store.clone(), prefix, clock)
+                .with_metrics(auth_metrics.clone()),
+        ));
     }
     if !cfg.throttles.is_empty() {
         stages.push(Arc::new(sbc::throttle::ThrottleStage::new(

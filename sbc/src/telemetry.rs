@@ -266,6 +266,7 @@ pub struct Metrics {
     failovers: IntCounter,
     destination_up: IntGaugeVec,
     destination_calls: IntGaugeVec,
+    auth: crate::auth::AuthMetrics,
     /// Set once by whoever owns the dispatcher; read at scrape time. The lock also keeps two
     /// concurrent scrapes from interleaving the reset and refill of the gauges.
     destination_source: Mutex<Option<Arc<dyn DestinationSource>>>,
@@ -417,6 +418,8 @@ impl Metrics {
             &["set", "uri"],
         )?;
 
+        let auth = crate::auth::AuthMetrics::new(r)?;
+
         Ok(Metrics {
             registry,
             requests,
@@ -433,8 +436,15 @@ impl Metrics {
             failovers,
             destination_up,
             destination_calls,
+            auth,
             destination_source: Mutex::new(None),
         })
+    }
+
+    /// The auth stage's metrics (`sbc_auth_*`), shared by the stages of every configuration
+    /// version.
+    pub fn auth(&self) -> &crate::auth::AuthMetrics {
+        &self.auth
     }
 
     /// The registry, for metrics other modules register themselves.

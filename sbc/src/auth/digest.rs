@@ -16,7 +16,7 @@ const NONCE_RAW: usize = 32;
 /// Hex characters of a nonce.
 pub const NONCE_LEN: usize = NONCE_RAW * 2;
 /// Seconds a nonce may be dated in the future (clock skew between replicas).
-const MAX_SKEW_SECS: u64 = 30;
+pub const MAX_SKEW_SECS: u64 = 30;
 
 /// A hex digest: 32 characters for MD5, 64 for SHA-256.
 #[derive(Clone, Copy)]

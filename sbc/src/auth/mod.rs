@@ -1,33 +1,56 @@
 //! The auth stage (DESIGN.md step 4): digest authentication of REGISTER and initial INVITE
 //! (RFC 7616, RFC 2617, RFC 8760) against ha1 credentials in the store.
 //!
-//! Per request at most one store round trip decides: the user's block, the credentials hash
-//! and the nonce-count record are asked for together. Nonces are signed with the secret all
-//! replicas share (see [`digest::NonceKey`]), so a challenge from one replica is answered at
-//! any other. Each `(nonce, nc)` pair is accepted once; since a nonce is only valid for its
-//! lifetime and the record lives as long, a replayed request is refused for as long as its
-//! nonce could be used. Failed attempts count toward the user's block
-//! (`{prefix}regblock:{user}`, shared with the guard's REGISTER-flood block).
+//! Nonces are signed with the secret all replicas share (see [`digest::NonceKey`]), so a
+//! challenge from one replica is answered at any other, and a challenge costs no store
+//! access. Checking credentials is one store round trip ([`Store::batch`]): the user's
+//! block, the credentials hash (at the configured `credentialsKey`, without the cluster's
+//! key prefix) and the nonce count go together.
+//!
+//! Nonce counts: "highest nc wins" (RFC 7616 section 3.4). The store keeps, per nonce, the
+//! highest nc seen and raises it atomically ([`Op::MaxAdvance`]); a request whose nc is not
+//! above it is a replay. There is no out-of-order window: UDP retransmissions never reach a
+//! stage (the transaction layer absorbs them), and a UA sends its requests on one nonce one
+//! after the other, so a refused count only costs the UA a fresh challenge. The record lives
+//! as long as its nonce can be valid. Because the count is raised in the same round trip
+//! that fetches the credentials, a request with a wrong response also raises it; only a
+//! holder of the nonce (the UA it was sent to, or someone reading its traffic) can do that.
+//!
+//! Failed attempts (wrong response, unknown user, replayed count) count toward the user's
+//! block, `{prefix}regblock:{user}`, the key the guard's REGISTER-flood block uses too: one
+//! more round trip, only on failures.
 
 pub mod cidr;
 pub mod digest;
+pub mod metrics;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use kubesbc_crds::policy::{AuthConfig, Challenge, DigestAlgorithm};
+use kubesbc_crds::policy::{
+    AuthConfig, Challenge, DEFAULT_CREDENTIALS_KEY, DigestAlgorithm, KeyPart, parse_key_template,
+};
 
 use crate::pipeline::{Admission, BoxFuture, Refusal, RequestContext, Stage, Verdict};
 use crate::sip::uri::{Uri, name_addr_uri};
-use crate::sip::{HeaderName, Message};
-use crate::store::Store;
+use crate::sip::{HeaderName, Message, Method};
+use crate::store::{FloodHit, FloodOutcome, Op, OpResult, Store};
 use crate::throttle::Clock;
 use cidr::Cidr;
 use digest::{NonceKey, NonceState};
+pub use metrics::{AuthMetrics, AuthResult, AuthTrip};
 
 /// Longest username accepted (it becomes part of store keys).
 const MAX_USERNAME: usize = 128;
+
+/// One piece of the credentials key template, owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Text(String),
+    User,
+    Domain,
+}
 
 /// The digest authentication stage.
 pub struct AuthStage {
@@ -35,9 +58,11 @@ pub struct AuthStage {
     methods: Vec<(Vec<u8>, Challenge)>,
     trusted: Vec<Cidr>,
     key: NonceKey,
+    credentials_key: Vec<Part>,
     store: Arc<dyn Store>,
     prefix: String,
     clock: Clock,
+    metrics: Option<AuthMetrics>,
 }
 
 impl std::fmt::Debug for AuthStage {
@@ -49,19 +74,18 @@ impl std::fmt::Debug for AuthStage {
     }
 }
 
-/// Why a request with credentials did not authenticate.
+/// The outcome of checking credentials.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Failure {
-    /// Wrong password, unknown user, wrong URI: counts toward the user's block.
-    Counted,
-    /// Unusable credentials (no qop, unknown nonce, replay): challenge again, not counted.
-    Silent,
-    /// An expired nonce of ours: challenge with `stale=true`.
-    Stale,
+enum Check {
+    /// Verified.
+    Pass,
+    /// Not verified; the result says how it is answered and whether it counts as a failure.
+    Fail(AuthResult),
 }
 
 impl AuthStage {
-    /// A stage for the `auth` section; `prefix` is the store key prefix of the cluster.
+    /// A stage for the `auth` section (validated); `prefix` is prepended to the keys the
+    /// stage writes (empty when the store applies the cluster's prefix itself).
     pub fn new(cfg: AuthConfig, store: Arc<dyn Store>, prefix: &str, clock: Clock) -> AuthStage {
         let methods = cfg
             .methods
@@ -77,14 +101,47 @@ impl AuthStage {
             cfg.nonce_secret.as_bytes(),
             u64::from(cfg.nonce_lifetime_secs),
         );
+        // Validation refused a bad template; the default keeps an unvalidated one harmless.
+        let template = cfg.credentials_template();
+        let parts = parse_key_template(&template)
+            .or_else(|_| parse_key_template(DEFAULT_CREDENTIALS_KEY))
+            .unwrap_or_default();
+        let credentials_key = parts
+            .into_iter()
+            .map(|p| match p {
+                KeyPart::Text(t) => Part::Text(t.to_owned()),
+                KeyPart::User => Part::User,
+                KeyPart::Domain => Part::Domain,
+            })
+            .collect();
         AuthStage {
             cfg,
             methods,
             trusted,
             key,
+            credentials_key,
             store,
             prefix: prefix.to_owned(),
             clock,
+            metrics: None,
+        }
+    }
+
+    /// Counts results and store round trips in `metrics`.
+    pub fn with_metrics(mut self, metrics: AuthMetrics) -> AuthStage {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn count(&self, method: Method, r: AuthResult) {
+        if let Some(m) = &self.metrics {
+            m.result(method, r);
+        }
+    }
+
+    fn trip(&self, t: AuthTrip) {
+        if let Some(m) = &self.metrics {
+            m.trip(t);
         }
     }
 
@@ -126,21 +183,37 @@ impl AuthStage {
         Verdict::Reply(r)
     }
 
-    fn key(&self, kind: &str, rest: &[&str]) -> String {
-        let mut k = String::with_capacity(self.prefix.len() + kind.len() + 64);
+    /// A key the stage owns: the prefix, `kind` and `rest`.
+    fn key(&self, kind: &str, rest: &str) -> String {
+        let mut k = String::with_capacity(self.prefix.len() + kind.len() + rest.len());
         k.push_str(&self.prefix);
         k.push_str(kind);
-        for (i, r) in rest.iter().enumerate() {
-            if i > 0 {
-                k.push(':');
-            }
-            k.push_str(r);
+        k.push_str(rest);
+        k
+    }
+
+    /// The credentials key of `user` in `domain`, as provisioned (no prefix).
+    fn credentials_key(&self, user: &str, domain: &str) -> String {
+        let mut k = String::with_capacity(64);
+        for p in &self.credentials_key {
+            k.push_str(match p {
+                Part::Text(t) => t,
+                Part::User => user,
+                Part::Domain => domain,
+            });
         }
         k
     }
 
-    async fn decide(&self, req: &Message, kind: Challenge, admission: &mut Admission) -> Verdict {
+    async fn decide(
+        &self,
+        req: &Message,
+        method: Method,
+        kind: Challenge,
+        admission: &mut Admission,
+    ) -> Verdict {
         let Some(realm) = self.realm(req) else {
+            self.count(method, AuthResult::Malformed);
             return Verdict::Reply(Refusal::new(400, "Bad From URI"));
         };
         let header = match kind {
@@ -155,104 +228,118 @@ impl AuthStage {
             .filter_map(|h| digest::parse_credentials(req.slice(h.value)))
             .find(|c| c.realm == realm);
         let Some(c) = creds else {
+            self.count(method, AuthResult::Challenged);
             return self.challenge(kind, realm, false);
         };
-        let now = self.clock.now_secs();
-        let failure = match self.verify(req, &c, now).await {
-            Ok(()) => {
+        let result = match self.verify(req, &c, realm).await {
+            Check::Pass => {
+                self.count(method, AuthResult::Accepted);
                 admission.strip.push(header);
                 return Verdict::Continue;
             }
-            Err(Err(status)) => return status,
-            Err(Ok(f)) => f,
+            Check::Fail(r) => r,
         };
-        match failure {
-            Failure::Stale => self.challenge(kind, realm, true),
-            Failure::Silent => self.challenge(kind, realm, false),
-            Failure::Counted => {
-                // `verify` only counts usernames that are valid key material.
+        self.count(method, result);
+        match result {
+            AuthResult::Stale => self.challenge(kind, realm, true),
+            AuthResult::Blocked => Verdict::Reply(Refusal::new(403, "Blocked")),
+            AuthResult::Unavailable => Verdict::Reply(
+                Refusal::new(503, "Authentication Unavailable").with_header("Retry-After", "5"),
+            ),
+            AuthResult::Rejected | AuthResult::UnknownUser | AuthResult::Replayed => {
+                // `verify` only gets this far with usernames that are valid key material.
                 let user = std::str::from_utf8(c.username).unwrap_or("");
                 if self.count_failure(user).await {
-                    tracing::info!(user, "auth: too many failures, user blocked");
                     Verdict::Reply(Refusal::new(403, "Blocked"))
                 } else {
                     self.challenge(kind, realm, false)
                 }
             }
+            _ => self.challenge(kind, realm, false),
         }
     }
 
-    /// Checks credentials. `Err(Ok(failure))`: challenge again; `Err(Err(verdict))`: answer
-    /// with that verdict (blocked user, store down).
-    async fn verify(
-        &self,
-        req: &Message,
-        c: &digest::Credentials<'_>,
-        now: u64,
-    ) -> Result<(), Result<Failure, Verdict>> {
+    /// Checks credentials against the store, in one round trip.
+    async fn verify(&self, req: &Message, c: &digest::Credentials<'_>, realm: &[u8]) -> Check {
+        use AuthResult::{BadNonce, Blocked, Malformed, Rejected, Replayed, Stale, UnknownUser};
         let Some((alg, sess)) = digest::algorithm(c.algorithm) else {
-            return Err(Ok(Failure::Silent));
+            return Check::Fail(Malformed);
         };
         if !self.cfg.algorithms.contains(&alg) {
-            return Err(Ok(Failure::Silent));
+            return Check::Fail(Malformed);
         }
         let (Some(qop), Some(nc), Some(cnonce)) = (c.qop, c.nc, c.cnonce) else {
-            return Err(Ok(Failure::Silent));
+            return Check::Fail(Malformed);
         };
-        if !qop.eq_ignore_ascii_case(b"auth")
-            || nc.len() != 8
-            || !nc.iter().all(u8::is_ascii_hexdigit)
-            || cnonce.is_empty()
-        {
-            return Err(Ok(Failure::Silent));
+        // nc is 8 hex digits (RFC 7616 section 3.4); counting starts at 1.
+        let nc_value = std::str::from_utf8(nc)
+            .ok()
+            .filter(|t| t.len() == 8 && t.bytes().all(|b| b.is_ascii_hexdigit()))
+            .and_then(|t| u32::from_str_radix(t, 16).ok())
+            .filter(|n| *n > 0);
+        let Some(nc_value) = nc_value else {
+            return Check::Fail(Malformed);
+        };
+        if !qop.eq_ignore_ascii_case(b"auth") || cnonce.is_empty() {
+            return Check::Fail(Malformed);
         }
-        match self.key.check(c.nonce, now) {
+        match self.key.check(c.nonce, self.clock.now_secs()) {
             NonceState::Valid => {}
-            NonceState::Stale => return Err(Ok(Failure::Stale)),
-            NonceState::Invalid => return Err(Ok(Failure::Silent)),
+            NonceState::Stale => return Check::Fail(Stale),
+            NonceState::Invalid => return Check::Fail(BadNonce),
         }
         let Some(user) = std::str::from_utf8(c.username).ok().filter(|u| {
             u.len() <= MAX_USERNAME && u.bytes().all(|b| b.is_ascii_graphic() || b >= 0x80)
         }) else {
-            return Err(Ok(Failure::Silent));
+            return Check::Fail(Malformed);
         };
-        // Nonce and nc are hex, checked above: safe as key material.
+        // The nonce is ours (checked above), so hex; the realm is printable.
         let nonce = std::str::from_utf8(c.nonce).unwrap_or("");
-        let nc_text = std::str::from_utf8(nc).unwrap_or("");
-        let block_key = self.key("regblock:", &[user]);
-        let mut sub_key = String::with_capacity(self.cfg.subscriber_prefix.len() + user.len());
-        sub_key.push_str(&self.cfg.subscriber_prefix);
-        sub_key.push_str(user);
-        let nc_key = self.key("authnc:", &[nonce, nc_text]);
-        let nc_ttl = Duration::from_secs(u64::from(self.cfg.nonce_lifetime_secs) + 60);
-        // One round trip: the three commands go out together.
-        let (blocked, sub, seen) = futures::join!(
-            self.store.get(&block_key),
-            self.store.hash_get_all(&sub_key),
-            self.store.incr_window(&nc_key, nc_ttl),
-        );
-        let (blocked, sub, seen) = match (blocked, sub, seen) {
-            (Ok(b), Ok(s), Ok(n)) => (b, s, n),
-            (b, s, n) => {
-                let e = b.err().or(s.err()).or(n.err());
-                tracing::warn!(error = ?e, "auth: store unavailable");
-                return Err(Err(Verdict::Reply(
-                    Refusal::new(503, "Authentication Unavailable").with_header("Retry-After", "5"),
-                )));
+        let domain = std::str::from_utf8(realm).unwrap_or("");
+        // The nc record must outlive every moment its nonce is accepted.
+        let nc_ttl =
+            Duration::from_secs(u64::from(self.cfg.nonce_lifetime_secs) + digest::MAX_SKEW_SECS);
+        let ops = [
+            Op::Get(self.key("regblock:", user)),
+            Op::HashGetAllUnprefixed(self.credentials_key(user, domain)),
+            Op::MaxAdvance(self.key("authnc:", nonce), u64::from(nc_value), nc_ttl),
+        ];
+        self.trip(AuthTrip::Verify);
+        let answers = match self.store.batch(&ops).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "auth: store unavailable");
+                return Check::Fail(AuthResult::Unavailable);
             }
         };
-        if blocked.is_some() {
-            return Err(Err(Verdict::Reply(Refusal::new(403, "Blocked"))));
+        let (blocked, fields, nc_before) = match answers.as_slice() {
+            [
+                Ok(OpResult::Value(b)),
+                Ok(OpResult::Fields(f)),
+                Ok(OpResult::Count(n)),
+            ] => (b.is_some(), f, *n),
+            other => {
+                let e = other.iter().find_map(|r| r.as_ref().err());
+                tracing::warn!(error = ?e, "auth: store unavailable");
+                return Check::Fail(AuthResult::Unavailable);
+            }
+        };
+        if blocked {
+            return Check::Fail(Blocked);
+        }
+        if fields.is_empty() {
+            return Check::Fail(UnknownUser);
         }
         if c.uri != req.request_uri() {
-            return Err(Ok(Failure::Counted));
+            return Check::Fail(Rejected);
         }
         let field = |name: &str| {
-            sub.iter()
+            fields
+                .iter()
                 .find(|(k, _)| k.as_str() == name)
-                .map(|(_, v): &(String, Bytes)| v.clone())
+                .map(|(_, v): &(String, Bytes)| v)
         };
-        let candidates: [Option<Bytes>; 2] = match alg {
+        let candidates = match alg {
             DigestAlgorithm::Md5 => [field("ha1"), field("ha1b")],
             DigestAlgorithm::Sha256 => [field("ha1sha256"), None],
         };
@@ -263,49 +350,56 @@ impl AuthStage {
             ok |= digest::response_matches(&want, c.response);
         }
         if !ok {
-            return Err(Ok(Failure::Counted));
+            return Check::Fail(Rejected);
         }
-        if seen > 1 {
-            tracing::info!(user, nc = nc_text, "auth: nonce count replayed");
-            return Err(Ok(Failure::Silent));
+        if nc_before >= i64::from(nc_value) {
+            tracing::info!(
+                user,
+                nc = nc_value,
+                highest = nc_before,
+                "auth: nonce count replayed"
+            );
+            return Check::Fail(Replayed);
         }
-        Ok(())
+        Check::Pass
     }
 
-    /// Counts a failed attempt; true when the user is now blocked.
+    /// Counts a failed attempt in one round trip; true when it blocked the user.
     async fn count_failure(&self, user: &str) -> bool {
         let Some(b) = &self.cfg.failure_block else {
             return false;
         };
-        let fail_key = self.key("authfail:", &[user]);
-        let n = match self
-            .store
-            .incr_window(&fail_key, Duration::from_secs(u64::from(b.window_secs)))
-            .await
-        {
-            Ok(n) => n,
+        let (counter, block) = (self.key("authfail:", user), self.key("regblock:", user));
+        let hit = FloodHit {
+            counter_key: &counter,
+            ban_key: &block,
+            limit: u64::from(b.max_failures),
+            window: Duration::from_secs(u64::from(b.window_secs)),
+            ban_ttl: Duration::from_secs(u64::from(b.block_secs)),
+            ban_value: Bytes::from_static(b"auth-failures"),
+            hits: 1,
+        };
+        self.trip(AuthTrip::CountFailure);
+        match self.store.flood_hit(hit).await {
+            Ok(FloodOutcome::Banned { new, .. }) => {
+                if new {
+                    tracing::info!(
+                        user,
+                        secs = b.block_secs,
+                        "auth: too many failures, user blocked"
+                    );
+                    if let Some(m) = &self.metrics {
+                        m.user_blocked();
+                    }
+                }
+                true
+            }
+            Ok(FloodOutcome::Allowed { .. }) => false,
             Err(e) => {
                 tracing::warn!(error = %e, "auth: cannot count a failure");
-                return false;
+                false
             }
-        };
-        if n <= u64::from(b.max_failures) {
-            return false;
         }
-        let block_key = self.key("regblock:", &[user]);
-        if let Err(e) = self
-            .store
-            .set_ex(
-                &block_key,
-                Bytes::from_static(b"1"),
-                Duration::from_secs(u64::from(b.block_secs)),
-            )
-            .await
-        {
-            tracing::warn!(error = %e, "auth: cannot block a user");
-        }
-        let _ = self.store.del(&fail_key).await;
-        true
     }
 }
 
@@ -335,9 +429,10 @@ impl Stage for AuthStage {
             };
             let ip = cx.peer.addr.ip();
             if self.trusted.iter().any(|c| c.contains(ip)) {
+                self.count(cx.method, AuthResult::Exempt);
                 return Verdict::Continue;
             }
-            self.decide(req, kind, admission).await
+            self.decide(req, cx.method, kind, admission).await
         })
     }
 }

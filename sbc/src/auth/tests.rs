@@ -3,15 +3,16 @@ use std::net::SocketAddr;
 
 use kubesbc_crds::config::Transport;
 use kubesbc_crds::policy::AuthFailureBlock;
+use prometheus::Registry;
 
 use super::*;
-use crate::sip::Method;
 use crate::store::MemoryStore;
 use crate::transport::Peer;
 
 const SECRET: &str = "shared-secret-0123456789";
 const REALM: &str = "sbc.example.com";
 const START: Duration = Duration::from_secs(1_700_000_000);
+const UA: &str = "127.0.0.1:5090";
 
 fn config() -> AuthConfig {
     AuthConfig {
@@ -26,6 +27,7 @@ fn config() -> AuthConfig {
         nonce_lifetime_secs: 300,
         algorithms: vec![DigestAlgorithm::Sha256, DigestAlgorithm::Md5],
         subscriber_prefix: "subscriber:".into(),
+        credentials_key: DEFAULT_CREDENTIALS_KEY.into(),
         failure_block: Some(AuthFailureBlock {
             max_failures: 3,
             window_secs: 60,
@@ -34,36 +36,56 @@ fn config() -> AuthConfig {
     }
 }
 
-async fn provisioned() -> Arc<dyn Store> {
+/// A memory store holding alice's credentials (password "secret") at `key`.
+async fn provisioned_at(key: &str) -> Arc<dyn Store> {
     let s: Arc<dyn Store> = Arc::new(MemoryStore::new(10_000));
-    let md5 = digest::h(
-        DigestAlgorithm::Md5,
-        &[b"alice", REALM.as_bytes(), b"secret"],
-    );
-    let sha = digest::h(
-        DigestAlgorithm::Sha256,
-        &[b"alice", REALM.as_bytes(), b"secret"],
-    );
-    s.hash_set(
-        "subscriber:alice",
-        vec![
-            ("username".into(), Bytes::from_static(b"alice")),
-            ("domain".into(), Bytes::from_static(REALM.as_bytes())),
-            ("ha1".into(), Bytes::copy_from_slice(md5.as_bytes())),
-            ("ha1sha256".into(), Bytes::copy_from_slice(sha.as_bytes())),
-        ],
-        None,
-    )
-    .await
-    .unwrap();
+    let ha1 = |alg| {
+        Bytes::copy_from_slice(digest::h(alg, &[b"alice", REALM.as_bytes(), b"secret"]).as_bytes())
+    };
+    let fields = vec![
+        ("username".into(), Bytes::from_static(b"alice")),
+        ("domain".into(), Bytes::from_static(REALM.as_bytes())),
+        ("ha1".into(), ha1(DigestAlgorithm::Md5)),
+        ("ha1sha256".into(), ha1(DigestAlgorithm::Sha256)),
+    ];
+    s.hash_set(key, fields, None).await.unwrap();
     s
 }
 
-fn stage(store: &Arc<dyn Store>) -> AuthStage {
-    AuthStage::new(config(), store.clone(), "t:", Clock::at(START))
+async fn provisioned() -> Arc<dyn Store> {
+    provisioned_at("subscriber:alice").await
 }
 
-fn cx(method: Method, from: &str) -> RequestContext {
+/// A stage on `store` with `cfg`, its metrics on a registry of its own.
+fn stage_with(store: &Arc<dyn Store>, cfg: AuthConfig) -> (AuthStage, Registry) {
+    let registry = Registry::new();
+    let metrics = AuthMetrics::new(&registry).unwrap();
+    let st = AuthStage::new(cfg, store.clone(), "t:", Clock::at(START)).with_metrics(metrics);
+    (st, registry)
+}
+
+fn stage(store: &Arc<dyn Store>) -> AuthStage {
+    stage_with(store, config()).0
+}
+
+/// The value of one sample in the registry's text exposition (0 when absent).
+fn sample(registry: &Registry, series: &str) -> u64 {
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn auth_total(registry: &Registry, method: &str, result: &str) -> u64 {
+    sample(
+        registry,
+        &format!("sbc_auth_total{{method=\"{method}\",result=\"{result}\"}}"),
+    )
+}
+
+fn cx_from(method: Method, from: &str) -> RequestContext {
     RequestContext {
         peer: Peer {
             transport: Transport::Udp,
@@ -75,15 +97,16 @@ fn cx(method: Method, from: &str) -> RequestContext {
     }
 }
 
-const RURI_INVITE: &str = "sip:bob@sbc.example.com";
-const RURI_REGISTER: &str = "sip:sbc.example.com";
+fn ruri(method: &str) -> &'static str {
+    if method == "REGISTER" {
+        "sip:sbc.example.com"
+    } else {
+        "sip:bob@sbc.example.com"
+    }
+}
 
 fn request(method: &str, extra: &str) -> Message {
-    let ruri = if method == "REGISTER" {
-        RURI_REGISTER
-    } else {
-        RURI_INVITE
-    };
+    let ruri = ruri(method);
     let text = format!(
         "{method} {ruri} SIP/2.0\r\n\
 Via: SIP/2.0/UDP 127.0.0.1:5090;branch=z9hG4bK1\r\n\
@@ -94,6 +117,92 @@ CSeq: 1 {method}\r\n\
 {extra}Content-Length: 0\r\n\r\n"
     );
     Message::parse(Bytes::from(text), 65535).unwrap()
+}
+
+/// What a UA does: one method, one algorithm, one user and password.
+#[derive(Clone, Copy)]
+struct Ua<'a> {
+    method: &'a str,
+    alg: DigestAlgorithm,
+    user: &'a str,
+    password: &'a str,
+}
+
+const ALICE_REGISTER: Ua<'static> = Ua {
+    method: "REGISTER",
+    alg: DigestAlgorithm::Md5,
+    user: "alice",
+    password: "secret",
+};
+
+const ALICE_INVITE: Ua<'static> = Ua {
+    method: "INVITE",
+    ..ALICE_REGISTER
+};
+
+impl Ua<'_> {
+    fn kind(&self) -> Method {
+        Method::from_bytes(self.method.as_bytes())
+    }
+
+    fn cx(&self) -> RequestContext {
+        cx_from(self.kind(), UA)
+    }
+
+    fn header(&self) -> &'static str {
+        if self.method == "REGISTER" {
+            "Authorization"
+        } else {
+            "Proxy-Authorization"
+        }
+    }
+
+    /// Sends the request without credentials and returns the nonce of its challenge.
+    async fn nonce(&self, st: &AuthStage) -> String {
+        let (v, _) = run(st, &request(self.method, ""), &self.cx()).await;
+        nonce_of(&v, digest::algorithm_name(self.alg))
+    }
+
+    /// The credentials header line for `nonce` and `nc`.
+    fn credentials(&self, nonce: &str, nc: &str) -> String {
+        let ruri = ruri(self.method);
+        let alg = self.alg;
+        let ha1 = digest::h(
+            alg,
+            &[
+                self.user.as_bytes(),
+                REALM.as_bytes(),
+                self.password.as_bytes(),
+            ],
+        );
+        let r = digest::response(
+            alg,
+            false,
+            ha1.as_bytes(),
+            nonce.as_bytes(),
+            nc.as_bytes(),
+            b"cn0",
+            self.method.as_bytes(),
+            ruri.as_bytes(),
+        );
+        format!(
+            "{}: Digest username=\"{}\", realm=\"{REALM}\", nonce=\"{nonce}\", \
+uri=\"{ruri}\", response=\"{r:?}\", algorithm={}, qop=auth, nc={nc}, cnonce=\"cn0\"\r\n",
+            self.header(),
+            self.user,
+            digest::algorithm_name(alg)
+        )
+    }
+
+    /// Sends the request with credentials for `nonce` and `nc`.
+    async fn answer(&self, st: &AuthStage, nonce: &str, nc: &str) -> (Verdict, Admission) {
+        self.send(st, &self.credentials(nonce, nc)).await
+    }
+
+    /// Sends the request with `extra` header lines.
+    async fn send(&self, st: &AuthStage, extra: &str) -> (Verdict, Admission) {
+        run(st, &request(self.method, extra), &self.cx()).await
+    }
 }
 
 /// The first challenge header's nonce for `alg` in a refusal.
@@ -111,43 +220,6 @@ fn nonce_of(v: &Verdict, alg: &str) -> String {
     h[start..start + digest::NONCE_LEN].to_string()
 }
 
-/// What a UA sends back: the credentials header for a password.
-#[allow(clippy::too_many_arguments)]
-fn answer(
-    method: &str,
-    header: &str,
-    alg: DigestAlgorithm,
-    user: &str,
-    password: &str,
-    nonce: &str,
-    nc: &str,
-) -> String {
-    let ruri = if method == "REGISTER" {
-        RURI_REGISTER
-    } else {
-        RURI_INVITE
-    };
-    let ha1 = digest::h(
-        alg,
-        &[user.as_bytes(), REALM.as_bytes(), password.as_bytes()],
-    );
-    let r = digest::response(
-        alg,
-        false,
-        ha1.as_bytes(),
-        nonce.as_bytes(),
-        nc.as_bytes(),
-        b"cn0",
-        method.as_bytes(),
-        ruri.as_bytes(),
-    );
-    format!(
-        "{header}: Digest username=\"{user}\", realm=\"{REALM}\", nonce=\"{nonce}\", \
-uri=\"{ruri}\", response=\"{r:?}\", algorithm={}, qop=auth, nc={nc}, cnonce=\"cn0\"\r\n",
-        digest::algorithm_name(alg)
-    )
-}
-
 async fn run(st: &AuthStage, req: &Message, cx: &RequestContext) -> (Verdict, Admission) {
     let mut adm = Admission::default();
     let v = st.check(req, cx, &mut adm).await;
@@ -161,16 +233,24 @@ fn status(v: &Verdict) -> (u16, String) {
     }
 }
 
+/// A challenge (401 or 407) without `stale=true`.
+fn fresh_challenge(v: &Verdict) -> u16 {
+    let Verdict::Reply(r) = v else {
+        panic!("expected a challenge, got {v:?}")
+    };
+    assert!(!r.headers.is_empty(), "{r:?}");
+    assert!(
+        r.headers.iter().all(|(_, v)| !v.ends_with(b"stale=true")),
+        "{r:?}"
+    );
+    r.code
+}
+
 #[tokio::test(start_paused = true)]
 async fn register_gets_401_and_invite_407_with_both_algorithms() {
     let s = provisioned().await;
-    let st = stage(&s);
-    let (v, _) = run(
-        &st,
-        &request("REGISTER", ""),
-        &cx(Method::Register, "127.0.0.1:5090"),
-    )
-    .await;
+    let (st, reg) = stage_with(&s, config());
+    let (v, _) = ALICE_REGISTER.send(&st, "").await;
     let Verdict::Reply(r) = &v else { panic!() };
     assert_eq!((r.code, r.reason.as_ref()), (401, "Unauthorized"));
     let names: Vec<&str> = r.headers.iter().map(|(n, _)| *n).collect();
@@ -183,271 +263,270 @@ async fn register_gets_401_and_invite_407_with_both_algorithms() {
     );
     assert!(nonce_of(&v, "MD5").len() == digest::NONCE_LEN);
 
-    let (v, _) = run(
-        &st,
-        &request("INVITE", ""),
-        &cx(Method::Invite, "127.0.0.1:5090"),
-    )
-    .await;
+    let (v, _) = ALICE_INVITE.send(&st, "").await;
     let Verdict::Reply(r) = &v else { panic!() };
     assert_eq!(r.code, 407);
     assert!(r.headers.iter().all(|(n, _)| *n == "Proxy-Authenticate"));
+    assert_eq!(auth_total(&reg, "REGISTER", "challenged"), 1);
+    assert_eq!(auth_total(&reg, "INVITE", "challenged"), 1);
+    // A challenge costs no store round trip.
+    assert_eq!(
+        sample(&reg, "sbc_auth_store_round_trips_total{op=\"verify\"}"),
+        0
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn correct_answers_pass_and_credentials_are_stripped() {
     let s = provisioned().await;
-    let st = stage(&s);
-    for (method, m, header, hname) in [
-        (
-            "REGISTER",
-            Method::Register,
-            "Authorization",
-            HeaderName::Authorization,
-        ),
-        (
-            "INVITE",
-            Method::Invite,
-            "Proxy-Authorization",
-            HeaderName::ProxyAuthorization,
-        ),
+    let (st, reg) = stage_with(&s, config());
+    for (ua, hname) in [
+        (ALICE_REGISTER, HeaderName::Authorization),
+        (ALICE_INVITE, HeaderName::ProxyAuthorization),
     ] {
         for alg in [DigestAlgorithm::Md5, DigestAlgorithm::Sha256] {
-            let c = cx(m, "127.0.0.1:5090");
-            let (ch, _) = run(&st, &request(method, ""), &c).await;
-            let nonce = nonce_of(&ch, digest::algorithm_name(alg));
-            let creds = answer(method, header, alg, "alice", "secret", &nonce, "00000001");
-            let (v, adm) = run(&st, &request(method, &creds), &c).await;
-            assert_eq!(v, Verdict::Continue, "{method} {alg:?}");
+            let ua = Ua { alg, ..ua };
+            let nonce = ua.nonce(&st).await;
+            let (v, adm) = ua.answer(&st, &nonce, "00000001").await;
+            assert_eq!(v, Verdict::Continue, "{} {alg:?}", ua.method);
             assert_eq!(adm.strip, vec![hname]);
             // The next request on the same nonce with the next nc passes as well.
-            let creds = answer(method, header, alg, "alice", "secret", &nonce, "00000002");
             assert_eq!(
-                run(&st, &request(method, &creds), &c).await.0,
+                ua.answer(&st, &nonce, "00000002").await.0,
                 Verdict::Continue
             );
         }
     }
+    assert_eq!(auth_total(&reg, "REGISTER", "accepted"), 4);
+    assert_eq!(auth_total(&reg, "INVITE", "accepted"), 4);
+    // One store round trip per verified request, none for the 4 challenges.
+    assert_eq!(
+        sample(&reg, "sbc_auth_store_round_trips_total{op=\"verify\"}"),
+        8
+    );
 }
 
 #[tokio::test(start_paused = true)]
-async fn replayed_nonce_count_is_challenged_again() {
+async fn the_highest_nonce_count_wins_and_replays_count_as_failures() {
     let s = provisioned().await;
-    let st = stage(&s);
-    let c = cx(Method::Register, "127.0.0.1:5090");
-    let nonce = nonce_of(&run(&st, &request("REGISTER", ""), &c).await.0, "MD5");
-    let creds = answer(
-        "REGISTER",
-        "Authorization",
-        DigestAlgorithm::Md5,
-        "alice",
-        "secret",
-        &nonce,
-        "00000001",
-    );
+    let (st, reg) = stage_with(&s, config());
+    let ua = ALICE_REGISTER;
+    let nonce = ua.nonce(&st).await;
     assert_eq!(
-        run(&st, &request("REGISTER", &creds), &c).await.0,
+        ua.answer(&st, &nonce, "00000001").await.0,
         Verdict::Continue
     );
-    let (v, adm) = run(&st, &request("REGISTER", &creds), &c).await;
-    assert_eq!(status(&v).0, 401);
+    // The same nc again: a fresh challenge (not stale), credentials kept off the strip list.
+    let (v, adm) = ua.answer(&st, &nonce, "00000001").await;
+    assert_eq!(fresh_challenge(&v), 401);
     assert!(adm.strip.is_empty());
-    // A second replica sharing the store refuses the replay too.
-    let other = AuthStage::new(config(), s.clone(), "t:", Clock::at(START));
+    // Counts may skip ahead; a lower one afterwards is refused.
     assert_eq!(
-        status(&run(&other, &request("REGISTER", &creds), &c).await.0).0,
+        ua.answer(&st, &nonce, "0000000a").await.0,
+        Verdict::Continue
+    );
+    assert_eq!(
+        fresh_challenge(&ua.answer(&st, &nonce, "00000009").await.0),
         401
     );
+    // A second replica sharing the store refuses it too: that is the third failure...
+    let other = stage(&s);
+    assert_eq!(
+        fresh_challenge(&ua.answer(&other, &nonce, "00000002").await.0),
+        401
+    );
+    assert_eq!(auth_total(&reg, "REGISTER", "replayed"), 2);
+    assert_eq!(
+        s.get("t:authfail:alice").await.unwrap().as_deref(),
+        Some(&b"3"[..])
+    );
+    // ... and the fourth blocks the user, as wrong passwords do.
+    assert_eq!(
+        status(&ua.answer(&st, &nonce, "00000003").await.0),
+        (403, "Blocked".into())
+    );
+    // nc 0 (counting starts at 1) and non-hex counts are malformed, not counted.
+    let fresh = ua.nonce(&other).await;
+    for nc in ["00000000", "0000000g", "1"] {
+        assert_eq!(fresh_challenge(&ua.answer(&st, &fresh, nc).await.0), 401);
+    }
+    assert_eq!(auth_total(&reg, "REGISTER", "malformed"), 3);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_challenge_from_one_replica_is_accepted_by_another() {
     let s = provisioned().await;
-    let a = stage(&s);
-    let b = AuthStage::new(config(), s.clone(), "t:", Clock::at(START));
-    let c = cx(Method::Invite, "127.0.0.1:5090");
-    let nonce = nonce_of(&run(&a, &request("INVITE", ""), &c).await.0, "SHA-256");
-    let creds = answer(
-        "INVITE",
-        "Proxy-Authorization",
-        DigestAlgorithm::Sha256,
-        "alice",
-        "secret",
-        &nonce,
-        "00000001",
-    );
-    assert_eq!(
-        run(&b, &request("INVITE", &creds), &c).await.0,
-        Verdict::Continue
-    );
-    // A replica with another secret does not accept it.
+    let (a, b) = (stage(&s), stage(&s));
+    let ua = Ua {
+        alg: DigestAlgorithm::Sha256,
+        ..ALICE_INVITE
+    };
+    let nonce = ua.nonce(&a).await;
+    assert_eq!(ua.answer(&b, &nonce, "00000001").await.0, Verdict::Continue);
+    // A replica with another secret does not accept it, and says why in its metrics.
     let mut cfg = config();
     cfg.nonce_secret = "another-secret-abcdef".into();
-    let foreign = AuthStage::new(cfg, s.clone(), "t:", Clock::at(START));
-    let creds2 = creds.replace("nc=00000001", "nc=00000002");
+    let (foreign, reg) = stage_with(&s, cfg);
     assert_eq!(
-        status(&run(&foreign, &request("INVITE", &creds2), &c).await.0).0,
+        fresh_challenge(&ua.answer(&foreign, &nonce, "00000002").await.0),
         407
     );
+    assert_eq!(auth_total(&reg, "INVITE", "bad_nonce"), 1);
 }
 
 #[tokio::test(start_paused = true)]
 async fn expired_nonce_gets_stale_true() {
     let s = provisioned().await;
-    let st = stage(&s);
-    let c = cx(Method::Register, "127.0.0.1:5090");
-    let nonce = nonce_of(&run(&st, &request("REGISTER", ""), &c).await.0, "MD5");
+    let (st, reg) = stage_with(&s, config());
+    let nonce = ALICE_REGISTER.nonce(&st).await;
     tokio::time::advance(Duration::from_secs(301)).await;
-    let creds = answer(
-        "REGISTER",
-        "Authorization",
-        DigestAlgorithm::Md5,
-        "alice",
-        "secret",
-        &nonce,
-        "00000001",
-    );
-    let (v, _) = run(&st, &request("REGISTER", &creds), &c).await;
-    let Verdict::Reply(r) = &v else { panic!() };
-    assert_eq!(r.code, 401);
-    assert!(
-        r.headers.iter().all(|(_, v)| v.ends_with(b", stale=true")),
-        "{r:?}"
-    );
+    let wrong = Ua {
+        password: "wrong",
+        ..ALICE_REGISTER
+    };
+    for ua in [ALICE_REGISTER, wrong] {
+        let (v, _) = ua.answer(&st, &nonce, "00000001").await;
+        let Verdict::Reply(r) = &v else { panic!() };
+        assert_eq!(r.code, 401);
+        assert!(
+            r.headers.iter().all(|(_, v)| v.ends_with(b", stale=true")),
+            "{r:?}"
+        );
+    }
     // Even a wrong password on a stale nonce does not count as a failure.
     assert!(s.get("t:authfail:alice").await.unwrap().is_none());
+    assert_eq!(auth_total(&reg, "REGISTER", "stale"), 2);
 }
 
 #[tokio::test(start_paused = true)]
 async fn repeated_failures_block_the_user() {
     let s = provisioned().await;
-    let st = stage(&s);
-    let c = cx(Method::Register, "127.0.0.1:5090");
+    let (st, reg) = stage_with(&s, config());
+    let wrong = Ua {
+        password: "wrong",
+        ..ALICE_REGISTER
+    };
     for i in 1..=4 {
-        let nonce = nonce_of(&run(&st, &request("REGISTER", ""), &c).await.0, "MD5");
-        let creds = answer(
-            "REGISTER",
-            "Authorization",
-            DigestAlgorithm::Md5,
-            "alice",
-            "wrong",
-            &nonce,
-            "00000001",
-        );
-        let (code, reason) = status(&run(&st, &request("REGISTER", &creds), &c).await.0);
+        let nonce = wrong.nonce(&st).await;
+        let (code, reason) = status(&wrong.answer(&st, &nonce, "00000001").await.0);
         if i <= 3 {
             assert_eq!(code, 401, "failure {i}");
         } else {
             assert_eq!((code, reason.as_str()), (403, "Blocked"));
         }
     }
-    assert_eq!(
-        s.get("t:regblock:alice").await.unwrap(),
-        Some(Bytes::from_static(b"1"))
-    );
+    assert!(s.get("t:regblock:alice").await.unwrap().is_some());
     // While blocked, even the right password is refused; after the block it works again.
-    let nonce = nonce_of(&run(&st, &request("REGISTER", ""), &c).await.0, "MD5");
-    let good = |nc: &str| {
-        answer(
-            "REGISTER",
-            "Authorization",
-            DigestAlgorithm::Md5,
-            "alice",
-            "secret",
-            &nonce,
-            nc,
-        )
-    };
+    let nonce = ALICE_REGISTER.nonce(&st).await;
     assert_eq!(
-        status(
-            &run(&st, &request("REGISTER", &good("00000001")), &c)
-                .await
-                .0
-        ),
+        status(&ALICE_REGISTER.answer(&st, &nonce, "00000001").await.0),
         (403, "Blocked".into())
     );
     tokio::time::advance(Duration::from_secs(121)).await;
+    let nonce = ALICE_REGISTER.nonce(&st).await;
     assert_eq!(
-        run(&st, &request("REGISTER", &good("00000002")), &c)
-            .await
-            .0,
+        ALICE_REGISTER.answer(&st, &nonce, "00000001").await.0,
         Verdict::Continue
+    );
+    assert_eq!(auth_total(&reg, "REGISTER", "rejected"), 4);
+    assert_eq!(auth_total(&reg, "REGISTER", "blocked"), 1);
+    assert_eq!(sample(&reg, "sbc_auth_users_blocked_total"), 1);
+    // Each failure cost one more round trip; the blocked attempt none.
+    assert_eq!(
+        sample(
+            &reg,
+            "sbc_auth_store_round_trips_total{op=\"count_failure\"}"
+        ),
+        4
     );
 }
 
 #[tokio::test(start_paused = true)]
 async fn unknown_user_and_wrong_uri_fail() {
     let s = provisioned().await;
-    let st = stage(&s);
-    let c = cx(Method::Invite, "127.0.0.1:5090");
-    let nonce = nonce_of(&run(&st, &request("INVITE", ""), &c).await.0, "MD5");
-    let creds = answer(
-        "INVITE",
-        "Proxy-Authorization",
-        DigestAlgorithm::Md5,
-        "mallory",
-        "secret",
-        &nonce,
-        "00000001",
-    );
+    let (st, reg) = stage_with(&s, config());
+    let nonce = ALICE_INVITE.nonce(&st).await;
+    let mallory = Ua {
+        user: "mallory",
+        ..ALICE_INVITE
+    };
     assert_eq!(
-        status(&run(&st, &request("INVITE", &creds), &c).await.0).0,
+        fresh_challenge(&mallory.answer(&st, &nonce, "00000001").await.0),
         407
     );
-    let creds = answer(
-        "INVITE",
-        "Proxy-Authorization",
-        DigestAlgorithm::Md5,
-        "alice",
-        "secret",
-        &nonce,
-        "00000002",
-    )
-    .replace("uri=\"sip:bob@", "uri=\"sip:carol@");
+    let creds = ALICE_INVITE
+        .credentials(&nonce, "00000002")
+        .replace("uri=\"sip:bob@", "uri=\"sip:carol@");
     assert_eq!(
-        status(&run(&st, &request("INVITE", &creds), &c).await.0).0,
+        fresh_challenge(&ALICE_INVITE.send(&st, &creds).await.0),
         407
     );
     assert_eq!(
-        s.get("t:authfail:alice").await.unwrap(),
-        Some(Bytes::from_static(b"1"))
+        s.get("t:authfail:alice").await.unwrap().as_deref(),
+        Some(&b"1"[..])
     );
+    assert_eq!(auth_total(&reg, "INVITE", "unknown_user"), 1);
+    assert_eq!(auth_total(&reg, "INVITE", "rejected"), 1);
     // Credentials in the wrong header (Authorization on an INVITE) are not ours.
-    let creds = answer(
-        "INVITE",
-        "Authorization",
-        DigestAlgorithm::Md5,
-        "alice",
-        "secret",
-        &nonce,
-        "00000003",
-    );
+    let creds = ALICE_REGISTER
+        .credentials(&nonce, "00000003")
+        .replace("sip:sbc.example.com", "sip:bob@sbc.example.com");
     assert_eq!(
-        status(&run(&st, &request("INVITE", &creds), &c).await.0).0,
+        fresh_challenge(&ALICE_INVITE.send(&st, &creds).await.0),
         407
+    );
+    assert_eq!(auth_total(&reg, "INVITE", "challenged"), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn credentials_are_read_at_the_configured_key_without_the_cluster_prefix() {
+    // Under the stage's own prefix they are not found: the seeds' layout has none.
+    let s = provisioned_at("t:subscriber:alice").await;
+    let (st, reg) = stage_with(&s, config());
+    let nonce = ALICE_REGISTER.nonce(&st).await;
+    assert_eq!(
+        fresh_challenge(&ALICE_REGISTER.answer(&st, &nonce, "00000001").await.0),
+        401
+    );
+    assert_eq!(auth_total(&reg, "REGISTER", "unknown_user"), 1);
+    // A template with the domain.
+    let s = provisioned_at("creds:sbc.example.com:alice").await;
+    let mut cfg = config();
+    cfg.credentials_key = "creds:{domain}:{user}".into();
+    let st = stage_with(&s, cfg).0;
+    let nonce = ALICE_REGISTER.nonce(&st).await;
+    assert_eq!(
+        ALICE_REGISTER.answer(&st, &nonce, "00000001").await.0,
+        Verdict::Continue
+    );
+    // The older subscriberPrefix still works.
+    let s = provisioned_at("users:alice").await;
+    let mut cfg = config();
+    cfg.subscriber_prefix = "users:".into();
+    let st = stage_with(&s, cfg).0;
+    let nonce = ALICE_INVITE.nonce(&st).await;
+    assert_eq!(
+        ALICE_INVITE.answer(&st, &nonce, "00000001").await.0,
+        Verdict::Continue
     );
 }
 
 #[tokio::test(start_paused = true)]
 async fn trusted_sources_other_methods_and_dialogs_pass() {
     let s = provisioned().await;
-    let st = stage(&s);
+    let (st, reg) = stage_with(&s, config());
     let (v, adm) = run(
         &st,
         &request("INVITE", ""),
-        &cx(Method::Invite, "10.9.3.4:5060"),
+        &cx_from(Method::Invite, "10.9.3.4:5060"),
     )
     .await;
     assert_eq!(v, Verdict::Continue);
     assert!(adm.strip.is_empty());
-    let (v, _) = run(
-        &st,
-        &request("OPTIONS", ""),
-        &cx(Method::Options, "127.0.0.1:5090"),
-    )
-    .await;
+    assert_eq!(auth_total(&reg, "INVITE", "exempt"), 1);
+    let (v, _) = run(&st, &request("OPTIONS", ""), &cx_from(Method::Options, UA)).await;
     assert_eq!(v, Verdict::Continue);
-    let mut c = cx(Method::Invite, "127.0.0.1:5090");
+    let mut c = ALICE_INVITE.cx();
     c.in_dialog = true;
     assert_eq!(
         run(&st, &request("INVITE", ""), &c).await.0,
@@ -460,13 +539,8 @@ async fn realm_defaults_to_the_from_domain() {
     let s = provisioned().await;
     let mut cfg = config();
     cfg.realm = None;
-    let st = AuthStage::new(cfg, s.clone(), "t:", Clock::at(START));
-    let (v, _) = run(
-        &st,
-        &request("REGISTER", ""),
-        &cx(Method::Register, "127.0.0.1:1"),
-    )
-    .await;
+    let st = stage_with(&s, cfg).0;
+    let (v, _) = ALICE_REGISTER.send(&st, "").await;
     let Verdict::Reply(r) = v else { panic!() };
     assert!(
         r.headers[0]

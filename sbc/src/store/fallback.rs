@@ -271,7 +271,24 @@ impl Store for FallbackStore {
     }
 
     fn batch<'a>(&'a self, ops: &'a [Op]) -> StoreFuture<'a, Vec<Result<OpResult, StoreError>>> {
-        Box::pin(self.call(move || self.inner.backend.batch(ops), move |m| m.batch(ops)))
+        Box::pin(self.call(
+            move || self.inner.backend.batch(ops),
+            move |m| {
+                Box::pin(async move {
+                    let mut out = m.batch(ops).await?;
+                    // Provisioned data lives only in the shared store: say it is unreachable
+                    // rather than answer "absent" (auth would count every user as unknown).
+                    for (op, r) in ops.iter().zip(out.iter_mut()) {
+                        if matches!(op, Op::HashGetAllUnprefixed(_)) {
+                            *r = Err(StoreError::Unavailable(
+                                "provisioned data is only in the shared store".into(),
+                            ));
+                        }
+                    }
+                    Ok(out)
+                })
+            },
+        ))
     }
 
     fn release_dialog<'a>(&'a self, release: DialogRelease<'a>) -> StoreFuture<'a, bool> {
@@ -418,6 +435,27 @@ mod tests {
         backend.mode.store(1, Ordering::SeqCst);
         assert!(s.get("c").await.unwrap().is_some());
         assert!(!s.backend_up());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn provisioned_data_is_unavailable_not_absent_while_falling_back() {
+        let backend = Arc::new(Flaky {
+            mode: AtomicU8::new(1),
+            mem: MemoryStore::new(100),
+        });
+        let registry = Registry::new();
+        let metrics = StoreMetrics::new(&registry).unwrap();
+        let s = FallbackStore::new(backend, Duration::from_millis(100), metrics);
+        let ops = [
+            Op::Get("regblock:alice".into()),
+            Op::HashGetAllUnprefixed("subscriber:alice".into()),
+            Op::MaxAdvance("nc".into(), 1, Duration::from_secs(5)),
+        ];
+        let r = s.batch(&ops).await.unwrap();
+        assert!(!s.backend_up());
+        assert_eq!(r[0].as_ref().unwrap(), &OpResult::Value(None));
+        assert!(matches!(r[1], Err(StoreError::Unavailable(_))), "{r:?}");
+        assert_eq!(r[2].as_ref().unwrap(), &OpResult::Count(0));
     }
 
     #[tokio::test(start_paused = true)]

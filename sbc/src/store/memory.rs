@@ -146,6 +146,30 @@ impl MemoryStore {
     }
 }
 
+impl MemoryStore {
+    /// [`Op::MaxAdvance`] in one critical section: answers the counter before the operation.
+    fn max_advance(&self, key: &str, value: u64, ttl: Duration) -> Result<OpResult, StoreError> {
+        let value = i64::try_from(value).map_err(|_| StoreError::Overflow(key.to_owned()))?;
+        self.with_shard(key, |shard, now| {
+            let before = match shard.map.get(key) {
+                Some(e) => e.value.as_int(key)?,
+                None => 0,
+            };
+            if value > before {
+                self.admit(shard, key, now)?;
+                shard.map.insert(
+                    key.to_owned(),
+                    Entry {
+                        value: Value::Int(value),
+                        expires_at: deadline(now, ttl),
+                    },
+                );
+            }
+            Ok(OpResult::Count(before))
+        })
+    }
+}
+
 /// `now + ttl`, saturating: an absurd TTL (from a configuration typo) must not panic.
 fn deadline(now: Instant, ttl: Duration) -> Instant {
     now.checked_add(ttl)
@@ -390,6 +414,8 @@ impl Store for MemoryStore {
                         .await
                         .map(|()| OpResult::Done),
                     Op::Del(k) => self.del(k).await.map(OpResult::Deleted),
+                    Op::HashGetAllUnprefixed(k) => self.hash_get_all(k).await.map(OpResult::Fields),
+                    Op::MaxAdvance(k, v, ttl) => self.max_advance(k, *v, *ttl),
                 });
             }
             Ok(out)
@@ -686,6 +712,19 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn batch_runs_operations_in_order_each_on_its_own() {
         contract::batch_runs_operations_in_order_each_on_its_own(store().as_ref()).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn credentials_and_nonce_counts() {
+        let s = store();
+        crate::store::auth_ops::credentials_and_nonce_counts(s.as_ref(), s.as_ref()).await;
+        // The maximum expires with its TTL, then any count starts again.
+        tokio::time::advance(Duration::from_secs(61)).await;
+        let r = s
+            .batch(&[Op::MaxAdvance("nc:x".into(), 1, Duration::from_secs(60))])
+            .await
+            .unwrap();
+        assert_eq!(r[0].as_ref().unwrap(), &OpResult::Count(0));
     }
 
     #[tokio::test(start_paused = true)]

@@ -154,6 +154,32 @@ pub enum Op {
     SetEx(String, Bytes, Duration),
     /// [`Store::del`]: answers [`OpResult::Deleted`].
     Del(String),
+    /// Every field of the hash at exactly this key, *without* the store's key prefix (data
+    /// the user provisions with their own tooling, such as the credentials
+    /// `subscriber:<user>`): answers [`OpResult::Fields`] (empty when absent). A store that
+    /// cannot reach the shared backend fails this operation rather than answering from
+    /// local memory, which never holds such data.
+    HashGetAllUnprefixed(String),
+    /// Compare-and-set of a maximum (the nonce counts of digest auth): when the value is
+    /// greater than the counter (0 when absent), the counter takes it and its TTL is set to
+    /// the duration. Answers [`OpResult::Count`] with the counter *before* the operation, so
+    /// the caller knows whether its value advanced it.
+    MaxAdvance(String, u64, Duration),
+}
+
+impl Op {
+    /// The key the operation works on.
+    pub fn key(&self) -> &str {
+        match self {
+            Op::Get(k)
+            | Op::IncrWindow(k, _)
+            | Op::IncrBy(k, _, _)
+            | Op::SetEx(k, _, _)
+            | Op::Del(k)
+            | Op::HashGetAllUnprefixed(k)
+            | Op::MaxAdvance(k, _, _) => k,
+        }
+    }
 }
 
 /// The answer to one [`Op`].
@@ -167,6 +193,8 @@ pub enum OpResult {
     Done,
     /// Whether the key of [`Op::Del`] existed.
     Deleted(bool),
+    /// The fields read by [`Op::HashGetAllUnprefixed`].
+    Fields(Vec<(String, Bytes)>),
 }
 
 /// The arguments of [`Store::release_dialog`].
@@ -263,4 +291,67 @@ pub struct Listed {
 
 pub(crate) fn ready<'a, T: Send + 'a>(r: Result<T, StoreError>) -> StoreFuture<'a, T> {
     Box::pin(std::future::ready(r))
+}
+
+/// Checks shared by the memory and Redis tests: the operations the auth stage relies on.
+#[cfg(test)]
+pub(crate) mod auth_ops {
+    use super::*;
+
+    /// `store` is checked; `provision` writes keys without `store`'s prefix (the same store
+    /// when it has none). After the call `store` holds the counter `nc:x` at 3.
+    pub(crate) async fn credentials_and_nonce_counts(store: &dyn Store, provision: &dyn Store) {
+        let ha1 = Bytes::from_static(b"0123456789abcdef0123456789abcdef");
+        provision
+            .hash_set("subscriber:alice", vec![("ha1".into(), ha1.clone())], None)
+            .await
+            .unwrap();
+        let ttl = Duration::from_secs(60);
+        let adv = |n| Op::MaxAdvance("nc:x".into(), n, ttl);
+        let ops = [
+            Op::HashGetAllUnprefixed("subscriber:alice".into()),
+            Op::HashGetAllUnprefixed("subscriber:nobody".into()),
+            adv(1),
+            adv(1),
+            adv(3),
+            adv(2),
+            adv(4_294_967_295),
+        ];
+        let r: Vec<OpResult> = store
+            .batch(&ops)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            r,
+            [
+                OpResult::Fields(vec![("ha1".into(), ha1)]),
+                OpResult::Fields(vec![]),
+                // Each answer is the maximum before the operation: 1 advanced it from 0, the
+                // second 1 and the 2 did not (1, 3), the largest nc does (3).
+                OpResult::Count(0),
+                OpResult::Count(1),
+                OpResult::Count(1),
+                OpResult::Count(3),
+                OpResult::Count(3),
+            ]
+        );
+        assert_eq!(
+            store.get("nc:x").await.unwrap().as_deref(),
+            Some(&b"4294967295"[..])
+        );
+        // A value that is not a counter fails its operation only.
+        store
+            .set_ex("nc:bad", Bytes::from_static(b"x1"), ttl)
+            .await
+            .unwrap();
+        let r = store
+            .batch(&[Op::MaxAdvance("nc:bad".into(), 5, ttl), adv(1)])
+            .await
+            .unwrap();
+        assert!(matches!(r[0], Err(StoreError::NotAnInteger(_))), "{r:?}");
+        assert_eq!(r[1].as_ref().unwrap(), &OpResult::Count(4_294_967_295));
+    }
 }

@@ -140,6 +140,20 @@ for i, k in ipairs(KEYS) do
     if type(r) == 'table' and r.ok then r = 1 end
   elseif op == 'd' then
     r = redis.pcall('DEL', k)
+  elseif op == 'h' then
+    r = redis.pcall('HGETALL', k)
+  elseif op == 'm' then
+    r = redis.pcall('GET', k)
+    if not (type(r) == 'table' and r.err) then
+      local before = 0
+      if r then before = tonumber(r) end
+      if before == nil then
+        r = {err = 'value is not an integer'}
+      else
+        if tonumber(a) > before then redis.call('SET', k, a, 'PX', b) end
+        r = before
+      end
+    end
   else
     r = {err = 'unknown batch operation'}
   end
@@ -412,13 +426,7 @@ impl RedisStore {
 /// One answer of the batch script: {1, value}, {2} (no value) or {0, error}.
 fn batch_result(op: &BatchOp, v: ::redis::Value) -> Result<OpResult, StoreError> {
     use ::redis::Value as V;
-    let key = match op {
-        BatchOp::Get(k)
-        | BatchOp::IncrWindow(k, _)
-        | BatchOp::IncrBy(k, _, _)
-        | BatchOp::SetEx(k, _, _)
-        | BatchOp::Del(k) => k.as_str(),
-    };
+    let key = op.key();
     let bad = || StoreError::Rejected(format!("unexpected batch answer for {key:?}"));
     let V::Array(mut parts) = v else {
         return Err(bad());
@@ -449,13 +457,31 @@ fn batch_result(op: &BatchOp, v: ::redis::Value) -> Result<OpResult, StoreError>
         },
         (1, Some(v)) => match (op, v) {
             (BatchOp::Get(_), V::BulkString(b)) => Ok(OpResult::Value(Some(Bytes::from(b)))),
-            (BatchOp::IncrWindow(..) | BatchOp::IncrBy(..), V::Int(n)) => Ok(OpResult::Count(n)),
+            (
+                BatchOp::IncrWindow(..) | BatchOp::IncrBy(..) | BatchOp::MaxAdvance(..),
+                V::Int(n),
+            ) => Ok(OpResult::Count(n)),
+            (BatchOp::HashGetAllUnprefixed(_), V::Array(flat)) => fields(flat).ok_or_else(bad),
             (BatchOp::SetEx(..), _) => Ok(OpResult::Done),
             (BatchOp::Del(_), V::Int(n)) => Ok(OpResult::Deleted(n > 0)),
             _ => Err(bad()),
         },
         _ => Err(bad()),
     }
+}
+
+/// The flat `field, value, ...` answer of HGETALL as pairs; None when it is not one.
+fn fields(flat: Vec<::redis::Value>) -> Option<OpResult> {
+    use ::redis::Value as V;
+    let mut out = Vec::with_capacity(flat.len() / 2);
+    let mut it = flat.into_iter();
+    while let Some(f) = it.next() {
+        let (V::BulkString(f), Some(V::BulkString(v))) = (f, it.next()) else {
+            return None;
+        };
+        out.push((String::from_utf8(f).ok()?, Bytes::from(v)));
+    }
+    Some(OpResult::Fields(out))
 }
 
 /// Milliseconds for Redis, at least 1 (0 would be an error) and at most ~100 years.
@@ -658,6 +684,11 @@ impl Store for RedisStore {
                         inv.key(self.key(k)).arg("s").arg(v.as_ref()).arg(ms(*ttl))
                     }
                     BatchOp::Del(k) => inv.key(self.key(k)).arg("d").arg(0).arg(0),
+                    // Provisioned data: the key as the user's tooling wrote it.
+                    BatchOp::HashGetAllUnprefixed(k) => inv.key(k).arg("h").arg(0).arg(0),
+                    BatchOp::MaxAdvance(k, v, ttl) => {
+                        inv.key(self.key(k)).arg("m").arg(*v).arg(ms(*ttl))
+                    }
                 };
             }
             let mut conn = self.trip(Op::Batch);
@@ -865,6 +896,21 @@ mod tests {
         assert!(other.list_prefix_ttl("", 10).await.unwrap().is_empty());
         // The empty batch sent nothing: one batch round trip.
         assert_round_trips(&r, &[("flood_hit", 4), ("batch", 1), ("release_dialog", 3)]);
+    }
+
+    #[tokio::test]
+    async fn credentials_unprefixed_and_nonce_counts_in_one_round_trip() {
+        let Some(srv) = redis_server() else { return };
+        let r = Registry::new();
+        let url = format!("redis://127.0.0.1:{}/4", srv.1);
+        let s = RedisStore::new(&url, "t2:", Duration::from_millis(500), &r).unwrap();
+        let raw = RedisStore::new(&url, "", Duration::from_millis(500), &r).unwrap();
+        crate::store::auth_ops::credentials_and_nonce_counts(&s, &raw).await;
+        // The counter is under the cluster's prefix and expires.
+        assert!(raw.get("nc:x").await.unwrap().is_none());
+        let listed = raw.list_prefix_ttl("t2:nc:x", 10).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert!(listed[0].ttl > Duration::ZERO && listed[0].ttl <= Duration::from_secs(60));
     }
 
     #[tokio::test]
