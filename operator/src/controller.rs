@@ -260,6 +260,9 @@ async fn lookups(
                 .into_keys()
                 .chain(s.string_data.unwrap_or_default().into_keys())
                 .collect();
+            if let Some(v) = s.metadata.resource_version.clone() {
+                out.secret_versions.insert((ns.to_owned(), name.clone()), v);
+            }
             out.secrets.insert((ns.to_owned(), name), keys);
         }
     }

@@ -59,7 +59,15 @@ pub struct Lookups {
     pub redis_url: Option<String>,
     /// `(namespace, name)` -> the names of the Service's ports.
     pub services: BTreeMap<(String, String), Vec<String>>,
+    /// `(namespace, name)` -> the Secret's `resourceVersion`: the pods restart when a Secret
+    /// they read only at startup changes (see [`STARTUP_SECRETS`]).
+    pub secret_versions: BTreeMap<(String, String), String>,
 }
+
+/// Pod template annotation carrying a hash of the `resourceVersion`s of the Secrets the sbc
+/// reads only when it starts (the Redis URL) or loads a configuration (the nonce key), so a
+/// rotation rolls the pods. Secrets re-read live (required header values) are left out.
+pub const STARTUP_SECRETS: &str = "kubesbc.io/startup-secrets";
 
 /// Everything one SbcCluster renders from.
 #[derive(Debug, Clone, Copy)]
@@ -345,6 +353,40 @@ pub fn mounted_secrets<'a>(
         out.insert(a.nonce_secret_ref.name.clone());
     }
     out
+}
+
+/// The hash for [`STARTUP_SECRETS`]: the versions of the Redis URL and nonce key Secrets;
+/// empty when the cluster reads neither.
+pub fn startup_secrets_hash(cluster: &SbcCluster, lookups: &Lookups) -> String {
+    let ns = cluster.namespace().unwrap_or_default();
+    let names: BTreeSet<&str> = cluster
+        .spec
+        .redis
+        .iter()
+        .map(|r| r.url_secret_ref.name.as_str())
+        .chain(
+            cluster
+                .spec
+                .auth
+                .iter()
+                .map(|a| a.nonce_secret_ref.name.as_str()),
+        )
+        .collect();
+    if names.is_empty() {
+        return String::new();
+    }
+    let mut text = String::new();
+    for name in names {
+        let version = lookups
+            .secret_versions
+            .get(&(ns.clone(), name.to_owned()))
+            .map_or("", String::as_str);
+        text.push_str(name);
+        text.push('=');
+        text.push_str(version);
+        text.push('\n');
+    }
+    fnv1a(text.as_bytes())
 }
 
 /// Renders one DispatcherSet into a config set, checking its Service reference.
@@ -716,7 +758,11 @@ pub fn render(inputs: Inputs<'_>) -> Result<Rendered, RenderError> {
     };
     Ok(Rendered {
         config_map: objects.config_map(&yaml, &config_hash)?,
-        workload: objects.workload(&config, &mounted_secrets(cluster, inputs.access_lists))?,
+        workload: objects.workload(
+            &config,
+            &mounted_secrets(cluster, inputs.access_lists),
+            &startup_secrets_hash(cluster, inputs.lookups),
+        )?,
         services: objects.services()?,
         admin_service: objects.admin_service(&config)?,
         service_account: objects.typed(json!({}), "ServiceAccount", &objects.name)?,
@@ -779,7 +825,13 @@ impl Objects<'_> {
         &self,
         config: &SbcConfig,
         secrets: &BTreeSet<String>,
+        startup_secrets: &str,
     ) -> Result<Workload, RenderError> {
+        let template_meta = if startup_secrets.is_empty() {
+            json!({"labels": self.labels})
+        } else {
+            json!({"labels": self.labels, "annotations": {STARTUP_SECRETS: startup_secrets}})
+        };
         let spec = &self.cluster.spec;
         let admin_port = i32::from(config.admin.address.port());
         let mut ports: Vec<serde_json::Value> = spec
@@ -867,7 +919,7 @@ impl Objects<'_> {
                 "spec": {
                     "selector": {"matchLabels": pod_selector(self.cluster)},
                     "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}},
-                    "template": {"metadata": {"labels": self.labels}, "spec": pod},
+                    "template": {"metadata": template_meta, "spec": pod},
                 }
             });
             return self
@@ -878,7 +930,7 @@ impl Objects<'_> {
             "spec": {
                 "selector": {"matchLabels": pod_selector(self.cluster)},
                 "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-                "template": {"metadata": {"labels": self.labels}, "spec": pod},
+                "template": {"metadata": template_meta, "spec": pod},
             }
         });
         // With autoscaling the HPA owns the replica count; leaving it out keeps SSA from

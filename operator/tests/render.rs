@@ -675,3 +675,57 @@ fn replica_counts_come_from_the_deployment_or_the_daemon_set() {
     .expect("daemonset");
     assert!(!render::daemon_set_counts(&none).all_ready());
 }
+
+/// The pod template's `kubesbc.io/startup-secrets` annotation.
+fn startup_secrets(r: &render::Rendered) -> Option<String> {
+    let meta = match &r.workload {
+        render::Workload::Deployment(d) => d.spec.as_ref()?.template.metadata.clone(),
+        render::Workload::DaemonSet(d) => d.spec.as_ref()?.template.metadata.clone(),
+    };
+    meta?.annotations?.get(render::STARTUP_SECRETS).cloned()
+}
+
+#[test]
+fn rotating_a_secret_read_at_startup_rolls_the_pods_and_a_live_one_does_not() {
+    let mut w = host_world();
+    for s in ["sbc-auth", "redis-url", "company-signature"] {
+        w.lookups
+            .secret_versions
+            .insert(("voip".into(), s.into()), "100".into());
+    }
+    let first = startup_secrets(&render::render(w.inputs()).expect("renders"))
+        .expect("the Redis URL and nonce key are read at startup");
+    // The same versions render the same template: no rollout.
+    assert_eq!(
+        startup_secrets(&render::render(w.inputs()).expect("renders")).as_deref(),
+        Some(first.as_str())
+    );
+    // A rotated required-header value is re-read by the running pods: no rollout.
+    w.lookups
+        .secret_versions
+        .insert(("voip".into(), "company-signature".into()), "101".into());
+    assert_eq!(
+        startup_secrets(&render::render(w.inputs()).expect("renders")).as_deref(),
+        Some(first.as_str())
+    );
+    // A rotated nonce key or Redis URL rolls the pods.
+    for s in ["sbc-auth", "redis-url"] {
+        let mut rotated = host_world();
+        rotated.lookups.secret_versions = w.lookups.secret_versions.clone();
+        rotated
+            .lookups
+            .secret_versions
+            .insert(("voip".into(), s.into()), "102".into());
+        let after = startup_secrets(&render::render(rotated.inputs()).expect("renders"));
+        assert!(
+            after.is_some() && after.as_deref() != Some(first.as_str()),
+            "{s} rotated: {after:?} vs {first}"
+        );
+    }
+    // A cluster reading neither has no annotation (its template never changes for Secrets).
+    let plain = World::new();
+    assert_eq!(
+        startup_secrets(&render::render(plain.inputs()).expect("renders")),
+        None
+    );
+}
