@@ -1,5 +1,10 @@
 //! The `sbc` binary: runs the proxy, or `sbc ctl ...` to ask a running one.
 
+/// mimalloc: the policy path allocates many small, short-lived keys and futures, where glibc's
+/// malloc spent ~15 % of the proxy's CPU (perf, docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -16,7 +21,7 @@ use sbc::guard::{Guard, GuardMetrics};
 use sbc::pipeline::Pipeline;
 use sbc::relay::Relay;
 use sbc::reload::{Overrides, Reloader};
-use sbc::store::{FallbackStore, MemoryStore, RedisStore, Store, StoreMetrics};
+use sbc::store::{Coalescing, FallbackStore, MemoryStore, RedisStore, Store, StoreMetrics};
 use sbc::telemetry::{self, LiveMetrics, Metrics};
 
 /// kubesbc: a SIP session border controller.
@@ -369,11 +374,9 @@ fn build_store(cfg: &SbcConfig, metrics: &Metrics) -> anyhow::Result<Arc<dyn Sto
     };
     let redis = RedisStore::new(&url, prefix, timeout, metrics.registry())?;
     let store_metrics = StoreMetrics::new(metrics.registry())?;
-    Ok(Arc::new(FallbackStore::new(
-        Arc::new(redis),
-        timeout,
-        store_metrics,
-    )))
+    let shared = Arc::new(FallbackStore::new(Arc::new(redis), timeout, store_metrics));
+    // Decisions needed at the same moment share a round trip.
+    Ok(Arc::new(Coalescing::new(shared)))
 }
 
 /// Whether `source` is one of the dispatcher's destinations (trusted by the guard): same IP,

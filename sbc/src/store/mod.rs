@@ -13,11 +13,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use thiserror::Error;
 
+mod coalesce;
 mod fallback;
 mod memory;
 mod redis;
 
 pub use self::redis::{RedisStore, RedisStoreError};
+pub use coalesce::Coalescing;
 pub use fallback::{FallbackStore, StoreMetrics};
 pub use memory::{DEFAULT_MAX_ENTRIES, MemoryStore};
 
