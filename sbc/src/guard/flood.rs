@@ -223,7 +223,10 @@ impl FloodTracker {
             let mut shard = m.lock().unwrap_or_else(|e| e.into_inner());
             shard.retain(|ip, s| {
                 if s.active {
-                    out.push((*ip, std::mem::take(&mut s.pending)));
+                    let hits = std::mem::take(&mut s.pending);
+                    // Counted as sent, so requests racing the sync's answer see them.
+                    s.known = s.known.saturating_add(hits);
+                    out.push((*ip, hits));
                     s.pending_since = now;
                     s.active = false;
                     return true;
@@ -305,5 +308,35 @@ impl FloodTracker {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hits_in_flight_count_toward_the_local_limit() {
+        let t = FloodTracker::new(&FloodLimit {
+            requests: 10,
+            window_secs: 2,
+            ban_secs: 60,
+        });
+        let (ip, now) = (IpAddr::from([192, 0, 2, 1]), Instant::now());
+        assert_eq!(t.hit(ip, now), Local::Ask(1));
+        t.answered(ip, Some(FloodOutcome::Allowed { count: 1 }), now);
+        for _ in 0..5 {
+            assert_eq!(t.hit(ip, now), Local::Allow);
+        }
+        // A sync takes the five hits; until it answers they still count here.
+        assert_eq!(t.take_active(now), vec![(ip, 5)]);
+        for _ in 0..4 {
+            assert_eq!(t.hit(ip, now), Local::Allow);
+        }
+        // The eleventh request would pass the limit: the store decides.
+        assert_eq!(t.hit(ip, now), Local::Ask(5));
+        // An answer racing that ask (the sync's) does not lower the count.
+        t.synced(ip, FloodOutcome::Allowed { count: 6 }, now);
+        assert_eq!(t.hit(ip, now), Local::Ask(1));
     }
 }
