@@ -17,8 +17,8 @@
 //! 4. **REGISTER flood per user** (the seeds' `auth_block_list`): more than
 //!    `registerFlood.requests` REGISTERs for one user (the To URI's user part) per window
 //!    blocks that user (`regblock:{user}`) for `registerFlood.banSecs`: `403 Blocked`. The
-//!    auth stage blocks users after failed attempts through [`block_user`], and a blocked
-//!    user's REGISTERs are refused whether or not `registerFlood` is configured.
+//!    auth stage writes the same key after repeated failed attempts (by digest username), and
+//!    a blocked user's REGISTERs are refused whether or not `registerFlood` is configured.
 //!
 //! A store error never blocks traffic: the guard lets the request through and logs at debug
 //! level (the fallback store already answers from memory when Redis is unreachable).
@@ -358,8 +358,8 @@ fn user_key(user: &str) -> String {
     format!("{REGBLOCK_PREFIX}{user}")
 }
 
-/// Blocks `user` for `ttl`: their REGISTERs get `403 Blocked` on every replica. Used by the
-/// auth stage after repeated failures; the value records why (`auth`).
+/// Blocks `user` for `ttl`: their REGISTERs get `403 Blocked` on every replica, as after the
+/// auth stage's failure block (which writes the same key); the value records why (`auth`).
 pub async fn block_user(store: &dyn Store, user: &str, ttl: Duration) -> Result<(), StoreError> {
     store
         .set_ex(&user_key(user), Bytes::from_static(b"auth"), ttl)
