@@ -1,124 +1,20 @@
 //! The controller against kube's `Client` over `tower_test::mock::pair`: a small fake API
 //! server answers from a set of objects and records every request, and the tests assert what
-//! the operator sent (the pattern of kube-rs controller-rs `fixtures.rs`).
+//! the operator sent (the pattern of kube-rs controller-rs `fixtures.rs`; the fake lives in
+//! `support/`).
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+mod support;
+
+use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use kube::client::Body;
 use kube::{Client, Resource};
-use kubesbc_crds::{AccessList, DispatcherSet, SbcCluster, TenantThrottle};
+use kubesbc_crds::{AccessList, DispatcherSet, SbcCluster};
 use kubesbc_operator::controller::{self, Context};
 use serde_json::{Value, json};
-
-/// One request the operator made.
-#[derive(Debug, Clone)]
-struct Sent {
-    method: String,
-    path: String,
-    query: String,
-    body: Value,
-}
-
-fn example<T: serde::de::DeserializeOwned + kube::Resource>(file: &str) -> T {
-    let path = format!("{}/../examples/{file}", env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(&path).expect("example exists");
-    let mut obj: T = serde_saphyr::from_str(&text).expect("example parses");
-    obj.meta_mut().namespace = Some("voip".into());
-    obj.meta_mut().uid = Some(format!("uid-{file}"));
-    obj.meta_mut().generation = Some(3);
-    obj.meta_mut().resource_version = Some("1".into());
-    obj
-}
-
-fn value<T: serde::Serialize + Resource<DynamicType = ()>>(obj: &T) -> Value {
-    let mut v = serde_json::to_value(obj).expect("json");
-    v["apiVersion"] = json!(T::api_version(&()));
-    v["kind"] = json!(T::kind(&()));
-    v
-}
-
-/// Objects the fake API server knows, by URL path.
-#[derive(Default)]
-struct World {
-    objects: BTreeMap<String, Value>,
-}
-
-impl World {
-    fn put<T: serde::Serialize + Resource<DynamicType = ()>>(&mut self, obj: &T) {
-        let url = T::url_path(&(), obj.meta().namespace.as_deref());
-        let name = obj.meta().name.clone().unwrap_or_default();
-        self.objects.insert(format!("{url}/{name}"), value(obj));
-    }
-
-    fn standard() -> World {
-        let mut w = World::default();
-        w.put(&example::<SbcCluster>("sbccluster.yaml"));
-        w.put(&example::<DispatcherSet>("dispatcherset.yaml"));
-        w.put(&example::<DispatcherSet>("dispatcherset-static.yaml"));
-        w.put(&example::<TenantThrottle>("tenantthrottle.yaml"));
-        w.put(&example::<AccessList>("accesslist.yaml"));
-        w.objects.insert(
-            "/api/v1/namespaces/voip/secrets/company-signature".into(),
-            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "company-signature", "namespace": "voip"},
-                   "data": {"signature": "czNjcmV0"}}),
-        );
-        w.objects.insert(
-            "/api/v1/namespaces/voip/services/asterisk".into(),
-            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "asterisk", "namespace": "voip"},
-                   "spec": {"ports": [{"name": "sip", "port": 5060, "protocol": "UDP"}]}}),
-        );
-        w
-    }
-
-    /// Answers one request.
-    fn answer(&self, sent: &Sent) -> (StatusCode, Value) {
-        let not_found = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                               "reason": "NotFound", "code": 404, "message": "not found"});
-        match sent.method.as_str() {
-            "GET" => {
-                if let Some(obj) = self.objects.get(&sent.path) {
-                    return (StatusCode::OK, obj.clone());
-                }
-                let prefix = format!("{}/", sent.path);
-                let items: Vec<Value> = self
-                    .objects
-                    .iter()
-                    .filter(|(k, _)| k.starts_with(&prefix) && !k[prefix.len()..].contains('/'))
-                    .map(|(_, v)| v.clone())
-                    .collect();
-                if items.is_empty() && !sent.path.starts_with("/apis/kubesbc.io") {
-                    return (StatusCode::NOT_FOUND, not_found);
-                }
-                (
-                    StatusCode::OK,
-                    json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": items}),
-                )
-            }
-            "PATCH" if sent.path.ends_with("/status") => {
-                let base = sent.path.trim_end_matches("/status");
-                let mut obj = self.objects.get(base).cloned().unwrap_or(json!({}));
-                obj["status"] = sent.body["status"].clone();
-                (StatusCode::OK, obj)
-            }
-            "PATCH" => {
-                let mut obj = sent.body.clone();
-                if sent.path.contains("/deployments/") {
-                    obj["status"] = json!({"replicas": 2, "readyReplicas": 2});
-                }
-                (StatusCode::OK, obj)
-            }
-            "POST" => (StatusCode::CREATED, sent.body.clone()),
-            "DELETE" if self.objects.contains_key(&sent.path) => (
-                StatusCode::OK,
-                json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200}),
-            ),
-            _ => (StatusCode::METHOD_NOT_ALLOWED, not_found),
-        }
-    }
-}
+use support::{Sent, World, example};
 
 /// Runs one reconciliation of `cluster` against `world`; returns what was sent and the result.
 async fn reconcile(
@@ -128,43 +24,7 @@ async fn reconcile(
     Vec<Sent>,
     Result<kube::runtime::controller::Action, controller::Error>,
 ) {
-    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let sent = Arc::new(Mutex::new(Vec::new()));
-    let log = sent.clone();
-    let server = tokio::spawn(async move {
-        while let Some((req, reply)) = handle.next_request().await {
-            let (parts, body) = req.into_parts();
-            let bytes = body.collect_bytes().await.expect("request body");
-            let s = Sent {
-                method: parts.method.to_string(),
-                path: parts.uri.path().to_owned(),
-                query: parts.uri.query().unwrap_or_default().to_owned(),
-                body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-            };
-            let (code, answer) = world.answer(&s);
-            log.lock().expect("log").push(s);
-            let resp = Response::builder()
-                .status(code)
-                .body(Body::from(serde_json::to_vec(&answer).expect("json")))
-                .expect("response");
-            reply.send_response(resp);
-        }
-    });
-    let client = Client::new(service, "default");
-    let registry = prometheus::Registry::new();
-    let ctx = Arc::new(Context::new(client, &registry).expect("metrics"));
-    let result = tokio::time::timeout(
-        Duration::from_secs(5),
-        controller::reconcile(Arc::new(cluster), ctx),
-    )
-    .await
-    .expect("reconcile finishes within 5 s");
-    tokio::time::timeout(Duration::from_secs(5), server)
-        .await
-        .expect("fake API server stops")
-        .expect("fake API server did not panic");
-    let sent = sent.lock().expect("log").clone();
-    (sent, result)
+    support::reconcile(world, cluster, None).await
 }
 
 fn patches<'a>(sent: &'a [Sent], path_part: &str) -> Vec<&'a Sent> {

@@ -9,17 +9,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use http::{Request, Response, StatusCode};
-use kube::client::Body;
+use kube::Resource;
 use kube::runtime::controller::Action;
-use kube::{Client, Resource};
-use kubesbc_crds::{AccessList, DispatcherSet, SbcCluster, TenantThrottle};
-use kubesbc_operator::controller::{self, Context};
+use kubesbc_crds::SbcCluster;
+use kubesbc_operator::controller;
 use kubesbc_operator::destinations::{
     self, Count, DestinationProbe, HttpProbe, PodView, ProbeError,
 };
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+mod support;
+use support::{Sent, World, example};
 
 fn view(sets: &[(u32, &[(&str, bool)])]) -> PodView {
     PodView {
@@ -210,168 +211,25 @@ impl DestinationProbe for FakeProbe {
     }
 }
 
-/// One request the operator made.
-#[derive(Debug, Clone)]
-struct Sent {
-    method: String,
-    path: String,
-    body: Value,
-}
-
-fn example<T: serde::de::DeserializeOwned + Resource>(file: &str) -> T {
-    let path = format!("{}/../examples/{file}", env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(&path).expect("example exists");
-    let mut obj: T = serde_saphyr::from_str(&text).expect("example parses");
-    obj.meta_mut().namespace = Some("voip".into());
-    obj.meta_mut().uid = Some(format!("uid-{file}"));
-    obj.meta_mut().generation = Some(3);
-    obj.meta_mut().resource_version = Some("1".into());
-    obj
-}
-
-/// Objects of the fake API server, by URL path.
-#[derive(Clone)]
-struct World(BTreeMap<String, Value>);
-
-impl World {
-    fn put<T: serde::Serialize + Resource<DynamicType = ()>>(&mut self, obj: &T) {
-        let url = T::url_path(&(), obj.meta().namespace.as_deref());
-        let name = obj.meta().name.clone().unwrap_or_default();
-        let mut v = serde_json::to_value(obj).expect("json");
-        v["apiVersion"] = json!(T::api_version(&()));
-        v["kind"] = json!(T::kind(&()));
-        self.0.insert(format!("{url}/{name}"), v);
-    }
-
-    fn pod(&mut self, name: &str, phase: &str, ip: &str, deleting: bool) {
-        let mut pod = json!({"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": "voip",
-                         "labels": {"app.kubernetes.io/name": "kubesbc", "app.kubernetes.io/instance": "edge"}},
-            "status": {"phase": phase, "podIP": ip}});
-        if deleting {
-            pod["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
-        }
-        self.0
-            .insert(format!("/api/v1/namespaces/voip/pods/{name}"), pod);
-    }
-
-    /// The example cluster, its two sets, a throttle and an access list (with its Secret and
-    /// backend Service), and four sbc pods of which two run.
-    fn standard() -> World {
-        let mut w = World(BTreeMap::new());
-        w.put(&example::<SbcCluster>("sbccluster.yaml"));
-        w.put(&example::<DispatcherSet>("dispatcherset.yaml"));
-        w.put(&example::<DispatcherSet>("dispatcherset-static.yaml"));
-        w.put(&example::<TenantThrottle>("tenantthrottle.yaml"));
-        w.put(&example::<AccessList>("accesslist.yaml"));
-        w.0.insert(
-            "/api/v1/namespaces/voip/secrets/company-signature".into(),
-            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "company-signature", "namespace": "voip"},
-                   "data": {"signature": "czNjcmV0"}}),
-        );
-        w.0.insert(
-            "/api/v1/namespaces/voip/services/asterisk".into(),
-            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "asterisk", "namespace": "voip"},
-                   "spec": {"ports": [{"name": "sip", "port": 5060, "protocol": "UDP"}]}}),
-        );
-        w.pod("edge-a", "Running", "127.0.0.2", false);
-        w.pod("edge-b", "Running", "127.0.0.3", false);
-        w.pod("edge-c", "Pending", "127.0.0.4", false);
-        w.pod("edge-d", "Running", "127.0.0.5", true);
-        w
-    }
-
-    fn answer(&self, sent: &Sent) -> (StatusCode, Value) {
-        let not_found = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                               "reason": "NotFound", "code": 404, "message": "not found"});
-        match sent.method.as_str() {
-            "GET" => {
-                if let Some(obj) = self.0.get(&sent.path) {
-                    return (StatusCode::OK, obj.clone());
-                }
-                let prefix = format!("{}/", sent.path);
-                let items: Vec<Value> = self
-                    .0
-                    .iter()
-                    .filter(|(k, _)| k.starts_with(&prefix) && !k[prefix.len()..].contains('/'))
-                    .map(|(_, v)| v.clone())
-                    .collect();
-                if items.is_empty() && !sent.path.starts_with("/apis/kubesbc.io") {
-                    return (StatusCode::NOT_FOUND, not_found);
-                }
-                (
-                    StatusCode::OK,
-                    json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": items}),
-                )
-            }
-            "PATCH" if sent.path.ends_with("/status") => {
-                let mut obj = self
-                    .0
-                    .get(sent.path.trim_end_matches("/status"))
-                    .cloned()
-                    .unwrap_or(json!({}));
-                obj["status"] = sent.body["status"].clone();
-                (StatusCode::OK, obj)
-            }
-            "PATCH" => {
-                let mut obj = sent.body.clone();
-                if sent.path.contains("/deployments/") {
-                    obj["status"] = json!({"replicas": 2, "readyReplicas": 2});
-                }
-                (StatusCode::OK, obj)
-            }
-            "POST" => (StatusCode::CREATED, sent.body.clone()),
-            _ => (StatusCode::METHOD_NOT_ALLOWED, not_found),
-        }
-    }
+/// The example world with four sbc pods, of which two run.
+fn standard() -> World {
+    let mut w = World::standard();
+    w.pod("edge-a", "Running", "127.0.0.2", false);
+    w.pod("edge-b", "Running", "127.0.0.3", false);
+    w.pod("edge-c", "Pending", "127.0.0.4", false);
+    w.pod("edge-d", "Running", "127.0.0.5", true);
+    w
 }
 
 /// One reconciliation of the `edge` cluster as `world` holds it, with `probe` in place of
 /// the pods.
 async fn reconcile(world: World, probe: Arc<FakeProbe>) -> (Vec<Sent>, Action) {
     let cluster: SbcCluster = serde_json::from_value(
-        world.0["/apis/kubesbc.io/v1alpha1/namespaces/voip/sbcclusters/edge"].clone(),
+        world.objects["/apis/kubesbc.io/v1alpha1/namespaces/voip/sbcclusters/edge"].clone(),
     )
     .expect("cluster");
-    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let sent = Arc::new(Mutex::new(Vec::new()));
-    let log = sent.clone();
-    let server = tokio::spawn(async move {
-        while let Some((req, reply)) = handle.next_request().await {
-            let (parts, body) = req.into_parts();
-            let bytes = body.collect_bytes().await.expect("request body");
-            let s = Sent {
-                method: parts.method.to_string(),
-                path: parts.uri.path().to_owned(),
-                body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-            };
-            let (code, answer) = world.answer(&s);
-            log.lock().expect("log").push(s);
-            reply.send_response(
-                Response::builder()
-                    .status(code)
-                    .body(Body::from(serde_json::to_vec(&answer).expect("json")))
-                    .expect("response"),
-            );
-        }
-    });
-    let registry = prometheus::Registry::new();
-    let ctx = Context::new(Client::new(service, "default"), &registry)
-        .expect("metrics")
-        .with_probe(probe);
-    let action = tokio::time::timeout(
-        Duration::from_secs(5),
-        controller::reconcile(Arc::new(cluster), Arc::new(ctx)),
-    )
-    .await
-    .expect("reconcile finishes within 5 s")
-    .expect("reconcile succeeds");
-    tokio::time::timeout(Duration::from_secs(5), server)
-        .await
-        .expect("fake API server stops")
-        .expect("fake API server did not panic");
-    let sent = sent.lock().expect("log").clone();
-    (sent, action)
+    let (sent, result) = support::reconcile(world, cluster, Some(probe)).await;
+    (sent, result.expect("reconcile succeeds"))
 }
 
 fn status_patches(sent: &[Sent]) -> BTreeMap<String, Value> {
@@ -423,7 +281,7 @@ fn two_pods() -> FakeProbe {
 #[tokio::test]
 async fn the_cluster_and_its_sets_show_destinations_up_as_every_running_pod_sees_them() {
     let probe = Arc::new(two_pods());
-    let (sent, action) = reconcile(World::standard(), probe.clone()).await;
+    let (sent, action) = reconcile(standard(), probe.clone()).await;
     assert_eq!(action, Action::requeue(controller::STATUS_RESYNC));
 
     // Only running pods that are not going away are asked, on the admin port.
@@ -452,7 +310,7 @@ async fn the_cluster_and_its_sets_show_destinations_up_as_every_running_pod_sees
 
 #[tokio::test]
 async fn with_no_pod_answering_the_counts_are_absent_and_the_ready_message_says_why() {
-    let (sent, _) = reconcile(World::standard(), Arc::new(FakeProbe::default())).await;
+    let (sent, _) = reconcile(standard(), Arc::new(FakeProbe::default())).await;
     let st = status_patches(&sent);
     let cluster = &st[CLUSTER];
     assert!(cluster.get("destinationsUp").is_none(), "{cluster}");
@@ -463,8 +321,8 @@ async fn with_no_pod_answering_the_counts_are_absent_and_the_ready_message_says_
     );
     assert!(st[CARRIERS].get("destinationsUp").is_none());
 
-    let mut world = World::standard();
-    world.0.retain(|k, _| !k.contains("/pods/"));
+    let mut world = standard();
+    world.objects.retain(|k, _| !k.contains("/pods/"));
     let (sent, _) = reconcile(world, Arc::new(FakeProbe::default())).await;
     assert_eq!(
         ready_message(&status_patches(&sent)[CLUSTER]),
@@ -474,11 +332,11 @@ async fn with_no_pod_answering_the_counts_are_absent_and_the_ready_message_says_
 
 #[tokio::test]
 async fn status_is_written_again_only_when_the_pods_see_something_new() {
-    let (sent, _) = reconcile(World::standard(), Arc::new(two_pods())).await;
+    let (sent, _) = reconcile(standard(), Arc::new(two_pods())).await;
     // The API now holds what was written.
-    let mut world = World::standard();
+    let mut world = standard();
     for (path, status) in status_patches(&sent) {
-        if let Some(obj) = world.0.get_mut(path.trim_end_matches("/status")) {
+        if let Some(obj) = world.objects.get_mut(path.trim_end_matches("/status")) {
             obj["status"] = status;
         }
     }
@@ -508,14 +366,14 @@ async fn status_is_written_again_only_when_the_pods_see_something_new() {
 
 #[tokio::test]
 async fn a_set_shared_by_two_clusters_shows_the_first_clusters_view() {
-    let mut world = World::standard();
+    let mut world = standard();
     // "alpha" sorts before "edge" and selects the same sets: it reports them, and edge keeps
     // what alpha wrote instead of overwriting it with its own pods' view.
     let mut alpha: SbcCluster = example("sbccluster.yaml");
     alpha.meta_mut().name = Some("alpha".into());
     world.put(&alpha);
     let carriers = "/apis/kubesbc.io/v1alpha1/namespaces/voip/dispatchersets/carriers";
-    if let Some(obj) = world.0.get_mut(carriers) {
+    if let Some(obj) = world.objects.get_mut(carriers) {
         obj["status"] = json!({"destinationsUp": 5, "destinationsTotal": 6});
     }
     let (sent, _) = reconcile(world, Arc::new(two_pods())).await;
