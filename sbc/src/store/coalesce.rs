@@ -159,78 +159,14 @@ impl Store for Coalescing {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::MemoryStore;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    /// Counts batch round trips, answering slowly so callers pile up behind one.
-    struct Slow {
-        mem: MemoryStore,
-        batches: AtomicUsize,
-    }
-
-    impl Store for Slow {
-        fn batch<'a>(
-            &'a self,
-            ops: &'a [Op],
-        ) -> StoreFuture<'a, Vec<Result<OpResult, StoreError>>> {
-            self.batches.fetch_add(1, Ordering::SeqCst);
-            Box::pin(async move {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                self.mem.batch(ops).await
-            })
-        }
-        fn incr_window<'a>(&'a self, k: &'a str, w: Duration) -> StoreFuture<'a, u64> {
-            self.mem.incr_window(k, w)
-        }
-        fn get<'a>(&'a self, k: &'a str) -> StoreFuture<'a, Option<Bytes>> {
-            self.mem.get(k)
-        }
-        fn set_ex<'a>(&'a self, k: &'a str, v: Bytes, t: Duration) -> StoreFuture<'a, ()> {
-            self.mem.set_ex(k, v, t)
-        }
-        fn del<'a>(&'a self, k: &'a str) -> StoreFuture<'a, bool> {
-            self.mem.del(k)
-        }
-        fn incr_by<'a>(&'a self, k: &'a str, d: i64, t: Duration) -> StoreFuture<'a, i64> {
-            self.mem.incr_by(k, d, t)
-        }
-        fn list_prefix<'a>(
-            &'a self,
-            p: &'a str,
-            l: usize,
-        ) -> StoreFuture<'a, Vec<(String, Bytes)>> {
-            self.mem.list_prefix(p, l)
-        }
-        fn hash_get_all<'a>(&'a self, k: &'a str) -> StoreFuture<'a, Vec<(String, Bytes)>> {
-            self.mem.hash_get_all(k)
-        }
-        fn hash_set<'a>(
-            &'a self,
-            k: &'a str,
-            f: Vec<(String, Bytes)>,
-            t: Option<Duration>,
-        ) -> StoreFuture<'a, ()> {
-            self.mem.hash_set(k, f, t)
-        }
-        fn flood_hit<'a>(&'a self, h: FloodHit<'a>) -> StoreFuture<'a, FloodOutcome> {
-            self.mem.flood_hit(h)
-        }
-        fn list_prefix_ttl<'a>(&'a self, p: &'a str, l: usize) -> StoreFuture<'a, Vec<Listed>> {
-            self.mem.list_prefix_ttl(p, l)
-        }
-        fn release_dialog<'a>(&'a self, r: DialogRelease<'a>) -> StoreFuture<'a, bool> {
-            self.mem.release_dialog(r)
-        }
-        fn ping(&self) -> StoreFuture<'_, ()> {
-            self.mem.ping()
-        }
-    }
+    use crate::store::testing::Counting;
 
     #[tokio::test(start_paused = true)]
     async fn concurrent_batches_share_round_trips_and_get_their_own_answers() {
-        let slow = Arc::new(Slow {
-            mem: MemoryStore::new(1000),
-            batches: AtomicUsize::new(0),
+        // Slow answers, so callers pile up behind the first round trip.
+        let slow = Arc::new(Counting {
+            batch_delay: Duration::from_millis(5),
+            ..Counting::default()
         });
         let store = Coalescing::new(slow.clone());
         let w = Duration::from_secs(10);
@@ -244,7 +180,7 @@ mod tests {
             .collect();
         let answers = futures::future::join_all(batches.iter().map(|ops| store.batch(ops))).await;
         // Ten callers, far fewer round trips: the first goes alone, the rest wait together.
-        let trips = slow.batches.load(Ordering::SeqCst);
+        let trips = slow.take();
         assert!((1..=3).contains(&trips), "{trips} round trips");
         let mut shared: Vec<i64> = Vec::new();
         for (i, a) in answers.into_iter().enumerate() {

@@ -17,6 +17,8 @@ mod coalesce;
 mod fallback;
 mod memory;
 mod redis;
+#[cfg(test)]
+pub(crate) mod testing;
 
 pub use self::redis::{RedisStore, RedisStoreError};
 pub use coalesce::Coalescing;

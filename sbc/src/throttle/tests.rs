@@ -6,6 +6,7 @@ use kubesbc_crds::policy::ThrottleResponse;
 
 use super::*;
 use crate::store::MemoryStore;
+use crate::store::testing::Counting;
 use crate::transport::Peer;
 
 /// A whole second plus 100 ms: windows are aligned to wall-clock seconds.
@@ -294,106 +295,6 @@ async fn replicas_sharing_a_store_share_the_limit() {
     let open = store.list_prefix("p:thr:ns/tt:cc:", 10).await.unwrap();
     assert_eq!(open.len(), 1);
     assert_eq!(open[0].1, Bytes::from_static(b"3"));
-}
-
-/// A memory store that counts the calls made to it: each would be one Redis round trip.
-#[derive(Default)]
-struct Counting {
-    mem: MemoryStore,
-    calls: std::sync::atomic::AtomicUsize,
-}
-
-impl Counting {
-    fn take(&self) -> usize {
-        self.calls.swap(0, std::sync::atomic::Ordering::SeqCst)
-    }
-    fn hit(&self) -> &MemoryStore {
-        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        &self.mem
-    }
-}
-
-impl Store for Counting {
-    fn incr_window<'a>(&'a self, k: &'a str, w: Duration) -> crate::store::StoreFuture<'a, u64> {
-        self.hit().incr_window(k, w)
-    }
-    fn get<'a>(&'a self, k: &'a str) -> crate::store::StoreFuture<'a, Option<Bytes>> {
-        self.hit().get(k)
-    }
-    fn set_ex<'a>(
-        &'a self,
-        k: &'a str,
-        v: Bytes,
-        t: Duration,
-    ) -> crate::store::StoreFuture<'a, ()> {
-        self.hit().set_ex(k, v, t)
-    }
-    fn del<'a>(&'a self, k: &'a str) -> crate::store::StoreFuture<'a, bool> {
-        self.hit().del(k)
-    }
-    fn incr_by<'a>(
-        &'a self,
-        k: &'a str,
-        d: i64,
-        t: Duration,
-    ) -> crate::store::StoreFuture<'a, i64> {
-        self.hit().incr_by(k, d, t)
-    }
-    fn list_prefix<'a>(
-        &'a self,
-        p: &'a str,
-        l: usize,
-    ) -> crate::store::StoreFuture<'a, Vec<(String, Bytes)>> {
-        self.hit().list_prefix(p, l)
-    }
-    fn hash_get_all<'a>(
-        &'a self,
-        k: &'a str,
-    ) -> crate::store::StoreFuture<'a, Vec<(String, Bytes)>> {
-        self.hit().hash_get_all(k)
-    }
-    fn hash_set<'a>(
-        &'a self,
-        k: &'a str,
-        f: Vec<(String, Bytes)>,
-        t: Option<Duration>,
-    ) -> crate::store::StoreFuture<'a, ()> {
-        self.hit().hash_set(k, f, t)
-    }
-    fn flood_hit<'a>(
-        &'a self,
-        h: crate::store::FloodHit<'a>,
-    ) -> crate::store::StoreFuture<'a, crate::store::FloodOutcome> {
-        self.hit().flood_hit(h)
-    }
-    fn list_prefix_ttl<'a>(
-        &'a self,
-        p: &'a str,
-        l: usize,
-    ) -> crate::store::StoreFuture<'a, Vec<crate::store::Listed>> {
-        self.hit().list_prefix_ttl(p, l)
-    }
-    fn batch<'a>(
-        &'a self,
-        ops: &'a [Op],
-    ) -> crate::store::StoreFuture<'a, Vec<Result<OpResult, StoreError>>> {
-        self.hit().batch(ops)
-    }
-    fn release_dialog<'a>(
-        &'a self,
-        r: crate::store::DialogRelease<'a>,
-    ) -> crate::store::StoreFuture<'a, bool> {
-        self.hit().release_dialog(r)
-    }
-    fn release_dialogs<'a>(
-        &'a self,
-        r: &'a [crate::store::DialogRelease<'a>],
-    ) -> crate::store::StoreFuture<'a, Vec<bool>> {
-        self.hit().release_dialogs(r)
-    }
-    fn ping(&self) -> crate::store::StoreFuture<'_, ()> {
-        self.hit().ping()
-    }
 }
 
 #[tokio::test(start_paused = true)]
