@@ -80,18 +80,20 @@ async fn run(mut rx: mpsc::Receiver<Job>, inner: Arc<dyn Store>) {
 
 impl Store for Coalescing {
     fn batch<'a>(&'a self, ops: &'a [Op]) -> StoreFuture<'a, Vec<Result<OpResult, StoreError>>> {
+        self.batch_owned(ops.to_vec())
+    }
+
+    fn batch_owned(&self, ops: Vec<Op>) -> StoreFuture<'_, Vec<Result<OpResult, StoreError>>> {
         Box::pin(async move {
             let (reply, answer) = oneshot::channel();
-            let job = Job {
-                ops: ops.to_vec(),
-                reply,
-            };
-            match self.tx.try_send(job) {
+            match self.tx.try_send(Job { ops, reply }) {
                 Ok(()) => answer
                     .await
                     .unwrap_or_else(|_| Err(StoreError::Unavailable("batch task stopped".into()))),
                 // Full (or stopping): this batch goes on its own.
-                Err(_) => self.inner.batch(ops).await,
+                Err(
+                    mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job),
+                ) => self.inner.batch(&job.ops).await,
             }
         })
     }

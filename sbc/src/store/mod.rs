@@ -120,6 +120,12 @@ pub trait Store: Send + Sync {
     /// did not answer at all.
     fn batch<'a>(&'a self, ops: &'a [Op]) -> StoreFuture<'a, Vec<Result<OpResult, StoreError>>>;
 
+    /// [`Store::batch`] of operations the caller no longer needs, so a store that queues them
+    /// (see [`Coalescing`]) takes them without a copy.
+    fn batch_owned(&self, ops: Vec<Op>) -> StoreFuture<'_, Vec<Result<OpResult, StoreError>>> {
+        Box::pin(async move { self.batch(&ops).await })
+    }
+
     /// Ends a counted call in one round trip (Redis: one Lua script): when the dialog key
     /// exists it is deleted and, if its counter bucket still lives, that bucket is decremented.
     /// True when this call released the slot; a dialog released twice (a BYE seen by two

@@ -374,7 +374,7 @@ impl Stage for ThrottleStage {
             let results = if ops.is_empty() {
                 Vec::new()
             } else {
-                self.store.batch(&ops).await.unwrap_or_default()
+                self.store.batch_owned(ops).await.unwrap_or_default()
             };
             let outcomes: Vec<Outcome> = plans
                 .into_iter()
