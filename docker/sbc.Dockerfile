@@ -1,3 +1,4 @@
+# syntax=docker/dockerfile:1
 # kubesbc sbc (SIP proxy) image. Build from the repository root:
 #   docker build -f docker/sbc.Dockerfile -t ghcr.io/kubesbc/sbc:0.1.0 .
 FROM docker.io/library/rust:1.95-slim-bookworm AS build

@@ -12,7 +12,7 @@ set -euo pipefail
 # sip-tester = sipp; redis-server for the store tests; jq for reading JSON; sysstat (pidstat),
 # iproute2 (ss), util-linux (taskset), procps (kill), python3 for the bench; a C toolchain for
 # crates with C parts (ring).
-packages=(sip-tester redis-server jq sysstat iproute2 util-linux procps python3 build-essential pkg-config ca-certificates)
+packages=(sip-tester redis-server jq sysstat iproute2 util-linux procps python3 build-essential pkg-config ca-certificates shellcheck)
 for arg in "$@"; do
   case "$arg" in
     --with-kamailio) packages+=(kamailio);;

@@ -90,9 +90,23 @@ def validate_any(obj):
         kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
 
 
-def render(values=None):
+def render(values=None, name=RELEASE):
     chart = helm.Chart.load(str(CHART))
-    return chart.render(values or {}, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    return chart.render(values or {}, name=name, namespace=NAMESPACE, is_install=True)
+
+
+# Non-default values: every option on, a release name longer than any name may be.
+LONG_RELEASE = "a-release-name-much-longer-than-any-kubernetes-name-may-be-x"
+NON_DEFAULT = {
+    "replicas": 2,
+    "image": {"repository": "registry.example.com/kubesbc/operator", "tag": "1.2.3", "pullPolicy": "Always"},
+    "sbcImage": {"repository": "registry.example.com/kubesbc/sbc", "tag": "1.2.3", "pullPolicy": "Always"},
+    "imagePullSecrets": [{"name": "regcred"}],
+    "watchNamespace": "voip",
+    "redis": {"enabled": True, "urlSecretNamespace": "voip",
+              "auth": {"enabled": True}, "persistence": {"enabled": True, "size": "2Gi", "storageClass": "fast"}},
+    "examples": {"enabled": True, "serviceType": "LoadBalancer", "replicas": 3},
+}
 
 
 def manifest_text(rendered):
@@ -141,13 +155,64 @@ def main():
 
     default = render()
     full = render({"examples": {"enabled": True}, "redis": {"enabled": True}})
+    nondefault = render(NON_DEFAULT, name=LONG_RELEASE)
 
-    for label, rendered in (("default values", default), ("examples+redis", full)):
+    def lint_nondefault():
+        report = helm.lint(str(CHART), NON_DEFAULT, strict=True, kube_version=f"v{KUBE_VERSION}.0")
+        bad = [m for m in report.get("messages", []) if m.get("severity", 0) >= 2]
+        if report.get("errors") or bad:
+            raise AssertionError(f"{report.get('errors')} {bad}")
+    check("helm lint --strict (non-default values)", lint_nondefault)
+
+    for label, rendered in (("default values", default), ("examples+redis", full),
+                            ("non-default values", nondefault)):
         objs = objects(rendered)
         check(f"render {label}: produces objects", lambda objs=objs: len(objs) > 0)
         for obj in objs:
             name = f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
             check(f"validate {label}: {name} (kubernetes {KUBE_VERSION})", lambda obj=obj: validate_any(obj))
+
+    def names_fit():
+        for o in objects(nondefault):
+            name = o["metadata"]["name"]
+            assert len(name) <= 63, f"{o['kind']}/{name} is {len(name)} characters"
+            for k, v in o["metadata"].get("labels", {}).items():
+                assert len(str(v)) <= 63, f"{o['kind']}/{name} label {k}={v}"
+    check("a long release name gives names and labels of at most 63 characters", names_fit)
+
+    def notes_are_real():
+        for rendered in (default, full, nondefault):
+            notes = next(v for k, v in rendered.items() if k.endswith("NOTES.txt"))
+            assert "example.invalid" not in notes, notes
+    check("NOTES point at nothing that does not exist", notes_are_real)
+
+    def redis_secret_beside_the_clusters():
+        objs = objects(nondefault)
+        url = next(o for o in objs if o["kind"] == "Secret" and o["metadata"]["name"].endswith("-redis-url"))
+        assert url["metadata"]["namespace"] == "voip", url["metadata"]
+        import base64
+        text = base64.b64decode(url["data"]["url"]).decode()
+        assert text.startswith("redis://:") and "@" in text, "the URL carries the password"
+        dep = next(o for o in objs if o["kind"] == "Deployment" and o["metadata"]["name"].endswith("-redis"))
+        vol = dep["spec"]["template"]["spec"]["volumes"][0]
+        assert "persistentVolumeClaim" in vol, vol
+        assert any(o["kind"] == "PersistentVolumeClaim" for o in objs)
+    check("Redis: URL Secret in the SbcClusters' namespace, password, persistence", redis_secret_beside_the_clusters)
+
+    def operator_env():
+        objs = objects(nondefault)
+        dep = next(o for o in objs if o["kind"] == "Deployment" and o["metadata"]["labels"].get("app.kubernetes.io/component") == "operator")
+        env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert env["KUBESBC_SBC_IMAGE"] == "registry.example.com/kubesbc/sbc:1.2.3", env
+        assert env["KUBESBC_SBC_IMAGE_PULL_POLICY"] == "Always", env
+        assert env["KUBESBC_SBC_IMAGE_PULL_SECRETS"] == "regcred", env
+        assert env["WATCH_NAMESPACE"] == "voip", env
+        assert env["LEASE_NAME"] != "kubesbc-operator" and len(env["LEASE_NAME"]) <= 63, env
+        d = next(o for o in objects(default) if o["kind"] == "Deployment")
+        denv = {e["name"]: e.get("value") for e in d["spec"]["template"]["spec"]["containers"][0]["env"]}
+        chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+        assert denv["KUBESBC_SBC_IMAGE"] == f"ghcr.io/kubesbc/sbc:{chart['appVersion']}", denv
+    check("sbc image values, watch namespace and lease name reach the operator", operator_env)
 
     def kinds(rendered):
         return sorted(o["kind"] for o in objects(rendered))
@@ -177,7 +242,8 @@ def main():
                 assert rule["verbs"] == ["get", "list", "watch"], rule
             if "delete" in rule["verbs"]:
                 assert set(rule["resources"]) <= {"services", "horizontalpodautoscalers",
-                                                  "deployments", "daemonsets"}, rule
+                                                  "deployments", "daemonsets", "poddisruptionbudgets",
+                                                  "serviceaccounts", "roles", "rolebindings"}, rule
     check("ClusterRole has no wildcards, deletes only what it renders, secrets read-only", least_privilege)
 
     # manifests/ is the chart rendered with default values, plus the CRDs.
@@ -207,6 +273,12 @@ def main():
     for f in examples:
         for obj in docs(f.read_text()):
             check(f"validate examples/{f.relative_to(ROOT / 'examples')}: {obj['kind']}/{obj['metadata']['name']}",
+                  lambda obj=obj: validate_any(obj))
+
+    # Every manifest scripts/kind-e2e.sh applies besides the chart and examples/.
+    for f in sorted((ROOT / "scripts" / "kind").glob("*.yaml")):
+        for obj in docs(f.read_text()):
+            check(f"validate scripts/kind/{f.name}: {obj['kind']}/{obj['metadata']['name']}",
                   lambda obj=obj: validate_any(obj))
 
     # examples/invalid/ holds resources the CRD schemas must refuse, each with the word the

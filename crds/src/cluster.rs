@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::api::core::v1::{
+    Affinity, LocalObjectReference, ResourceRequirements, Toleration, TopologySpreadConstraint,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -29,6 +31,7 @@ pub const DEFAULT_IMAGE: &str = "ghcr.io/kubesbc/sbc:0.1.0";
     status = "SbcClusterStatus",
     shortname = "sbc",
     category = "kubesbc",
+    scale = r#"{"specReplicasPath":".spec.replicas","statusReplicasPath":".status.replicas","labelSelectorPath":".status.selector"}"#,
     doc = "A fleet of kubesbc SIP proxies and what they listen on.",
     printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyReplicas"}"#,
     printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".status.replicas"}"#,
@@ -42,7 +45,8 @@ pub const DEFAULT_IMAGE: &str = "ghcr.io/kubesbc/sbc:0.1.0";
     {"rule": "has(self.tls) || !self.listeners.exists(l, l.transport == 'tls' || l.transport == 'wss')", "message": "tls and wss listeners need spec.tls"},
     {"rule": "self.listeners.all(a, self.listeners.exists_one(b, b.transport == a.transport && b.port == a.port))", "message": "spec.listeners: a transport and port pair is listed twice"},
     {"rule": "!(has(self.hostNetwork) && self.hostNetwork && has(self.autoscaling))", "message": "spec.autoscaling cannot be used with spec.hostNetwork: host-network pods run as a DaemonSet, one per node"},
-    {"rule": "!(has(self.hostNetwork) && self.hostNetwork && has(self.replicas))", "message": "spec.replicas cannot be used with spec.hostNetwork: host-network pods run as a DaemonSet, one per node"}
+    {"rule": "!(has(self.hostNetwork) && self.hostNetwork && has(self.replicas))", "message": "spec.replicas cannot be used with spec.hostNetwork: host-network pods run as a DaemonSet, one per node"},
+    {"rule": "!has(self.autoscaling) || (has(self.resources) && has(self.resources.requests) && 'cpu' in self.resources.requests)", "message": "spec.autoscaling needs spec.resources.requests.cpu: the HPA scales on CPU utilisation of the requests"}
 ]))]
 pub struct SbcClusterSpec {
     /// Number of sbc pods (when `autoscaling` is not set). Default 2.
@@ -52,7 +56,7 @@ pub struct SbcClusterSpec {
     /// Scale on CPU between `minReplicas` and `maxReplicas` (an HPA).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<Autoscaling>,
-    /// Container image of the sbc.
+    /// Container image of the sbc. Absent: the operator's default (chart value `sbcImage`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
     pub image: Option<String>,
@@ -86,9 +90,13 @@ pub struct SbcClusterSpec {
     /// Digest authentication (RFC 7616 / RFC 2617) of initial requests. Absent: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthSpec>,
-    /// Resources of the sbc container.
+    /// Resources of the sbc container. Absent: requests of 100m CPU and 128Mi memory and a
+    /// 512Mi memory limit. `autoscaling` needs `requests.cpu` set here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Pod placement and metadata of the sbc pods.
+    #[serde(default, flatten)]
+    pub placement: Placement,
     /// DispatcherSets (in this namespace) used by this cluster. Absent: none; `{}`: all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dispatcher_set_selector: Option<LabelSelector>,
@@ -115,6 +123,42 @@ pub struct SbcClusterSpec {
     /// Transaction timers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relay: Option<RelayConfig>,
+}
+
+/// Where the sbc pods run and what they carry; every field goes to the pod template as is.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Placement {
+    /// Node labels a node must have to run an sbc pod.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Taints the sbc pods tolerate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub tolerations: Vec<Toleration>,
+    /// Node and pod (anti-)affinity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// How the pods spread. Absent: across nodes (`kubernetes.io/hostname`, maxSkew 1,
+    /// ScheduleAnyway), so one node going down takes as few pods as possible.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+    /// PriorityClass of the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub priority_class_name: Option<String>,
+    /// Extra labels of the pods (the operator's own labels win on a clash).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_labels: BTreeMap<String, String>,
+    /// Extra annotations of the pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_annotations: BTreeMap<String, String>,
+    /// Secrets to pull the image with. Absent: the operator's default (chart value
+    /// `sbcImage.pullSecrets`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
 }
 
 /// CPU-based autoscaling.
@@ -323,4 +367,7 @@ pub struct SbcClusterStatus {
     /// Hash of the rendered `sbc.yaml` now in the ConfigMap.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_hash: Option<String>,
+    /// Label selector of the pods, for the `scale` subresource (`kubectl scale`, HPAs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
 }

@@ -79,6 +79,7 @@ fn sbc_cluster_cross_field_rules() {
 
     let mut both = base.clone();
     both["spec"]["autoscaling"] = json!({"minReplicas": 2, "maxReplicas": 4});
+    both["spec"]["resources"] = json!({"requests": {"cpu": "100m"}});
     assert_eq!(
         broken("SbcCluster", &both),
         ["set spec.replicas or spec.autoscaling, not both"]
@@ -90,10 +91,37 @@ fn sbc_cluster_cross_field_rules() {
         .expect("spec")
         .remove("replicas");
     inverted["spec"]["autoscaling"] = json!({"minReplicas": 5, "maxReplicas": 2});
+    inverted["spec"]["resources"] = json!({"requests": {"cpu": "100m"}});
     assert_eq!(
         broken("SbcCluster", &inverted),
         ["autoscaling.minReplicas must not exceed autoscaling.maxReplicas"]
     );
+
+    // An HPA on CPU utilisation needs CPU requests to measure against.
+    let mut unmeasured = inverted.clone();
+    unmeasured["spec"]["autoscaling"] = json!({"minReplicas": 2, "maxReplicas": 4});
+    for resources in [
+        json!(null),
+        json!({"limits": {"cpu": "1"}}),
+        json!({"requests": {"memory": "1Gi"}}),
+    ] {
+        if resources.is_null() {
+            unmeasured["spec"]
+                .as_object_mut()
+                .expect("spec")
+                .remove("resources");
+        } else {
+            unmeasured["spec"]["resources"] = resources;
+        }
+        assert_eq!(
+            broken("SbcCluster", &unmeasured),
+            [
+                "spec.autoscaling needs spec.resources.requests.cpu: the HPA scales on CPU utilisation of the requests"
+            ]
+        );
+    }
+    unmeasured["spec"]["resources"] = json!({"requests": {"cpu": "250m"}});
+    assert!(broken("SbcCluster", &unmeasured).is_empty());
 
     let mut tls = base.clone();
     tls["spec"]["listeners"] = json!([{"transport": "tls", "port": 5061}]);
@@ -159,6 +187,7 @@ fn host_network_excludes_replicas_and_autoscaling() {
     let host = example("hostnetwork/sbccluster.yaml");
     let mut scaled = host.clone();
     scaled["spec"]["autoscaling"] = json!({"minReplicas": 2, "maxReplicas": 4});
+    scaled["spec"]["resources"] = json!({"requests": {"cpu": "100m"}});
     assert_eq!(
         broken("SbcCluster", &scaled),
         [

@@ -184,3 +184,14 @@ fn short_names_do_not_shadow_built_in_ones() {
         }
     }
 }
+
+#[test]
+fn sbc_cluster_has_a_scale_subresource() {
+    // `kubectl scale sbc edge --replicas 3` and HPAs targeting the SbcCluster.
+    let crd = serde_json::to_value(<kubesbc_crds::SbcCluster as kube::CustomResourceExt>::crd())
+        .expect("json");
+    let scale = &crd["spec"]["versions"][0]["subresources"]["scale"];
+    assert_eq!(scale["specReplicasPath"], ".spec.replicas");
+    assert_eq!(scale["statusReplicasPath"], ".status.replicas");
+    assert_eq!(scale["labelSelectorPath"], ".status.selector");
+}

@@ -26,6 +26,13 @@ struct Args {
     /// Skip leader election (a single replica, or local development).
     #[arg(long, env = "NO_LEADER_ELECTION")]
     no_leader_election: bool,
+    /// Name of the leader-election Lease: one per installation, so two releases never take
+    /// each other's lease.
+    #[arg(long, env = "LEASE_NAME", default_value = "kubesbc-operator")]
+    lease_name: String,
+    /// Reconcile only the resources of this namespace; empty: every namespace.
+    #[arg(long, env = "WATCH_NAMESPACE", default_value = "")]
+    watch_namespace: String,
 }
 
 #[tokio::main]
@@ -47,14 +54,15 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.metrics_addr))?;
     tokio::spawn(serve_metrics(listener, registry));
 
+    let watch = Some(args.watch_namespace.trim().to_owned()).filter(|n| !n.is_empty());
     if args.no_leader_election {
-        controller::run(ctx).await;
+        controller::run(ctx, watch).await;
         return Ok(());
     }
     let elector = LeaderElector::new(
         client,
         &args.namespace,
-        "kubesbc-operator",
+        &args.lease_name,
         &args.identity,
         Duration::from_secs(15),
     );
@@ -62,7 +70,7 @@ async fn main() -> anyhow::Result<()> {
     elector.acquire().await;
     tracing::info!("leading");
     tokio::select! {
-        () = controller::run(ctx) => Ok(()),
+        () = controller::run(ctx, watch) => Ok(()),
         () = elector.keep() => {
             // Exiting lets Kubernetes restart us as a follower; reconciling on would fight
             // the new leader.

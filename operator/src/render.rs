@@ -59,14 +59,68 @@ pub struct Lookups {
     pub redis_url: Option<String>,
     /// `(namespace, name)` -> the names of the Service's ports.
     pub services: BTreeMap<(String, String), Vec<String>>,
-    /// `(namespace, name)` -> the Secret's `resourceVersion`: the pods restart when a Secret
-    /// they read only at startup changes (see [`STARTUP_SECRETS`]).
-    pub secret_versions: BTreeMap<(String, String), String>,
+    /// `(namespace, name)` -> a hash of the Secret's data (see [`secret_data_hash`]): the
+    /// pods restart when the data of a Secret they mount changes (see [`STARTUP_SECRETS`]),
+    /// and only then (a label or annotation change bumps `resourceVersion`, not this).
+    pub secret_hashes: BTreeMap<(String, String), String>,
+    /// The first address of the cluster's LoadBalancer Service
+    /// (`status.loadBalancer.ingress[0]`, IP or hostname), advertised by listeners that set
+    /// no `advertise` of their own.
+    pub load_balancer: Option<String>,
+    /// What the operator was installed with for pods whose spec says nothing.
+    pub defaults: PodDefaults,
 }
 
-/// Pod template annotation carrying a hash of the `resourceVersion`s of the Secrets the sbc
-/// reads only when it starts (the Redis URL) or loads a configuration (the nonce key), so a
-/// rotation rolls the pods. Secrets re-read live (required header values) are left out.
+/// Defaults of the sbc pods, from the operator's environment (the chart's `sbcImage` values).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodDefaults {
+    /// Image when `spec.image` is absent; absent here: [`kubesbc_crds::cluster::DEFAULT_IMAGE`].
+    pub image: Option<String>,
+    /// `imagePullPolicy` when `spec.imagePullPolicy` is absent.
+    pub pull_policy: Option<String>,
+    /// `imagePullSecrets` when `spec.imagePullSecrets` is empty.
+    pub pull_secrets: Vec<String>,
+}
+
+impl PodDefaults {
+    /// Reads `KUBESBC_SBC_IMAGE`, `KUBESBC_SBC_IMAGE_PULL_POLICY` and
+    /// `KUBESBC_SBC_IMAGE_PULL_SECRETS` (comma-separated names); empty values count as unset.
+    pub fn from_env() -> PodDefaults {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        PodDefaults {
+            image: var("KUBESBC_SBC_IMAGE"),
+            pull_policy: var("KUBESBC_SBC_IMAGE_PULL_POLICY"),
+            pull_secrets: var("KUBESBC_SBC_IMAGE_PULL_SECRETS")
+                .map(|v| {
+                    v.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// A hash of a Secret's data (keys and values, in key order): what decides whether the pods
+/// mounting it restart.
+pub fn secret_data_hash<'a>(data: impl IntoIterator<Item = (&'a String, &'a [u8])>) -> String {
+    let mut text = Vec::new();
+    for (k, v) in data {
+        text.extend_from_slice(k.as_bytes());
+        text.push(0);
+        text.extend_from_slice(&(v.len() as u64).to_le_bytes());
+        text.extend_from_slice(v);
+    }
+    fnv1a(&text)
+}
+
+/// Pod template annotation carrying a hash of the data of every Secret the sbc pods mount, so
+/// a rotation rolls the pods: the sbc reads the Redis URL when it starts, and the nonce key
+/// and required header values when it loads a configuration, and the kubelet refreshes a
+/// mounted Secret only about once a minute, so a new pod is the one way the new value is
+/// certain to be read.
 pub const STARTUP_SECRETS: &str = "kubesbc.io/startup-secrets";
 
 /// Everything one SbcCluster renders from.
@@ -95,7 +149,8 @@ pub struct Rendered {
     pub config_map: ConfigMap,
     /// The sbc pods: a Deployment, or a DaemonSet with `hostNetwork`.
     pub workload: Workload,
-    /// SIP Services: one, or one per protocol for a mixed UDP/TCP LoadBalancer.
+    /// The SIP Service: one for every listener, UDP and TCP alike (mixed-protocol
+    /// LoadBalancers are GA since Kubernetes 1.26), so both share one address.
     pub services: Vec<Service>,
     /// The admin/metrics Service.
     pub admin_service: Service,
@@ -105,8 +160,9 @@ pub struct Rendered {
     pub role: Role,
     /// Binds the role to the service account.
     pub role_binding: RoleBinding,
-    /// Keeps all but one pod up during voluntary disruptions.
-    pub pdb: PodDisruptionBudget,
+    /// Keeps all but one pod up during voluntary disruptions (Deployments only: a DaemonSet's
+    /// pods have no scale for `maxUnavailable` to count against).
+    pub pdb: Option<PodDisruptionBudget>,
     /// Present when the cluster autoscales.
     pub hpa: Option<HorizontalPodAutoscaler>,
 }
@@ -155,12 +211,30 @@ pub struct ReplicaCounts {
     pub current: i32,
     /// Pods ready.
     pub ready: i32,
+    /// Pods running the current template (`updatedReplicas` / `updatedNumberScheduled`).
+    pub updated: i32,
+    /// The workload controller has seen the current spec (`status.observedGeneration` is
+    /// at least `metadata.generation`).
+    pub observed: bool,
 }
 
 impl ReplicaCounts {
-    /// All wanted pods are ready (and at least one is wanted).
+    /// The rollout is over and every wanted pod is ready (and at least one is wanted): the
+    /// controller saw the current spec, every pod runs the current template, no old pod is
+    /// left, and all are ready.
     pub fn all_ready(&self) -> bool {
-        self.desired > 0 && self.ready >= self.desired
+        self.desired > 0
+            && self.observed
+            && self.updated >= self.desired
+            && self.current <= self.desired
+            && self.ready >= self.desired
+    }
+}
+
+fn observed(generation: Option<i64>, seen: Option<i64>) -> bool {
+    match generation {
+        None => true,
+        Some(g) => seen.is_some_and(|s| s >= g),
     }
 }
 
@@ -171,6 +245,11 @@ pub fn deployment_counts(d: &Deployment) -> ReplicaCounts {
         desired: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
         current: st.and_then(|s| s.replicas).unwrap_or(0),
         ready: st.and_then(|s| s.ready_replicas).unwrap_or(0),
+        updated: st.and_then(|s| s.updated_replicas).unwrap_or(0),
+        observed: observed(
+            d.metadata.generation,
+            st.and_then(|s| s.observed_generation),
+        ),
     }
 }
 
@@ -181,6 +260,11 @@ pub fn daemon_set_counts(d: &DaemonSet) -> ReplicaCounts {
         desired: st.map_or(0, |s| s.desired_number_scheduled),
         current: st.map_or(0, |s| s.current_number_scheduled),
         ready: st.map_or(0, |s| s.number_ready),
+        updated: st.and_then(|s| s.updated_number_scheduled).unwrap_or(0),
+        observed: observed(
+            d.metadata.generation,
+            st.and_then(|s| s.observed_generation),
+        ),
     }
 }
 
@@ -355,35 +439,26 @@ pub fn mounted_secrets<'a>(
     out
 }
 
-/// The hash for [`STARTUP_SECRETS`]: the versions of the Redis URL and nonce key Secrets;
-/// empty when the cluster reads neither.
-pub fn startup_secrets_hash(cluster: &SbcCluster, lookups: &Lookups) -> String {
-    let ns = cluster.namespace().unwrap_or_default();
-    let names: BTreeSet<&str> = cluster
-        .spec
-        .redis
-        .iter()
-        .map(|r| r.url_secret_ref.name.as_str())
-        .chain(
-            cluster
-                .spec
-                .auth
-                .iter()
-                .map(|a| a.nonce_secret_ref.name.as_str()),
-        )
-        .collect();
+/// The hash for [`STARTUP_SECRETS`]: the data hashes of the Secrets `names` (in the
+/// cluster's namespace); empty when the pods mount none.
+pub fn startup_secrets_hash(
+    cluster: &SbcCluster,
+    names: &BTreeSet<String>,
+    lookups: &Lookups,
+) -> String {
     if names.is_empty() {
         return String::new();
     }
+    let ns = cluster.namespace().unwrap_or_default();
     let mut text = String::new();
     for name in names {
-        let version = lookups
-            .secret_versions
-            .get(&(ns.clone(), name.to_owned()))
+        let hash = lookups
+            .secret_hashes
+            .get(&(ns.clone(), name.clone()))
             .map_or("", String::as_str);
         text.push_str(name);
         text.push('=');
-        text.push_str(version);
+        text.push_str(hash);
         text.push('\n');
     }
     fnv1a(text.as_bytes())
@@ -398,10 +473,22 @@ pub fn render_set(
     let service = match &spec.destinations.service {
         None => None,
         Some(s) => {
-            let ns = s
-                .namespace
-                .clone()
-                .unwrap_or_else(|| ds.namespace().unwrap_or_default());
+            let own = ds.namespace().unwrap_or_default();
+            let ns = s.namespace.clone().unwrap_or_else(|| own.clone());
+            // The sbc pods' Role is in the cluster's namespace: they could not watch another
+            // namespace's EndpointSlices, and one namespace must not make the operator read
+            // Services of another.
+            if ns != own {
+                return Err(err(
+                    ds,
+                    "CrossNamespaceService",
+                    "spec.destinations.service.namespace",
+                    format!(
+                        "Service {ns}/{} is in another namespace: a DispatcherSet may only name Services in its own namespace ({own})",
+                        s.name
+                    ),
+                ));
+            }
             let ports = lookups
                 .services
                 .get(&(ns.clone(), s.name.clone()))
@@ -526,6 +613,70 @@ pub fn render_throttle(tt: &TenantThrottle) -> Result<ThrottleConfig, RenderErro
     Ok(out)
 }
 
+/// What a listener without `advertise` advertises: the LoadBalancer Service's address, once
+/// the cloud gave it one (an IPv6 address in brackets, as SIP writes it).
+fn load_balancer_advertise(cluster: &SbcCluster, lookups: &Lookups) -> Option<String> {
+    if cluster.spec.service.type_ != kubesbc_crds::cluster::ServiceType::LoadBalancer {
+        return None;
+    }
+    let host = lookups.load_balancer.as_deref()?.trim();
+    if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == ';') {
+        return None;
+    }
+    Some(if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    })
+}
+
+/// The first address in a Service's `status.loadBalancer.ingress` (IP, else hostname).
+pub fn load_balancer_address(svc: &Service) -> Option<String> {
+    let ingress = svc
+        .status
+        .as_ref()?
+        .load_balancer
+        .as_ref()?
+        .ingress
+        .as_ref()?;
+    ingress
+        .iter()
+        .find_map(|i| i.ip.clone().or_else(|| i.hostname.clone()))
+}
+
+/// Name of the ServiceAccount, Role and RoleBinding of a cluster's pods: suffixed, so that a
+/// cluster named `default` never touches the namespace's `default` ServiceAccount.
+pub fn pod_identity(cluster: &SbcCluster) -> String {
+    format!("{}-sbc", cluster.name_any())
+}
+
+/// The label selector of a cluster's pods, as the `scale` subresource reports it.
+pub fn pod_selector_string(cluster: &SbcCluster) -> String {
+    pod_selector(cluster)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+mod erased_json {
+    /// Object-safe `serde_json::to_value`, so one closure converts fields of any type.
+    pub trait ToJson {
+        fn to_json(&self) -> Result<serde_json::Value, serde_json::Error>;
+    }
+
+    impl<T: serde::Serialize> ToJson for T {
+        fn to_json(&self) -> Result<serde_json::Value, serde_json::Error> {
+            serde_json::to_value(self)
+        }
+    }
+}
+
+/// Resources of the sbc container when the spec sets none.
+pub fn default_resources() -> serde_json::Value {
+    json!({"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}})
+}
+
 /// Renders the sbc configuration of a cluster (validated with [`SbcConfig::validate`]).
 pub fn render_config(inputs: Inputs<'_>) -> Result<SbcConfig, RenderError> {
     let cluster = inputs.cluster;
@@ -565,7 +716,10 @@ pub fn render_config(inputs: Inputs<'_>) -> Result<SbcConfig, RenderError> {
             Ok(Listener {
                 transport: l.transport,
                 address: std::net::SocketAddr::from(([0, 0, 0, 0], port)),
-                advertise: l.advertise.clone(),
+                advertise: l
+                    .advertise
+                    .clone()
+                    .or_else(|| load_balancer_advertise(cluster, inputs.lookups)),
             })
         })
         .collect::<Result<Vec<_>, RenderError>>()?;
@@ -761,14 +915,23 @@ pub fn render(inputs: Inputs<'_>) -> Result<Rendered, RenderError> {
         workload: objects.workload(
             &config,
             &mounted_secrets(cluster, inputs.access_lists),
-            &startup_secrets_hash(cluster, inputs.lookups),
+            &startup_secrets_hash(
+                cluster,
+                &mounted_secrets(cluster, inputs.access_lists),
+                inputs.lookups,
+            ),
+            &inputs.lookups.defaults,
         )?,
         services: objects.services()?,
         admin_service: objects.admin_service(&config)?,
-        service_account: objects.typed(json!({}), "ServiceAccount", &objects.name)?,
+        service_account: objects.typed(json!({}), "ServiceAccount", &pod_identity(cluster))?,
         role: objects.role()?,
         role_binding: objects.role_binding()?,
-        pdb: objects.pdb()?,
+        pdb: if cluster.spec.host_network {
+            None
+        } else {
+            Some(objects.pdb()?)
+        },
         hpa: objects.hpa()?,
         config,
         config_hash,
@@ -826,13 +989,10 @@ impl Objects<'_> {
         config: &SbcConfig,
         secrets: &BTreeSet<String>,
         startup_secrets: &str,
+        defaults: &PodDefaults,
     ) -> Result<Workload, RenderError> {
-        let template_meta = if startup_secrets.is_empty() {
-            json!({"labels": self.labels})
-        } else {
-            json!({"labels": self.labels, "annotations": {STARTUP_SECRETS: startup_secrets}})
-        };
         let spec = &self.cluster.spec;
+        let template_meta = self.template_meta(startup_secrets);
         let admin_port = i32::from(config.admin.address.port());
         let mut ports: Vec<serde_json::Value> = spec
             .listeners
@@ -870,7 +1030,7 @@ impl Objects<'_> {
         }
         let mut container = json!({
             "name": "sbc",
-            "image": spec.image.clone().unwrap_or_else(|| kubesbc_crds::cluster::DEFAULT_IMAGE.to_owned()),
+            "image": spec.image.clone().or_else(|| defaults.image.clone()).unwrap_or_else(|| kubesbc_crds::cluster::DEFAULT_IMAGE.to_owned()),
             // The sbc watches its ConfigMap through the API, so a change takes effect within a
             // second; the kubelet refreshes a mounted one only about once a minute.
             "args": ["--configmap", format!("$(POD_NAMESPACE)/{}", config_map_name(self.cluster))],
@@ -892,22 +1052,28 @@ impl Objects<'_> {
                 "seccompProfile": {"type": "RuntimeDefault"},
             },
         });
-        if let Some(policy) = spec.image_pull_policy {
-            container["imagePullPolicy"] = json!(policy.as_str());
+        if let Some(policy) = spec
+            .image_pull_policy
+            .map(|p| p.as_str().to_owned())
+            .or_else(|| defaults.pull_policy.clone())
+        {
+            container["imagePullPolicy"] = json!(policy);
         }
-        if let Some(res) = &spec.resources {
-            container["resources"] = serde_json::to_value(res)
-                .map_err(|e| internal(self.cluster, "spec.resources", e))?;
-        }
+        container["resources"] = match &spec.resources {
+            Some(res) => serde_json::to_value(res)
+                .map_err(|e| internal(self.cluster, "spec.resources", e))?,
+            None => default_resources(),
+        };
         // Calls can last hours: the pod gets the drain grace period plus time to exit.
         let grace = config.drain.grace_period_secs.saturating_add(5);
         let mut pod = json!({
-            "serviceAccountName": self.name,
+            "serviceAccountName": pod_identity(self.cluster),
             "terminationGracePeriodSeconds": grace,
             "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 65532},
             "containers": [container],
             "volumes": volumes,
         });
+        self.place(&mut pod, defaults)?;
         if spec.host_network {
             pod["hostNetwork"] = json!(true);
             // Without it a host-network pod resolves with the node's resolv.conf and cannot
@@ -942,6 +1108,79 @@ impl Objects<'_> {
             .map(|d| Workload::Deployment(Box::new(d)))
     }
 
+    /// Labels (the cluster's win over `podLabels`) and annotations of the pod template.
+    fn template_meta(&self, startup_secrets: &str) -> serde_json::Value {
+        let placement = &self.cluster.spec.placement;
+        let mut labels = placement.pod_labels.clone();
+        labels.extend(self.labels.clone());
+        let mut annotations = placement.pod_annotations.clone();
+        if !startup_secrets.is_empty() {
+            annotations.insert(STARTUP_SECRETS.to_owned(), startup_secrets.to_owned());
+        }
+        if annotations.is_empty() {
+            json!({"labels": labels})
+        } else {
+            json!({"labels": labels, "annotations": annotations})
+        }
+    }
+
+    /// The placement fields of the spec, and the default spread across nodes.
+    fn place(
+        &self,
+        pod: &mut serde_json::Value,
+        defaults: &PodDefaults,
+    ) -> Result<(), RenderError> {
+        let p = &self.cluster.spec.placement;
+        let cluster = self.cluster;
+        let to = |v: &dyn erased_json::ToJson, field: &str| {
+            v.to_json().map_err(|e| internal(cluster, field, e))
+        };
+        if !p.node_selector.is_empty() {
+            pod["nodeSelector"] = to(&p.node_selector, "spec.nodeSelector")?;
+        }
+        if !p.tolerations.is_empty() {
+            pod["tolerations"] = to(&p.tolerations, "spec.tolerations")?;
+        }
+        if let Some(a) = &p.affinity {
+            pod["affinity"] = to(a, "spec.affinity")?;
+        }
+        if let Some(c) = &p.priority_class_name {
+            pod["priorityClassName"] = json!(c);
+        }
+        let secrets: Vec<serde_json::Value> = if p.image_pull_secrets.is_empty() {
+            defaults
+                .pull_secrets
+                .iter()
+                .map(|n| json!({"name": n}))
+                .collect()
+        } else {
+            p.image_pull_secrets
+                .iter()
+                .map(|r| json!({"name": r.name}))
+                .collect()
+        };
+        if !secrets.is_empty() {
+            pod["imagePullSecrets"] = json!(secrets);
+        }
+        // A DaemonSet already runs one pod per node.
+        if !self.cluster.spec.host_network {
+            pod["topologySpreadConstraints"] = if p.topology_spread_constraints.is_empty() {
+                json!([{
+                    "maxSkew": 1,
+                    "topologyKey": "kubernetes.io/hostname",
+                    "whenUnsatisfiable": "ScheduleAnyway",
+                    "labelSelector": {"matchLabels": pod_selector(self.cluster)},
+                }])
+            } else {
+                to(
+                    &p.topology_spread_constraints,
+                    "spec.topologySpreadConstraints",
+                )?
+            };
+        }
+        Ok(())
+    }
+
     fn services(&self) -> Result<Vec<Service>, RenderError> {
         let spec = &self.cluster.spec;
         let exposed = spec.service.type_ != kubesbc_crds::cluster::ServiceType::ClusterIP;
@@ -957,31 +1196,11 @@ impl Objects<'_> {
             }
             p
         };
-        let protocols: BTreeSet<&str> = spec
-            .listeners
-            .iter()
-            .map(|l| protocol(l.transport))
-            .collect();
-        // Many cloud load balancers cannot mix UDP and TCP on one Service: split them.
-        let split = spec.service.type_ == kubesbc_crds::cluster::ServiceType::LoadBalancer
-            && protocols.len() > 1;
-        let groups: Vec<(String, Vec<serde_json::Value>)> = if split {
-            protocols
-                .iter()
-                .map(|p| {
-                    (
-                        format!("{}-{}", self.name, p.to_ascii_lowercase()),
-                        spec.listeners
-                            .iter()
-                            .filter(|l| protocol(l.transport) == *p)
-                            .map(port)
-                            .collect(),
-                    )
-                })
-                .collect()
-        } else {
-            vec![(self.name.clone(), spec.listeners.iter().map(port).collect())]
-        };
+        // One Service for UDP and TCP alike: a mixed-protocol LoadBalancer (GA since
+        // Kubernetes 1.26) gives both one address, which SIP needs (a client reaching the sbc
+        // over UDP is told, in Record-Route, to come back over TCP to the same host).
+        let groups: Vec<(String, Vec<serde_json::Value>)> =
+            vec![(self.name.clone(), spec.listeners.iter().map(port).collect())];
         groups
             .into_iter()
             .map(|(name, ports)| {
@@ -1027,24 +1246,30 @@ impl Objects<'_> {
                 {"apiGroups": [""], "resources": ["services"], "verbs": ["get"]},
             ]}),
             "Role",
-            &self.name,
+            &pod_identity(self.cluster),
         )
     }
 
     fn role_binding(&self) -> Result<RoleBinding, RenderError> {
         self.typed(
             json!({
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": self.name},
-                "subjects": [{"kind": "ServiceAccount", "name": self.name, "namespace": self.ns}],
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": pod_identity(self.cluster)},
+                "subjects": [{"kind": "ServiceAccount", "name": pod_identity(self.cluster), "namespace": self.ns}],
             }),
             "RoleBinding",
-            &self.name,
+            &pod_identity(self.cluster),
         )
     }
 
     fn pdb(&self) -> Result<PodDisruptionBudget, RenderError> {
         self.typed(
-            json!({"spec": {"maxUnavailable": 1, "selector": {"matchLabels": pod_selector(self.cluster)}}}),
+            // AlwaysAllow: a pod that is not ready (every backend down, or stuck) can still be
+            // evicted, so a node drain is never blocked by the budget of a broken pod.
+            json!({"spec": {
+                "maxUnavailable": 1,
+                "unhealthyPodEvictionPolicy": "AlwaysAllow",
+                "selector": {"matchLabels": pod_selector(self.cluster)},
+            }}),
             "PodDisruptionBudget",
             &self.name,
         )

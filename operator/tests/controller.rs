@@ -81,15 +81,18 @@ async fn a_new_cluster_gets_its_configmap_deployment_and_status() {
     let container = &dep[0].body["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
     for kind in [
-        "/services/edge-udp",
-        "/services/edge-tcp",
+        "/services/edge",
         "/services/edge-admin",
-        "/serviceaccounts/edge",
-        "/roles/edge",
-        "/rolebindings/edge",
+        "/serviceaccounts/edge-sbc",
+        "/roles/edge-sbc",
+        "/rolebindings/edge-sbc",
         "/poddisruptionbudgets/edge",
     ] {
-        assert_eq!(patches(&sent, kind).len(), 1, "{kind}");
+        let n = sent
+            .iter()
+            .filter(|s| s.method == "PATCH" && s.path.ends_with(kind))
+            .count();
+        assert_eq!(n, 1, "{kind}");
     }
     assert!(patches(&sent, "horizontalpodautoscalers").is_empty());
 
@@ -332,8 +335,9 @@ async fn objects_no_longer_rendered_are_pruned_but_only_our_own() {
     let uid = cluster.meta().uid.clone().unwrap_or_default();
     let ours = json!([{"apiVersion": "kubesbc.io/v1alpha1", "kind": "SbcCluster", "name": "edge", "uid": uid, "controller": true}]);
     let mut world = World::standard();
-    // An HPA from when the cluster autoscaled, and a single-Service layout from when it was a
-    // ClusterIP: both ours. A user's Service that merely has a matching name is not.
+    // An HPA from when the cluster autoscaled, and a per-protocol Service of an earlier
+    // operator: both ours. A user's Service that merely has a matching name is not (and is
+    // not taken over either: see tests/kubernetes.rs).
     world.objects.insert(
         "/apis/autoscaling/v2/namespaces/voip/horizontalpodautoscalers/edge".into(),
         json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
@@ -341,8 +345,8 @@ async fn objects_no_longer_rendered_are_pruned_but_only_our_own() {
                "spec": {"maxReplicas": 4, "scaleTargetRef": {"kind": "Deployment", "name": "edge"}}}),
     );
     world.objects.insert(
-        "/api/v1/namespaces/voip/services/edge".into(),
-        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "edge", "namespace": "voip", "ownerReferences": ours}}),
+        "/api/v1/namespaces/voip/services/edge-udp".into(),
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "edge-udp", "namespace": "voip", "ownerReferences": ours}}),
     );
     let (sent, result) = reconcile(world, cluster.clone()).await;
     assert!(result.is_ok(), "{result:?}");
@@ -354,7 +358,7 @@ async fn objects_no_longer_rendered_are_pruned_but_only_our_own() {
     assert_eq!(
         deleted,
         [
-            "/api/v1/namespaces/voip/services/edge",
+            "/api/v1/namespaces/voip/services/edge-udp",
             "/apis/autoscaling/v2/namespaces/voip/horizontalpodautoscalers/edge",
         ]
     );

@@ -367,8 +367,8 @@ async fn status_is_written_again_only_when_the_pods_see_something_new() {
 #[tokio::test]
 async fn a_set_shared_by_two_clusters_shows_the_first_clusters_view() {
     let mut world = standard();
-    // "alpha" sorts before "edge" and selects the same sets: it reports them, and edge keeps
-    // what alpha wrote instead of overwriting it with its own pods' view.
+    // "alpha" sorts before "edge" and selects the same sets: it owns their status, and edge
+    // leaves what alpha wrote alone instead of overwriting it with its own pods' view.
     let mut alpha: SbcCluster = example("sbccluster.yaml");
     alpha.meta_mut().name = Some("alpha".into());
     world.put(&alpha);
@@ -378,15 +378,8 @@ async fn a_set_shared_by_two_clusters_shows_the_first_clusters_view() {
     }
     let (sent, _) = reconcile(world, Arc::new(two_pods())).await;
     let st = status_patches(&sent);
-    assert_eq!(
-        (
-            &st[CARRIERS]["destinationsUp"],
-            &st[CARRIERS]["destinationsTotal"]
-        ),
-        (&json!(5), &json!(6))
-    );
-    // The Asterisk set had no numbers from alpha yet: edge does not invent any.
-    assert!(st[ASTERISK].get("destinationsUp").is_none());
+    assert!(!st.contains_key(CARRIERS), "{:?}", st.keys());
+    assert!(!st.contains_key(ASTERISK), "{:?}", st.keys());
     // The cluster's own counts are its own pods' view.
     assert_eq!(st[CLUSTER]["destinationsUp"], 2);
 }

@@ -126,7 +126,8 @@ fn objects_are_owned_labelled_and_locked_down() {
     let spec = deployment(&r).spec.as_ref().expect("spec");
     assert_eq!(spec.replicas, Some(2));
     let pod = spec.template.spec.as_ref().expect("pod");
-    assert_eq!(pod.service_account_name.as_deref(), Some("edge"));
+    // Suffixed: a cluster named `default` must not take the namespace's default account.
+    assert_eq!(pod.service_account_name.as_deref(), Some("edge-sbc"));
     assert_eq!(pod.termination_grace_period_seconds, Some(35));
     let c = &pod.containers[0];
     let sc = c.security_context.as_ref().expect("securityContext");
@@ -175,29 +176,38 @@ fn objects_are_owned_labelled_and_locked_down() {
     let template = serde_json::to_string(&spec.template).expect("json");
     assert!(!template.contains(&r.config_hash));
 
-    // A mixed UDP/TCP LoadBalancer is split in one Service per protocol.
+    // A mixed UDP/TCP LoadBalancer is one Service: one address for both protocols.
     let names: Vec<_> = r
         .services
         .iter()
         .map(|s| s.metadata.name.clone().unwrap_or_default())
         .collect();
-    assert_eq!(names, ["edge-tcp", "edge-udp"]);
-    let udp = r.services[1].spec.as_ref().expect("spec");
-    assert_eq!(udp.type_.as_deref(), Some("LoadBalancer"));
-    assert_eq!(udp.external_traffic_policy.as_deref(), Some("Local"));
-    assert_eq!(udp.ports.as_ref().map(Vec::len), Some(1));
+    assert_eq!(names, ["edge"]);
+    let sip = r.services[0].spec.as_ref().expect("spec");
+    assert_eq!(sip.type_.as_deref(), Some("LoadBalancer"));
+    assert_eq!(sip.external_traffic_policy.as_deref(), Some("Local"));
+    let protocols: Vec<_> = sip
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| p.protocol.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(protocols, ["UDP", "TCP", "TCP"]);
     assert_eq!(r.admin_service.metadata.name.as_deref(), Some("edge-admin"));
     let rules = r.role.rules.as_ref().expect("rules");
     assert_eq!(
         rules[0].resource_names.as_deref(),
         Some(&["edge-config".to_owned()][..])
     );
-    assert_eq!(r.role_binding.role_ref.name, "edge");
-    assert!(
-        r.pdb
-            .spec
-            .as_ref()
-            .is_some_and(|s| s.max_unavailable.is_some())
+    assert_eq!(r.role.metadata.name.as_deref(), Some("edge-sbc"));
+    assert_eq!(r.role_binding.role_ref.name, "edge-sbc");
+    let pdb = r.pdb.as_ref().and_then(|p| p.spec.as_ref()).expect("a PDB");
+    assert!(pdb.max_unavailable.is_some());
+    // A pod that is not ready (every backend down) can still be evicted: a drain never
+    // waits on a broken pod.
+    assert_eq!(
+        pdb.unhealthy_pod_eviction_policy.as_deref(),
+        Some("AlwaysAllow")
     );
     assert!(r.hpa.is_none());
 }
@@ -403,15 +413,10 @@ fn host_network_runs_a_daemon_set_one_pod_per_node() {
     let pod = spec.template.spec.as_ref().expect("pod");
     assert_eq!(pod.host_network, Some(true));
     assert_eq!(pod.dns_policy.as_deref(), Some("ClusterFirstWithHostNet"));
-    // The pods and the PDB still select the same pods as the Deployment did.
-    assert_eq!(
-        spec.selector.match_labels,
-        r.pdb
-            .spec
-            .as_ref()
-            .and_then(|p| p.selector.as_ref())
-            .and_then(|s| s.match_labels.clone())
-    );
+    // No PDB: maxUnavailable needs a scale the DaemonSet does not have, so it would
+    // protect nothing, and minAvailable cannot follow the number of nodes.
+    assert!(r.pdb.is_none());
+    assert!(spec.selector.match_labels.is_some());
     assert!(r.hpa.is_none());
     assert_eq!(r.workload.pod_spec(), Some(pod));
 }
@@ -662,12 +667,29 @@ fn replica_counts_come_from_the_deployment_or_the_daemon_set() {
     let ds: DaemonSet = serde_json::from_value(serde_json::json!({
         "spec": {"selector": {}, "template": {}},
         "status": {"desiredNumberScheduled": 4, "currentNumberScheduled": 4, "numberReady": 4,
-                   "numberMisscheduled": 0},
+                   "updatedNumberScheduled": 4, "numberMisscheduled": 0},
     }))
     .expect("daemonset");
     let c = render::Workload::DaemonSet(Box::new(ds)).counts();
     assert_eq!((c.desired, c.current, c.ready), (4, 4, 4));
     assert!(c.all_ready());
+
+    // Mid-rollout (one node still runs the old template) it is not ready, all pods ready or
+    // not; nor before its controller saw the current spec.
+    let rolling: DaemonSet = serde_json::from_value(serde_json::json!({
+        "spec": {"selector": {}, "template": {}},
+        "status": {"desiredNumberScheduled": 4, "currentNumberScheduled": 4, "numberReady": 4,
+                   "updatedNumberScheduled": 3, "numberMisscheduled": 0},
+    }))
+    .expect("daemonset");
+    assert!(!render::daemon_set_counts(&rolling).all_ready());
+    let unseen: Deployment = serde_json::from_value(serde_json::json!({
+        "metadata": {"generation": 5},
+        "spec": {"replicas": 2, "selector": {}, "template": {}},
+        "status": {"replicas": 2, "readyReplicas": 2, "updatedReplicas": 2, "observedGeneration": 4},
+    }))
+    .expect("deployment");
+    assert!(!render::deployment_counts(&unseen).all_ready());
 
     // A DaemonSet with no node to run on is not ready.
     let none: DaemonSet = serde_json::from_value(serde_json::json!({
@@ -686,46 +708,55 @@ fn startup_secrets(r: &render::Rendered) -> Option<String> {
 }
 
 #[test]
-fn rotating_a_secret_read_at_startup_rolls_the_pods_and_a_live_one_does_not() {
+fn rotating_any_mounted_secret_rolls_the_pods() {
     let mut w = host_world();
     for s in ["sbc-auth", "redis-url", "company-signature"] {
         w.lookups
-            .secret_versions
-            .insert(("voip".into(), s.into()), "100".into());
+            .secret_hashes
+            .insert(("voip".into(), s.into()), format!("{s}-v1"));
     }
     let first = startup_secrets(&render::render(w.inputs()).expect("renders"))
-        .expect("the Redis URL and nonce key are read at startup");
-    // The same versions render the same template: no rollout.
+        .expect("the pods mount Secrets");
+    // The same data renders the same template: no rollout.
     assert_eq!(
         startup_secrets(&render::render(w.inputs()).expect("renders")).as_deref(),
         Some(first.as_str())
     );
-    // A rotated required-header value is re-read by the running pods: no rollout.
-    w.lookups
-        .secret_versions
-        .insert(("voip".into(), "company-signature".into()), "101".into());
-    assert_eq!(
-        startup_secrets(&render::render(w.inputs()).expect("renders")).as_deref(),
-        Some(first.as_str())
-    );
-    // A rotated nonce key or Redis URL rolls the pods.
-    for s in ["sbc-auth", "redis-url"] {
+    // Each rotated Secret rolls the pods: the sbc reads a required header's value when it
+    // loads a configuration, and the kubelet refreshes the mounted file only about once a
+    // minute, so only a new pod is sure to use the new value.
+    for s in ["sbc-auth", "redis-url", "company-signature"] {
         let mut rotated = host_world();
-        rotated.lookups.secret_versions = w.lookups.secret_versions.clone();
+        rotated.lookups.secret_hashes = w.lookups.secret_hashes.clone();
         rotated
             .lookups
-            .secret_versions
-            .insert(("voip".into(), s.into()), "102".into());
+            .secret_hashes
+            .insert(("voip".into(), s.into()), format!("{s}-v2"));
         let after = startup_secrets(&render::render(rotated.inputs()).expect("renders"));
         assert!(
             after.is_some() && after.as_deref() != Some(first.as_str()),
             "{s} rotated: {after:?} vs {first}"
         );
     }
-    // A cluster reading neither has no annotation (its template never changes for Secrets).
-    let plain = World::new();
+    // A cluster mounting none has no annotation (its template never changes for Secrets).
+    let mut plain = World::new();
+    plain.acls.clear();
     assert_eq!(
         startup_secrets(&render::render(plain.inputs()).expect("renders")),
         None
     );
+}
+
+#[test]
+fn secret_data_hash_follows_the_data_only() {
+    let a = std::collections::BTreeMap::from([("k".to_owned(), b"v1".to_vec())]);
+    let b = std::collections::BTreeMap::from([("k".to_owned(), b"v2".to_vec())]);
+    let hash = |m: &std::collections::BTreeMap<String, Vec<u8>>| {
+        render::secret_data_hash(m.iter().map(|(k, v)| (k, v.as_slice())))
+    };
+    assert_eq!(hash(&a), hash(&a.clone()));
+    assert_ne!(hash(&a), hash(&b));
+    // Keys and values do not run into each other.
+    let c = std::collections::BTreeMap::from([("kv".to_owned(), b"1".to_vec())]);
+    assert_ne!(hash(&a), hash(&c));
 }

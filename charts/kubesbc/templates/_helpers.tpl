@@ -1,17 +1,28 @@
-{{/* Full name of the release's objects. */}}
+{{/* Full name of the release's objects: at most 40 characters, so that every name built
+from it (`-redis-url`, `-leader`, `-example-backend`, ...) stays within 63. */}}
 {{- define "kubesbc.fullname" -}}
 {{- if contains .Chart.Name .Release.Name -}}
-{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 40 | trimSuffix "-" -}}
 {{- end -}}
+{{- end -}}
+
+{{/* Label value of the release (label values are at most 63 characters). */}}
+{{- define "kubesbc.instance" -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Namespace of the Redis URL Secret. */}}
+{{- define "kubesbc.redisSecretNamespace" -}}
+{{- default .Release.Namespace .Values.redis.urlSecretNamespace -}}
 {{- end -}}
 
 {{/* Labels every object carries. */}}
 {{- define "kubesbc.labels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 app.kubernetes.io/name: {{ .Chart.Name }}
-app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/instance: {{ include "kubesbc.instance" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
@@ -19,7 +30,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{/* Labels selecting the operator pods. */}}
 {{- define "kubesbc.selectorLabels" -}}
 app.kubernetes.io/name: {{ .Chart.Name }}
-app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/instance: {{ include "kubesbc.instance" . }}
 app.kubernetes.io/component: operator
 {{- end -}}
 

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // each test file uses its own part
 
+pub mod rbac;
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,6 +16,7 @@ use kube::{Client, Resource};
 use kubesbc_crds::{AccessList, DispatcherSet, SbcCluster, TenantThrottle};
 use kubesbc_operator::controller::{self, Context};
 use kubesbc_operator::destinations::DestinationProbe;
+use kubesbc_operator::render::PodDefaults;
 use serde_json::{Value, json};
 
 /// One request the operator made.
@@ -23,6 +26,17 @@ pub struct Sent {
     pub path: String,
     pub query: String,
     pub body: Value,
+    /// `Content-Type` of the request (`application/apply-patch+yaml` for server-side apply).
+    pub content_type: String,
+    /// The status code the fake answered.
+    pub code: u16,
+}
+
+impl Sent {
+    /// Whether the fake refused this request (RBAC).
+    pub fn forbidden(&self) -> bool {
+        self.code == 403
+    }
 }
 
 pub fn example<T: serde::de::DeserializeOwned + kube::Resource>(file: &str) -> T {
@@ -43,10 +57,21 @@ pub fn value<T: serde::Serialize + Resource<DynamicType = ()>>(obj: &T) -> Value
     v
 }
 
-/// Objects the fake API server knows, by URL path.
-#[derive(Default, Clone)]
+/// Objects the fake API server knows, by URL path, and whose permissions it enforces.
+#[derive(Clone)]
 pub struct World {
     pub objects: BTreeMap<String, Value>,
+    /// The operator's permissions: by default what the chart grants it.
+    pub authorizer: rbac::Authorizer,
+}
+
+impl Default for World {
+    fn default() -> World {
+        World {
+            objects: BTreeMap::new(),
+            authorizer: rbac::Authorizer::operator(),
+        }
+    }
 }
 
 impl World {
@@ -91,6 +116,85 @@ impl World {
             .insert(format!("/api/v1/namespaces/voip/pods/{name}"), pod);
     }
 
+    /// Authorizes, answers and (for writes) stores one request.
+    pub fn serve(&mut self, sent: &Sent) -> (StatusCode, Value) {
+        if let Some(refusal) = self.authorize(sent) {
+            return (StatusCode::FORBIDDEN, refusal);
+        }
+        let (code, body) = self.answer(sent);
+        if code.is_success() && sent.method == "PATCH" {
+            self.objects.insert(
+                sent.path.trim_end_matches("/status").to_owned(),
+                body.clone(),
+            );
+        }
+        if code.is_success() && sent.method == "DELETE" {
+            self.objects.remove(&sent.path);
+        }
+        (code, body)
+    }
+
+    /// What kube-apiserver's RBAC authorizer (and its escalation check) would refuse.
+    fn authorize(&self, sent: &Sent) -> Option<Value> {
+        let a = rbac::attributes(&sent.method, &sent.path, &sent.query)?;
+        if !self.authorizer.allows(&a) {
+            return Some(rbac::forbidden(&a, "not granted by the operator's roles"));
+        }
+        let apply = sent.content_type.starts_with("application/apply-patch");
+        let base = sent.path.trim_end_matches("/status");
+        if apply && a.subresource.is_none() && !self.objects.contains_key(base) {
+            // An apply that creates the object is authorized as a create as well.
+            let create = rbac::Attributes {
+                verb: "create".into(),
+                ..a.clone()
+            };
+            if !self.authorizer.allows(&create) {
+                return Some(rbac::forbidden(
+                    &create,
+                    "an apply that creates needs create",
+                ));
+            }
+        }
+        if a.verb == "patch" || a.verb == "create" || a.verb == "update" {
+            let ns = a.namespace.as_deref();
+            let granted = match (a.group.as_str(), a.resource.as_str()) {
+                ("rbac.authorization.k8s.io", "roles") => Some(rbac::rules_of(&sent.body)),
+                ("rbac.authorization.k8s.io", "rolebindings") => {
+                    let role = sent.body["roleRef"]["name"].as_str().unwrap_or_default();
+                    let path = format!(
+                        "/apis/rbac.authorization.k8s.io/v1/namespaces/{}/roles/{role}",
+                        ns.unwrap_or_default()
+                    );
+                    let bind = rbac::Attributes {
+                        verb: "bind".into(),
+                        group: a.group.clone(),
+                        resource: "roles".into(),
+                        subresource: None,
+                        namespace: a.namespace.clone(),
+                        name: Some(role.to_owned()),
+                    };
+                    if self.authorizer.allows(&bind) {
+                        None
+                    } else {
+                        // Binding a Role that does not exist grants nothing yet; one that
+                        // does must be held in full.
+                        self.objects.get(&path).map(rbac::rules_of)
+                    }
+                }
+                _ => None,
+            };
+            if let Some(rules) = granted
+                && let Err(missing) = self.authorizer.covers(ns, &rules)
+            {
+                return Some(rbac::forbidden(
+                    &a,
+                    &format!("attempting to grant RBAC permissions not currently held: {missing}"),
+                ));
+            }
+        }
+        None
+    }
+
     /// Answers one request.
     pub fn answer(&self, sent: &Sent) -> (StatusCode, Value) {
         let not_found = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
@@ -117,14 +221,26 @@ impl World {
             }
             "PATCH" if sent.path.ends_with("/status") => {
                 let base = sent.path.trim_end_matches("/status");
-                let mut obj = self.objects.get(base).cloned().unwrap_or(json!({}));
+                let name = base.rsplit('/').next().unwrap_or_default();
+                let mut obj = self.objects.get(base).cloned().unwrap_or_else(|| {
+                    json!({"apiVersion": sent.body["apiVersion"], "kind": sent.body["kind"],
+                           "metadata": {"name": name}})
+                });
                 obj["status"] = sent.body["status"].clone();
                 (StatusCode::OK, obj)
             }
             "PATCH" => {
                 let mut obj = sent.body.clone();
+                // The workload's status as the API server has it (a test may stage a
+                // rollout), else a finished rollout of 2 pods.
+                let stored = self.objects.get(&sent.path).map(|o| o["status"].clone());
                 if sent.path.contains("/deployments/") {
-                    obj["status"] = json!({"replicas": 2, "readyReplicas": 2});
+                    obj["status"] = match stored {
+                        Some(st) if st.is_object() => st,
+                        _ => json!({"replicas": 2, "readyReplicas": 2, "updatedReplicas": 2}),
+                    };
+                } else if let Some(st) = stored.filter(Value::is_object) {
+                    obj["status"] = st;
                 }
                 (StatusCode::OK, obj)
             }
@@ -148,20 +264,67 @@ pub async fn reconcile(
     Vec<Sent>,
     Result<kube::runtime::controller::Action, controller::Error>,
 ) {
+    let (sent, result, _) = reconcile_in(world, cluster, probe).await;
+    (sent, result)
+}
+
+/// What [`reconcile`] does, also returning the world as the requests left it (applied
+/// objects stored), so a test can reconcile again.
+pub async fn reconcile_in(
+    world: World,
+    cluster: SbcCluster,
+    probe: Option<Arc<dyn DestinationProbe>>,
+) -> (
+    Vec<Sent>,
+    Result<kube::runtime::controller::Action, controller::Error>,
+    World,
+) {
+    reconcile_with(world, cluster, probe, PodDefaults::default()).await
+}
+
+/// [`reconcile_in`] with an operator installed with `defaults` (the chart's sbc image values).
+pub async fn reconcile_with(
+    world: World,
+    cluster: SbcCluster,
+    probe: Option<Arc<dyn DestinationProbe>>,
+    defaults: PodDefaults,
+) -> (
+    Vec<Sent>,
+    Result<kube::runtime::controller::Action, controller::Error>,
+    World,
+) {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let sent = Arc::new(Mutex::new(Vec::new()));
     let log = sent.clone();
+    let mut world = world;
+    // The API server holds the cluster being reconciled.
+    let cluster_path = format!(
+        "{}/{}",
+        SbcCluster::url_path(&(), cluster.meta().namespace.as_deref()),
+        cluster.meta().name.clone().unwrap_or_default()
+    );
+    if !world.objects.contains_key(&cluster_path) {
+        world.put(&cluster);
+    }
     let server = tokio::spawn(async move {
         while let Some((req, reply)) = handle.next_request().await {
             let (parts, body) = req.into_parts();
             let bytes = body.collect_bytes().await.expect("request body");
-            let s = Sent {
+            let mut s = Sent {
                 method: parts.method.to_string(),
                 path: parts.uri.path().to_owned(),
                 query: parts.uri.query().unwrap_or_default().to_owned(),
                 body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+                content_type: parts
+                    .headers
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned(),
+                code: 0,
             };
-            let (code, answer) = world.answer(&s);
+            let (code, answer) = world.serve(&s);
+            s.code = code.as_u16();
             log.lock().expect("log").push(s);
             let resp = Response::builder()
                 .status(code)
@@ -169,10 +332,13 @@ pub async fn reconcile(
                 .expect("response");
             reply.send_response(resp);
         }
+        world
     });
     let client = Client::new(service, "default");
     let registry = prometheus::Registry::new();
-    let mut ctx = Context::new(client, &registry).expect("metrics");
+    let mut ctx = Context::new(client, &registry)
+        .expect("metrics")
+        .with_defaults(defaults);
     if let Some(p) = probe {
         ctx = ctx.with_probe(p);
     }
@@ -183,10 +349,10 @@ pub async fn reconcile(
     )
     .await
     .expect("reconcile finishes within 5 s");
-    tokio::time::timeout(Duration::from_secs(5), server)
+    let world = tokio::time::timeout(Duration::from_secs(5), server)
         .await
         .expect("fake API server stops")
         .expect("fake API server did not panic");
     let sent = sent.lock().expect("log").clone();
-    (sent, result)
+    (sent, result, world)
 }
