@@ -83,9 +83,23 @@ def validate_cr(obj):
     jsonschema.validate(obj, schema, cls=jsonschema.Draft7Validator)
 
 
+def validate_monitoring(obj):
+    """monitoring.coreos.com objects: not in the Kubernetes schemas; the fields we use."""
+    spec = obj["spec"]
+    if obj["kind"] == "PodMonitor":
+        assert spec["selector"]["matchLabels"] and spec["podMetricsEndpoints"][0]["port"] == "admin", spec
+    elif obj["kind"] == "PrometheusRule":
+        alerts = [r["alert"] for g in spec["groups"] for r in g["rules"]]
+        assert len(alerts) == len(set(alerts)) and all(r["expr"] for g in spec["groups"] for r in g["rules"]), alerts
+    else:
+        raise AssertionError(f"unexpected kind {obj['kind']}")
+
+
 def validate_any(obj):
     if obj.get("apiVersion", "").startswith("kubesbc.io/"):
         validate_cr(obj)
+    elif obj.get("apiVersion", "").startswith("monitoring.coreos.com/"):
+        validate_monitoring(obj)
     else:
         kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
 
@@ -106,6 +120,9 @@ NON_DEFAULT = {
     "redis": {"enabled": True, "urlSecretNamespace": "voip",
               "auth": {"enabled": True}, "persistence": {"enabled": True, "size": "2Gi", "storageClass": "fast"}},
     "examples": {"enabled": True, "serviceType": "LoadBalancer", "replicas": 3},
+    "monitoring": {"podMonitor": {"enabled": True}, "prometheusRule": {"enabled": True},
+                   "labels": {"release": "prometheus"}},
+    "networkPolicy": {"enabled": True},
 }
 
 
@@ -213,6 +230,23 @@ def main():
         chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
         assert denv["KUBESBC_SBC_IMAGE"] == f"ghcr.io/kubesbc/sbc:{chart['appVersion']}", denv
     check("sbc image values, watch namespace and lease name reach the operator", operator_env)
+
+    def monitoring_and_policies():
+        objs = objects(nondefault)
+        kinds_ = {o["kind"] for o in objs}
+        assert {"PodMonitor", "PrometheusRule", "NetworkPolicy"} <= kinds_, kinds_
+        rule = next(o for o in objs if o["kind"] == "PrometheusRule")
+        alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
+        assert alerts == {"KubesbcDestinationDown", "KubesbcNoDestinationUp", "KubesbcRedisFallback",
+                          "KubesbcHigh5xxRate", "KubesbcBanRate"}, alerts
+        sbc = next(o for o in objs if o["kind"] == "NetworkPolicy" and o["metadata"]["name"].endswith("-sbc"))
+        admin_rule = sbc["spec"]["ingress"][1]
+        assert admin_rule["ports"] == [{"protocol": "TCP", "port": 9090}], admin_rule
+        open_ports = sbc["spec"]["ingress"][0]["ports"]
+        assert all(not (p["protocol"] == "TCP" and p["port"] <= 9090 <= p.get("endPort", p["port"]))
+                   for p in open_ports), open_ports
+        assert not any(o["kind"] in ("PodMonitor", "PrometheusRule", "NetworkPolicy") for o in objects(default))
+    check("monitoring and NetworkPolicies: admin port closed but to the operator and Prometheus", monitoring_and_policies)
 
     def kinds(rendered):
         return sorted(o["kind"] for o in objects(rendered))
