@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kubesbc_crds::config::Transport;
+use kubesbc_crds::policy::MediaConfig;
 use kubesbc_e2e::proxy::run_sbc;
 use kubesbc_e2e::rtpengine::Rtpengine;
 use kubesbc_e2e::{LOOPBACK, TempDir, free_port, loopback, require_tool, sbc_only};
@@ -160,6 +161,87 @@ async fn ping_marks_a_live_rtpengine_up() {
     pool.ping_all().await;
     assert!(pool.engines()[0].is_up());
     assert_eq!(pool.select(b"any").unwrap().name(), rtp.ng_name());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anchor_from_config_pings_on_its_interval_and_sees_an_engine_die() {
+    if !require_tool("rtpengine") {
+        return;
+    }
+    let dir = TempDir::new("media-interval");
+    let mut rtp = Rtpengine::start(&dir);
+    let cfg = MediaConfig {
+        rtpengine: vec![rtp.ng_name()],
+        timeout_ms: 300,
+        retransmit_ms: 100,
+        ping_interval_ms: 200,
+        ..MediaConfig::default()
+    };
+    cfg.validate("media").unwrap();
+    let a = Anchor::start(&cfg).await.unwrap();
+    assert!(a.pool().engines()[0].is_up(), "up after the first round");
+    assert_eq!(
+        a.policy(),
+        FailurePolicy::Reject {
+            retry_after_secs: 5
+        }
+    );
+    rtp.kill();
+    let t0 = Instant::now();
+    while a.pool().engines()[0].is_up() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(3),
+            "the pinger never noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(a.pool().engines()[0].pings_failed() >= 1);
+    assert!(matches!(
+        a.pool().select(b"x"),
+        Err(sbc::media::pool::NoneReachable { configured: 1 })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offer_whose_engine_died_unnoticed_is_placed_on_the_next_engine() {
+    if !require_tool("rtpengine") {
+        return;
+    }
+    let dir = TempDir::new("media-retry");
+    let mut first = Rtpengine::start(&dir);
+    let second = Rtpengine::start(&dir);
+    let a = anchor(&[first.ng_name(), second.ng_name()], 400).await;
+    // A Call-ID that hashes to the first engine.
+    let call = (0..)
+        .map(|i| format!("media-retry-{i}@127.0.0.1"))
+        .find(|c| a.pool().select(c.as_bytes()).unwrap().name() == first.ng_name())
+        .unwrap();
+    first.kill();
+    let offer = a
+        .offer(
+            &ids(&call, None),
+            Tags::AsIs,
+            plain_sdp("192.0.2.1", free_port()),
+            PLAIN,
+        )
+        .await
+        .unwrap();
+    assert!(
+        second.ports().contains(&media_port(text(&offer))),
+        "the offer was anchored by the second engine:\n{}",
+        text(&offer)
+    );
+    assert!(!a.pool().engines()[0].is_up());
+    // The rest of the dialog follows: the call now hashes to the second engine.
+    a.answer(
+        &ids(&call, Some("b")),
+        Tags::AsIs,
+        plain_sdp("192.0.2.2", free_port()),
+        PLAIN,
+    )
+    .await
+    .unwrap();
+    a.delete(&ids(&call, Some("b"))).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
