@@ -11,8 +11,9 @@ set -euo pipefail
 
 # sip-tester = sipp; redis-server for the store tests; jq for reading JSON; sysstat (pidstat),
 # iproute2 (ss), util-linux (taskset), procps (kill), python3 for the bench; a C toolchain for
-# crates with C parts (ring).
-packages=(sip-tester redis-server jq sysstat iproute2 util-linux procps python3 build-essential pkg-config ca-certificates shellcheck)
+# crates with C parts (ring); rtpengine-daemon for the media tests (started by the tests
+# themselves, in userspace on loopback).
+packages=(sip-tester redis-server jq sysstat iproute2 util-linux procps python3 build-essential pkg-config ca-certificates rtpengine-daemon shellcheck)
 for arg in "$@"; do
   case "$arg" in
     --with-kamailio) packages+=(kamailio);;
@@ -51,4 +52,11 @@ fi
 echo "install-deps: installing ${missing[*]}"
 "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
 "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+# The package enables a system rtpengine (kernel table, iptables, ports 30000-40000, ng on
+# localhost:2223). The tests start their own; on a systemd machine stop the packaged one so
+# it holds no ports the tests hand out.
+if [[ " ${missing[*]} " == *" rtpengine-daemon "* ]] && [[ -d /run/systemd/system ]]; then
+  "${SUDO[@]}" systemctl disable --now rtpengine-daemon.service || true
+  echo "install-deps: disabled the packaged rtpengine-daemon service (the tests start their own)"
+fi
 echo "install-deps: done"

@@ -821,6 +821,9 @@ impl SbcConfig {
         if let Some(a) = &self.auth {
             a.validate("auth")?;
         }
+        if let Some(m) = &self.media {
+            m.validate("media")?;
+        }
         if let Some(store) = &self.store
             && !(store.url.starts_with("redis://") || store.url.starts_with("rediss://"))
         {

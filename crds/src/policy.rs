@@ -564,11 +564,194 @@ pub(crate) fn read_nonce_secret(auth: &mut AuthConfig, path: &str) -> Result<(),
 }
 
 /// Media anchoring through rtpengine.
+///
+/// The sbc has the rtpengine client (`sbc::media`) but does not call it from the call path
+/// yet, so it refuses a configuration with this section rather than ignore it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MediaConfig {
     /// rtpengine ng control addresses, `host:port` (UDP).
     pub rtpengine: Vec<String>,
+    /// Milliseconds to wait for rtpengine's reply to one request (with retransmissions)
+    /// before the engine counts as down for it.
+    #[serde(default = "default_ng_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Milliseconds before the first retransmission of an unanswered request; doubled after
+    /// each one until `timeoutMs`.
+    #[serde(default = "default_ng_retransmit_ms")]
+    pub retransmit_ms: u64,
+    /// Milliseconds between `ping` health checks of every rtpengine.
+    #[serde(default = "default_ng_ping_interval_ms")]
+    pub ping_interval_ms: u64,
+    /// What a call gets when no rtpengine is reachable.
+    #[serde(default)]
+    pub when_unreachable: MediaUnreachable,
+    /// Retry-After of the 503 when `whenUnreachable` is `reject`.
+    #[serde(default = "default_media_retry_after_secs")]
+    pub retry_after_secs: u32,
+    /// Options added for legs that are WebRTC (ws/wss transport, or flagged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webrtc: Option<MediaProfileConfig>,
+    /// Options added for plain RTP legs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plain: Option<MediaProfileConfig>,
+}
+
+impl Default for MediaConfig {
+    fn default() -> MediaConfig {
+        MediaConfig {
+            rtpengine: Vec::new(),
+            timeout_ms: default_ng_timeout_ms(),
+            retransmit_ms: default_ng_retransmit_ms(),
+            ping_interval_ms: default_ng_ping_interval_ms(),
+            when_unreachable: MediaUnreachable::default(),
+            retry_after_secs: default_media_retry_after_secs(),
+            webrtc: None,
+            plain: None,
+        }
+    }
+}
+
+fn default_ng_timeout_ms() -> u64 {
+    2000
+}
+
+fn default_ng_retransmit_ms() -> u64 {
+    500
+}
+
+fn default_ng_ping_interval_ms() -> u64 {
+    2000
+}
+
+fn default_media_retry_after_secs() -> u32 {
+    5
+}
+
+/// What a call gets when no rtpengine is reachable.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum MediaUnreachable {
+    /// 503 with Retry-After: the caller (or its proxy) retries elsewhere.
+    #[default]
+    Reject,
+    /// Forward the SDP untouched: the call goes through without anchoring (and a NATed or
+    /// WebRTC peer may have no audio).
+    PassThrough,
+}
+
+/// Per-direction rtpengine options, on top of the built-in profile (WebRTC: RTP/SAVPF,
+/// ICE=force, DTLS, rtcp-mux; plain: RTP/AVP, ICE=remove).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MediaProfileConfig {
+    /// rtpengine's `codec` options, passed through.
+    #[serde(default)]
+    pub codec: MediaCodecConfig,
+    /// Extra entries of rtpengine's `flags` list (`trust-address`, ...), passed through.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<String>,
+}
+
+/// rtpengine's `codec` dictionary: codec names (`PCMU`, `opus`, `all` for strip).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MediaCodecConfig {
+    /// Codecs removed from the SDP.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub strip: Vec<String>,
+    /// Codecs kept or re-added after a strip.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub offer: Vec<String>,
+    /// Codecs added and transcoded to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub transcode: Vec<String>,
+    /// Codecs hidden from the peer but still accepted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mask: Vec<String>,
+}
+
+impl MediaConfig {
+    /// Checks addresses, timers and option tokens; `path` is where the section sits.
+    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        if self.rtpengine.is_empty() {
+            return Err(field(
+                format!("{path}.rtpengine"),
+                "at least one rtpengine address is required".into(),
+            ));
+        }
+        for (i, a) in self.rtpengine.iter().enumerate() {
+            let ok = a.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty()
+                    && !host.contains(char::is_whitespace)
+                    && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
+            if !ok {
+                return Err(field(
+                    format!("{path}.rtpengine[{i}]"),
+                    format!("{a:?} is not host:port"),
+                ));
+            }
+            if self.rtpengine[..i].contains(a) {
+                return Err(field(
+                    format!("{path}.rtpengine[{i}]"),
+                    format!("{a:?} is listed twice"),
+                ));
+            }
+        }
+        if !(10..=60_000).contains(&self.timeout_ms) {
+            return Err(field(
+                format!("{path}.timeoutMs"),
+                format!("{} is out of range 10..=60000", self.timeout_ms),
+            ));
+        }
+        if self.retransmit_ms == 0 || self.retransmit_ms > self.timeout_ms {
+            return Err(field(
+                format!("{path}.retransmitMs"),
+                format!(
+                    "{} must be positive and at most timeoutMs",
+                    self.retransmit_ms
+                ),
+            ));
+        }
+        if self.ping_interval_ms < 100 {
+            return Err(field(
+                format!("{path}.pingIntervalMs"),
+                format!("{} is below the minimum of 100", self.ping_interval_ms),
+            ));
+        }
+        if self.retry_after_secs > 86_400 {
+            return Err(field(
+                format!("{path}.retryAfterSecs"),
+                format!("{} is above the maximum of 86400", self.retry_after_secs),
+            ));
+        }
+        for (name, p) in [("webrtc", &self.webrtc), ("plain", &self.plain)] {
+            let Some(p) = p else { continue };
+            let pp = format!("{path}.{name}");
+            let c = &p.codec;
+            for (key, list) in [
+                ("codec.strip", &c.strip),
+                ("codec.offer", &c.offer),
+                ("codec.transcode", &c.transcode),
+                ("codec.mask", &c.mask),
+                ("flags", &p.flags),
+            ] {
+                for (j, t) in list.iter().enumerate() {
+                    if t.is_empty()
+                        || t.len() > 64
+                        || !t.bytes().all(|b| b.is_ascii_graphic() && b != b'"')
+                    {
+                        return Err(field(
+                            format!("{pp}.{key}[{j}]"),
+                            format!("{t:?} is not a token (1 to 64 visible characters)"),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Certificate and key of the tls/wss listeners.
@@ -812,6 +995,68 @@ not both",
         assert_eq!(
             acl.validate("accessLists[0]").unwrap_err().to_string(),
             "accessLists[0].rules[0].sources[1]: \"nope\" is not a CIDR"
+        );
+    }
+
+    #[test]
+    fn media_section_defaults_and_field_errors() {
+        let m: MediaConfig = serde_json::from_value(serde_json::json!({
+            "rtpengine": ["127.0.0.1:2223", "rtpengine.media:2223"]
+        }))
+        .unwrap();
+        assert_eq!(m.timeout_ms, 2000);
+        assert_eq!(m.retransmit_ms, 500);
+        assert_eq!(m.ping_interval_ms, 2000);
+        assert_eq!(m.when_unreachable, MediaUnreachable::Reject);
+        assert_eq!(m.retry_after_secs, 5);
+        assert!(m.validate("media").is_ok());
+        let p: MediaConfig = serde_json::from_value(serde_json::json!({
+            "rtpengine": ["[::1]:2223"], "whenUnreachable": "passThrough",
+            "plain": {"codec": {"transcode": ["PCMA"]}, "flags": ["trust-address"]}
+        }))
+        .unwrap();
+        assert!(p.validate("media").is_ok());
+        assert_eq!(p.when_unreachable, MediaUnreachable::PassThrough);
+        let bad = |f: fn(&mut MediaConfig)| {
+            let mut c = m.clone();
+            f(&mut c);
+            c.validate("media").unwrap_err().to_string()
+        };
+        assert_eq!(
+            bad(|c| c.rtpengine.clear()),
+            "media.rtpengine: at least one rtpengine address is required"
+        );
+        assert_eq!(
+            bad(|c| c.rtpengine[1] = "rtpengine".into()),
+            "media.rtpengine[1]: \"rtpengine\" is not host:port"
+        );
+        assert_eq!(
+            bad(|c| c.rtpengine[1] = "127.0.0.1:2223".into()),
+            "media.rtpengine[1]: \"127.0.0.1:2223\" is listed twice"
+        );
+        assert_eq!(
+            bad(|c| c.timeout_ms = 0),
+            "media.timeoutMs: 0 is out of range 10..=60000"
+        );
+        assert_eq!(
+            bad(|c| c.retransmit_ms = 5000),
+            "media.retransmitMs: 5000 must be positive and at most timeoutMs"
+        );
+        assert_eq!(
+            bad(|c| c.ping_interval_ms = 10),
+            "media.pingIntervalMs: 10 is below the minimum of 100"
+        );
+        assert_eq!(
+            bad(|c| {
+                c.webrtc = Some(MediaProfileConfig {
+                    codec: MediaCodecConfig {
+                        strip: vec!["a b".into()],
+                        ..MediaCodecConfig::default()
+                    },
+                    flags: Vec::new(),
+                })
+            }),
+            "media.webrtc.codec.strip[0]: \"a b\" is not a token (1 to 64 visible characters)"
         );
     }
 }

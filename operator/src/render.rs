@@ -859,6 +859,7 @@ pub fn render_config(inputs: Inputs<'_>) -> Result<SbcConfig, RenderError> {
         auth,
         media: (!spec.rtpengine.is_empty()).then(|| MediaConfig {
             rtpengine: spec.rtpengine.clone(),
+            ..MediaConfig::default()
         }),
         tls: spec.tls.as_ref().map(|_| TlsConfig {
             cert_file: format!("{TLS_DIR}/tls.crt"),

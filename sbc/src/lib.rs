@@ -9,6 +9,7 @@ pub mod config;
 pub mod discovery;
 pub mod dispatch;
 pub mod guard;
+pub mod media;
 pub mod pipeline;
 pub mod relay;
 pub mod reload;

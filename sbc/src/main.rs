@@ -236,6 +236,7 @@ async fn load(a: &RunArgs, ov: &Overrides) -> anyhow::Result<(SbcConfig, Source)
     };
     ov.apply(&mut cfg);
     cfg.validate().map_err(config::LoadError::Flags)?;
+    config::refuse_unwired(&cfg).map_err(config::LoadError::Flags)?;
     cfg.read_secret_files().map_err(config::LoadError::Flags)?;
     Ok((cfg, source))
 }

@@ -179,6 +179,7 @@ impl Reloader {
         let mut cfg = SbcConfig::from_yaml(text)?;
         self.overrides.apply(&mut cfg);
         cfg.validate()?;
+        crate::config::refuse_unwired(&cfg)?;
         cfg.read_secret_files()?;
         let old = self.current();
         if cfg == *old {

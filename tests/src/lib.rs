@@ -13,6 +13,7 @@ pub mod http;
 pub mod kubeapi;
 pub mod proxy;
 pub mod redis;
+pub mod rtpengine;
 pub mod sip;
 pub mod sipp;
 pub mod testbed;
