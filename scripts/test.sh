@@ -66,6 +66,9 @@ else
   step "tests (cargo test)" cargo test --workspace --no-fail-fast ${CARGO_TEST_ARGS:-}
 fi
 
+# Each fuzz target for about a minute (FUZZ_SECS); fails on a crash.
+step "fuzz (60 s per target)" ./scripts/fuzz.sh
+
 if [[ -x scripts/chart-check.sh ]]; then
   step "chart check" ./scripts/chart-check.sh
 elif [[ -e scripts/chart-check.sh ]]; then

@@ -77,6 +77,52 @@ pub struct SbcConfig {
     /// Certificate of the tls/wss listeners.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<crate::policy::TlsConfig>,
+    /// The guard's built-in defence against known SIP scanners (on by default, even with no
+    /// access list).
+    #[serde(default, skip_serializing_if = "ScannerDefence::is_default")]
+    pub scanners: ScannerDefence,
+}
+
+/// The guard's built-in scanner defence: requests whose User-Agent names a known SIP scanner
+/// (friendly-scanner, sipvicious, sipcli, VaxSIPUserAgent, ...; the list is in
+/// docs/security.md) are dropped or refused. Trusted sources are exempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ScannerDefence {
+    /// Apply the built-in list. `false` switches the defence off.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// What a matching request gets: `drop` (no answer: a scanner learns nothing) or
+    /// `reject` (`403 Forbidden (scanner)`).
+    #[serde(default)]
+    pub action: ScannerAction,
+}
+
+impl Default for ScannerDefence {
+    fn default() -> Self {
+        ScannerDefence {
+            enabled: true,
+            action: ScannerAction::Drop,
+        }
+    }
+}
+
+impl ScannerDefence {
+    /// Whether this is the default (on, drop): then it is not written out.
+    pub fn is_default(&self) -> bool {
+        *self == ScannerDefence::default()
+    }
+}
+
+/// What the scanner defence does with a match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ScannerAction {
+    /// No answer.
+    #[default]
+    Drop,
+    /// `403 Forbidden (scanner)`.
+    Reject,
 }
 
 /// A transport the sbc can listen on.
@@ -499,9 +545,20 @@ pub struct Failover {
     #[serde(default = "default_reply_timeout_ms")]
     #[schemars(range(min = 100))]
     pub reply_timeout_ms: u64,
-    /// Take a destination out when a request to it times out (until a probe brings it back).
+    /// Count a request that times out as a failure of its destination (towards
+    /// `failureThreshold`). Off: timeouts only move the call on.
     #[serde(default = "yes")]
     pub mark_down_on_timeout: bool,
+    /// Failed requests (timeouts, and replies in `codes`) since the destination last answered
+    /// a probe that trigger an immediate OPTIONS probe; the probe decides whether it is taken
+    /// out. One unanswered request never takes a destination out by itself.
+    #[serde(default = "default_failure_threshold")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub failure_threshold: u32,
+    /// When every destination of the set is down, still try them in order ("panic routing")
+    /// instead of answering 503 to everyone. Disabled destinations are never tried.
+    #[serde(default = "yes")]
+    pub panic_routing: bool,
 }
 
 impl Default for Failover {
@@ -511,6 +568,8 @@ impl Default for Failover {
             max_attempts: default_attempts(),
             reply_timeout_ms: default_reply_timeout_ms(),
             mark_down_on_timeout: true,
+            failure_threshold: default_failure_threshold(),
+            panic_routing: true,
         }
     }
 }
@@ -549,6 +608,9 @@ fn default_failover_codes() -> Vec<String> {
     vec!["408".to_owned(), "5xx".to_owned()]
 }
 fn default_attempts() -> u32 {
+    3
+}
+fn default_failure_threshold() -> u32 {
     3
 }
 fn default_reply_timeout_ms() -> u64 {
@@ -894,6 +956,12 @@ impl DispatcherSetConfig {
                     format!("{c:?} is not a reply code (\"503\") or class (\"5xx\")"),
                 ));
             }
+        }
+        if !(1..=1000).contains(&fo.failure_threshold) {
+            return Err(ConfigError::field(
+                format!("{path}.failover.failureThreshold"),
+                format!("{} is out of range 1..=1000", fo.failure_threshold),
+            ));
         }
         if !(1..=16).contains(&fo.max_attempts) {
             return Err(ConfigError::field(

@@ -360,6 +360,19 @@ pub struct AuthConfig {
     /// Blocking users after failed attempts; absent: no blocking.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_block: Option<AuthFailureBlock>,
+    /// The user part of the From URI (and of the To URI for REGISTER) must be the digest
+    /// username, as Kamailio's `auth_check(..., "1")`: an authenticated user cannot call as
+    /// someone else. `false` allows any identity (a PBX that authenticates as one trunk user
+    /// for all its extensions).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub check_identity: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+fn is_true(v: &bool) -> bool {
+    *v
 }
 
 /// Default of [`AuthConfig::methods`]: INVITE challenged proxy style, REGISTER registrar style.

@@ -840,6 +840,7 @@ pub fn render_config(inputs: Inputs<'_>) -> Result<SbcConfig, RenderError> {
                 subscriber_prefix: default_subscriber_prefix(),
                 credentials_key: a.credentials_key.clone(),
                 failure_block: a.failure_block.clone(),
+                check_identity: true,
             })
         }
     };
@@ -865,6 +866,7 @@ pub fn render_config(inputs: Inputs<'_>) -> Result<SbcConfig, RenderError> {
             cert_file: format!("{TLS_DIR}/tls.crt"),
             key_file: format!("{TLS_DIR}/tls.key"),
         }),
+        scanners: Default::default(),
     };
     config.validate().map_err(|e| {
         let (field, message) = match e {

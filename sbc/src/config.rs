@@ -100,6 +100,7 @@ pub fn from_listeners(listeners: Vec<Listener>) -> Result<SbcConfig, LoadError> 
         auth: None,
         media: None,
         tls: None,
+        scanners: Default::default(),
     })
 }
 

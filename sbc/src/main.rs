@@ -266,6 +266,8 @@ async fn run(
             let guard = Guard::new(&c.access_lists, store.clone())
                 .with_trusted(Arc::new(move |ip| is_destination(&d, ip)))
                 .with_metrics(guard_metrics.clone())
+                .with_scanners(&c.scanners)
+                .with_register_auth(sbc::auth::authenticates(c, "REGISTER"))
                 .start();
             // The guard runs first; auth and throttle follow it.
             let mut stages: Vec<Arc<dyn sbc::pipeline::Stage>> = vec![Arc::new(guard)];
@@ -344,7 +346,12 @@ fn policy_stages(
     if let Some(auth) = &cfg.auth {
         stages.push(Arc::new(
             sbc::auth::AuthStage::new(auth.clone(), store.clone(), prefix, clock)
-                .with_metrics(auth_metrics.clone()),
+                .with_metrics(auth_metrics.clone())
+                .with_register_flood(
+                    cfg.access_lists
+                        .iter()
+                        .find_map(|l| l.register_flood.clone()),
+                ),
         ));
     }
     if !cfg.throttles.is_empty() {

@@ -75,11 +75,13 @@ impl AuthResult {
 pub enum AuthTrip {
     /// The one round trip verifying credentials: block, credentials and nonce count.
     Verify = 0,
-    /// Counting a failed attempt (and blocking the user when over the limit).
+    /// Counting a failed attempt (and blocking the source when over the limit).
     CountFailure = 1,
+    /// Counting an authenticated user's REGISTER (`registerFlood`).
+    RegisterFlood = 2,
 }
 
-const TRIPS: [&str; 2] = ["verify", "count_failure"];
+const TRIPS: [&str; 3] = ["verify", "count_failure", "register_flood"];
 
 type Series = [[OnceLock<IntCounter>; AuthResult::ALL.len()]; Method::ALL.len()];
 

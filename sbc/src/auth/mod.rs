@@ -16,9 +16,18 @@
 //! that fetches the credentials, a request with a wrong response also raises it; only a
 //! holder of the nonce (the UA it was sent to, or someone reading its traffic) can do that.
 //!
-//! Failed attempts (wrong response, unknown user, replayed count) count toward the user's
-//! block, `{prefix}regblock:{user}`, the key the guard's REGISTER-flood block uses too: one
-//! more round trip, only on failures.
+//! Blocks are keyed on what the sender cannot borrow from someone else:
+//! - failed attempts (wrong response, unknown user, replayed count) are counted per *source
+//!   address* (`{prefix}authfail:{ip}`) and block that source (`{prefix}srcblock:{ip}`): one
+//!   more round trip, only on failures. Nobody can lock a user out by sending wrong
+//!   passwords in their name;
+//! - REGISTER floods (the access list's `registerFlood`) are counted per *authenticated*
+//!   user, after the credentials verify (`{prefix}regflood:{user}`), and block that user
+//!   (`{prefix}regblock:{user}`): only the user's own devices can get them blocked.
+//!
+//! Identity: with `checkIdentity` (the default) the From user (and the To user of a
+//! REGISTER) must be the digest username, as Kamailio's `auth_check(..., "1")`; otherwise
+//! `403 Forbidden (From user is not the authenticated user)`.
 
 pub mod cidr;
 pub mod digest;
@@ -39,10 +48,19 @@ use crate::store::{FloodHit, FloodOutcome, Op, OpResult, Store};
 use crate::throttle::Clock;
 use cidr::Cidr;
 use digest::{NonceKey, NonceState};
+use kubesbc_crds::policy::FloodLimit;
 pub use metrics::{AuthMetrics, AuthResult, AuthTrip};
 
 /// Longest username accepted (it becomes part of store keys).
 const MAX_USERNAME: usize = 128;
+
+/// Whether the configuration's auth stage authenticates `method` (for stages that defer to
+/// it, such as the guard's REGISTER-flood count).
+pub fn authenticates(cfg: &kubesbc_crds::config::SbcConfig, method: &str) -> bool {
+    cfg.auth
+        .as_ref()
+        .is_some_and(|a| a.methods.contains_key(method))
+}
 
 /// One piece of the credentials key template, owned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +81,7 @@ pub struct AuthStage {
     prefix: String,
     clock: Clock,
     metrics: Option<AuthMetrics>,
+    register_flood: Option<FloodLimit>,
 }
 
 impl std::fmt::Debug for AuthStage {
@@ -124,7 +143,15 @@ impl AuthStage {
             prefix: prefix.to_owned(),
             clock,
             metrics: None,
+            register_flood: None,
         }
+    }
+
+    /// Counts the REGISTERs of each authenticated user against `limit` (the access list's
+    /// `registerFlood`), blocking the user past it.
+    pub fn with_register_flood(mut self, limit: Option<FloodLimit>) -> AuthStage {
+        self.register_flood = limit;
+        self
     }
 
     /// Counts results and store round trips in `metrics`.
@@ -210,6 +237,7 @@ impl AuthStage {
         req: &Message,
         method: Method,
         kind: Challenge,
+        ip: std::net::IpAddr,
         admission: &mut Admission,
     ) -> Verdict {
         let Some(realm) = self.realm(req) else {
@@ -231,8 +259,19 @@ impl AuthStage {
             self.count(method, AuthResult::Challenged);
             return self.challenge(kind, realm, false);
         };
-        let result = match self.verify(req, &c, realm).await {
+        let result = match self.verify(req, &c, realm, ip).await {
             Check::Pass => {
+                // `verify` only passes usernames that are valid key material.
+                let user = std::str::from_utf8(c.username).unwrap_or("");
+                if let Some(refusal) = self.identity_mismatch(req, method, c.username) {
+                    self.count(method, AuthResult::Rejected);
+                    tracing::info!(user, reason = %refusal.reason, "auth: identity mismatch");
+                    return Verdict::Reply(refusal);
+                }
+                if method == Method::Register && self.register_flooded(user).await {
+                    self.count(method, AuthResult::Blocked);
+                    return Verdict::Reply(Refusal::new(403, "Blocked"));
+                }
                 self.count(method, AuthResult::Accepted);
                 admission.strip.push(header);
                 return Verdict::Continue;
@@ -247,9 +286,7 @@ impl AuthStage {
                 Refusal::new(503, "Authentication Unavailable").with_header("Retry-After", "5"),
             ),
             AuthResult::Rejected | AuthResult::UnknownUser | AuthResult::Replayed => {
-                // `verify` only gets this far with usernames that are valid key material.
-                let user = std::str::from_utf8(c.username).unwrap_or("");
-                if self.count_failure(user).await {
+                if self.count_failure(ip).await {
                     Verdict::Reply(Refusal::new(403, "Blocked"))
                 } else {
                     self.challenge(kind, realm, false)
@@ -259,8 +296,66 @@ impl AuthStage {
         }
     }
 
+    /// With `checkIdentity`, the refusal of a request whose From user (or To user, for a
+    /// REGISTER) is not the digest username.
+    fn identity_mismatch(&self, req: &Message, method: Method, username: &[u8]) -> Option<Refusal> {
+        if !self.cfg.check_identity {
+            return None;
+        }
+        let user_of = |name: HeaderName| {
+            let v = req.header_value(name)?;
+            let user = Uri::parse(name_addr_uri(v))?.user?;
+            // User parameters (`;x=y`) and a password part are not part of the name.
+            user.split(|c| *c == b';' || *c == b':').next()
+        };
+        if user_of(HeaderName::From) != Some(username) {
+            return Some(Refusal::new(
+                403,
+                "Forbidden (From user is not the authenticated user)",
+            ));
+        }
+        if method == Method::Register && user_of(HeaderName::To) != Some(username) {
+            return Some(Refusal::new(
+                403,
+                "Forbidden (To user is not the authenticated user)",
+            ));
+        }
+        None
+    }
+
+    /// Counts an authenticated user's REGISTER; true when the user is (now) blocked.
+    async fn register_flooded(&self, user: &str) -> bool {
+        let Some(f) = &self.register_flood else {
+            return false;
+        };
+        let (counter, block) = (self.key("regflood:", user), self.key("regblock:", user));
+        self.trip(AuthTrip::RegisterFlood);
+        match crate::guard::register_flood_hit(self.store.as_ref(), f, &counter, &block).await {
+            Ok(FloodOutcome::Banned { new, .. }) => {
+                if new {
+                    tracing::warn!(user, secs = f.ban_secs, "user blocked: REGISTER flood");
+                    if let Some(m) = &self.metrics {
+                        m.user_blocked();
+                    }
+                }
+                true
+            }
+            Ok(FloodOutcome::Allowed { .. }) => false,
+            Err(e) => {
+                tracing::debug!(error = %e, "REGISTER flood check skipped");
+                false
+            }
+        }
+    }
+
     /// Checks credentials against the store, in one round trip.
-    async fn verify(&self, req: &Message, c: &digest::Credentials<'_>, realm: &[u8]) -> Check {
+    async fn verify(
+        &self,
+        req: &Message,
+        c: &digest::Credentials<'_>,
+        realm: &[u8],
+        ip: std::net::IpAddr,
+    ) -> Check {
         use AuthResult::{BadNonce, Blocked, Malformed, Rejected, Replayed, Stale, UnknownUser};
         let Some((alg, sess)) = digest::algorithm(c.algorithm) else {
             return Check::Fail(Malformed);
@@ -303,6 +398,7 @@ impl AuthStage {
             Op::Get(self.key("regblock:", user)),
             Op::HashGetAllUnprefixed(self.credentials_key(user, domain)),
             Op::MaxAdvance(self.key("authnc:", nonce), u64::from(nc_value), nc_ttl),
+            Op::Get(self.key("srcblock:", &ip.to_canonical().to_string())),
         ];
         self.trip(AuthTrip::Verify);
         let answers = match self.store.batch(&ops).await {
@@ -312,19 +408,21 @@ impl AuthStage {
                 return Check::Fail(AuthResult::Unavailable);
             }
         };
-        let (blocked, fields, nc_before) = match answers.as_slice() {
+        let (blocked, fields, nc_before, source_blocked) = match answers.as_slice() {
             [
                 Ok(OpResult::Value(b)),
                 Ok(OpResult::Fields(f)),
                 Ok(OpResult::Count(n)),
-            ] => (b.is_some(), f, *n),
+                Ok(OpResult::Value(s)),
+            ] => (b.is_some(), f, *n, s.is_some()),
             other => {
                 let e = other.iter().find_map(|r| r.as_ref().err());
                 tracing::warn!(error = ?e, "auth: store unavailable");
                 return Check::Fail(AuthResult::Unavailable);
             }
         };
-        if blocked {
+        // A source blocked for failed attempts gets no further guesses.
+        if source_blocked {
             return Check::Fail(Blocked);
         }
         if fields.is_empty() {
@@ -352,6 +450,11 @@ impl AuthStage {
         if !ok {
             return Check::Fail(Rejected);
         }
+        // The user's own block (a REGISTER flood of theirs) applies to requests that prove
+        // to be theirs only, so nobody else's requests can reveal or extend it.
+        if blocked {
+            return Check::Fail(Blocked);
+        }
         if nc_before >= i64::from(nc_value) {
             tracing::info!(
                 user,
@@ -364,12 +467,13 @@ impl AuthStage {
         Check::Pass
     }
 
-    /// Counts a failed attempt in one round trip; true when it blocked the user.
-    async fn count_failure(&self, user: &str) -> bool {
+    /// Counts a failed attempt from `ip` in one round trip; true when it blocked the source.
+    async fn count_failure(&self, ip: std::net::IpAddr) -> bool {
         let Some(b) = &self.cfg.failure_block else {
             return false;
         };
-        let (counter, block) = (self.key("authfail:", user), self.key("regblock:", user));
+        let ip = ip.to_canonical().to_string();
+        let (counter, block) = (self.key("authfail:", &ip), self.key("srcblock:", &ip));
         let hit = FloodHit {
             counter_key: &counter,
             ban_key: &block,
@@ -384,9 +488,9 @@ impl AuthStage {
             Ok(FloodOutcome::Banned { new, .. }) => {
                 if new {
                     tracing::info!(
-                        user,
+                        source = %ip,
                         secs = b.block_secs,
-                        "auth: too many failures, user blocked"
+                        "auth: too many failures, source blocked"
                     );
                     if let Some(m) = &self.metrics {
                         m.user_blocked();
@@ -432,7 +536,7 @@ impl Stage for AuthStage {
                 self.count(cx.method, AuthResult::Exempt);
                 return Verdict::Continue;
             }
-            self.decide(req, cx.method, kind, admission).await
+            self.decide(req, cx.method, kind, ip, admission).await
         })
     }
 }

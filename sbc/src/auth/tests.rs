@@ -33,6 +33,7 @@ fn config() -> AuthConfig {
             window_secs: 60,
             block_secs: 120,
         }),
+        check_identity: true,
     }
 }
 
@@ -107,11 +108,13 @@ fn ruri(method: &str) -> &'static str {
 
 fn request(method: &str, extra: &str) -> Message {
     let ruri = ruri(method);
+    // A REGISTER is for the registering user's own address of record.
+    let to = if method == "REGISTER" { "alice" } else { "bob" };
     let text = format!(
         "{method} {ruri} SIP/2.0\r\n\
 Via: SIP/2.0/UDP 127.0.0.1:5090;branch=z9hG4bK1\r\n\
 From: <sip:alice@sbc.example.com>;tag=a\r\n\
-To: <sip:bob@sbc.example.com>\r\n\
+To: <sip:{to}@sbc.example.com>\r\n\
 Call-ID: c1\r\n\
 CSeq: 1 {method}\r\n\
 {extra}Content-Length: 0\r\n\r\n"
@@ -337,10 +340,10 @@ async fn the_highest_nonce_count_wins_and_replays_count_as_failures() {
     );
     assert_eq!(auth_total(&reg, "REGISTER", "replayed"), 2);
     assert_eq!(
-        s.get("t:authfail:alice").await.unwrap().as_deref(),
+        s.get("t:authfail:127.0.0.1").await.unwrap().as_deref(),
         Some(&b"3"[..])
     );
-    // ... and the fourth blocks the user, as wrong passwords do.
+    // ... and the fourth blocks the source, as wrong passwords do.
     assert_eq!(
         status(&ua.answer(&st, &nonce, "00000003").await.0),
         (403, "Blocked".into())
@@ -394,12 +397,12 @@ async fn expired_nonce_gets_stale_true() {
         );
     }
     // Even a wrong password on a stale nonce does not count as a failure.
-    assert!(s.get("t:authfail:alice").await.unwrap().is_none());
+    assert!(s.get("t:authfail:127.0.0.1").await.unwrap().is_none());
     assert_eq!(auth_total(&reg, "REGISTER", "stale"), 2);
 }
 
 #[tokio::test(start_paused = true)]
-async fn repeated_failures_block_the_user() {
+async fn repeated_failures_block_the_source_not_the_user() {
     let s = provisioned().await;
     let (st, reg) = stage_with(&s, config());
     let wrong = Ua {
@@ -415,12 +418,23 @@ async fn repeated_failures_block_the_user() {
             assert_eq!((code, reason.as_str()), (403, "Blocked"));
         }
     }
-    assert!(s.get("t:regblock:alice").await.unwrap().is_some());
-    // While blocked, even the right password is refused; after the block it works again.
+    assert!(s.get("t:srcblock:127.0.0.1").await.unwrap().is_some());
+    assert!(
+        s.get("t:regblock:alice").await.unwrap().is_none(),
+        "wrong passwords in alice's name never block alice"
+    );
+    // While blocked, even the right password is refused from that source...
     let nonce = ALICE_REGISTER.nonce(&st).await;
     assert_eq!(
         status(&ALICE_REGISTER.answer(&st, &nonce, "00000001").await.0),
         (403, "Blocked".into())
+    );
+    // ... while alice's own phone, elsewhere, registers as usual.
+    let creds = ALICE_REGISTER.credentials(&nonce, "00000002");
+    let elsewhere = cx_from(Method::Register, "192.0.2.77:5060");
+    assert_eq!(
+        run(&st, &request("REGISTER", &creds), &elsewhere).await.0,
+        Verdict::Continue
     );
     tokio::time::advance(Duration::from_secs(121)).await;
     let nonce = ALICE_REGISTER.nonce(&st).await;
@@ -462,8 +476,9 @@ async fn unknown_user_and_wrong_uri_fail() {
         407
     );
     assert_eq!(
-        s.get("t:authfail:alice").await.unwrap().as_deref(),
-        Some(&b"1"[..])
+        s.get("t:authfail:127.0.0.1").await.unwrap().as_deref(),
+        Some(&b"2"[..]),
+        "both failures count against the source"
     );
     assert_eq!(auth_total(&reg, "INVITE", "unknown_user"), 1);
     assert_eq!(auth_total(&reg, "INVITE", "rejected"), 1);
@@ -547,4 +562,80 @@ async fn realm_defaults_to_the_from_domain() {
             .1
             .starts_with(b"Digest realm=\"sbc.example.com\"")
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_from_user_must_be_the_authenticated_user() {
+    let s = provisioned().await;
+    let (st, _) = stage_with(&s, config());
+    let nonce = ALICE_INVITE.nonce(&st).await;
+    let creds = ALICE_INVITE.credentials(&nonce, "00000001");
+    // Alice authenticates but calls as bob.
+    let text = String::from_utf8(request("INVITE", &creds).bytes().to_vec())
+        .unwrap()
+        .replace("From: <sip:alice@", "From: \"Bob\" <sip:bob@");
+    let spoofed = Message::parse(Bytes::from(text), 65535).unwrap();
+    assert_eq!(
+        status(&run(&st, &spoofed, &ALICE_INVITE.cx()).await.0),
+        (
+            403,
+            "Forbidden (From user is not the authenticated user)".into()
+        )
+    );
+    // A REGISTER for another user's address of record.
+    let nonce = ALICE_REGISTER.nonce(&st).await;
+    let creds = ALICE_REGISTER.credentials(&nonce, "00000001");
+    let text = String::from_utf8(request("REGISTER", &creds).bytes().to_vec())
+        .unwrap()
+        .replace("To: <sip:alice@", "To: <sip:bob@");
+    let other_aor = Message::parse(Bytes::from(text), 65535).unwrap();
+    assert_eq!(
+        status(&run(&st, &other_aor, &ALICE_REGISTER.cx()).await.0),
+        (
+            403,
+            "Forbidden (To user is not the authenticated user)".into()
+        )
+    );
+    // checkIdentity: false lets a trunk authenticate for every extension.
+    let mut cfg = config();
+    cfg.check_identity = false;
+    let (lenient, _) = stage_with(&s, cfg);
+    let nonce = ALICE_INVITE.nonce(&lenient).await;
+    let creds = ALICE_INVITE.credentials(&nonce, "00000001");
+    let text = String::from_utf8(request("INVITE", &creds).bytes().to_vec())
+        .unwrap()
+        .replace("From: <sip:alice@", "From: <sip:bob@");
+    let as_bob = Message::parse(Bytes::from(text), 65535).unwrap();
+    assert_eq!(
+        run(&lenient, &as_bob, &ALICE_INVITE.cx()).await.0,
+        Verdict::Continue
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn register_floods_are_counted_per_authenticated_user() {
+    let s = provisioned().await;
+    let (st, _) = stage_with(&s, config());
+    let st = st.with_register_flood(Some(kubesbc_crds::policy::FloodLimit {
+        requests: 2,
+        window_secs: 10,
+        ban_secs: 60,
+    }));
+    // Unauthenticated REGISTERs naming alice (anyone can send them) are not counted.
+    for _ in 0..5 {
+        let (v, _) = ALICE_REGISTER.send(&st, "").await;
+        assert_eq!(fresh_challenge(&v), 401);
+    }
+    assert!(s.get("t:regblock:alice").await.unwrap().is_none());
+    // Her own authenticated REGISTERs are: the third in the window blocks her.
+    let nonce = ALICE_REGISTER.nonce(&st).await;
+    for (i, nc) in ["00000001", "00000002", "00000003"].iter().enumerate() {
+        let v = ALICE_REGISTER.answer(&st, &nonce, nc).await.0;
+        if i < 2 {
+            assert_eq!(v, Verdict::Continue, "REGISTER {i}");
+        } else {
+            assert_eq!(status(&v), (403, "Blocked".into()));
+        }
+    }
+    assert!(s.get("t:regblock:alice").await.unwrap().is_some());
 }

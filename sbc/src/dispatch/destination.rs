@@ -3,7 +3,7 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use kubesbc_crds::config::{DestinationConfig, Probing, Transport};
 use serde::{Deserialize, Serialize};
@@ -125,13 +125,28 @@ pub(crate) struct Health {
     active_calls: AtomicU32,
     requests: AtomicU64,
     failures: AtomicU64,
+    /// Failed requests since the destination last answered a probe (outlier detection).
+    request_failures: AtomicU32,
+    /// The failure threshold was reached: the probe loop probes it at once.
+    probe_wanted: AtomicBool,
     /// Dispatcher-wide counter bumped when any destination goes up or down, so sets can
     /// rebuild what depends on the set of active destinations (relative weights).
     epoch: Arc<AtomicU64>,
+    /// Wakes the probe loop when a destination wants an immediate probe.
+    wake: Arc<tokio::sync::Notify>,
 }
 
 impl Health {
+    #[cfg(test)]
     pub(crate) fn new(initial_flags: u32, epoch: Arc<AtomicU64>) -> Health {
+        Health::with_wake(initial_flags, epoch, Arc::default())
+    }
+
+    pub(crate) fn with_wake(
+        initial_flags: u32,
+        epoch: Arc<AtomicU64>,
+        wake: Arc<tokio::sync::Notify>,
+    ) -> Health {
         Health {
             flags: AtomicU32::new(initial_flags),
             probe_failures: AtomicU32::new(0),
@@ -139,7 +154,10 @@ impl Health {
             active_calls: AtomicU32::new(0),
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            request_failures: AtomicU32::new(0),
+            probe_wanted: AtomicBool::new(false),
             epoch,
+            wake,
         }
     }
 
@@ -178,7 +196,9 @@ impl Health {
 pub struct Destination {
     /// The URI as configured (`sip:10.0.0.5:5060;transport=tcp`).
     pub uri: String,
-    /// Where to send: the URI's host resolved when the set was built.
+    /// Where to send: the URI's host resolved when the set was built. For a host that did
+    /// not resolve ([`Destination::is_resolved`] false) the address is unspecified and the
+    /// destination is never selected nor probed.
     pub target: Target,
     /// Its configuration (flags, priority, attributes).
     pub config: DestinationConfig,
@@ -186,25 +206,83 @@ pub struct Destination {
     pub set_id: u32,
     /// Whether its set probes (`probing.enabled`).
     set_probes: bool,
+    /// Failed requests that trigger an immediate probe (`failover.failureThreshold`).
+    failure_threshold: u32,
+    /// Why the host did not resolve, when it did not.
+    unresolved: Option<String>,
     pub(crate) health: Arc<Health>,
 }
 
+/// Resolves a host name to one address (the system resolver, blocking), or says why not.
+pub type Resolver = Arc<dyn Fn(&str, u16) -> Result<SocketAddr, String> + Send + Sync>;
+
+/// The system resolver: the first address `(host, port)` resolves to.
+pub fn system_resolver() -> Resolver {
+    Arc::new(|host: &str, port: u16| {
+        (host, port)
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve host {host:?}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("host {host:?} has no address"))
+    })
+}
+
 impl Destination {
+    #[cfg(test)]
     pub(crate) fn new(
         set_id: u32,
         set_probes: bool,
         config: DestinationConfig,
         health: Arc<Health>,
     ) -> Result<Destination, String> {
-        let target = resolve(&config.uri)?;
+        Destination::build(set_id, set_probes, 1, config, health, &system_resolver())
+    }
+
+    /// A destination whose URI is valid. A host that does not resolve makes a destination
+    /// that is down (never selected, never probed) until a rebuild resolves it; a URI that
+    /// is not valid is an error.
+    pub(crate) fn build(
+        set_id: u32,
+        set_probes: bool,
+        failure_threshold: u32,
+        config: DestinationConfig,
+        health: Arc<Health>,
+        resolver: &Resolver,
+    ) -> Result<Destination, String> {
+        let t = parse_uri(&config.uri)?;
+        let (addr, unresolved) = match t.host.parse::<IpAddr>() {
+            Ok(ip) => (SocketAddr::new(ip, t.port), None),
+            Err(_) => match resolver(t.host, t.port) {
+                Ok(a) => (a, None),
+                Err(why) => (
+                    SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), t.port),
+                    Some(why),
+                ),
+            },
+        };
         Ok(Destination {
             uri: config.uri.clone(),
-            target,
+            target: Target {
+                addr,
+                transport: t.transport,
+            },
             config,
             set_id,
             set_probes,
+            failure_threshold: failure_threshold.max(1),
+            unresolved,
             health,
         })
+    }
+
+    /// Whether the host resolved when the set was built.
+    pub fn is_resolved(&self) -> bool {
+        self.unresolved.is_none()
+    }
+
+    /// Why the host did not resolve, when it did not.
+    pub fn unresolved_reason(&self) -> Option<&str> {
+        self.unresolved.as_deref()
     }
 
     /// Kamailio's flag word: configured flags plus runtime health bits.
@@ -212,43 +290,77 @@ impl Destination {
         self.health.flags.load(Ordering::Acquire)
     }
 
-    /// Current state.
+    /// Current state (`inactive` while the host does not resolve).
     pub fn state(&self) -> DestState {
-        DestState::from_flags(self.flags())
-    }
-
-    /// Whether requests may be sent here (not inactive, not disabled).
-    pub fn is_up(&self) -> bool {
-        self.flags() & (flags::INACTIVE | flags::DISABLED) == 0
-    }
-
-    /// A request to this destination timed out: take it out now (Kamailio's
-    /// `ds_mark_dst("ip")`) until a successful probe brings it back. Counts as a failure and
-    /// logs the change. A destination that is not probed (its set does not probe, or the
-    /// no-ping flags) is only counted, never taken out: nothing would bring it back.
-    pub fn mark_down(&self) -> Option<StateChange> {
-        self.health.failures.fetch_add(1, Ordering::Relaxed);
-        if !self.is_probed() {
-            return None;
+        let f = self.flags();
+        if self.unresolved.is_some() && f & flags::DISABLED == 0 {
+            return DestState::Inactive;
         }
+        DestState::from_flags(f)
+    }
+
+    /// Whether requests may be sent here (resolved, not inactive, not disabled).
+    pub fn is_up(&self) -> bool {
+        self.unresolved.is_none() && self.flags() & (flags::INACTIVE | flags::DISABLED) == 0
+    }
+
+    /// Whether panic routing may send here although it is down: resolved and not disabled.
+    pub fn is_panic_eligible(&self) -> bool {
+        self.unresolved.is_none() && self.flags() & flags::DISABLED == 0
+    }
+
+    /// A request to this destination failed (timed out, or a reply that fails over): one
+    /// more failure since it last answered a probe. At `failover.failureThreshold` the probe
+    /// loop probes it at once and that probe decides: no answer takes it out, an answer
+    /// clears the count. A single request the backend ignores therefore never takes it out
+    /// for everyone (Kamailio's `ds_mark_dst("ip")` did). Returns whether a probe was asked
+    /// for. A destination that is not probed is only counted: nothing would bring it back.
+    pub fn mark_down(&self) -> bool {
+        let h = &self.health;
+        h.failures.fetch_add(1, Ordering::Relaxed);
+        if !self.is_probed() {
+            return false;
+        }
+        let n = saturating_inc(&h.request_failures);
+        if n < self.failure_threshold || h.probe_wanted.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        tracing::info!(
+            set = self.set_id,
+            uri = %self.uri,
+            failures = n,
+            "dispatcher destination failed requests: probing it now"
+        );
+        h.wake.notify_one();
+        true
+    }
+
+    /// Takes the destination out now, until probes bring it back (an administrator's
+    /// decision, or a probe that failed after the failure threshold was reached).
+    pub fn set_inactive(&self) -> Option<StateChange> {
         self.health.probe_successes.store(0, Ordering::Relaxed);
-        let change = self.health.transition(|f| {
+        self.health.transition(|f| {
             if f & (flags::DISABLED | flags::INACTIVE) != 0 {
                 f
             } else {
                 (f & !flags::TRYING) | flags::INACTIVE
             }
-        });
-        if let Some(c) = change {
-            tracing::info!(
-                set = self.set_id,
-                uri = %self.uri,
-                state = %c.to,
-                previous = %c.from,
-                "dispatcher destination marked down after a request timed out"
-            );
-        }
-        change
+        })
+    }
+
+    /// Failed requests since the destination last answered a probe.
+    pub fn request_failures(&self) -> u32 {
+        self.health.request_failures.load(Ordering::Relaxed)
+    }
+
+    /// Takes the "probe me now" request, if there is one.
+    pub(crate) fn take_probe_request(&self) -> bool {
+        self.health.probe_wanted.swap(false, Ordering::AcqRel)
+    }
+
+    /// Whether an immediate probe is asked for.
+    pub(crate) fn probe_requested(&self) -> bool {
+        self.health.probe_wanted.load(Ordering::Acquire)
     }
 
     /// Applies the outcome of one OPTIONS probe with `probing`'s thresholds, as Kamailio's
@@ -262,6 +374,8 @@ impl Destination {
         }
         if ok {
             h.probe_failures.store(0, Ordering::Relaxed);
+            // It answers: the failed requests were the requests' problem, not its own.
+            h.request_failures.store(0, Ordering::Relaxed);
             let successes = saturating_inc(&h.probe_successes);
             let enough = successes >= probing.success_threshold.max(1);
             let change = h.transition(|f| {
@@ -319,10 +433,10 @@ impl Destination {
         }
     }
 
-    /// A request to it failed (a failover reply or a timeout the caller did not report
-    /// through [`Destination::mark_down`]).
+    /// A request to it got a reply that fails over: counted like a timeout (see
+    /// [`Destination::mark_down`]).
     pub fn request_failed(&self) {
-        self.health.failures.fetch_add(1, Ordering::Relaxed);
+        self.mark_down();
     }
 
     /// Requests sent here: the number of times the dispatcher selected it.
@@ -352,7 +466,9 @@ impl Destination {
     /// Whether the probe loop pings it: its set probes, it is not disabled, and it has
     /// neither Kamailio's no-ping (32) nor no-DNS (16) flag.
     pub fn is_probed(&self) -> bool {
-        self.set_probes && self.flags() & (flags::DISABLED | flags::NOPING | flags::NODNSARES) == 0
+        self.set_probes
+            && self.unresolved.is_none()
+            && self.flags() & (flags::DISABLED | flags::NOPING | flags::NODNSARES) == 0
     }
 }
 
@@ -463,16 +579,12 @@ fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
 
 /// Parses `uri` and resolves its host: an IP literal as is, a name with the system resolver
 /// (blocking; done when a set is built, never per request).
+#[cfg(test)]
 pub(crate) fn resolve(uri: &str) -> Result<Target, String> {
     let t = parse_uri(uri)?;
-    let addr = if let Ok(ip) = t.host.parse::<IpAddr>() {
-        SocketAddr::new(ip, t.port)
-    } else {
-        (t.host, t.port)
-            .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve host {:?}: {e}", t.host))?
-            .next()
-            .ok_or_else(|| format!("host {:?} has no address", t.host))?
+    let addr = match t.host.parse::<IpAddr>() {
+        Ok(ip) => SocketAddr::new(ip, t.port),
+        Err(_) => system_resolver()(t.host, t.port)?,
     };
     Ok(Target {
         addr,
@@ -585,17 +697,39 @@ mod tests {
         assert_eq!(d.state(), DestState::Active);
     }
 
+    fn dest_with_threshold(uri: &str, threshold: u32) -> Destination {
+        let cfg = DestinationConfig {
+            uri: uri.into(),
+            ..Default::default()
+        };
+        let health = Arc::new(Health::new(0, Arc::default()));
+        Destination::build(1, true, threshold, cfg, health, &system_resolver()).unwrap()
+    }
+
     #[test]
-    fn mark_down_is_immediate_and_disabled_is_left_alone() {
-        let d = dest("sip:127.0.0.1:5071", 0);
-        let c = d.mark_down().expect("change");
-        assert!(c.went_down());
-        assert_eq!(d.failures(), 1);
-        assert_eq!(d.mark_down(), None);
+    fn failed_requests_ask_for_a_probe_at_the_threshold_and_never_take_it_out() {
+        let d = dest_with_threshold("sip:127.0.0.1:5071", 3);
+        assert!(!d.mark_down(), "one failure: below the threshold");
+        d.request_failed();
+        assert!(d.is_up());
+        assert!(d.mark_down(), "the third asks for a probe");
+        assert!(d.is_up(), "failed requests alone never take it out");
+        assert!(!d.mark_down(), "one probe asked for at a time");
+        assert!(d.take_probe_request());
+        assert_eq!(d.failures(), 4);
+        // The probe answers: the count starts again.
+        d.record_probe(true, &Probing::default());
+        assert_eq!(d.request_failures(), 0);
+        assert!(!d.mark_down());
+        // An administrator (or a failed urgent probe) takes it out.
+        assert!(d.set_inactive().expect("change").went_down());
+        assert_eq!(d.set_inactive(), None);
         let unprobed = dest("sip:127.0.0.1:5073", flags::NOPING);
-        assert_eq!(unprobed.mark_down(), None, "nothing would bring it back");
+        for _ in 0..5 {
+            assert!(!unprobed.mark_down(), "nothing would bring it back");
+        }
         assert!(unprobed.is_up());
-        assert_eq!(unprobed.failures(), 1);
+        assert_eq!(unprobed.failures(), 5);
         let off = dest("sip:127.0.0.1:5072", flags::DISABLED);
         assert!(!off.is_up());
         assert_eq!(off.record_probe(true, &Probing::default()), None);

@@ -11,8 +11,8 @@ pub mod hash;
 pub mod list;
 pub mod probe;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use kubesbc_crds::config::{
@@ -22,7 +22,9 @@ use kubesbc_crds::config::{
 use serde::{Deserialize, Serialize};
 
 use destination::Health;
-pub use destination::{DestState, Destination, StateChange, Target, flags};
+pub use destination::{
+    DestState, Destination, Resolver, StateChange, Target, flags, system_resolver,
+};
 
 /// Why a dispatcher configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +73,11 @@ pub struct Dispatcher {
     table: ArcSwap<DispatchTable>,
     /// Bumped whenever a destination goes up or down (see [`destination`]).
     epoch: Arc<AtomicU64>,
+    /// Wakes the probe loop when a destination asks for an immediate probe.
+    wake: Arc<tokio::sync::Notify>,
+    resolver: Resolver,
+    /// Serialises the writers (updates and re-resolution); selection never takes it.
+    writing: Mutex<()>,
 }
 
 /// One immutable build of all sets. Get it with [`Dispatcher::table`].
@@ -78,6 +85,8 @@ pub struct DispatchTable {
     default_set: u32,
     /// Sorted by id.
     sets: Vec<DispatchSet>,
+    /// The configuration it was built from (rebuilt from when a host resolves later).
+    config: DispatcherConfig,
 }
 
 impl DispatchTable {
@@ -97,6 +106,13 @@ impl DispatchTable {
     /// All sets, by id.
     pub fn sets(&self) -> &[DispatchSet] {
         &self.sets
+    }
+
+    /// Whether some destination's host did not resolve.
+    pub fn has_unresolved(&self) -> bool {
+        self.sets
+            .iter()
+            .any(|s| s.dests.iter().any(|d| !d.is_resolved()))
     }
 }
 
@@ -122,6 +138,8 @@ pub struct DispatchSet {
     /// The dispatcher epoch `rwlist` was built for.
     rw_epoch: AtomicU64,
     rw_rebuilding: AtomicBool,
+    /// Requests sent to a down destination because none was up (panic routing).
+    panic_selections: AtomicU64,
 }
 
 impl DispatchSet {
@@ -145,11 +163,17 @@ impl DispatchSet {
     pub fn destinations(&self) -> &[Arc<Destination>] {
         &self.dests
     }
+    /// Requests sent to a down destination because none was up (panic routing).
+    pub fn panic_selections(&self) -> u64 {
+        self.panic_selections.load(Ordering::Relaxed)
+    }
 
     fn build(
         cfg: &DispatcherSetConfig,
         old: Option<&DispatchSet>,
         epoch: &Arc<AtomicU64>,
+        wake: &Arc<tokio::sync::Notify>,
+        resolver: &Resolver,
     ) -> Result<DispatchSet, DispatchError> {
         // Kamailio's add_dest2list + reindex_dests: priority descending, and among equal
         // priorities the destination listed last comes first.
@@ -168,6 +192,9 @@ impl DispatchSet {
                     (free && d.uri.eq_ignore_ascii_case(&dc.uri)).then_some(i)
                 })
             });
+            let known_unresolved = reused
+                .zip(old)
+                .is_some_and(|(i, o)| !o.dests[i].is_resolved());
             let health = match (reused, old) {
                 (Some(i), Some(o)) => {
                     if let Some(c) = claimed.get_mut(i) {
@@ -177,15 +204,34 @@ impl DispatchSet {
                     h.apply_config_flags(dc.flags);
                     h
                 }
-                _ => Arc::new(Health::new(dc.flags, Arc::clone(epoch))),
+                _ => Arc::new(Health::with_wake(
+                    dc.flags,
+                    Arc::clone(epoch),
+                    Arc::clone(wake),
+                )),
             };
-            let d = Destination::new(cfg.id, cfg.probing.enabled, dc.clone(), health).map_err(
-                |reason| DispatchError::Destination {
-                    set: cfg.id,
-                    uri: dc.uri.clone(),
-                    reason,
-                },
-            )?;
+            let d = Destination::build(
+                cfg.id,
+                cfg.probing.enabled,
+                cfg.failover.failure_threshold,
+                dc.clone(),
+                health,
+                resolver,
+            )
+            .map_err(|reason| DispatchError::Destination {
+                set: cfg.id,
+                uri: dc.uri.clone(),
+                reason,
+            })?;
+            if let Some(why) = d.unresolved_reason().filter(|_| !known_unresolved) {
+                tracing::warn!(
+                    set = cfg.id,
+                    uri = %dc.uri,
+                    reason = why,
+                    "dispatcher destination does not resolve: down until it does (retried every {}s)",
+                    RESOLVE_INTERVAL.as_secs()
+                );
+            }
             dests.push(Arc::new(d));
         }
         let set = DispatchSet {
@@ -201,6 +247,7 @@ impl DispatchSet {
             rwlast: AtomicUsize::new(0),
             rw_epoch: AtomicU64::new(0),
             rw_rebuilding: AtomicBool::new(false),
+            panic_selections: AtomicU64::new(old.map_or(0, |o| o.panic_selections())),
         };
         set.rebuild_relative_weights(epoch.load(Ordering::Acquire));
         Ok(set)
@@ -251,6 +298,41 @@ impl DispatchSet {
 
     /// Picks a destination; see [`Dispatcher::select`].
     fn select(&self, key: &SelectKey<'_>, tried: &[usize], epoch: &AtomicU64) -> Option<Selected> {
+        if let Some(s) = self.select_up(key, tried, epoch) {
+            return Some(s);
+        }
+        // Only when nothing is up: a full (call-load) or already tried set answers 503.
+        if !self.failover.panic_routing || self.dests.iter().any(|d| d.is_up()) {
+            return None;
+        }
+        // Panic routing: nothing is up, so try the destinations in order anyway (the first
+        // untried one that is resolved and not disabled): a set whose probes fail because of
+        // the probes themselves (a firewall, an overloaded OPTIONS handler) still carries
+        // calls, and a set that is really down answers each caller 408 or 503 as before.
+        let n = self.dests.len();
+        let start = tried.first().map_or(0, |f| f + 1);
+        let index = (0..n)
+            .map(|k| (start + k) % n)
+            .find(|&i| !tried.contains(&i) && self.dests[i].is_panic_eligible())?;
+        let before = self.panic_selections.fetch_add(1, Ordering::Relaxed);
+        if before == 0 || before.is_power_of_two() {
+            tracing::warn!(
+                set = self.id,
+                uri = %self.dests[index].uri,
+                panic_selections = before + 1,
+                "no destination up: panic routing sends the request to a down destination"
+            );
+        }
+        Some(self.selected(index))
+    }
+
+    /// Picks a destination that is up; see [`Dispatcher::select`].
+    fn select_up(
+        &self,
+        key: &SelectKey<'_>,
+        tried: &[usize],
+        epoch: &AtomicU64,
+    ) -> Option<Selected> {
         let n = self.dests.len();
         if n == 0 {
             return None;
@@ -400,11 +482,25 @@ impl Dispatcher {
     /// Builds the sets of `cfg`. Destination hosts that are not IP literals are resolved
     /// now, with the blocking system resolver.
     pub fn new(cfg: &DispatcherConfig) -> Result<Dispatcher, DispatchError> {
+        Dispatcher::with_resolver(cfg, system_resolver())
+    }
+
+    /// As [`Dispatcher::new`], resolving host names with `resolver`. A host that does not
+    /// resolve makes its destination down, not the configuration invalid; see
+    /// [`Dispatcher::resolve_again`].
+    pub fn with_resolver(
+        cfg: &DispatcherConfig,
+        resolver: Resolver,
+    ) -> Result<Dispatcher, DispatchError> {
         let epoch = Arc::new(AtomicU64::new(0));
-        let table = build_table(cfg, None, &epoch)?;
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let table = build_table(cfg, None, &epoch, &wake, &resolver)?;
         Ok(Dispatcher {
             table: ArcSwap::from_pointee(table),
             epoch,
+            wake,
+            resolver,
+            writing: Mutex::new(()),
         })
     }
 
@@ -412,10 +508,56 @@ impl Dispatcher {
     /// their health, probe counters, active calls and request counters (and take the new
     /// configuration's administrative flags). On error the current sets stay.
     pub fn update(&self, cfg: &DispatcherConfig) -> Result<(), DispatchError> {
+        let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.table.load_full();
-        let table = build_table(cfg, Some(&old), &self.epoch)?;
+        let table = build_table(cfg, Some(&old), &self.epoch, &self.wake, &self.resolver)?;
         self.table.store(Arc::new(table));
         Ok(())
+    }
+
+    /// Rebuilds the sets from the configuration in force when some destination's host did
+    /// not resolve, so a host that resolves now comes up.
+    /// Blocking (the resolver); returns how many destinations resolved that did not.
+    pub fn resolve_again(&self) -> usize {
+        let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.table.load_full();
+        if !old.has_unresolved() {
+            return 0;
+        }
+        let unresolved = |t: &DispatchTable| {
+            t.sets
+                .iter()
+                .flat_map(|s| s.dests.iter())
+                .filter(|d| !d.is_resolved())
+                .count()
+        };
+        match build_table(
+            &old.config,
+            Some(&old),
+            &self.epoch,
+            &self.wake,
+            &self.resolver,
+        ) {
+            Ok(table) => {
+                let fixed = unresolved(&old).saturating_sub(unresolved(&table));
+                if fixed > 0 {
+                    tracing::info!(fixed, "dispatcher destinations resolve now");
+                    self.epoch.fetch_add(1, Ordering::AcqRel);
+                }
+                self.table.store(Arc::new(table));
+                fixed
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "dispatcher: re-resolving failed");
+                0
+            }
+        }
+    }
+
+    /// Completes when a destination asks for an immediate probe (see
+    /// [`Destination::mark_down`]).
+    pub async fn probe_requested(&self) {
+        self.wake.notified().await;
     }
 
     /// The current build of all sets.
@@ -461,10 +603,15 @@ impl Dispatcher {
     }
 }
 
+/// How often destinations whose host did not resolve are resolved again.
+pub const RESOLVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn build_table(
     cfg: &DispatcherConfig,
     old: Option<&DispatchTable>,
     epoch: &Arc<AtomicU64>,
+    wake: &Arc<tokio::sync::Notify>,
+    resolver: &Resolver,
 ) -> Result<DispatchTable, DispatchError> {
     for (i, set) in cfg.sets.iter().enumerate() {
         let path = format!("dispatcher.sets[{i}]");
@@ -480,12 +627,13 @@ fn build_table(
     let mut sets = cfg
         .sets
         .iter()
-        .map(|c| DispatchSet::build(c, old.and_then(|o| o.set(c.id)), epoch))
+        .map(|c| DispatchSet::build(c, old.and_then(|o| o.set(c.id)), epoch, wake, resolver))
         .collect::<Result<Vec<_>, _>>()?;
     sets.sort_by_key(|s| s.id);
     Ok(DispatchTable {
         default_set: cfg.default_set,
         sets,
+        config: cfg.clone(),
     })
 }
 
@@ -540,7 +688,7 @@ pub struct DestinationSnapshot {
 impl DestinationSnapshot {
     fn of(index: usize, d: &Destination) -> DestinationSnapshot {
         let f = d.flags();
-        let state = DestState::from_flags(f);
+        let state = d.state();
         // `P` means "pinged": a probing set pings every destination, whatever flag 8 says.
         let probe = if d.is_probed() {
             'P'
@@ -557,7 +705,11 @@ impl DestinationSnapshot {
             attrs: render_attrs(&d.config),
             description: d.config.description.clone(),
             state,
-            target: d.target.to_string(),
+            target: if d.is_resolved() {
+                d.target.to_string()
+            } else {
+                format!("{}:unresolved", d.target.transport)
+            },
             active_calls: d.active_calls(),
             requests: d.requests_sent(),
             failures: d.failures(),

@@ -5,6 +5,14 @@
 //! with [`Destination::record_probe`]. Any reply counts as alive except `failureCodes`.
 //! Sets swapped in by [`Dispatcher::update`] are picked up at the next wake-up; a new set
 //! is probed at once.
+//!
+//! Outlier detection: a destination whose requests failed `failover.failureThreshold` times
+//! since it last answered asks for a probe ([`Destination::mark_down`]) and is probed at
+//! once, outside its schedule. That probe decides: no answer (or a `failureCodes` reply)
+//! takes the destination out at once, an answer keeps it in and clears the count.
+//!
+//! The loop also resolves again, every [`super::RESOLVE_INTERVAL`], the destinations whose
+//! host did not resolve ([`Dispatcher::resolve_again`], on a blocking thread).
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -47,6 +55,8 @@ struct Done {
     set_id: u32,
     dest: Arc<Destination>,
     outcome: PingOutcome,
+    /// Asked for by failed requests: a failure takes the destination out at once.
+    urgent: bool,
 }
 
 /// Probes until `shutdown` becomes true (or its sender is dropped).
@@ -60,12 +70,21 @@ pub async fn run(
     let mut in_flight: HashSet<usize> = HashSet::new();
     let mut task_dest: HashMap<tokio::task::Id, usize> = HashMap::new();
     let mut probes: JoinSet<Done> = JoinSet::new();
+    let mut resolve_due = Instant::now() + super::RESOLVE_INTERVAL;
+    let mut resolving: Option<tokio::task::JoinHandle<usize>> = None;
     loop {
         if *shutdown.borrow() {
             break;
         }
         let table = dispatcher.table();
         let now = Instant::now();
+        if now >= resolve_due {
+            resolve_due = now + super::RESOLVE_INTERVAL;
+            if resolving.as_ref().is_none_or(|h| h.is_finished()) && table.has_unresolved() {
+                let d = Arc::clone(&dispatcher);
+                resolving = Some(tokio::task::spawn_blocking(move || d.resolve_again()));
+            }
+        }
         next_due.retain(|id, _| table.set(*id).is_some_and(|s| s.probing().enabled));
         for set in table.sets() {
             let probing = set.probing();
@@ -73,18 +92,24 @@ pub async fn run(
                 continue;
             }
             let due = next_due.entry(set.id()).or_insert(now);
-            if *due > now {
-                continue;
+            let scheduled = *due <= now;
+            if scheduled {
+                let interval = Duration::from_millis(probing.interval_ms.max(1));
+                // Fixed rate, but never a burst to catch up after a stall.
+                *due = (*due + interval).max(now + interval / 2);
             }
-            let interval = Duration::from_millis(probing.interval_ms.max(1));
-            // Fixed rate, but never a burst to catch up after a stall.
-            *due = (*due + interval).max(now + interval / 2);
             let timeout = Duration::from_millis(probing.timeout_ms.max(1));
             for dest in set.destinations() {
                 let key = Arc::as_ptr(dest) as usize;
-                if !dest.is_probed() || !in_flight.insert(key) {
+                if !dest.is_probed() || in_flight.contains(&key) {
                     continue;
                 }
+                // A probe asked for by failed requests is taken only when it can start.
+                let urgent = dest.probe_requested() && dest.take_probe_request();
+                if !scheduled && !urgent {
+                    continue;
+                }
+                in_flight.insert(key);
                 let from = dest
                     .config
                     .ping_from
@@ -106,6 +131,7 @@ pub async fn run(
                         set_id,
                         dest,
                         outcome,
+                        urgent,
                     }
                 });
                 task_dest.insert(handle.id(), key);
@@ -117,9 +143,11 @@ pub async fn run(
             .values()
             .min()
             .copied()
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(1))
+            .min(resolve_due);
         tokio::select! {
             _ = tokio::time::sleep_until(wake) => {}
+            _ = dispatcher.probe_requested() => {}
             Some(joined) = probes.join_next_with_id(), if !probes.is_empty() => {
                 let (id, done) = match joined {
                     Ok((id, done)) => (id, Some(done)),
@@ -152,7 +180,20 @@ fn apply(done: &Done) {
         PingOutcome::Reply(code) => !probing.failure_codes.contains(&code),
         PingOutcome::Timeout | PingOutcome::Unreachable => false,
     };
-    if let Some(change) = done.dest.record_probe(ok, probing) {
+    let change = if done.urgent && !ok {
+        // Failed requests reached the threshold and the probe confirms it: out now.
+        let counted = done.dest.record_probe(false, probing);
+        match (counted, done.dest.set_inactive()) {
+            (Some(a), Some(b)) => Some(super::StateChange {
+                from: a.from,
+                to: b.to,
+            }),
+            (a, b) => a.or(b),
+        }
+    } else {
+        done.dest.record_probe(ok, probing)
+    };
+    if let Some(change) = change {
         tracing::info!(
             set = done.set_id,
             uri = %done.dest.uri,

@@ -184,9 +184,9 @@ fn hash_algorithms_pick_what_kamailio_picks() {
 fn hash_skips_down_destinations_to_the_next_index() {
     let d = abcd(Algorithm::HashCallId);
     let key = call_id_key(ATLANTA);
-    dest(&d, B).mark_down(); // index 2, the hashed one
+    dest(&d, B).set_inactive(); // index 2, the hashed one
     assert_eq!(pick(&d, &key, &[]).as_deref(), Some(A), "index 3");
-    dest(&d, A).mark_down();
+    dest(&d, A).set_inactive();
     assert_eq!(pick(&d, &key, &[]).as_deref(), Some(D), "wraps to index 0");
 }
 
@@ -208,7 +208,7 @@ fn failover_follows_kamailio_order_and_ends_in_none() {
         "after the first choice, then wrapping"
     );
 
-    dest(&d, D).mark_down();
+    dest(&d, D).set_inactive();
     assert_eq!(
         pick(&d, &key, &[2, 3]).as_deref(),
         Some(C),
@@ -223,7 +223,7 @@ fn round_robin_cycles_and_steps_over_down_destinations() {
         .map(|_| pick(&d, &SelectKey::default(), &[]).unwrap())
         .collect();
     assert_eq!(seq, vec![D, C, B, A, D]);
-    dest(&d, C).mark_down();
+    dest(&d, C).set_inactive();
     // Cursor at 1 (C): C is down, B is used and the cursor moves past it, as Kamailio does.
     let seq: Vec<String> = (0..4)
         .map(|_| pick(&d, &SelectKey::default(), &[]).unwrap())
@@ -256,7 +256,7 @@ fn auth_username_without_credentials_falls_back_to_round_robin() {
 #[test]
 fn random_uses_every_up_destination_and_never_a_down_one() {
     let d = abcd(Algorithm::Random);
-    dest(&d, A).mark_down();
+    dest(&d, A).set_inactive();
     let m = counts(&d, 600);
     assert_eq!(count(&m, A), 0);
     for u in [B, C, D] {
@@ -272,7 +272,7 @@ fn priority_takes_the_highest_up_destination() {
     assert_eq!(pick(&d, &key, &[]).as_deref(), Some(B));
     assert_eq!(pick(&d, &key, &[0]).as_deref(), Some(C));
     assert_eq!(pick(&d, &key, &[0, 1]).as_deref(), Some(A));
-    dest(&d, B).mark_down();
+    dest(&d, B).set_inactive();
     assert_eq!(pick(&d, &key, &[]).as_deref(), Some(C));
 }
 
@@ -303,7 +303,7 @@ fn weight_gives_each_destination_its_share_of_every_hundred() {
 
     // A down destination's share moves to the next index.
     let d = dispatcher(Algorithm::Weight, vec![w(A, 20), w(B, 80)]);
-    dest(&d, B).mark_down();
+    dest(&d, B).set_inactive();
     assert_eq!(count(&counts(&d, 100), A), 100);
 }
 
@@ -322,7 +322,7 @@ fn relative_weight_spreads_over_active_destinations() {
     assert_eq!((count(&m, A), count(&m, B), count(&m, C)), (34, 100, 66));
 
     // B goes down: the table is rebuilt over C and A (66 + 33, A takes the rest).
-    dest(&d, B).mark_down();
+    dest(&d, B).set_inactive();
     let m = counts(&d, 100);
     assert_eq!((count(&m, A), count(&m, B), count(&m, C)), (34, 0, 66));
 
@@ -368,11 +368,16 @@ fn call_load_prefers_fewest_calls_and_respects_maxload() {
 }
 
 #[test]
-fn no_destination_up_means_none() {
+fn no_destination_up_means_none_without_panic_routing() {
     for alg in Algorithm::ALL {
-        let d = abcd(alg);
+        let mut cfg = DispatcherConfig {
+            default_set: 1,
+            sets: vec![set(1, alg, vec![dc(A), dc(B), dc(C), dc(D)])],
+        };
+        cfg.sets[0].failover.panic_routing = false;
+        let d = Dispatcher::new(&cfg).unwrap();
         for u in [A, B, C, D] {
-            dest(&d, u).mark_down();
+            dest(&d, u).set_inactive();
         }
         let key = SelectKey {
             call_id: b"x",
@@ -414,7 +419,7 @@ fn disabled_and_inactive_flags_from_the_list_are_honoured() {
 #[test]
 fn update_keeps_state_of_unchanged_uris() {
     let d = abcd(Algorithm::RoundRobin);
-    dest(&d, A).mark_down();
+    dest(&d, A).set_inactive();
     let old_b = dest(&d, B);
     old_b.call_started();
     old_b.call_started();
@@ -502,13 +507,92 @@ fn bad_configurations_are_refused() {
             vec![dc("sip:no-such-host.invalid")],
         )],
     };
-    let err = Dispatcher::new(&cfg).unwrap_err().to_string();
+    // A host that does not resolve is not a bad configuration: the destination is down.
+    let d = Dispatcher::new(&cfg).expect("an unresolvable host does not fail the build");
+    let t = d.table();
+    let x = &t.set(7).unwrap().destinations()[0];
+    assert!(!x.is_up() && !x.is_probed() && !x.is_panic_eligible());
     assert!(
-        err.starts_with(
-            "dispatcher set 7: destination sip:no-such-host.invalid: cannot resolve host"
-        ),
-        "{err}"
+        x.unresolved_reason()
+            .unwrap()
+            .contains("cannot resolve host")
     );
+    assert_eq!(d.snapshot()[0].destinations[0].target, "udp:unresolved");
+    assert_eq!(d.snapshot()[0].destinations[0].state, DestState::Inactive);
+    assert!(d.select(7, &SelectKey::default(), &[]).is_none());
+}
+
+#[test]
+fn an_unresolved_host_comes_up_when_it_resolves() {
+    use std::sync::atomic::AtomicBool;
+    let resolves = Arc::new(AtomicBool::new(false));
+    let r = resolves.clone();
+    let resolver: Resolver = Arc::new(move |host: &str, port: u16| {
+        if r.load(Ordering::Relaxed) && host == "pbx.example.test" {
+            Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+        } else {
+            Err(format!("cannot resolve host {host:?}"))
+        }
+    });
+    let cfg = DispatcherConfig {
+        default_set: 1,
+        sets: vec![set(
+            1,
+            Algorithm::RoundRobin,
+            vec![dc("sip:pbx.example.test:5099"), dc(A)],
+        )],
+    };
+    let d = Dispatcher::with_resolver(&cfg, resolver).unwrap();
+    assert!(d.table().has_unresolved());
+    dest(&d, A).request_failed();
+    assert_eq!(d.resolve_again(), 0, "still unresolvable");
+    for _ in 0..4 {
+        assert_eq!(pick(&d, &SelectKey::default(), &[]).as_deref(), Some(A));
+    }
+    resolves.store(true, Ordering::Relaxed);
+    assert_eq!(d.resolve_again(), 1);
+    assert!(!d.table().has_unresolved());
+    let pbx = dest(&d, "sip:pbx.example.test:5099");
+    assert!(pbx.is_up());
+    assert_eq!(pbx.target.addr, "127.0.0.1:5099".parse().unwrap());
+    assert_eq!(dest(&d, A).failures(), 1, "the others keep their state");
+    let picked: Vec<_> = (0..4)
+        .filter_map(|_| pick(&d, &SelectKey::default(), &[]))
+        .collect();
+    assert!(
+        picked.iter().any(|u| u == "sip:pbx.example.test:5099"),
+        "{picked:?}"
+    );
+}
+
+#[test]
+fn panic_routing_tries_down_destinations_in_order_but_never_disabled_ones() {
+    let mut cfg = DispatcherConfig {
+        default_set: 1,
+        sets: vec![set(1, Algorithm::RoundRobin, vec![dc(A), dc(B), dc(C)])],
+    };
+    cfg.sets[0].destinations[2].flags = flags::DISABLED;
+    let d = Dispatcher::new(&cfg).unwrap();
+    for u in [A, B] {
+        dest(&d, u).set_inactive();
+    }
+    let key = SelectKey::default();
+    // Kamailio order: C (index 0, disabled), B (1), A (2).
+    let first = d.select(1, &key, &[]).expect("panic routing");
+    assert_eq!(first.dest.uri, B);
+    let next = d.select(1, &key, &[first.index]).expect("next in order");
+    assert_eq!(next.dest.uri, A);
+    assert!(
+        d.select(1, &key, &[first.index, next.index]).is_none(),
+        "the disabled one is never tried"
+    );
+    assert_eq!(d.table().set(1).unwrap().panic_selections(), 2);
+    // One destination up again: normal selection, no panic.
+    dest(&d, A).record_probe(true, &Default::default());
+    for _ in 0..3 {
+        assert_eq!(pick(&d, &key, &[]).as_deref(), Some(A));
+    }
+    assert_eq!(d.table().set(1).unwrap().panic_selections(), 2);
 }
 
 #[test]
@@ -549,7 +633,8 @@ fn snapshot_lists_flags_like_kamcmd() {
         .iter()
         .find(|x| x.uri == B)
         .unwrap();
-    b.mark_down();
+    b.request_failed();
+    b.set_inactive();
     d.select(1, &SelectKey::default(), &[])
         .unwrap()
         .dest

@@ -1,6 +1,8 @@
 //! The guard stage (DESIGN.md step 3): who may talk to the sbc at all.
 //!
 //! In order, for every request the relay hands the stages:
+//! 0. **Proxy-Require** ([`extensions`]): an extension required of proxies gets
+//!    `420 Bad Extension` (RFC 3261 section 16.3), as the sbc implements none.
 //! 1. **flood** (Kamailio's pike): more than `flood.requests` requests from one source IP in
 //!    `flood.windowSecs` bans the source for `flood.banSecs`. The count and the ban live in
 //!    the store (`flood:{ip}`, `ban:{ip}`), so every replica enforces a ban set by any of
@@ -12,19 +14,26 @@
 //!    else the list's default action; a request must be allowed by every list. A deny answers
 //!    the rule's code with a reason naming the rule's kind (`403 Forbidden (scanner)`,
 //!    `403 Forbidden - Invalid Signature`), or drops scanners when the list says so.
-//! 3. **targets**: a Request-URI or Route in multicast, link-local or mDNS `.local` space is
+//! 3. **scanners** ([`scanners`]): a User-Agent naming a known SIP scanner is dropped (or
+//!    refused with `403 Forbidden (scanner)`), with or without access lists; off with
+//!    `scanners.enabled: false`. Counted per pattern in `sbc_guard_scanners_total{rule}`.
+//! 4. **targets**: a Request-URI or Route in multicast, link-local or mDNS `.local` space is
 //!    refused with 403.
-//! 4. **REGISTER flood per user** (the seeds' `auth_block_list`): more than
-//!    `registerFlood.requests` REGISTERs for one user (the To URI's user part) per window
-//!    blocks that user (`regblock:{user}`) for `registerFlood.banSecs`: `403 Blocked`. The
-//!    auth stage writes the same key after repeated failed attempts (by digest username), and
-//!    a blocked user's REGISTERs are refused whether or not `registerFlood` is configured.
+//! 5. **REGISTER flood** (the seeds' `auth_block_list`), keyed on what cannot be spoofed by
+//!    someone else's requests: when the auth stage authenticates REGISTER, it counts the
+//!    REGISTERs of each *authenticated* user after their credentials verify (see
+//!    [`crate::auth`]) and the guard does nothing here; without auth, more than
+//!    `registerFlood.requests` REGISTERs from one *source address* per window block that
+//!    source's REGISTERs (`srcblock:{ip}`) for `registerFlood.banSecs`: `403 Blocked`. A
+//!    To header naming someone else never blocks them.
 //!
 //! A store error never blocks traffic: the guard lets the request through and logs at debug
 //! level (the fallback store already answers from memory when Redis is unreachable).
 
+pub mod extensions;
 pub mod flood;
 pub mod rules;
+pub mod scanners;
 
 use std::io::Write as _;
 use std::net::IpAddr;
@@ -37,8 +46,7 @@ use bytes::Bytes;
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 
 use crate::pipeline::{Admission, BoxFuture, Refusal, RequestContext, Stage, Verdict};
-use crate::sip::uri::{self, Uri};
-use crate::sip::{HeaderName, Message, Method};
+use crate::sip::{Message, Method};
 use crate::store::{FloodHit, FloodOutcome, Store, StoreError};
 use kubesbc_crds::policy::{AccessListConfig, FloodLimit};
 
@@ -49,10 +57,15 @@ use rules::{Cidr, Decision, List};
 pub const BAN_PREFIX: &str = "ban:";
 /// Key prefix of the per-source flood counters: `flood:{ip}`.
 pub const FLOOD_PREFIX: &str = "flood:";
-/// Key prefix of the per-user REGISTER counters: `regflood:{user}`.
+/// Key prefix of the per-user REGISTER counters: `regflood:{user}` (authenticated users).
 pub const REGFLOOD_PREFIX: &str = "regflood:";
-/// Key prefix of blocked users: `regblock:{user}`.
+/// Key prefix of blocked users: `regblock:{user}` (authenticated users).
 pub const REGBLOCK_PREFIX: &str = "regblock:";
+/// Key prefix of the per-source REGISTER counters: `regflood-src:{ip}` (without auth).
+pub const REGFLOOD_SRC_PREFIX: &str = "regflood-src:";
+/// Key prefix of blocked sources: `srcblock:{ip}` (REGISTER flood without auth, or failed
+/// authentications).
+pub const SRCBLOCK_PREFIX: &str = "srcblock:";
 
 /// Longest user name used in a key; longer names are cut (bounded keys).
 const MAX_USER: usize = 128;
@@ -74,12 +87,14 @@ enum Refused {
 
 const REFUSED: [&str; 4] = ["rule", "target", "banned", "blocked"];
 
-/// The guard's metrics: `sbc_guard_refused_total{reason}` and `sbc_guard_bans_total`.
+/// The guard's metrics: `sbc_guard_refused_total{reason}`, `sbc_guard_bans_total` and
+/// `sbc_guard_scanners_total{rule}` (one series per built-in scanner pattern).
 /// Registered once per process and shared by the guards built on every configuration reload.
 #[derive(Debug, Clone)]
 pub struct GuardMetrics {
     refused: [IntCounter; 4],
     bans: IntCounter,
+    scanners: Vec<IntCounter>,
 }
 
 impl GuardMetrics {
@@ -98,9 +113,21 @@ impl GuardMetrics {
             "Sources and users banned by this replica for flooding",
         )?;
         registry.register(Box::new(bans.clone()))?;
+        let scanners = IntCounterVec::new(
+            Opts::new(
+                "sbc_guard_scanners_total",
+                "Requests from known SIP scanners dropped or refused, by built-in rule",
+            ),
+            &["rule"],
+        )?;
+        registry.register(Box::new(scanners.clone()))?;
         Ok(GuardMetrics {
             refused: REFUSED.map(|r| refused.with_label_values(&[r])),
             bans,
+            scanners: scanners::BUILT_IN
+                .iter()
+                .map(|(p, _)| scanners.with_label_values(&[*p]))
+                .collect(),
         })
     }
 }
@@ -116,6 +143,9 @@ pub struct Guard {
     ban_code: Option<u16>,
     store: Arc<dyn Store>,
     metrics: Option<GuardMetrics>,
+    scanners: scanners::Scanners,
+    /// The auth stage authenticates REGISTER and counts REGISTER floods per user itself.
+    register_auth: bool,
 }
 
 impl std::fmt::Debug for Guard {
@@ -147,7 +177,22 @@ impl Guard {
             ban_code: lists.iter().find_map(|l| l.ban_response_code),
             store,
             metrics: None,
+            scanners: scanners::Scanners::default(),
+            register_auth: false,
         }
+    }
+
+    /// Applies the scanner defence `cfg` (the default is on, dropping).
+    pub fn with_scanners(mut self, cfg: &kubesbc_crds::config::ScannerDefence) -> Guard {
+        self.scanners = scanners::Scanners::new(cfg);
+        self
+    }
+
+    /// Whether the auth stage authenticates REGISTER: then it counts REGISTER floods per
+    /// authenticated user and the guard leaves them alone.
+    pub fn with_register_auth(mut self, on: bool) -> Guard {
+        self.register_auth = on;
+        self
     }
 
     /// Also trusts the peers `f` accepts (the dispatcher's destinations).
@@ -191,6 +236,11 @@ impl Guard {
 
     /// The whole decision for one request.
     pub async fn decide(&self, req: &Message, cx: &RequestContext) -> Verdict {
+        if let Some(tags) = extensions::unsupported(req) {
+            return Verdict::Reply(
+                Refusal::new(420, "Bad Extension").with_header("Unsupported", tags),
+            );
+        }
         let ip = cx.peer.addr.ip().to_canonical();
         let trusted = self.is_trusted(ip, cx.peer.addr);
 
@@ -248,6 +298,21 @@ impl Guard {
             }
         }
 
+        if !trusted && let Some(i) = self.scanners.matches(req) {
+            self.count(Refused::Rule);
+            if let Some(m) = &self.metrics
+                && let Some(c) = m.scanners.get(i)
+            {
+                c.inc();
+            }
+            tracing::debug!(%ip, rule = scanners::BUILT_IN[i].0, "known scanner refused");
+            return if self.scanners.drops() {
+                Verdict::Drop
+            } else {
+                Verdict::Reply(Refusal::new(403, "Forbidden (scanner)"))
+            };
+        }
+
         if let Some(bad) = rules::bad_target(req) {
             self.count(Refused::Target);
             return Verdict::Reply(Refusal::new(403, bad.reason()));
@@ -255,43 +320,37 @@ impl Guard {
 
         if cx.method == Method::Register
             && !trusted
-            && let Some(user) = register_user(req)
+            && !self.register_auth
+            && let Some(f) = &self.register_flood
         {
-            let blocked = match &self.register_flood {
-                Some(f) => {
-                    let counter = format!("{REGFLOOD_PREFIX}{user}");
-                    let block = format!("{REGBLOCK_PREFIX}{user}");
-                    let hit = FloodHit {
-                        counter_key: &counter,
-                        ban_key: &block,
-                        limit: u64::from(f.requests),
-                        window: Duration::from_secs(u64::from(f.window_secs)),
-                        ban_ttl: Duration::from_secs(u64::from(f.ban_secs)),
-                        ban_value: Bytes::from_static(b"register-flood"),
-                        hits: 1,
-                    };
-                    match self.store.flood_hit(hit).await {
-                        Ok(FloodOutcome::Banned { new, .. }) => {
-                            if new {
-                                tracing::warn!(
-                                    user,
-                                    secs = f.ban_secs,
-                                    "user blocked: REGISTER flood"
-                                );
-                                if let Some(m) = &self.metrics {
-                                    m.bans.inc();
-                                }
-                            }
-                            true
-                        }
-                        Ok(FloodOutcome::Allowed { .. }) => false,
-                        Err(e) => {
-                            tracing::debug!(error = %e, "REGISTER flood check skipped");
-                            false
+            // No authentication: the source address is the only identity nobody else can
+            // use up (the To user is whatever the sender writes).
+            let (counter, block) = (
+                IpKey::new(REGFLOOD_SRC_PREFIX, ip),
+                IpKey::new(SRCBLOCK_PREFIX, ip),
+            );
+            let blocked = match register_flood_hit(
+                self.store.as_ref(),
+                f,
+                counter.as_str(),
+                block.as_str(),
+            )
+            .await
+            {
+                Ok(FloodOutcome::Banned { new, .. }) => {
+                    if new {
+                        tracing::warn!(%ip, secs = f.ban_secs, "source blocked: REGISTER flood");
+                        if let Some(m) = &self.metrics {
+                            m.bans.inc();
                         }
                     }
+                    true
                 }
-                None => is_blocked(self.store.as_ref(), user).await.unwrap_or(false),
+                Ok(FloodOutcome::Allowed { .. }) => false,
+                Err(e) => {
+                    tracing::debug!(error = %e, "REGISTER flood check skipped");
+                    false
+                }
             };
             if blocked {
                 self.count(Refused::Blocked);
@@ -300,6 +359,26 @@ impl Guard {
         }
         Verdict::Continue
     }
+}
+
+/// Counts one REGISTER against `f` in `counter`, blocking with `block` past the limit.
+pub(crate) async fn register_flood_hit(
+    store: &dyn Store,
+    f: &FloodLimit,
+    counter: &str,
+    block: &str,
+) -> Result<FloodOutcome, StoreError> {
+    store
+        .flood_hit(FloodHit {
+            counter_key: counter,
+            ban_key: block,
+            limit: u64::from(f.requests),
+            window: Duration::from_secs(u64::from(f.window_secs)),
+            ban_ttl: Duration::from_secs(u64::from(f.ban_secs)),
+            ban_value: Bytes::from_static(b"register-flood"),
+            hits: 1,
+        })
+        .await
 }
 
 impl Stage for Guard {
@@ -338,28 +417,14 @@ impl IpKey {
     }
 }
 
-/// The user a REGISTER is for: the To URI's user part (what digest usernames usually are),
-/// cut to a bounded length; None when absent or not UTF-8.
-fn register_user(req: &Message) -> Option<&str> {
-    let to = req.header_value(HeaderName::To)?;
-    let user = Uri::parse(uri::name_addr_uri(to))?.user?;
-    // User parameters (`;x=y`) and a password part are not part of the name.
-    let user = user.split(|c| *c == b';' || *c == b':').next()?;
-    if user.is_empty() {
-        return None;
-    }
-    let user = user.get(..MAX_USER).unwrap_or(user);
-    std::str::from_utf8(user).ok()
-}
-
 fn user_key(user: &str) -> String {
     let cut = user.len().min(MAX_USER);
     let user = user.get(..cut).unwrap_or(user);
     format!("{REGBLOCK_PREFIX}{user}")
 }
 
-/// Blocks `user` for `ttl`: their REGISTERs get `403 Blocked` on every replica, as after the
-/// auth stage's failure block (which writes the same key); the value records why (`auth`).
+/// Blocks the authenticated `user` for `ttl`: their authenticated requests get `403 Blocked`
+/// on every replica, as after a REGISTER flood; the value records why (`auth`).
 pub async fn block_user(store: &dyn Store, user: &str, ttl: Duration) -> Result<(), StoreError> {
     store
         .set_ex(&user_key(user), Bytes::from_static(b"auth"), ttl)

@@ -524,7 +524,7 @@ async fn trusted_sources_are_never_banned() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn register_flood_blocks_the_user_not_others() {
+async fn register_flood_without_auth_blocks_the_source_not_the_user() {
     let mut l = list(vec![]);
     l.register_flood = Some(FloodLimit {
         requests: 3,
@@ -538,27 +538,31 @@ async fn register_flood_blocks_the_user_not_others() {
             .uri("sip:example.com")
             .h(&format!("To: <sip:{user}@example.com>"))
     };
+    // An attacker floods REGISTERs naming alice.
     for _ in 0..3 {
         assert_eq!(
             verdict(&g, &reg("alice"), "192.0.2.1").await,
             Verdict::Continue
         );
     }
-    // From any source: the user is blocked.
+    // The attacker's source is blocked, whatever user it names...
+    for user in ["alice", "bob"] {
+        assert_eq!(
+            verdict(&g, &reg(user), "192.0.2.1").await,
+            refused(403, "Blocked")
+        );
+    }
+    // ... and alice herself, from her own address, is not.
     assert_eq!(
         verdict(&g, &reg("alice"), "192.0.2.9").await,
-        refused(403, "Blocked")
-    );
-    assert_eq!(
-        verdict(&g, &reg("bob"), "192.0.2.1").await,
         Verdict::Continue
     );
-    // Other methods of the user are not affected.
+    // Other methods of the source are not affected.
     assert_eq!(
         verdict(&g, &req("INVITE"), "192.0.2.1").await,
         Verdict::Continue
     );
-    assert!(is_blocked(store.as_ref(), "alice").await.unwrap());
+    assert!(!is_blocked(store.as_ref(), "alice").await.unwrap());
     tokio::time::advance(Duration::from_secs(121)).await;
     assert_eq!(
         verdict(&g, &reg("alice"), "192.0.2.1").await,
@@ -567,21 +571,26 @@ async fn register_flood_blocks_the_user_not_others() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn users_blocked_by_auth_are_refused_without_register_flood() {
+async fn with_auth_on_register_the_guard_leaves_register_floods_to_auth() {
+    let mut l = list(vec![]);
+    l.register_flood = Some(FloodLimit {
+        requests: 1,
+        window_secs: 10,
+        ban_secs: 120,
+    });
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new(10_000));
-    let g = Guard::new(&[], store.clone());
-    block_user(store.as_ref(), "carol", Duration::from_secs(30))
-        .await
-        .unwrap();
+    let g = Guard::new(&[l], store.clone()).with_register_auth(true);
     let reg = req("REGISTER")
         .uri("sip:example.com")
         .h("To: <sip:carol@example.com>");
-    assert_eq!(
-        verdict(&g, &reg, "192.0.2.1").await,
-        refused(403, "Blocked")
-    );
-    tokio::time::advance(Duration::from_secs(31)).await;
-    assert!(!is_blocked(store.as_ref(), "carol").await.unwrap());
+    for _ in 0..5 {
+        assert_eq!(verdict(&g, &reg, "192.0.2.1").await, Verdict::Continue);
+    }
+    // A user blocked for a flood of her own authenticated REGISTERs is the auth stage's
+    // business (it checks the block once the credentials verify), not the guard's.
+    block_user(store.as_ref(), "carol", Duration::from_secs(30))
+        .await
+        .unwrap();
     assert_eq!(verdict(&g, &reg, "192.0.2.1").await, Verdict::Continue);
 }
 
@@ -621,4 +630,84 @@ async fn metrics_count_refusals() {
         text.contains("sbc_guard_refused_total{reason=\"target\"} 1"),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn known_scanners_are_dropped_with_no_access_list_and_counted_per_rule() {
+    let registry = Registry::new();
+    let g = guard(vec![]).with_metrics(GuardMetrics::new(&registry).unwrap());
+    for ua in [
+        "friendly-scanner",
+        "SIPVicious 0.3",
+        "sipcli/v1.8",
+        "VaxSIPUserAgent/3.5",
+    ] {
+        let r = req("REGISTER").h(&format!("User-Agent: {ua}"));
+        assert_eq!(verdict(&g, &r, "192.0.2.1").await, Verdict::Drop, "{ua}");
+    }
+    let phone = req("REGISTER").h("User-Agent: Linphone/5.2 (belle-sip)");
+    assert_eq!(verdict(&g, &phone, "192.0.2.1").await, Verdict::Continue);
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .unwrap();
+    for (rule, n) in [
+        ("friendly-scanner", 1),
+        ("sipvicious", 1),
+        ("sipcli", 1),
+        ("vaxsipuseragent", 1),
+    ] {
+        assert!(
+            text.contains(&format!("sbc_guard_scanners_total{{rule=\"{rule}\"}} {n}")),
+            "{rule}: {text}"
+        );
+    }
+    assert!(
+        text.contains("sbc_guard_scanners_total{rule=\"iwar\"} 0"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn scanner_defence_rejects_when_asked_exempts_trusted_and_switches_off() {
+    use kubesbc_crds::config::{ScannerAction, ScannerDefence};
+    let scanner = req("OPTIONS").h("User-Agent: friendly-scanner");
+    let reject = guard(vec![]).with_scanners(&ScannerDefence {
+        enabled: true,
+        action: ScannerAction::Reject,
+    });
+    assert_eq!(
+        verdict(&reject, &scanner, "192.0.2.1").await,
+        refused(403, "Forbidden (scanner)")
+    );
+    let mut l = list(vec![]);
+    l.trusted = vec!["10.0.0.0/8".into()];
+    let trusting = guard(vec![l]);
+    assert_eq!(
+        verdict(&trusting, &scanner, "10.1.2.3").await,
+        Verdict::Continue
+    );
+    assert_eq!(
+        verdict(&trusting, &scanner, "192.0.2.1").await,
+        Verdict::Drop
+    );
+    let off = guard(vec![]).with_scanners(&ScannerDefence {
+        enabled: false,
+        action: ScannerAction::Drop,
+    });
+    assert_eq!(
+        verdict(&off, &scanner, "192.0.2.1").await,
+        Verdict::Continue
+    );
+}
+
+#[tokio::test]
+async fn proxy_require_gets_420_with_unsupported() {
+    let g = guard(vec![]);
+    let r = req("OPTIONS").h("Proxy-Require: sec-agree");
+    assert_eq!(
+        verdict(&g, &r, "192.0.2.1").await,
+        Verdict::Reply(Refusal::new(420, "Bad Extension").with_header("Unsupported", "sec-agree"))
+    );
+    let r = req("OPTIONS").h("Require: 100rel");
+    assert_eq!(verdict(&g, &r, "192.0.2.1").await, Verdict::Continue);
 }

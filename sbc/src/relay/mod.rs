@@ -1633,6 +1633,7 @@ impl Relay {
             ParseError::BadVersion => ParseErrorKind::Version,
             ParseError::BadContentLength => ParseErrorKind::ContentLength,
             ParseError::TooLarge => ParseErrorKind::TooLarge,
+            ParseError::Invalid(_) => ParseErrorKind::Header,
         });
         let Some((code, reason)) = e.response() else {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);

@@ -3,7 +3,11 @@
 use std::fmt;
 
 pub mod build;
+#[cfg(test)]
+mod conformance;
 pub mod parse;
+#[cfg(test)]
+pub mod torture;
 pub mod uri;
 
 pub use parse::{Header, HeaderName, Message, ParseError, Span, StartLine};

@@ -171,6 +171,11 @@ pub enum ParseError {
     /// The message exceeds the size limit.
     #[error("message too large")]
     TooLarge,
+    /// A request whose syntax is broken in a way RFC 3261 and RFC 4475 say to refuse: the
+    /// reason names it (`Whitespace in Request-URI`, `Multiple To Headers`,
+    /// `Unterminated Quoted String in From`, `Control Character in Header`, ...).
+    #[error("{0}")]
+    Invalid(&'static str),
 }
 
 impl ParseError {
@@ -183,8 +188,146 @@ impl ParseError {
             ParseError::BadVersion => Some((505, "Version Not Supported")),
             ParseError::BadContentLength => Some((400, "Bad Content-Length")),
             ParseError::TooLarge => Some((513, "Message Too Large")),
+            ParseError::Invalid(reason) => Some((400, reason)),
         }
     }
+}
+
+impl HeaderName {
+    /// Headers a message carries at most once (RFC 3261 section 7.3.1 and 20: single-valued).
+    fn single_value_reason(self) -> Option<&'static str> {
+        Some(match self {
+            HeaderName::From => "Multiple From Headers",
+            HeaderName::To => "Multiple To Headers",
+            HeaderName::CallId => "Multiple Call-ID Headers",
+            HeaderName::CSeq => "Multiple CSeq Headers",
+            HeaderName::MaxForwards => "Multiple Max-Forwards Headers",
+            HeaderName::ContentLength => "Multiple Content-Length Headers",
+            HeaderName::ContentType => "Multiple Content-Type Headers",
+            _ => return None,
+        })
+    }
+
+    /// Headers whose values are name-addrs or parameter lists: quotes and angle brackets
+    /// must balance, and (Via, Contact) no parameter or list element may be empty.
+    fn structure(self) -> Option<Structure> {
+        Some(match self {
+            HeaderName::From => Structure::addr("Unterminated Quoted String in From"),
+            HeaderName::To => Structure::addr("Unterminated Quoted String in To"),
+            HeaderName::Contact => Structure {
+                empty: Some("Empty Parameter in Contact"),
+                ..Structure::addr("Unterminated Quoted String in Contact")
+            },
+            HeaderName::Route => Structure::addr("Unterminated Quoted String in Route"),
+            HeaderName::RecordRoute => {
+                Structure::addr("Unterminated Quoted String in Record-Route")
+            }
+            HeaderName::Via => Structure {
+                unbalanced: "Unterminated Quoted String in Via",
+                empty: Some("Empty Parameter in Via"),
+            },
+            HeaderName::Authorization | HeaderName::ProxyAuthorization => Structure {
+                unbalanced: "Unterminated Quoted String in Credentials",
+                empty: None,
+            },
+            _ => return None,
+        })
+    }
+}
+
+/// What [`check_value`] enforces for one header.
+#[derive(Debug, Clone, Copy)]
+struct Structure {
+    /// Reason when a quote or `<` is left open.
+    unbalanced: &'static str,
+    /// Reason for an empty parameter or list element, when checked.
+    empty: Option<&'static str>,
+}
+
+impl Structure {
+    const fn addr(unbalanced: &'static str) -> Structure {
+        Structure {
+            unbalanced,
+            empty: None,
+        }
+    }
+}
+
+/// Checks one header value (continuation lines included): no control character outside a
+/// quoted-pair (RFC 3261 section 25.1: HTAB and the CRLF of a folded line are the only ones
+/// allowed; NUL, BEL, DEL... are not), and for structured headers balanced quotes and angle
+/// brackets and no empty parameters.
+fn check_value(v: &[u8], structure: Option<Structure>) -> Result<(), ParseError> {
+    let mut quoted = false;
+    let mut angle = false;
+    // The last significant byte outside quotes and brackets: `;` or `,` then another one (or
+    // the end) is an empty parameter or list element.
+    let mut last_sep: Option<u8> = Some(b',');
+    let mut i = 0;
+    while i < v.len() {
+        let c = v[i];
+        match c {
+            b'\\' if quoted => {
+                // quoted-pair: any byte but CR and LF.
+                match v.get(i + 1) {
+                    Some(b'\r' | b'\n') | None => {
+                        return Err(ParseError::Invalid("Bad Quoted Pair in Header"));
+                    }
+                    Some(_) => i += 1,
+                }
+            }
+            b'\r' | b'\n' => {
+                // Only a folded line: CRLF (or LF) followed by SP or HTAB.
+                if c == b'\r' {
+                    if v.get(i + 1) != Some(&b'\n') {
+                        return Err(ParseError::Invalid("Control Character in Header"));
+                    }
+                    i += 1;
+                }
+                if !matches!(v.get(i + 1), Some(b' ' | b'\t')) {
+                    return Err(ParseError::Invalid("Control Character in Header"));
+                }
+            }
+            b'\t' => {}
+            0..=0x1f | 0x7f => return Err(ParseError::Invalid("Control Character in Header")),
+            b'"' if !angle => quoted = !quoted,
+            b'<' if !quoted => angle = true,
+            b'>' if !quoted => angle = false,
+            _ => {}
+        }
+        if let Some(st) = structure
+            && let Some(reason) = st.empty
+            && !quoted
+            && !angle
+            && !matches!(c, b' ' | b'\t' | b'\r' | b'\n')
+        {
+            let sep = matches!(c, b';' | b',');
+            if sep && last_sep.is_some() {
+                // `;;`, `;,`, `,,`, `,;` and a leading separator: an empty element.
+                return Err(ParseError::Invalid(reason));
+            }
+            last_sep = sep.then_some(c);
+        }
+        i += 1;
+    }
+    if let Some(st) = structure {
+        if quoted || angle {
+            return Err(ParseError::Invalid(st.unbalanced));
+        }
+        if let Some(reason) = st.empty
+            && last_sep.is_some()
+            && !v.is_empty()
+        {
+            return Err(ParseError::Invalid(reason));
+        }
+    }
+    Ok(())
+}
+
+/// A header name is a token (RFC 3261 section 25.1).
+fn is_token(name: &[u8]) -> bool {
+    name.iter()
+        .all(|c| c.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(c))
 }
 
 /// A parsed SIP message over its received bytes.
@@ -261,6 +404,9 @@ impl Message {
         let line_end = pos + memchr(b'\n', &b[pos..]).ok_or(ParseError::Garbage)?;
         let (ls, le) = trim(b, pos, line_end);
         let start = parse_start_line(b, ls, le)?;
+        if let StartLine::Request { uri, .. } = start {
+            check_request_line(b, pos, line_end, uri)?;
+        }
         let start_line = Span::new(pos, line_end + 1);
 
         let (hend, body_start) = find_headers_end(&b[pos..])
@@ -269,6 +415,8 @@ impl Message {
 
         let mut headers: Vec<Header> = Vec::with_capacity(16);
         let mut content_length: Option<usize> = None;
+        // Single-valued headers seen so far, one bit per kind.
+        let mut seen = 0u16;
         let mut i = line_end + 1;
         while i < hend {
             let nl = i + memchr(b'\n', &b[i..hend]).map_or(hend - i - 1, |n| n);
@@ -280,14 +428,42 @@ impl Message {
             let line_end = line_end.min(hend);
             let colon = memchr(b':', &b[i..line_end]).ok_or(ParseError::BadHeader)? + i;
             let (ns, ne) = trim(b, i, colon);
-            if ns == ne || b[ns..ne].iter().any(|c| c.is_ascii_whitespace()) {
+            if ns == ne || !is_token(&b[ns..ne]) {
                 return Err(ParseError::BadHeader);
             }
             let (vs, ve) = trim(b, colon + 1, line_end);
             let name = HeaderName::classify(&b[ns..ne]);
-            if name == HeaderName::ContentLength {
-                let n = parse_u32(&b[vs..ve]).ok_or(ParseError::BadContentLength)?;
-                content_length = Some(n as usize);
+            if let Some(reason) = name.single_value_reason() {
+                // One bit per kind (the enum has fewer than 16 variants).
+                let bit = 1u16 << (name as u16);
+                if seen & bit != 0 {
+                    return Err(ParseError::Invalid(reason));
+                }
+                seen |= bit;
+            }
+            check_value(&b[vs..ve], name.structure())?;
+            match name {
+                HeaderName::ContentLength => {
+                    let n = parse_u32(&b[vs..ve]).ok_or(ParseError::BadContentLength)?;
+                    content_length = Some(n as usize);
+                }
+                HeaderName::From | HeaderName::To
+                    if split_values(b, Span::new(vs, ve)).nth(1).is_some() =>
+                {
+                    return Err(ParseError::Invalid(if name == HeaderName::From {
+                        "Multiple From Values"
+                    } else {
+                        "Multiple To Values"
+                    }));
+                }
+                HeaderName::CallId
+                    if b[vs..ve]
+                        .iter()
+                        .any(|c| matches!(c, b',' | b' ' | b'\t' | b'\r' | b'\n')) =>
+                {
+                    return Err(ParseError::Invalid("Bad Call-ID"));
+                }
+                _ => {}
             }
             if headers.len() == MAX_HEADERS {
                 return Err(ParseError::TooManyHeaders);
@@ -396,11 +572,11 @@ impl Message {
         self.header_value(HeaderName::CallId)
     }
 
-    /// CSeq number and method.
+    /// CSeq number and method (folded over lines or not).
     pub fn cseq(&self) -> Option<(u32, &[u8])> {
         let v = self.header_value(HeaderName::CSeq)?;
         let mut it = v
-            .split(|c| *c == b' ' || *c == b'\t')
+            .split(|c| matches!(c, b' ' | b'\t' | b'\r' | b'\n'))
             .filter(|p| !p.is_empty());
         let n = parse_u32(it.next()?)?;
         let m = it.next()?;
@@ -476,6 +652,52 @@ fn parse_start_line(b: &[u8], s: usize, e: usize) -> Result<StartLine, ParseErro
         method_span: Span::new(s, s + sp1),
         uri: Span::new(us, ue),
     })
+}
+
+/// The Request-Line's rules RFC 4475 tests (sections 3.1.2.7 to 3.1.2.11): single SPs
+/// between the three elements and none at the end, no white space or control character in
+/// the Request-URI, and no headers (`?...`) in a SIP Request-URI (RFC 3261 section 19.1.5).
+fn check_request_line(b: &[u8], pos: usize, line_end: usize, uri: Span) -> Result<(), ParseError> {
+    let mut raw = &b[pos..line_end];
+    if let Some(r) = raw.strip_suffix(b"\r") {
+        raw = r;
+    }
+    if raw
+        .iter()
+        .any(|c| (*c < 0x20 && *c != b'\t' && *c != b' ') || *c == 0x7f)
+    {
+        return Err(ParseError::Invalid("Control Character in Request-Line"));
+    }
+    if raw.last().is_some_and(|c| matches!(c, b' ' | b'\t')) {
+        return Err(ParseError::Invalid("Trailing Whitespace in Request-Line"));
+    }
+    let u = &b[uri.range()];
+    if u.iter().any(|c| matches!(c, b' ' | b'\t')) {
+        return Err(ParseError::Invalid("Whitespace in Request-URI"));
+    }
+    // The URI must sit between exactly one SP on each side.
+    let (us, ue) = (uri.start as usize, uri.end as usize);
+    if us < pos + 2 || b[us - 1] != b' ' || matches!(b[us - 2], b' ' | b'\t') {
+        return Err(ParseError::Invalid("Multiple Spaces in Request-Line"));
+    }
+    if !matches!(b.get(ue), Some(b' ')) || matches!(b.get(ue + 1), Some(b' ' | b'\t')) {
+        return Err(ParseError::Invalid("Multiple Spaces in Request-Line"));
+    }
+    let scheme_end = u.iter().position(|c| *c == b':').unwrap_or(0);
+    let scheme = &u[..scheme_end];
+    if scheme.eq_ignore_ascii_case(b"sip") || scheme.eq_ignore_ascii_case(b"sips") {
+        let rest = &u[scheme_end + 1..];
+        // '@' only ever separates the userinfo (it is escaped anywhere else), and the user
+        // part may contain '?': headers are a '?' after the host.
+        let host = rest
+            .iter()
+            .position(|c| *c == b'@')
+            .map_or(rest, |at| &rest[at + 1..]);
+        if host.contains(&b'?') {
+            return Err(ParseError::Invalid("Headers in Request-URI"));
+        }
+    }
+    Ok(())
 }
 
 /// Splits a header value at top-level commas (not inside quotes or `<...>`), trimming each.

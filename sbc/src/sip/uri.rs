@@ -28,12 +28,17 @@ impl<'a> Uri<'a> {
             return None;
         }
         let rest = &b[colon + 1..];
-        let rest = &rest[..rest.iter().position(|c| *c == b'?').unwrap_or(rest.len())];
-        // The user part may contain ';' (user params), so find '@' first.
+        // The user part may contain ';' and '?' (RFC 3261 user-unreserved), and '@' appears
+        // only as the userinfo separator (escaped anywhere else), so find '@' first; headers
+        // (`?...`) start after the host.
         let (user, hostpart) = match rest.iter().position(|c| *c == b'@') {
             Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
             None => (None, rest),
         };
+        let hostpart = &hostpart[..hostpart
+            .iter()
+            .position(|c| *c == b'?')
+            .unwrap_or(hostpart.len())];
         let semi = hostpart.iter().position(|c| *c == b';');
         let (hostport, params) = match semi {
             Some(i) => (&hostpart[..i], &hostpart[i + 1..]),
@@ -77,6 +82,8 @@ pub fn split_host_port(b: &[u8]) -> Option<(&[u8], Option<u16>)> {
         };
     }
     match b.iter().rposition(|c| *c == b':') {
+        // An IPv6 address outside brackets (RFC 5118 4.2) is not a host.
+        Some(i) if b[..i].contains(&b':') => None,
         Some(i) => Some((&b[..i], Some(parse_port(&b[i + 1..])?))),
         None => Some((b, None)),
     }
@@ -219,6 +226,17 @@ mod tests {
         assert!(Uri::parse(b"sip:host:99999").is_none());
         assert!(Uri::parse(b"nocolon").is_none());
         assert!(Uri::parse(b"sip:").is_none());
+        assert!(Uri::parse(b"sip:2001:db8::10").is_none(), "RFC 5118 4.2");
+        // RFC 4475 3.1.1.2: '?' and ';' in the user part, '@' ends it.
+        let u = Uri::parse(b"sip:1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*:&it+has=1,weird!*pas$wo~d_too.(doesn't-it)@example.com").unwrap();
+        assert_eq!(u.host, b"example.com");
+        let u = Uri::parse(b"sip:user@example.com?Route=%3Csip:example.com%3E").unwrap();
+        assert_eq!((u.host, u.params), (&b"example.com"[..], &b""[..]));
+        // RFC 5118 4.3 and 4.4: inside the brackets is the address, a port only after them.
+        let u = Uri::parse(b"sip:[2001:db8::10:5070]").unwrap();
+        assert_eq!((u.host, u.port), (&b"2001:db8::10:5070"[..], None));
+        let u = Uri::parse(b"sip:[2001:db8::10]:5070").unwrap();
+        assert_eq!((u.host, u.port), (&b"2001:db8::10"[..], Some(5070)));
     }
 
     #[test]
