@@ -566,6 +566,7 @@ pub fn render_config(inputs: Inputs<'_>) -> Result<SbcConfig, RenderError> {
                 transport: l.transport,
                 address: std::net::SocketAddr::from(([0, 0, 0, 0], port)),
                 advertise: l.advertise.clone(),
+                ..Listener::default()
             })
         })
         .collect::<Result<Vec<_>, RenderError>>()?;
@@ -709,7 +710,9 @@ pub fn render_config(inputs: Inputs<'_>) -> Result<SbcConfig, RenderError> {
         tls: spec.tls.as_ref().map(|_| TlsConfig {
             cert_file: format!("{TLS_DIR}/tls.crt"),
             key_file: format!("{TLS_DIR}/tls.key"),
+            ..TlsConfig::default()
         }),
+        backend_tls: None,
     };
     config.validate().map_err(|e| {
         let (field, message) = match e {

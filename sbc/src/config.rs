@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 pub use kubesbc_crds::config::*;
+pub use kubesbc_crds::policy::{BackendTlsConfig, TlsConfig};
 
 /// Why a configuration could not be loaded; the message names the file and field or line.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +35,9 @@ pub enum LoadError {
     /// The flags produce an invalid configuration.
     #[error("{0}")]
     Flags(ConfigError),
+    /// A certificate, key or CA file cannot be used; names the field and file.
+    #[error("{0}")]
+    Tls(crate::transport::TlsError),
 }
 
 /// Reads and validates a YAML configuration file.
@@ -58,7 +62,7 @@ pub fn parse_listen(spec: &str) -> Result<Listener, LoadError> {
     Ok(Listener {
         transport,
         address,
-        advertise: None,
+        ..Listener::default()
     })
 }
 
@@ -80,6 +84,7 @@ pub fn from_listeners(listeners: Vec<Listener>) -> Result<SbcConfig, LoadError> 
         auth: None,
         media: None,
         tls: None,
+        backend_tls: None,
     })
 }
 
