@@ -81,6 +81,11 @@ pub struct SbcConfig {
     /// access list).
     #[serde(default, skip_serializing_if = "ScannerDefence::is_default")]
     pub scanners: ScannerDefence,
+    /// TLS towards backends (`sips:` and `;transport=tls` destinations): which CAs to trust
+    /// and the client certificate to present. Absent: the system's trusted roots, no client
+    /// certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_tls: Option<crate::policy::BackendTlsConfig>,
 }
 
 /// The guard's built-in scanner defence: requests whose User-Agent names a known SIP scanner
@@ -196,6 +201,27 @@ pub struct Listener {
     /// address: a Service's external IP or a node's public IP. Absent: the bound address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub advertise: Option<String>,
+    /// ws/wss only: the HTTP path the WebSocket upgrade must ask for (`/ws`). Absent: any
+    /// path, as Kamailio accepts it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub path: Option<String>,
+    /// ws/wss only: the `Origin` values a browser may upgrade from
+    /// (`https://app.example.com`). Empty: any origin, and requests without one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for Listener {
+    fn default() -> Self {
+        Listener {
+            transport: Transport::Udp,
+            address: SocketAddr::from(([0, 0, 0, 0], 5060)),
+            advertise: None,
+            path: None,
+            allowed_origins: Vec::new(),
+        }
+    }
 }
 
 /// The dispatcher: sets of destinations and how requests are spread over them.
@@ -839,6 +865,7 @@ impl SbcConfig {
                     format!("{adv:?} is not a host or host:port"),
                 ));
             }
+            l.validate_transport_options(i, self.tls.is_some())?;
             if self.listeners[..i]
                 .iter()
                 .any(|o| o.transport == l.transport && o.address == l.address)
@@ -886,12 +913,73 @@ impl SbcConfig {
         if let Some(m) = &self.media {
             m.validate("media")?;
         }
+        if let Some(b) = &self.backend_tls
+            && b.cert_file.is_some() != b.key_file.is_some()
+        {
+            return Err(ConfigError::field(
+                "backendTls",
+                "certFile and keyFile go together: give both or neither",
+            ));
+        }
         if let Some(store) = &self.store
             && !(store.url.starts_with("redis://") || store.url.starts_with("rediss://"))
         {
             return Err(ConfigError::field(
                 "store.url",
                 format!("{:?} is not a redis:// or rediss:// URL", store.url),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Listener {
+    /// Checks the fields that only some transports take: `path` and `allowedOrigins` belong to
+    /// ws/wss, and tls/wss need the document's `tls` certificate.
+    fn validate_transport_options(&self, i: usize, has_tls: bool) -> Result<(), ConfigError> {
+        let ws = matches!(self.transport, Transport::Ws | Transport::Wss);
+        if let Some(p) = &self.path {
+            if !ws {
+                return Err(ConfigError::field(
+                    format!("listeners[{i}].path"),
+                    format!(
+                        "only ws and wss listeners take a path, not {}",
+                        self.transport
+                    ),
+                ));
+            }
+            if !p.starts_with('/') || p.contains(|c: char| c.is_ascii_whitespace() || c == '?') {
+                return Err(ConfigError::field(
+                    format!("listeners[{i}].path"),
+                    format!("{p:?} is not an absolute path like \"/ws\""),
+                ));
+            }
+        }
+        if !self.allowed_origins.is_empty() && !ws {
+            return Err(ConfigError::field(
+                format!("listeners[{i}].allowedOrigins"),
+                format!(
+                    "only ws and wss listeners take allowedOrigins, not {}",
+                    self.transport
+                ),
+            ));
+        }
+        if let Some((k, o)) = self.allowed_origins.iter().enumerate().find(|(_, o)| {
+            !(o.starts_with("http://") || o.starts_with("https://"))
+                || o.contains(char::is_whitespace)
+        }) {
+            return Err(ConfigError::field(
+                format!("listeners[{i}].allowedOrigins[{k}]"),
+                format!("{o:?} is not an origin like \"https://app.example.com\""),
+            ));
+        }
+        if matches!(self.transport, Transport::Tls | Transport::Wss) && !has_tls {
+            return Err(ConfigError::field(
+                "tls",
+                format!(
+                    "listeners[{i}] ({}) needs tls.certFile and tls.keyFile",
+                    self.transport
+                ),
             ));
         }
         Ok(())

@@ -767,14 +767,36 @@ impl MediaConfig {
     }
 }
 
-/// Certificate and key of the tls/wss listeners.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// Certificate and key of the tls/wss listeners. The sbc re-reads the files when they change
+/// (a rotated Secret) without dropping open connections.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM certificate chain file.
     pub cert_file: String,
     /// PEM private key file.
     pub key_file: String,
+    /// PEM bundle of the CAs that sign client certificates. Set: every tls/wss client must
+    /// present a certificate signed by one of them (mutual TLS). Absent: no client
+    /// certificate is asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca_file: Option<String>,
+}
+
+/// TLS towards backends.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BackendTlsConfig {
+    /// PEM bundle of the CAs a backend's certificate must chain to. Absent: the system's
+    /// trusted roots (`/etc/ssl/certs`, or `SSL_CERT_FILE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// PEM certificate chain presented to backends that ask for one (with `keyFile`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<String>,
+    /// PEM private key of `certFile`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<String>,
 }
 
 /// Whether `s` is an IPv4/IPv6 CIDR (`10.0.0.0/8`) or a bare address.

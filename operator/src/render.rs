@@ -720,6 +720,7 @@ pub fn render_config(inputs: Inputs<'_>) -> Result<SbcConfig, RenderError> {
                     .advertise
                     .clone()
                     .or_else(|| load_balancer_advertise(cluster, inputs.lookups)),
+                ..Listener::default()
             })
         })
         .collect::<Result<Vec<_>, RenderError>>()?;
@@ -865,8 +866,10 @@ pub fn render_config(inputs: Inputs<'_>) -> Result<SbcConfig, RenderError> {
         tls: spec.tls.as_ref().map(|_| TlsConfig {
             cert_file: format!("{TLS_DIR}/tls.crt"),
             key_file: format!("{TLS_DIR}/tls.key"),
+            ..TlsConfig::default()
         }),
         scanners: Default::default(),
+        backend_tls: None,
     };
     config.validate().map_err(|e| {
         let (field, message) = match e {

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 pub use kubesbc_crds::config::*;
+pub use kubesbc_crds::policy::{BackendTlsConfig, TlsConfig};
 
 /// Why a configuration could not be loaded; the message names the file and field or line.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +35,9 @@ pub enum LoadError {
     /// The flags produce an invalid configuration.
     #[error("{0}")]
     Flags(ConfigError),
+    /// A certificate, key or CA file cannot be used; names the field and file.
+    #[error("{0}")]
+    Tls(crate::transport::TlsError),
 }
 
 /// Reads and validates a YAML configuration file.
@@ -78,7 +82,7 @@ pub fn parse_listen(spec: &str) -> Result<Listener, LoadError> {
     Ok(Listener {
         transport,
         address,
-        advertise: None,
+        ..Listener::default()
     })
 }
 
@@ -101,6 +105,7 @@ pub fn from_listeners(listeners: Vec<Listener>) -> Result<SbcConfig, LoadError> 
         media: None,
         tls: None,
         scanners: Default::default(),
+        backend_tls: None,
     })
 }
 

@@ -86,6 +86,18 @@ struct RunArgs {
     /// Runtime worker threads (default: one per core).
     #[arg(long)]
     workers: Option<usize>,
+    /// PEM certificate chain of the tls/wss listeners (with --tls-key); replaces `tls`.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA bundle: tls/wss clients must present a certificate it signed (mutual TLS).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// PEM CA bundle TLS backends are verified against (default: the system's roots).
+    #[arg(long, value_name = "FILE")]
+    backend_ca: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -98,7 +110,11 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Some(Command::Check { config }) => match config::load_file(&config) {
+        Some(Command::Check { config }) => match config::load_file(&config).and_then(|c| {
+            // Certificates are loaded as startup would load them.
+            sbc::transport::tls::check(&c).map_err(config::LoadError::Tls)?;
+            Ok(c)
+        }) {
             Ok(c) => {
                 print!("{}", c.to_yaml());
                 ExitCode::SUCCESS
@@ -195,6 +211,16 @@ fn overrides(a: &RunArgs) -> anyhow::Result<Overrides> {
         admin: a.admin,
         advertise: a.advertise.clone(),
         drain_grace_secs: a.drain_grace_secs,
+        tls: a
+            .tls_cert
+            .as_ref()
+            .zip(a.tls_key.as_ref())
+            .map(|(c, k)| config::TlsConfig {
+                cert_file: c.display().to_string(),
+                key_file: k.display().to_string(),
+                client_ca_file: a.tls_client_ca.as_ref().map(|f| f.display().to_string()),
+            }),
+        backend_ca_file: a.backend_ca.as_ref().map(|f| f.display().to_string()),
     })
 }
 
@@ -238,6 +264,7 @@ async fn load(a: &RunArgs, ov: &Overrides) -> anyhow::Result<(SbcConfig, Source)
     cfg.validate().map_err(config::LoadError::Flags)?;
     config::refuse_unwired(&cfg).map_err(config::LoadError::Flags)?;
     cfg.read_secret_files().map_err(config::LoadError::Flags)?;
+    sbc::transport::tls::check(&cfg).map_err(config::LoadError::Tls)?;
     Ok((cfg, source))
 }
 
@@ -288,9 +315,16 @@ async fn run(
         },
         "shared state store"
     );
+    tls_server_names(&transports, &cfg).await;
     let reloader = live_sources(&cfg, source, overrides, api, &relay, &metrics).await?;
     let r = relay.clone();
     reloader.on_change(Box::new(move |c| r.set_pipeline(build_pipeline(c))));
+    let t = transports.clone();
+    reloader.on_change(Box::new(move |c| {
+        t.set_tls(c.tls.as_ref(), c.backend_tls.as_ref());
+        let (t, c) = (t.clone(), c.clone());
+        tokio::spawn(async move { tls_server_names(&t, &c).await });
+    }));
     let d = dispatcher.clone();
     let health = Arc::new(Health::new(Arc::new(move || admin::any_destination_up(&d))));
     health.set_listeners_bound(true);
@@ -331,6 +365,17 @@ async fn run(
     drop(reloader);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Tells the transports which host name each TLS backend's certificate must carry (resolving
+/// the destinations' names off the runtime's threads).
+async fn tls_server_names(t: &Arc<sbc::transport::Transports>, cfg: &SbcConfig) {
+    let d = cfg.dispatcher.clone();
+    if let Ok(names) =
+        tokio::task::spawn_blocking(move || sbc::transport::tls::server_names(&d)).await
+    {
+        t.set_tls_server_names(names);
+    }
 }
 
 /// The auth and throttle stages of the configuration, in pipeline order (after the guard).

@@ -52,6 +52,9 @@ pub enum ReloadError {
     /// The ConfigMap could not be read.
     #[error("{0}")]
     Api(String),
+    /// A certificate, key or CA file the version names cannot be used.
+    #[error("{0}")]
+    Tls(#[from] crate::transport::TlsError),
 }
 
 /// Settings given on the command line, which win over every version of the file.
@@ -71,6 +74,10 @@ pub struct Overrides {
     pub advertise: Option<String>,
     /// `--drain-grace-secs`.
     pub drain_grace_secs: Option<u64>,
+    /// `--tls-cert`, `--tls-key` and `--tls-client-ca`: replaces the `tls` section.
+    pub tls: Option<crate::config::TlsConfig>,
+    /// `--backend-ca`: replaces `backendTls.caFile`.
+    pub backend_ca_file: Option<String>,
 }
 
 impl Overrides {
@@ -101,6 +108,12 @@ impl Overrides {
         }
         if let Some(g) = self.drain_grace_secs {
             cfg.drain.grace_period_secs = g;
+        }
+        if let Some(t) = &self.tls {
+            cfg.tls = Some(t.clone());
+        }
+        if let Some(ca) = &self.backend_ca_file {
+            cfg.backend_tls.get_or_insert_with(Default::default).ca_file = Some(ca.clone());
         }
     }
 }
@@ -181,6 +194,7 @@ impl Reloader {
         cfg.validate()?;
         crate::config::refuse_unwired(&cfg)?;
         cfg.read_secret_files()?;
+        crate::transport::tls::check(&cfg)?;
         let old = self.current();
         if cfg == *old {
             tracing::info!("configuration unchanged");

@@ -362,7 +362,9 @@ impl Relay {
     ) -> Result<Arc<Transports>, crate::transport::TransportError> {
         let cfg = self.config.load_full();
         let inbound: Arc<dyn Inbound> = self.clone();
-        let t = Transports::bind(&cfg.listeners, &cfg.limits, workers, inbound).await?;
+        let (tls, btls) = (cfg.tls.as_ref(), cfg.backend_tls.as_ref());
+        let t = Transports::bind_with_tls(&cfg.listeners, &cfg.limits, workers, inbound, tls, btls)
+            .await?;
         let pod_ip = std::env::var("POD_IP").ok().and_then(|v| v.parse().ok());
         self.local
             .store(Arc::new(Local::new(&cfg, &t.local_addrs(), pod_ip)));

@@ -1,8 +1,14 @@
-//! Listeners and connections: UDP sockets, TCP connections with Content-Length framing and
-//! CRLF keep-alives, and the flow table that sends a reply back over the connection its
-//! request came in on (or reuses one towards a backend).
+//! Listeners and connections: UDP sockets, TCP and TLS connections with Content-Length
+//! framing and CRLF keep-alives, WebSocket (ws, wss) connections, and the flow tables that send
+//! a reply or a request back over the connection a client opened (or reuse one towards a
+//! backend).
 
 mod tcp;
+pub mod tls;
+mod ws;
+
+pub use tcp::{Frame, next_frame};
+pub use tls::TlsError;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -11,6 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use kubesbc_crds::config::{Limits, Listener, Transport};
+use kubesbc_crds::policy::{BackendTlsConfig, TlsConfig};
 use tokio::sync::mpsc;
 
 /// Identifies one stream connection.
@@ -50,15 +57,19 @@ pub enum TransportError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// A transport we do not serve yet.
-    #[error("transport {0} is not supported yet")]
-    Unsupported(Transport),
+    /// A certificate, key or CA file cannot be used.
+    #[error("{0}")]
+    Tls(#[from] TlsError),
 }
 
 /// The bound listeners and open connections.
 pub struct Transports {
     udp: Vec<(SocketAddr, Arc<std::net::UdpSocket>)>,
     tcp: Arc<tcp::TcpSide>,
+    tls: Arc<tcp::TcpSide>,
+    ws: Arc<ws::WsSide>,
+    tls_server: Option<Arc<tls::TlsServer>>,
+    tls_client: Arc<tls::TlsClient>,
 }
 
 /// Socket buffers as large as Kamailio's `maxbuffer` in our benchmark, so bursts are not lost.
@@ -88,8 +99,37 @@ impl Transports {
         workers: usize,
         inbound: Arc<dyn Inbound>,
     ) -> Result<Arc<Transports>, TransportError> {
+        Self::bind_with_tls(listeners, limits, workers, inbound, None, None).await
+    }
+
+    /// [`Transports::bind`] with the certificate of the tls/wss listeners (required when
+    /// there are some) and the TLS settings towards backends (system roots when absent).
+    pub async fn bind_with_tls(
+        listeners: &[Listener],
+        limits: &Limits,
+        workers: usize,
+        inbound: Arc<dyn Inbound>,
+        tls: Option<&TlsConfig>,
+        backend_tls: Option<&BackendTlsConfig>,
+    ) -> Result<Arc<Transports>, TransportError> {
+        let needs_cert = listeners
+            .iter()
+            .any(|l| matches!(l.transport, Transport::Tls | Transport::Wss));
+        let tls_server = match tls {
+            Some(t) if needs_cert => Some(Arc::new(tls::TlsServer::new(t)?)),
+            None if needs_cert => {
+                return Err(TransportError::Tls(TlsError {
+                    field: "tls".into(),
+                    file: String::new(),
+                    message: "tls and wss listeners need tls.certFile and tls.keyFile".into(),
+                }));
+            }
+            _ => None,
+        };
+        let tls_client = Arc::new(tls::TlsClient::new(backend_tls)?);
         let mut udp = Vec::new();
         let mut tcp_listeners = Vec::new();
+        let mut ws_listeners = Vec::new();
         for l in listeners {
             match l.transport {
                 Transport::Udp => {
@@ -116,15 +156,35 @@ impl Transports {
                                 addr: l.address,
                                 source,
                             })?;
-                    tcp_listeners.push(sock);
+                    tcp_listeners.push((l.transport, sock));
                 }
-                other => return Err(TransportError::Unsupported(other)),
+                Transport::Tls => {
+                    tcp_listeners.push((l.transport, bind_tcp(l).await?));
+                }
+                Transport::Ws | Transport::Wss => {
+                    ws_listeners.push((l.transport, bind_tcp(l).await?, ws::UpgradeRules::of(l)));
+                }
             }
         }
+        // One count of stream connections for every stream transport, so the per-source and
+        // total caps hold whichever transport a peer uses.
+        let counts = Arc::new(Mutex::new(ConnCounts::default()));
         let t = Arc::new(Transports {
             udp,
-            tcp: Arc::new(tcp::TcpSide::new(limits.clone())),
+            tcp: Arc::new(tcp::TcpSide::new(limits.clone(), counts.clone())),
+            tls: Arc::new(tcp::TcpSide::new_tls(
+                limits.clone(),
+                counts.clone(),
+                tls_server.clone(),
+                tls_client.clone(),
+            )),
+            ws: Arc::new(ws::WsSide::new(limits.clone(), counts, tls_server.clone())),
+            tls_server,
+            tls_client,
         });
+        if let Some(s) = &t.tls_server {
+            tokio::spawn(s.clone().watch());
+        }
         let handle = tokio::runtime::Handle::current();
         for (i, (addr, sock)) in t.udp.iter().enumerate() {
             let (sock, inbound, handle) = (sock.clone(), inbound.clone(), handle.clone());
@@ -142,13 +202,45 @@ impl Transports {
                     source,
                 })?;
         }
-        for l in tcp_listeners {
+        for (kind, l) in tcp_listeners {
+            let side = if kind == Transport::Tls {
+                &t.tls
+            } else {
+                &t.tcp
+            };
             if let Ok(a) = l.local_addr() {
-                t.tcp.add_local(a);
+                side.add_local(a);
             }
-            tokio::spawn(tcp::accept_loop(t.tcp.clone(), l, inbound.clone()));
+            tokio::spawn(tcp::accept_loop(side.clone(), l, inbound.clone()));
+        }
+        for (kind, l, rules) in ws_listeners {
+            if let Ok(a) = l.local_addr() {
+                t.ws.add_local(kind, a);
+            }
+            tokio::spawn(ws::accept_loop(
+                t.ws.clone(),
+                kind,
+                l,
+                rules,
+                inbound.clone(),
+            ));
         }
         Ok(t)
+    }
+
+    /// Puts the TLS settings of a new configuration version in force for new connections
+    /// (open ones keep theirs). The version was checked with [`tls::check`] before.
+    pub fn set_tls(&self, tls: Option<&TlsConfig>, backend_tls: Option<&BackendTlsConfig>) {
+        if let (Some(server), Some(t)) = (&self.tls_server, tls) {
+            server.set(t);
+        }
+        self.tls_client.set(backend_tls);
+    }
+
+    /// The host names TLS backends are verified against, by address (from the destination
+    /// URIs that name a host). A backend not listed is verified against its IP address.
+    pub fn set_tls_server_names(&self, names: impl IntoIterator<Item = (SocketAddr, String)>) {
+        self.tls_client.set_names(names);
     }
 
     /// The addresses actually bound (ports resolved), per transport.
@@ -165,6 +257,13 @@ impl Transports {
                 .into_iter()
                 .map(|a| (Transport::Tcp, a)),
         );
+        v.extend(
+            self.tls
+                .local_addrs()
+                .into_iter()
+                .map(|a| (Transport::Tls, a)),
+        );
+        v.extend(self.ws.local_addrs());
         v
     }
 
@@ -174,7 +273,9 @@ impl Transports {
     pub fn send(&self, to: &Peer, data: Bytes, token: Option<Vec<u8>>, inbound: &Arc<dyn Inbound>) {
         match to.transport {
             Transport::Udp => self.send_udp(to.addr, data),
-            _ => self.tcp.send(to, data, token, inbound),
+            Transport::Tcp => self.tcp.send(to, data, token, inbound),
+            Transport::Tls => self.tls.send(to, data, token, inbound),
+            Transport::Ws | Transport::Wss => self.ws.send(to, data, token, inbound),
         }
     }
 
@@ -197,8 +298,18 @@ impl Transports {
 
     /// Open stream connections.
     pub fn open_connections(&self) -> usize {
-        self.tcp.open()
+        self.tcp.open() + self.tls.open() + self.ws.open()
     }
+}
+
+async fn bind_tcp(l: &Listener) -> Result<tokio::net::TcpListener, TransportError> {
+    tokio::net::TcpListener::bind(l.address)
+        .await
+        .map_err(|source| TransportError::Bind {
+            transport: l.transport,
+            addr: l.address,
+            source,
+        })
 }
 
 fn udp_loop(sock: &std::net::UdpSocket, max: usize, inbound: &dyn Inbound) {

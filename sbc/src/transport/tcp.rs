@@ -1,5 +1,6 @@
-//! SIP over TCP: Content-Length framing, CRLF keep-alive (RFC 5626 section 4.4.1), idle
-//! timeouts, size and per-source caps, and connection reuse in both directions.
+//! SIP over TCP and TLS: Content-Length framing (RFC 3261 section 18.3), CRLF keep-alive
+//! (RFC 5626 section 4.4.1), idle timeouts, size and per-source caps, and connection reuse in
+//! both directions. One [`TcpSide`] per transport; TLS wraps the same connections.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -8,33 +9,60 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use kubesbc_crds::config::{Limits, Transport};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
+use super::tls::{TlsClient, TlsServer};
 use super::{ConnCounts, Flow, FlowId, FlowTable, Inbound, Peer, next_flow};
 use crate::sip::parse::{find_headers_end, parse_u32};
 
 /// Messages queued towards one connection before new ones are dropped.
 const QUEUE: usize = 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// A TLS handshake (either side) must finish within this, or the connection is closed.
+pub(super) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(super) struct TcpSide {
+    transport: Transport,
     limits: Limits,
     flows: FlowTable,
     by_addr: Mutex<HashMap<SocketAddr, FlowId>>,
-    counts: Mutex<ConnCounts>,
+    counts: Arc<Mutex<ConnCounts>>,
     local: Mutex<Vec<SocketAddr>>,
+    /// TLS only: the listeners' certificate, and the client side towards backends.
+    tls_server: Option<Arc<TlsServer>>,
+    tls_client: Option<Arc<TlsClient>>,
 }
 
 impl TcpSide {
-    pub(super) fn new(limits: Limits) -> TcpSide {
+    /// A side for plain TCP.
+    pub(super) fn new(limits: Limits, counts: Arc<Mutex<ConnCounts>>) -> TcpSide {
         TcpSide {
+            transport: Transport::Tcp,
             limits,
             flows: Mutex::new(HashMap::new()),
             by_addr: Mutex::new(HashMap::new()),
-            counts: Mutex::new(ConnCounts::default()),
+            counts,
             local: Mutex::new(Vec::new()),
+            tls_server: None,
+            tls_client: None,
+        }
+    }
+
+    /// A side for TLS: `server` for the listeners (absent without a `tls` section), `client`
+    /// for connections it opens.
+    pub(super) fn new_tls(
+        limits: Limits,
+        counts: Arc<Mutex<ConnCounts>>,
+        server: Option<Arc<TlsServer>>,
+        client: Arc<TlsClient>,
+    ) -> TcpSide {
+        TcpSide {
+            transport: Transport::Tls,
+            tls_server: server,
+            tls_client: Some(client),
+            ..TcpSide::new(limits, counts)
         }
     }
 
@@ -78,40 +106,56 @@ impl TcpSide {
             return;
         }
         // No connection: open one (towards a backend, or back to a client whose connection
-        // closed) in the background; the first message goes once it is up.
+        // closed). The flow is registered at once, so messages sent while it connects queue
+        // behind the first one and share the connection.
         let addr = to.addr;
+        let (id, tx, rx) = self.add_flow(addr);
+        let _ = tx.try_send(data);
         let inbound = inbound.clone();
         let side = self.clone();
         tokio::spawn(async move {
-            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
-                Ok(Ok(stream)) => {
-                    let _ = stream.set_nodelay(true);
-                    let (id, tx) = side.register(addr, stream, inbound.clone(), false);
-                    if tx.send(data).await.is_err() {
-                        side.forget(id, addr);
-                        if let Some(t) = token {
-                            inbound.on_send_error(t);
-                        }
-                    }
+            let ok = match side.connect(addr).await {
+                Ok(Conn::Plain(s)) => {
+                    let (rd, wr) = s.into_split();
+                    side.start(id, addr, rd, wr, rx, inbound.clone(), false);
+                    true
                 }
-                _ => {
-                    tracing::debug!(%addr, "tcp connect failed");
-                    if let Some(t) = token {
-                        inbound.on_send_error(t);
-                    }
+                Ok(Conn::Tls(s)) => {
+                    let (rd, wr) = tokio::io::split(s);
+                    side.start(id, addr, rd, wr, rx, inbound.clone(), false);
+                    true
+                }
+                Err(e) => {
+                    tracing::debug!(%addr, transport = %side.transport, error = %e, "connect failed");
+                    false
+                }
+            };
+            if !ok {
+                side.forget(id, addr);
+                if let Some(t) = token {
+                    inbound.on_send_error(t);
                 }
             }
         });
     }
 
-    /// Registers a connection and starts its reader and writer.
-    fn register(
-        self: &Arc<Self>,
-        remote: SocketAddr,
-        stream: TcpStream,
-        inbound: Arc<dyn Inbound>,
-        inbound_counted: bool,
-    ) -> (FlowId, mpsc::Sender<Bytes>) {
+    async fn connect(&self, addr: SocketAddr) -> std::io::Result<Conn> {
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        let _ = tcp.set_nodelay(true);
+        match &self.tls_client {
+            None => Ok(Conn::Plain(tcp)),
+            Some(c) => {
+                let s = tokio::time::timeout(HANDSHAKE_TIMEOUT, c.connect(addr, tcp))
+                    .await
+                    .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+                Ok(Conn::Tls(Box::new(s)))
+            }
+        }
+    }
+
+    fn add_flow(&self, remote: SocketAddr) -> (FlowId, mpsc::Sender<Bytes>, mpsc::Receiver<Bytes>) {
         let id = next_flow();
         let (tx, rx) = mpsc::channel(QUEUE);
         if let Ok(mut f) = self.flows.lock() {
@@ -120,17 +164,49 @@ impl TcpSide {
         if let Ok(mut b) = self.by_addr.lock() {
             b.insert(remote, id);
         }
-        let (rd, wr) = stream.into_split();
+        (id, tx, rx)
+    }
+
+    /// Registers an accepted connection and starts its reader and writer.
+    fn register<R, W>(
+        self: &Arc<Self>,
+        remote: SocketAddr,
+        rd: R,
+        wr: W,
+        inbound: Arc<dyn Inbound>,
+    ) -> FlowId
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let (id, _tx, rx) = self.add_flow(remote);
+        self.start(id, remote, rd, wr, rx, inbound, true);
+        id
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start<R, W>(
+        self: &Arc<Self>,
+        id: FlowId,
+        remote: SocketAddr,
+        rd: R,
+        wr: W,
+        rx: mpsc::Receiver<Bytes>,
+        inbound: Arc<dyn Inbound>,
+        inbound_counted: bool,
+    ) where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
         tokio::spawn(writer(wr, rx));
         let side = self.clone();
         tokio::spawn(async move {
             side.reader(id, remote, rd, inbound).await;
             side.forget(id, remote);
             if inbound_counted {
-                side.release(remote);
+                release(&side.counts, remote);
             }
         });
-        (id, tx)
     }
 
     fn forget(&self, id: FlowId, remote: SocketAddr) {
@@ -144,11 +220,11 @@ impl TcpSide {
         }
     }
 
-    async fn reader(
+    async fn reader<R: AsyncRead + Unpin>(
         &self,
         id: FlowId,
         remote: SocketAddr,
-        mut rd: tokio::net::tcp::OwnedReadHalf,
+        mut rd: R,
         inbound: Arc<dyn Inbound>,
     ) {
         let idle = Duration::from_secs(self.limits.tcp_idle_timeout_secs);
@@ -160,7 +236,7 @@ impl TcpSide {
                     Frame::Message(m) => inbound.on_message(
                         m,
                         Peer {
-                            transport: Transport::Tcp,
+                            transport: self.transport,
                             addr: remote,
                             flow: Some(id),
                         },
@@ -173,7 +249,7 @@ impl TcpSide {
                     Frame::NeedMore => break,
                     Frame::Invalid(reason) => {
                         inbound.on_dropped(reason);
-                        tracing::info!(%remote, reason, "closing tcp connection");
+                        tracing::info!(%remote, transport = %self.transport, reason, "closing connection: framing lost");
                         return;
                     }
                 }
@@ -185,7 +261,7 @@ impl TcpSide {
                 Ok(Ok(0)) | Ok(Err(_)) => return,
                 Ok(Ok(_)) => {}
                 Err(_) => {
-                    tracing::debug!(%remote, "tcp connection idle, closing");
+                    tracing::debug!(%remote, "connection idle, closing");
                     return;
                 }
             }
@@ -193,12 +269,22 @@ impl TcpSide {
     }
 }
 
-async fn writer(mut wr: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>) {
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+async fn writer<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Bytes>) {
     while let Some(data) = rx.recv().await {
         if wr.write_all(&data).await.is_err() {
             return;
         }
+        // TLS buffers records: push each message out.
+        if wr.flush().await.is_err() {
+            return;
+        }
     }
+    let _ = wr.shutdown().await;
 }
 
 pub(super) async fn accept_loop(side: Arc<TcpSide>, l: TcpListener, inbound: Arc<dyn Inbound>) {
@@ -207,44 +293,72 @@ pub(super) async fn accept_loop(side: Arc<TcpSide>, l: TcpListener, inbound: Arc
             Ok(x) => x,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(error = %e, "tcp accept failed");
+                tracing::warn!(error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
-        if !side.admit(remote) {
+        if !admit(&side.counts, &side.limits, remote) {
             inbound.on_dropped("connection_limit");
             continue;
         }
         let _ = stream.set_nodelay(true);
-        let (id, _) = side.register(remote, stream, inbound.clone(), true);
-        tracing::trace!(%remote, flow = id, "tcp connection accepted");
+        match &side.tls_server {
+            None => {
+                let (rd, wr) = stream.into_split();
+                let id = side.register(remote, rd, wr, inbound.clone());
+                tracing::trace!(%remote, flow = id, "tcp connection accepted");
+            }
+            Some(server) => {
+                let acceptor = server.acceptor();
+                let (side, inbound) = (side.clone(), inbound.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => {
+                            let (rd, wr) = tokio::io::split(s);
+                            let id = side.register(remote, rd, wr, inbound);
+                            tracing::trace!(%remote, flow = id, "tls connection accepted");
+                        }
+                        Ok(Err(e)) => {
+                            release(&side.counts, remote);
+                            inbound.on_dropped("tls_handshake");
+                            tracing::info!(%remote, error = %e, "tls handshake failed");
+                        }
+                        Err(_) => {
+                            release(&side.counts, remote);
+                            inbound.on_dropped("tls_handshake");
+                            tracing::info!(%remote, "tls handshake timed out");
+                        }
+                    }
+                });
+            }
+        }
     }
 }
 
-impl TcpSide {
-    /// Counts an accepted connection against the per-source and total caps.
-    fn admit(&self, remote: SocketAddr) -> bool {
-        let Ok(mut c) = self.counts.lock() else {
-            return false;
-        };
-        let per = c.by_ip.get(&remote.ip()).copied().unwrap_or(0);
-        if per >= self.limits.max_connections_per_source || c.total >= self.limits.max_connections {
-            return false;
-        }
-        c.by_ip.insert(remote.ip(), per + 1);
-        c.total += 1;
-        true
+/// Counts an accepted connection against the per-source and total caps (shared by every
+/// stream transport).
+pub(super) fn admit(counts: &Mutex<ConnCounts>, limits: &Limits, remote: SocketAddr) -> bool {
+    let Ok(mut c) = counts.lock() else {
+        return false;
+    };
+    let per = c.by_ip.get(&remote.ip()).copied().unwrap_or(0);
+    if per >= limits.max_connections_per_source || c.total >= limits.max_connections {
+        return false;
     }
+    c.by_ip.insert(remote.ip(), per + 1);
+    c.total += 1;
+    true
+}
 
-    fn release(&self, remote: SocketAddr) {
-        if let Ok(mut c) = self.counts.lock() {
-            c.total = c.total.saturating_sub(1);
-            if let Some(n) = c.by_ip.get_mut(&remote.ip()) {
-                *n -= 1;
-                if *n == 0 {
-                    c.by_ip.remove(&remote.ip());
-                }
+/// Gives back what [`admit`] counted.
+pub(super) fn release(counts: &Mutex<ConnCounts>, remote: SocketAddr) {
+    if let Ok(mut c) = counts.lock() {
+        c.total = c.total.saturating_sub(1);
+        if let Some(n) = c.by_ip.get_mut(&remote.ip()) {
+            *n -= 1;
+            if *n == 0 {
+                c.by_ip.remove(&remote.ip());
             }
         }
     }
@@ -252,15 +366,21 @@ impl TcpSide {
 
 /// What the framer found at the front of a stream buffer.
 #[derive(Debug, PartialEq, Eq)]
-enum Frame {
+pub enum Frame {
+    /// A whole message (headers and body).
     Message(Bytes),
+    /// A CRLF CRLF keep-alive ping, to be answered with CRLF.
     Ping,
+    /// Not enough bytes yet.
     NeedMore,
+    /// Framing is lost (the reason, for the metrics): the connection must be closed.
     Invalid(&'static str),
 }
 
-/// Cuts the next message (by Content-Length) or keep-alive off the front of `buf`.
-fn next_frame(buf: &mut BytesMut, max: usize) -> Frame {
+/// Cuts the next message or keep-alive off the front of a TCP/TLS stream buffer: messages are
+/// delimited by their Content-Length, which RFC 3261 section 18.3 makes mandatory on streams,
+/// so a message without one (or larger than `max`) loses the framing.
+pub fn next_frame(buf: &mut BytesMut, max: usize) -> Frame {
     // RFC 5626: a double CRLF is a ping (answer with CRLF); a single CRLF is a pong.
     if buf.starts_with(b"\r\n\r\n") {
         let _ = buf.split_to(4);
@@ -279,7 +399,7 @@ fn next_frame(buf: &mut BytesMut, max: usize) -> Frame {
         }
         return Frame::NeedMore;
     };
-    let mut cl = 0usize;
+    let mut cl = None;
     for line in buf[..hend].split(|c| *c == b'\n') {
         let Some(colon) = line.iter().position(|c| *c == b':') else {
             continue;
@@ -287,11 +407,14 @@ fn next_frame(buf: &mut BytesMut, max: usize) -> Frame {
         let name = line[..colon].trim_ascii();
         if name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"l") {
             match parse_u32(line[colon + 1..].trim_ascii()) {
-                Some(n) => cl = n as usize,
-                None => return Frame::Invalid("bad_content_length"),
+                Some(n) if cl.is_none_or(|c| c == n as usize) => cl = Some(n as usize),
+                _ => return Frame::Invalid("bad_content_length"),
             }
         }
     }
+    let Some(cl) = cl else {
+        return Frame::Invalid("missing_content_length");
+    };
     let total = body_start.saturating_add(cl);
     if total > max {
         return Frame::Invalid("too_large");
@@ -333,5 +456,21 @@ mod tests {
         );
         let mut b = BytesMut::from(vec![b'a'; 70000].as_slice());
         assert_eq!(next_frame(&mut b, 65535), Frame::Invalid("too_large"));
+    }
+
+    #[test]
+    fn content_length_is_required_on_streams() {
+        let mut b = BytesMut::from(&b"OPTIONS sip:a SIP/2.0\r\nVia: SIP/2.0/TCP x\r\n\r\n"[..]);
+        assert_eq!(
+            next_frame(&mut b, 65535),
+            Frame::Invalid("missing_content_length")
+        );
+        // Two different lengths: which one frames the body is unknowable.
+        let mut b =
+            BytesMut::from(&b"OPTIONS sip:a SIP/2.0\r\nContent-Length: 0\r\nl: 4\r\n\r\nabcd"[..]);
+        assert_eq!(
+            next_frame(&mut b, 65535),
+            Frame::Invalid("bad_content_length")
+        );
     }
 }
