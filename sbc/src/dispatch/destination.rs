@@ -579,7 +579,6 @@ fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
 
 /// Parses `uri` and resolves its host: an IP literal as is, a name with the system resolver
 /// (blocking; done when a set is built, never per request).
-#[cfg(test)]
 pub(crate) fn resolve(uri: &str) -> Result<Target, String> {
     let t = parse_uri(uri)?;
     let addr = match t.host.parse::<IpAddr>() {
