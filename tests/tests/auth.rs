@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use kubesbc_e2e::sip::{RequestBuilder, SipClient, SipResponse};
+use kubesbc_e2e::sip::{RequestBuilder, SipClient, SipResponse, token};
 use kubesbc_e2e::{
     DispatcherDest, LOOPBACK, Proxy, ProxyOptions, RedisServer, TempDir, http, md5_hex,
     require_tool, sbc_only,
@@ -247,11 +247,20 @@ impl Ua<'_> {
         }
     }
 
+    /// The request as this user sends it: From (and, for REGISTER, To) name the digest user,
+    /// as the identity check requires.
     fn request(&self, client: &SipClient) -> RequestBuilder {
-        if self.method == "INVITE" {
+        let req = if self.method == "INVITE" {
             RequestBuilder::invite(self.uri, client)
         } else {
             RequestBuilder::new(self.method, self.uri, client)
+        };
+        let aor = format!("<sip:{}@{REALM}>", self.user);
+        let req = req.set("From", &format!("{aor};tag=f{}", token()));
+        if self.method == "REGISTER" {
+            req.set("To", &aor)
+        } else {
+            req
         }
     }
 

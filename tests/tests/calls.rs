@@ -6,7 +6,10 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use kubesbc_e2e::sip::invite_once;
-use kubesbc_e2e::{MessageLog, SippTransport, TempDir, Testbed, UacOptions, e2e_tools};
+use kubesbc_e2e::{
+    MessageLog, Proxy, SippTransport, TempDir, Testbed, UacOptions, e2e_tools, free_port, loopback,
+    sbc_only,
+};
 
 /// Two backends, round robin: every call succeeds, the calls are spread evenly, and ACK and BYE
 /// reach the backend that took the INVITE through the proxy (Record-Route / loose routing).
@@ -162,18 +165,49 @@ fn cancel_of_a_ringing_call_reaches_the_backend_and_caller_gets_487() {
     );
 }
 
-/// With no destination up, an INVITE gets 503 with Retry-After.
+/// With no destination up and panic routing off, an INVITE gets 503 with Retry-After
+/// (sbc only: panic routing is the sbc's setting).
 #[test]
 fn no_destination_up_gets_503_with_retry_after() {
-    if !e2e_tools() {
+    if !sbc_only() || !e2e_tools() {
         return;
     }
     let dir = TempDir::new("no-dest");
     // Nothing listens there.
-    let bed = Testbed::builder(&dir).dead_destination().start();
-    bed.proxy
-        .wait_destination(&bed.dests[0].uri, false, Duration::from_secs(15));
-    let resp = invite_once(bed.proxy.sip_addr(), Duration::from_secs(8))
+    let (port, admin, dead) = (free_port(), loopback(free_port()), free_port());
+    let config = dir.write(
+        "sbc.yaml",
+        &format!(
+            r#"listeners:
+  - transport: udp
+    address: "127.0.0.1:{port}"
+dispatcher:
+  sets:
+    - id: 1
+      algorithm: round-robin
+      destinations:
+        - uri: "sip:127.0.0.1:{dead}"
+      probing:
+        intervalMs: 500
+      failover:
+        panicRouting: false
+admin:
+  address: "{admin}"
+"#
+        ),
+    );
+    let proxy = Proxy::start_sbc(
+        &dir,
+        &["--config".into(), config.display().to_string()],
+        port,
+        admin,
+    );
+    proxy.wait_destination(
+        &format!("sip:127.0.0.1:{dead}"),
+        false,
+        Duration::from_secs(15),
+    );
+    let resp = invite_once(proxy.sip_addr(), Duration::from_secs(8))
         .expect("a final response to the INVITE");
     assert_eq!(resp.code, 503, "{}", resp.status_line);
     let retry_after: u32 = resp

@@ -287,9 +287,10 @@ async fn static_config_change_keeps_discovered_endpoints() {
     want.insert("sip:127.0.0.1:5998".into());
     assert_eq!(selectable(&dispatcher), want);
 
-    // A configuration the dispatcher cannot build changes nothing.
+    // A configuration the dispatcher cannot build changes nothing. (A host that does not
+    // resolve is no longer such a configuration: it is kept, marked down, and re-resolved.)
     let mut bad = config();
-    bad.sets[0].destinations[0].uri = "sip:host.invalid.:5060".into();
+    bad.sets[0].destinations[0].uri = "http://127.0.0.1:5060".into();
     assert!(live.set_config(bad).is_err());
     assert_eq!(selectable(&dispatcher), want);
 
