@@ -3,12 +3,18 @@
 //! Routes (GET or HEAD unless said otherwise; request bodies are ignored):
 //! - `/metrics`: Prometheus text of [`Metrics`].
 //! - `/healthz`: 200 while the process runs.
-//! - `/readyz`: 200 when listeners are bound, the sbc is not draining and a destination is
-//!   up; otherwise 503 with a one-line reason.
+//! - `/readyz`: 200 when the sbc itself can take calls: its listeners are bound (so its
+//!   configuration loaded) and it is not draining; otherwise 503 with a one-line reason. The
+//!   backends do not count: with every destination down the pods stay in the Service and
+//!   callers get a SIP 503 instead of a timeout (the body says so). The store does not count
+//!   either: without Redis a pod falls back to its local state.
 //! - `/dispatcher`: JSON [`DispatcherSnapshot`] (what `kamcmd dispatcher.list` shows).
 //! - `/bans`: JSON list of active source bans ([`BanEntry`]: ip, reason, remainingSecs);
 //!   `[]` without a store.
-//! - `DELETE /bans/{ip}` (or `POST /bans/remove?ip=...`): lifts a ban; 404 when none.
+//! - `DELETE /bans/{ip}` (or `POST /bans/remove?ip=...`): lifts a ban; 404 when none. Write
+//!   requests are accepted from loopback clients only (`sbc ctl` run in the pod, e.g. with
+//!   `kubectl exec`), so whoever reaches the port over the network (or, with `hostNetwork`,
+//!   the node's interfaces) can read but never lift a ban; others get 403.
 
 pub mod ctl;
 mod listing;
@@ -187,7 +193,8 @@ pub enum NotReady {
     ListenersNotBound,
     /// SIGTERM was received: the sbc is draining.
     Draining,
-    /// No dispatcher destination is up.
+    /// No dispatcher destination is up. Not a readiness failure (see [`Health::readiness`]):
+    /// kept for callers that report it.
     NoDestinationUp,
 }
 
@@ -243,17 +250,22 @@ impl Health {
         self.draining.load(Ordering::Acquire)
     }
 
-    /// Ready, or the first reason why not.
+    /// Ready, or the first reason why not: the sbc's own state only. No destination up is
+    /// not a reason: a pod that leaves the Service then makes callers time out, where a ready
+    /// one answers 503 with Retry-After.
     pub fn readiness(&self) -> Result<(), NotReady> {
         if !self.listeners_bound.load(Ordering::Acquire) {
             Err(NotReady::ListenersNotBound)
         } else if self.is_draining() {
             Err(NotReady::Draining)
-        } else if !(self.any_destination_up)() {
-            Err(NotReady::NoDestinationUp)
         } else {
             Ok(())
         }
+    }
+
+    /// Whether a dispatcher destination is up (reported in `/readyz`'s body).
+    pub fn any_destination_up(&self) -> bool {
+        (self.any_destination_up)()
     }
 }
 
@@ -314,6 +326,11 @@ pub fn respond(state: &AdminState, method: &Method, path: &str) -> Response<Full
         },
         "/healthz" => text(StatusCode::OK, PLAIN, "ok\n"),
         "/readyz" => match state.health.readiness() {
+            Ok(()) if !state.health.any_destination_up() => text(
+                StatusCode::OK,
+                PLAIN,
+                "ready (no destination up: new calls get 503)\n",
+            ),
             Ok(()) => text(StatusCode::OK, PLAIN, "ready\n"),
             Err(why) => text(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -393,6 +410,22 @@ pub async fn respond_async(state: &AdminState, method: &Method, uri: &hyper::Uri
         ),
         Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, format!("{e}\n")),
     }
+}
+
+/// Whether a request with `method` from `peer` may be served: reads from anyone, writes
+/// (lifting a ban) from loopback only.
+pub fn admits(method: &Method, peer: std::net::IpAddr) -> bool {
+    let read_only = method == Method::GET || method == Method::HEAD;
+    read_only || peer.is_loopback()
+}
+
+/// The answer to a write request from a client that is not on loopback.
+fn forbidden_write() -> Resp {
+    text(
+        StatusCode::FORBIDDEN,
+        "text/plain; charset=utf-8",
+        "write requests are accepted from loopback only: run `sbc ctl` in the pod (kubectl exec)\n",
+    )
 }
 
 async fn list_bans(state: &AdminState) -> Resp {
@@ -494,7 +527,9 @@ impl AdminServer {
                     let state = state.clone();
                     async move {
                         let (method, uri) = (req.method(), req.uri());
-                        let resp = if uri.path() == "/bans"
+                        let resp = if !admits(method, peer.ip()) {
+                            forbidden_write()
+                        } else if uri.path() == "/bans"
                             && (method == Method::GET || method == Method::HEAD)
                         {
                             list_bans(&state).await
@@ -669,10 +704,12 @@ mod tests {
             get_async(srv.addr, "/readyz").await,
             (200, "ready\n".into())
         );
+        // Every backend down: still ready (the pod stays in the Service and answers 503),
+        // and the body says why calls fail.
         srv.up.store(false, Ordering::SeqCst);
         assert_eq!(
             get_async(srv.addr, "/readyz").await,
-            (503, "not ready: no destination up\n".into())
+            (200, "ready (no destination up: new calls get 503)\n".into())
         );
         srv.up.store(true, Ordering::SeqCst);
         srv.health.set_draining(true);
@@ -783,6 +820,23 @@ mod tests {
         assert_ne!(status.as_deref(), Some("200"));
         // The server keeps serving.
         assert_eq!(get_async(srv.addr, "/healthz").await.0, 200);
+    }
+
+    #[test]
+    fn writes_are_admitted_from_loopback_only() {
+        let pod: std::net::IpAddr = "10.244.1.7".parse().unwrap();
+        let node: std::net::IpAddr = "2001:db8::7".parse().unwrap();
+        for peer in [pod, node] {
+            assert!(admits(&Method::GET, peer));
+            assert!(admits(&Method::HEAD, peer));
+            assert!(!admits(&Method::DELETE, peer), "{peer}");
+            assert!(!admits(&Method::POST, peer), "{peer}");
+        }
+        for peer in ["127.0.0.1", "::1"] {
+            assert!(admits(&Method::DELETE, peer.parse().unwrap()));
+        }
+        let r = forbidden_write();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
