@@ -119,10 +119,19 @@ NON_DEFAULT = {
     "watchNamespace": "voip",
     "redis": {"enabled": True, "urlSecretNamespace": "voip",
               "auth": {"enabled": True}, "persistence": {"enabled": True, "size": "2Gi", "storageClass": "fast"}},
-    "examples": {"enabled": True, "serviceType": "LoadBalancer", "replicas": 3},
+    # The examples live in the release namespace and cannot use a Redis Secret in "voip":
+    # EXAMPLES_ELSEWHERE below checks that this combination is refused.
+    "examples": {"enabled": False},
     "monitoring": {"podMonitor": {"enabled": True}, "prometheusRule": {"enabled": True},
                    "labels": {"release": "prometheus"}},
     "networkPolicy": {"enabled": True},
+}
+
+
+# Every example on, with the chart's Redis beside them (non-default example values).
+EXAMPLES_NON_DEFAULT = {
+    "redis": {"enabled": True, "auth": {"enabled": False}},
+    "examples": {"enabled": True, "serviceType": "LoadBalancer", "replicas": 3},
 }
 
 
@@ -181,8 +190,10 @@ def main():
             raise AssertionError(f"{report.get('errors')} {bad}")
     check("helm lint --strict (non-default values)", lint_nondefault)
 
+    examples_nondefault = render(EXAMPLES_NON_DEFAULT, name=LONG_RELEASE)
     for label, rendered in (("default values", default), ("examples+redis", full),
-                            ("non-default values", nondefault)):
+                            ("non-default values", nondefault),
+                            ("non-default examples", examples_nondefault)):
         objs = objects(rendered)
         check(f"render {label}: produces objects", lambda objs=objs: len(objs) > 0)
         for obj in objs:
@@ -190,7 +201,7 @@ def main():
             check(f"validate {label}: {name} (kubernetes {KUBE_VERSION})", lambda obj=obj: validate_any(obj))
 
     def names_fit():
-        for o in objects(nondefault):
+        for o in objects(nondefault) + objects(examples_nondefault):
             name = o["metadata"]["name"]
             assert len(name) <= 63, f"{o['kind']}/{name} is {len(name)} characters"
             for k, v in o["metadata"].get("labels", {}).items():
@@ -198,7 +209,7 @@ def main():
     check("a long release name gives names and labels of at most 63 characters", names_fit)
 
     def notes_are_real():
-        for rendered in (default, full, nondefault):
+        for rendered in (default, full, nondefault, examples_nondefault):
             notes = next(v for k, v in rendered.items() if k.endswith("NOTES.txt"))
             assert "example.invalid" not in notes, notes
     check("NOTES point at nothing that does not exist", notes_are_real)
@@ -215,6 +226,17 @@ def main():
         assert "persistentVolumeClaim" in vol, vol
         assert any(o["kind"] == "PersistentVolumeClaim" for o in objs)
     check("Redis: URL Secret in the SbcClusters' namespace, password, persistence", redis_secret_beside_the_clusters)
+
+    rejected("examples with the Redis Secret in another namespace are refused, not rendered without Redis",
+             lambda: render({"redis": {"enabled": True, "urlSecretNamespace": "voip"},
+                             "examples": {"enabled": True}}),
+             "redis.urlSecretNamespace=voip")
+
+    def examples_use_the_redis():
+        sbc = next(o for o in objects(examples_nondefault) if o["kind"] == "SbcCluster")
+        assert sbc["spec"]["redis"]["urlSecretRef"]["name"].endswith("-redis-url"), sbc["spec"]
+        assert sbc["spec"]["service"]["type"] == "LoadBalancer" and sbc["spec"]["replicas"] == 3, sbc["spec"]
+    check("the example SbcCluster uses the chart's Redis", examples_use_the_redis)
 
     def operator_env():
         objs = objects(nondefault)
