@@ -14,7 +14,7 @@ use kubesbc_crds::config::{
     AdminConfig, DispatcherConfig, DispatcherSetConfig, Listener, SbcConfig, StoreConfig, Transport,
 };
 use kubesbc_crds::policy::{
-    AccessListConfig, AccessRule, AuthConfig, HeaderValue, MediaConfig, ServiceSource,
+    AccessListConfig, AccessRule, AuthConfig, HeaderValue, ServiceSource,
     ThrottleConfig, TlsConfig, default_subscriber_prefix,
 };
 use kubesbc_crds::{AccessList, DispatcherSet, SbcCluster, TenantThrottle};
@@ -845,6 +845,18 @@ pub fn render_config(inputs: Inputs<'_>) -> Result<SbcConfig, RenderError> {
             })
         }
     };
+    if !spec.rtpengine.is_empty() {
+        // The sbc refuses a media section until its call path anchors media: rendering one
+        // would crash-loop every pod, so the resource is refused here, naming the field.
+        return Err(err(
+            cluster,
+            "NotImplemented",
+            "spec.rtpengine",
+            "media anchoring through rtpengine is not wired into the sbc's call path yet; \
+             remove spec.rtpengine"
+                .to_owned(),
+        ));
+    }
     let admin_port = spec.admin_port.unwrap_or(DEFAULT_ADMIN_PORT);
     let config = SbcConfig {
         listeners,
@@ -859,10 +871,7 @@ pub fn render_config(inputs: Inputs<'_>) -> Result<SbcConfig, RenderError> {
         access_lists,
         throttles,
         auth,
-        media: (!spec.rtpengine.is_empty()).then(|| MediaConfig {
-            rtpengine: spec.rtpengine.clone(),
-            ..MediaConfig::default()
-        }),
+        media: None,
         tls: spec.tls.as_ref().map(|_| TlsConfig {
             cert_file: format!("{TLS_DIR}/tls.crt"),
             key_file: format!("{TLS_DIR}/tls.key"),

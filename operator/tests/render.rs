@@ -440,6 +440,18 @@ fn autoscaling_with_host_network_is_refused_naming_the_field() {
 }
 
 #[test]
+fn rtpengine_is_refused_naming_the_field_until_media_is_anchored() {
+    let mut w = World::new();
+    w.cluster.spec.rtpengine = vec!["127.0.0.1:2223".into()];
+    let e = render::render(w.inputs()).unwrap_err();
+    assert_eq!(
+        (e.reason, e.field.as_str()),
+        ("NotImplemented", "spec.rtpengine")
+    );
+    assert!(e.message.contains("not wired"), "{e}");
+}
+
+#[test]
 fn redis_url_stays_in_its_secret_and_the_config_shows_it_without_password() {
     let mut w = World::new();
     w.cluster.spec.redis = Some(kubesbc_crds::cluster::RedisSpec {
