@@ -1,6 +1,9 @@
-//! Request sanity checks (Kamailio's `sanity` and `maxfwd`): what a request must carry before
-//! the proxy spends anything on it. Each failure names the status and reason the caller gets.
+//! The sanity stage: what a request must carry before the proxy spends anything on it
+//! (Kamailio's `sanity` and `maxfwd`), and loop detection. Each failure names the status and
+//! reason the caller gets.
 
+use crate::relay::Local;
+use crate::relay::core::{BRANCH_PREFIX, push_hex};
 use crate::sip::uri::{Uri, Via};
 use crate::sip::{HeaderName, Message, Method};
 
@@ -60,6 +63,23 @@ pub fn check_request(msg: &Message) -> Result<u32, Reject> {
         return Err(reject(483, "Too Many Hops"));
     }
     Ok(max_forwards)
+}
+
+/// Whether the request already passed this sbc (RFC 3261 section 16.3 item 4): a Via of
+/// ours whose branch carries the same loop hash (see [`crate::relay::core::loop_hash`]).
+/// A spiral (the same request changed on the way, another hash) is no loop.
+pub fn is_loop(msg: &Message, hash: u64, local: &Local) -> bool {
+    let mut want = Vec::with_capacity(16);
+    push_hex(&mut want, hash);
+    msg.values(HeaderName::Via).any(|v| {
+        Via::parse(msg.slice(v)).is_some_and(|via| {
+            local.is_us(via.host, via.port)
+                && via.branch().is_some_and(|b| {
+                    b.strip_prefix(BRANCH_PREFIX)
+                        .is_some_and(|rest| rest.starts_with(&want))
+                })
+        })
+    })
 }
 
 #[cfg(test)]
