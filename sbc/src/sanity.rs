@@ -4,7 +4,7 @@
 
 use crate::relay::Local;
 use crate::relay::core::{BRANCH_PREFIX, push_hex};
-use crate::sip::uri::{Uri, Via};
+use crate::sip::uri::{self, Uri, Via};
 use crate::sip::{HeaderName, Message, Method};
 
 /// A request refused with a status and a reason phrase.
@@ -21,17 +21,40 @@ const fn reject(code: u16, reason: &'static str) -> Reject {
     Reject { code, reason }
 }
 
+/// What the later stages read of a request, taken from the parsed message once here so
+/// that nothing parses the top Via, CSeq or tags again.
+#[derive(Debug, Clone, Copy)]
+pub struct View<'a> {
+    /// The method.
+    pub method: Method,
+    /// Max-Forwards as received (70 when absent).
+    pub max_forwards: u32,
+    /// The topmost Via.
+    pub via: Via<'a>,
+    /// The CSeq number.
+    pub cseq: u32,
+    /// The From tag (empty when missing: RFC 2543 peers).
+    pub from_tag: &'a [u8],
+    /// The To tag: a request with one belongs to a dialog.
+    pub to_tag: Option<&'a [u8]>,
+}
+
 /// Checks a parsed request and returns the Max-Forwards it carries (70 when absent).
 pub fn check_request(msg: &Message) -> Result<u32, Reject> {
+    view(msg).map(|v| v.max_forwards)
+}
+
+/// Checks a parsed request and returns the view of it the stages read.
+pub fn view(msg: &Message) -> Result<View<'_>, Reject> {
     let method = msg.method().unwrap_or(Method::Other);
     let top_via = msg.top_via().ok_or(reject(400, "Missing Via"))?;
-    Via::parse(msg.slice(top_via)).ok_or(reject(400, "Bad Via"))?;
-    if msg.header(HeaderName::From).is_none() {
-        return Err(reject(400, "Missing From"));
-    }
-    if msg.header(HeaderName::To).is_none() {
-        return Err(reject(400, "Missing To"));
-    }
+    let via = Via::parse(msg.slice(top_via)).ok_or(reject(400, "Bad Via"))?;
+    let from = msg
+        .header_value(HeaderName::From)
+        .ok_or(reject(400, "Missing From"))?;
+    let to = msg
+        .header_value(HeaderName::To)
+        .ok_or(reject(400, "Missing To"))?;
     match msg.call_id() {
         None => return Err(reject(400, "Missing Call-ID")),
         Some([]) => return Err(reject(400, "Bad Call-ID")),
@@ -40,7 +63,7 @@ pub fn check_request(msg: &Message) -> Result<u32, Reject> {
     if msg.header(HeaderName::CSeq).is_none() {
         return Err(reject(400, "Missing CSeq"));
     }
-    let (_, cseq_method) = msg.cseq().ok_or(reject(400, "Bad CSeq"))?;
+    let (cseq, cseq_method) = msg.cseq().ok_or(reject(400, "Bad CSeq"))?;
     if cseq_method != msg.method_token() {
         return Err(reject(400, "CSeq Method Mismatch"));
     }
@@ -62,7 +85,14 @@ pub fn check_request(msg: &Message) -> Result<u32, Reject> {
     if max_forwards == 0 && method != Method::Ack {
         return Err(reject(483, "Too Many Hops"));
     }
-    Ok(max_forwards)
+    Ok(View {
+        method,
+        max_forwards,
+        via,
+        cseq,
+        from_tag: uri::tag(from).unwrap_or(b""),
+        to_tag: uri::tag(to),
+    })
 }
 
 /// Whether the request already passed this sbc (RFC 3261 section 16.3 item 4): a Via of

@@ -1,8 +1,8 @@
 //! Transaction identities: our Via branches, server transaction keys, the loop hash.
 
+use crate::sanity::View;
 use crate::sip::build;
-use crate::sip::uri::{self, Via};
-use crate::sip::{HeaderName, Message, Method};
+use crate::sip::{Message, Method};
 
 /// The magic cookie plus our marker: branches we generate start with this.
 pub const BRANCH_PREFIX: &[u8] = b"z9hG4bKkS";
@@ -19,7 +19,8 @@ pub fn new_branch(loop_hash: u64, n: u64) -> Vec<u8> {
 
 /// The server transaction key (RFC 3261 section 17.2.3): branch, sent-by and method class
 /// (ACK and CANCEL match the INVITE's branch; CANCEL has its own class).
-pub fn server_key(msg: &Message, via: &Via<'_>, method: Method) -> Vec<u8> {
+pub fn server_key(msg: &Message, view: &View<'_>, method: Method) -> Vec<u8> {
+    let via = &view.via;
     let class = match method {
         Method::Invite | Method::Ack => b'I',
         Method::Cancel => b'C',
@@ -32,14 +33,8 @@ pub fn server_key(msg: &Message, via: &Via<'_>, method: Method) -> Vec<u8> {
         None => {
             // RFC 2543 peers: fall back to the dialog identifiers.
             k.extend_from_slice(msg.call_id().unwrap_or(b""));
-            if let Some((n, _)) = msg.cseq() {
-                k.extend_from_slice(&build::itoa(n));
-            }
-            k.extend_from_slice(
-                msg.header_value(HeaderName::From)
-                    .and_then(uri::tag)
-                    .unwrap_or(b""),
-            );
+            k.extend_from_slice(&build::itoa(view.cseq));
+            k.extend_from_slice(view.from_tag);
         }
     }
     k.push(b'|');
@@ -57,16 +52,15 @@ pub fn client_cancel_key(branch: &[u8]) -> Vec<u8> {
 }
 
 /// Hash over what identifies a request for loop detection (RFC 3261 section 16.3 item 4).
-pub fn loop_hash(msg: &Message, from_tag: &[u8], to_tag: &[u8]) -> u64 {
-    let cseq = msg.cseq().map(|(n, _)| n.to_le_bytes()).unwrap_or_default();
+pub fn loop_hash(msg: &Message, view: &View<'_>) -> u64 {
     fnv(
         0,
         &[
             msg.request_uri(),
             msg.call_id().unwrap_or(b""),
-            &cseq,
-            from_tag,
-            to_tag,
+            &view.cseq.to_le_bytes(),
+            view.from_tag,
+            view.to_tag.unwrap_or(b""),
         ],
     )
 }

@@ -12,9 +12,9 @@ use kubesbc_crds::config::Transport;
 use super::branch::{self, loop_hash, server_key};
 use super::{Action, Answer, Core, Env, SState, ServerTx, State, Timer, WAIT, arm, send};
 use crate::pipeline::{Admission, Pipeline, RequestContext, Verdict};
+use crate::sanity::View;
 use crate::sip::build::{self, RequestEdits};
-use crate::sip::uri::{self, Via};
-use crate::sip::{HeaderName, Message, Method};
+use crate::sip::{Message, Method};
 use crate::telemetry::ResponseOrigin;
 use crate::transport::Peer;
 use crate::{nat, routing, sanity};
@@ -54,25 +54,18 @@ impl Core {
         peer: Peer,
         out: &mut Vec<Action>,
     ) -> Option<Incoming> {
-        let method = msg.method().unwrap_or(Method::Other);
-        let mf = match sanity::check_request(&msg) {
-            Ok(mf) => mf,
+        let view = match sanity::view(&msg) {
+            Ok(v) => v,
             Err(r) => {
                 tracing::debug!(code = r.code, reason = r.reason, from = %peer.addr, "request refused");
-                if method != Method::Ack {
+                if msg.method() != Some(Method::Ack) {
                     self.reply(&msg, peer, Answer::new(r.code, r.reason), out);
                 }
                 return None;
             }
         };
-        // Sanity checked that the top Via parses: this is the one parse of it.
-        let via = Via::parse(msg.slice(msg.top_via()?))?;
-        let from_tag = msg
-            .header_value(HeaderName::From)
-            .and_then(uri::tag)
-            .unwrap_or(b"");
-        let to_tag = msg.header_value(HeaderName::To).and_then(uri::tag);
-        let loop_hash = loop_hash(&msg, from_tag, to_tag.unwrap_or(b""));
+        let method = view.method;
+        let loop_hash = loop_hash(&msg, &view);
         if sanity::is_loop(&msg, loop_hash, env.local) {
             if method != Method::Ack {
                 self.reply(&msg, peer, Answer::new(482, "Loop Detected"), out);
@@ -81,16 +74,16 @@ impl Core {
         }
         match method {
             Method::Ack => {
-                self.on_ack(env, &msg, &via, peer, mf, loop_hash, out);
+                self.on_ack(env, &msg, &view, peer, loop_hash, out);
                 return None;
             }
             Method::Cancel => {
-                self.on_cancel(&msg, &via, peer, env, out);
+                self.on_cancel(&msg, &view, peer, env, out);
                 return None;
             }
             _ => {}
         }
-        let key = server_key(&msg, &via, method);
+        let key = server_key(&msg, &view, method);
         {
             let st = self.lock();
             if st.staging.contains(&key) {
@@ -104,7 +97,7 @@ impl Core {
                 return None;
             }
         }
-        let in_dialog = to_tag.is_some();
+        let in_dialog = view.to_tag.is_some();
         if method == Method::Options
             && !in_dialog
             && routing::is_local_uri(env.local, msg.request_uri())
@@ -113,7 +106,8 @@ impl Core {
             self.reply(&msg, peer, ok, out);
             return None;
         }
-        let nat = nat::received_params(&via, peer.addr);
+        let nat = nat::received_params(&view.via, peer.addr);
+        let mf = view.max_forwards;
         Some(Incoming {
             cx: RequestContext {
                 peer,
@@ -308,18 +302,17 @@ impl Core {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn on_ack(
         &self,
         env: &Env<'_>,
         msg: &Message,
-        via: &Via<'_>,
+        view: &View<'_>,
         peer: Peer,
-        mf: u32,
         loop_hash: u64,
         out: &mut Vec<Action>,
     ) {
-        let key = server_key(msg, via, Method::Ack);
+        let (via, mf) = (&view.via, view.max_forwards);
+        let key = server_key(msg, view, Method::Ack);
         {
             let mut st = self.lock();
             if let Some(tx) = st.server.get_mut(&key) {
@@ -364,12 +357,12 @@ impl Core {
     fn on_cancel(
         &self,
         msg: &Message,
-        via: &Via<'_>,
+        view: &View<'_>,
         peer: Peer,
         env: &Env<'_>,
         out: &mut Vec<Action>,
     ) {
-        let ikey = server_key(msg, via, Method::Invite);
+        let ikey = server_key(msg, view, Method::Invite);
         let mut st = self.lock();
         let Some(tx) = st.server.get_mut(&ikey) else {
             drop(st);
