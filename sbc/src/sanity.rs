@@ -17,8 +17,15 @@ pub struct Reject {
     pub reason: &'static str,
 }
 
+impl Reject {
+    /// A refusal with this status and reason.
+    pub const fn new(code: u16, reason: &'static str) -> Reject {
+        Reject { code, reason }
+    }
+}
+
 const fn reject(code: u16, reason: &'static str) -> Reject {
-    Reject { code, reason }
+    Reject::new(code, reason)
 }
 
 /// What the later stages read of a request, taken from the parsed message once here so

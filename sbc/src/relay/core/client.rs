@@ -9,14 +9,14 @@ use kubesbc_crds::config::Transport;
 
 use super::branch::client_cancel_key;
 use super::server::linger;
-use super::{Action, Answer, ClientTx, Core, Env, SState, State, Timer, arm, send};
+use super::{Action, Answer, ClientTx, Core, Env, Fault, SState, State, Timer, arm, send};
 use crate::dispatch::Destination;
 use crate::dispatch::probe::PingOutcome;
 use crate::routing;
 use crate::sip::Message;
 use crate::sip::build::{self, RequestEdits};
 use crate::sip::uri::Via;
-use crate::telemetry::{DropReason, ResponseOrigin};
+use crate::telemetry::{DropReason, InternalError, ResponseOrigin};
 use crate::{nat, transport::Peer};
 
 impl Core {
@@ -98,6 +98,7 @@ impl Core {
             return;
         };
         let Ok(sent) = Message::parse(ctx.data.clone(), usize::MAX) else {
+            self.internal(InternalError::OwnRequestUnreadable);
             return;
         };
         let data = Bytes::from(build::cancel_for(&sent));
@@ -219,10 +220,13 @@ impl Core {
                 d.call_ended();
             }
             if code >= 300 {
-                if let Ok(sent) = Message::parse(ctx.data.clone(), usize::MAX) {
-                    let ack = Bytes::from(build::ack_for(&sent, &msg));
-                    ctx.ack = Some(ack.clone());
-                    send(ctx.to, ack, out);
+                match Message::parse(ctx.data.clone(), usize::MAX) {
+                    Ok(sent) => {
+                        let ack = Bytes::from(build::ack_for(&sent, &msg));
+                        ctx.ack = Some(ack.clone());
+                        send(ctx.to, ack, out);
+                    }
+                    Err(_) => self.internal(InternalError::OwnRequestUnreadable),
                 }
                 // Timer D.
                 let d = linger(ctx.to.transport);
@@ -249,17 +253,17 @@ impl Core {
             }
             return;
         }
-        if code >= 300 && !stx.cancelled && stx.set.is_some() {
-            let failover = routing::failover_of(cfg, stx.set);
-            if failover.fails_over_on(code) && (stx.tried.len() as u32) < failover.max_attempts {
-                if let Some(dest) = &dest {
-                    dest.0.request_failed();
-                    tracing::info!(dest = %dest.0.uri, code, "failover after reply");
-                }
-                if self.try_next(&mut st, env, &skey, out) {
-                    return;
-                }
-            }
+        if code >= 300
+            && self.backend_fault(
+                &mut st,
+                env,
+                &skey,
+                dest.as_ref(),
+                Fault::Backend(code),
+                out,
+            )
+        {
+            return;
         }
         let Some(stx) = st.server.get_mut(&skey) else {
             return;
@@ -268,6 +272,55 @@ impl Core {
         let dest = dest.as_ref().map(|d| d.0.uri.as_str());
         let relayed = (ResponseOrigin::Relayed, data);
         self.finish_server(env, stx, &skey, code, relayed, dest, out);
+    }
+
+    /// A destination failed the request (`fault` is [`Fault::Backend`] or [`Fault::Timeout`]):
+    /// count it against the destination and move the call to the next destination when the
+    /// set allows. True when the request went elsewhere.
+    fn backend_fault(
+        &self,
+        st: &mut State,
+        env: &Env<'_>,
+        skey: &[u8],
+        dest: Option<&(Arc<Destination>, usize)>,
+        fault: Fault,
+        out: &mut Vec<Action>,
+    ) -> bool {
+        let Some(stx) = st.server.get(skey) else {
+            return false;
+        };
+        let failover = routing::failover_of(env.cfg, stx.set);
+        // A cancelled request, an in-dialog one (no set) or one out of attempts stays put.
+        let may_move = stx.state == SState::Proceeding
+            && !stx.cancelled
+            && stx.set.is_some()
+            && (stx.tried.len() as u32) < failover.max_attempts;
+        match fault {
+            Fault::Backend(code) => {
+                if !(may_move && failover.fails_over_on(code)) {
+                    return false;
+                }
+                if let Some((d, _)) = dest {
+                    d.request_failed();
+                    tracing::info!(dest = %d.uri, code, "failover after reply");
+                }
+            }
+            Fault::Timeout => {
+                if let Some((d, _)) = dest
+                    && failover.mark_down_on_timeout
+                {
+                    if d.is_up() {
+                        tracing::warn!(dest = %d.uri, "destination did not answer, marked down");
+                    }
+                    d.mark_down();
+                }
+                if !may_move {
+                    return false;
+                }
+            }
+            Fault::Caller(_) | Fault::Internal(_) => return false,
+        }
+        self.try_next(st, env, skey, out)
     }
 
     /// Moves the request to the next destination of its set. False when none is left.
@@ -304,7 +357,6 @@ impl Core {
         id: Option<u64>,
         out: &mut Vec<Action>,
     ) {
-        let cfg = env.cfg;
         let mut st = self.lock();
         let Some(ctx) = st.client.get(key) else {
             return;
@@ -327,42 +379,25 @@ impl Core {
         let Some(skey) = ctx.server.clone() else {
             return;
         };
-        let failover = {
-            let Some(stx) = st.server.get(&skey) else {
-                return;
-            };
-            routing::failover_of(cfg, stx.set)
-        };
-        if let Some((d, _)) = &ctx.dest {
-            if ctx.invite {
-                d.call_ended();
-            }
-            if failover.mark_down_on_timeout {
-                if d.is_up() {
-                    tracing::warn!(dest = %d.uri, "destination did not answer, marked down");
-                }
-                d.mark_down();
-            }
-        }
-        let Some(stx) = st.server.get(&skey) else {
-            return;
-        };
-        if stx.state != SState::Proceeding {
+        if !st.server.map.contains_key(&skey) {
             return;
         }
-        let cancelled = stx.cancelled;
-        if !cancelled
-            && stx.set.is_some()
-            && (stx.tried.len() as u32) < failover.max_attempts
-            && self.try_next(&mut st, env, &skey, out)
+        if ctx.invite
+            && let Some((d, _)) = &ctx.dest
         {
+            d.call_ended();
+        }
+        if self.backend_fault(&mut st, env, &skey, ctx.dest.as_ref(), Fault::Timeout, out) {
             return;
         }
         let Some(stx) = st.server.get_mut(&skey) else {
             return;
         };
+        if stx.state != SState::Proceeding {
+            return;
+        }
         let Some(req) = stx.req.clone() else { return };
-        let a = if cancelled {
+        let a = if stx.cancelled {
             Answer::new(487, "Request Terminated")
         } else {
             Answer::new(408, "Request Timeout")

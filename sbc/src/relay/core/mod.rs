@@ -10,6 +10,7 @@
 
 mod branch;
 mod client;
+mod fault;
 mod server;
 #[cfg(test)]
 mod tests;
@@ -29,10 +30,11 @@ use crate::pipeline::{Pipeline, RequestContext};
 use crate::relay::Local;
 use crate::sip::build;
 use crate::sip::{HeaderName, Message};
-use crate::telemetry::{Metrics, ResponseOrigin, TransactionKind};
+use crate::telemetry::{InternalError, Metrics, ResponseOrigin, TransactionKind};
 use crate::transport::Peer;
 
 pub use branch::{BRANCH_PREFIX, fnv, loop_hash, push_hex};
+pub use fault::Fault;
 pub use server::Incoming;
 pub use timer::Timer;
 
@@ -359,6 +361,12 @@ impl Core {
         b.extend_from_slice(b"kS");
         push_hex(&mut b, fnv(self.salt, &[msg.call_id().unwrap_or(b"")]));
         b
+    }
+
+    /// A failure of our own: counted by name (`sbc_internal_errors_total`) and logged.
+    fn internal(&self, e: InternalError) {
+        tracing::warn!(fault = %Fault::Internal(e), "internal error");
+        self.metrics.internal_error(e);
     }
 
     /// The bytes of a local answer to `req`.

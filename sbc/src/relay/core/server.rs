@@ -10,9 +10,9 @@ use bytes::Bytes;
 use kubesbc_crds::config::Transport;
 
 use super::branch::{self, loop_hash, server_key};
-use super::{Action, Answer, Core, Env, SState, ServerTx, State, Timer, WAIT, arm, send};
+use super::{Action, Answer, Core, Env, Fault, SState, ServerTx, State, Timer, WAIT, arm, send};
 use crate::pipeline::{Admission, Pipeline, RequestContext, Verdict};
-use crate::sanity::View;
+use crate::sanity::{Reject, View};
 use crate::sip::build::{self, RequestEdits};
 use crate::sip::{Message, Method};
 use crate::telemetry::ResponseOrigin;
@@ -57,19 +57,14 @@ impl Core {
         let view = match sanity::view(&msg) {
             Ok(v) => v,
             Err(r) => {
-                tracing::debug!(code = r.code, reason = r.reason, from = %peer.addr, "request refused");
-                if msg.method() != Some(Method::Ack) {
-                    self.reply(&msg, peer, Answer::new(r.code, r.reason), out);
-                }
+                self.caller_fault(&msg, peer, r, out);
                 return None;
             }
         };
         let method = view.method;
         let loop_hash = loop_hash(&msg, &view);
         if sanity::is_loop(&msg, loop_hash, env.local) {
-            if method != Method::Ack {
-                self.reply(&msg, peer, Answer::new(482, "Loop Detected"), out);
-            }
+            self.caller_fault(&msg, peer, Reject::new(482, "Loop Detected"), out);
             return None;
         }
         match method {
@@ -120,6 +115,14 @@ impl Core {
             loop_hash,
             nat,
         })
+    }
+
+    /// The caller's fault: it gets the 4xx (never for an ACK, which has no answer).
+    fn caller_fault(&self, msg: &Message, peer: Peer, r: Reject, out: &mut Vec<Action>) {
+        tracing::debug!(fault = %Fault::Caller(r), from = %peer.addr, "request refused");
+        if msg.method() != Some(Method::Ack) {
+            self.reply(msg, peer, Answer::new(r.code, r.reason), out);
+        }
     }
 
     /// Marks a request as being in the policy stages: its retransmissions are absorbed
