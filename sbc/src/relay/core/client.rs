@@ -9,7 +9,9 @@ use kubesbc_crds::config::Transport;
 
 use super::branch::client_cancel_key;
 use super::server::linger;
-use super::{Action, Answer, ClientTx, Core, Env, Fault, SState, State, Timer, arm, send};
+use super::{
+    Action, Answer, ClientTx, Core, Env, Fault, SState, ServerTx, State, Timer, arm, send,
+};
 use crate::dispatch::Destination;
 use crate::dispatch::probe::PingOutcome;
 use crate::routing;
@@ -97,11 +99,21 @@ impl Core {
         let Some(ctx) = st.client.get(branch) else {
             return;
         };
-        let Ok(sent) = Message::parse(ctx.data.clone(), usize::MAX) else {
-            self.internal(InternalError::OwnRequestUnreadable);
-            return;
+        let stx = ctx.server.as_ref().and_then(|k| st.server.get(k));
+        let data = match stx.and_then(|s| Some((s, s.req.as_ref()?))) {
+            Some((stx, req)) => {
+                let via = env.local.via_value(ctx.to.transport, branch);
+                relayed(stx, req, &via).cancel()
+            }
+            None => {
+                let Ok(sent) = Message::parse(ctx.data.clone(), usize::MAX) else {
+                    self.internal(InternalError::OwnRequestUnreadable);
+                    return;
+                };
+                build::cancel_for(&sent)
+            }
         };
-        let data = Bytes::from(build::cancel_for(&sent));
+        let data = Bytes::from(data);
         let to = ctx.to;
         let key = client_cancel_key(branch);
         let tx = ClientTx {
@@ -138,9 +150,10 @@ impl Core {
             branch.to_vec()
         };
         let cfg = env.cfg;
-        let mut st = self.lock();
+        let mut guard = self.lock();
+        let st = &mut *guard;
         let Some(ctx) = st.client.get_mut(&key) else {
-            drop(st);
+            drop(guard);
             // No transaction (a retransmitted or forked 2xx, or a late reply): forward
             // statelessly along the Via path.
             if let Some(to) = nat::second_via_target(&msg) {
@@ -180,7 +193,7 @@ impl Core {
             }
             if ctx.cancel_pending {
                 ctx.cancel_pending = false;
-                self.start_cancel(&mut st, env, &key, out);
+                self.start_cancel(st, env, &key, out);
                 return;
             }
             if code == 100 {
@@ -220,13 +233,25 @@ impl Core {
                 d.call_ended();
             }
             if code >= 300 {
-                match Message::parse(ctx.data.clone(), usize::MAX) {
-                    Ok(sent) => {
-                        let ack = Bytes::from(build::ack_for(&sent, &msg));
-                        ctx.ack = Some(ack.clone());
-                        send(ctx.to, ack, out);
+                let stx = ctx.server.as_ref().and_then(|k| st.server.get(k));
+                let ack = match stx.and_then(|s| Some((s, s.req.as_ref()?))) {
+                    Some((stx, req)) => {
+                        let via = env.local.via_value(ctx.to.transport, &key);
+                        Some(relayed(stx, req, &via).ack(&msg))
                     }
-                    Err(_) => self.internal(InternalError::OwnRequestUnreadable),
+                    // The caller already has its answer (timer C): read back what we sent.
+                    None => match Message::parse(ctx.data.clone(), usize::MAX) {
+                        Ok(sent) => Some(build::ack_for(&sent, &msg)),
+                        Err(_) => {
+                            self.internal(InternalError::OwnRequestUnreadable);
+                            None
+                        }
+                    },
+                };
+                if let Some(ack) = ack {
+                    let ack = Bytes::from(ack);
+                    ctx.ack = Some(ack.clone());
+                    send(ctx.to, ack, out);
                 }
                 // Timer D.
                 let d = linger(ctx.to.transport);
@@ -254,14 +279,7 @@ impl Core {
             return;
         }
         if code >= 300
-            && self.backend_fault(
-                &mut st,
-                env,
-                &skey,
-                dest.as_ref(),
-                Fault::Backend(code),
-                out,
-            )
+            && self.backend_fault(st, env, &skey, dest.as_ref(), Fault::Backend(code), out)
         {
             return;
         }
@@ -516,5 +534,15 @@ impl Core {
             token: Some(branch),
             resp: (ResponseOrigin::Relayed, 0),
         });
+    }
+}
+
+/// How the request of `stx` went out, from the request itself and our edits.
+fn relayed<'a>(stx: &'a ServerTx, req: &'a Message, via: &'a [u8]) -> build::Relayed<'a> {
+    build::Relayed {
+        original: req,
+        via,
+        drop_routes: stx.drop_routes,
+        max_forwards: stx.mf.saturating_sub(1),
     }
 }

@@ -30,6 +30,17 @@ fn a_cancel_after_a_provisional_goes_downstream_at_once() {
     assert_eq!(o.only_to(CALLER).line(), "SIP/2.0 200 OK");
     let cancel = o.only_to(A).clone();
     assert_eq!(cancel.line(), "CANCEL sip:bob@127.0.0.1:5060 SIP/2.0");
+    assert_eq!(top_branch(&cancel.data), top_branch(&fwd.data));
+    assert_eq!(
+        cancel.header("Max-Forwards"),
+        Some("69"),
+        "as the INVITE we sent"
+    );
+    assert_eq!(
+        cancel.header("To"),
+        Some("<sip:bob@127.0.0.1>"),
+        "the INVITE's To"
+    );
     // The 200 to our CANCEL is absorbed.
     assert!(h.answer(&cancel, 200, "OK", Some("t1")).sent.is_empty());
 }
