@@ -213,19 +213,21 @@ impl Relay {
     fn on_request(&self, msg: Message, peer: Peer) {
         let mut out = Vec::with_capacity(4);
         let now = Instant::now();
-        let Some(incoming) =
-            self.with_env(now, |core, env| core.on_request(env, msg, peer, &mut out))
-        else {
+        // With no stage configured, the request is admitted in the same pass (one load of the
+        // configuration, one of the identity).
+        let Some(incoming) = self.with_env(now, |core, env| {
+            let incoming = core.on_request(env, msg, peer, &mut out)?;
+            let pipeline = self.pipeline.load();
+            if !pipeline.is_empty() {
+                return Some(incoming);
+            }
+            let (v, a) = (Verdict::Continue, Admission::default());
+            core.admit(env, incoming, v, a, &pipeline, &mut out);
+            None
+        }) else {
             return self.apply(&mut out);
         };
         let pipeline = self.pipeline.load_full();
-        if pipeline.is_empty() {
-            self.with_env(now, |core, env| {
-                let v = Verdict::Continue;
-                core.admit(env, incoming, v, Admission::default(), &pipeline, &mut out);
-            });
-            return self.apply(&mut out);
-        }
         // Poll the stages once here: with the in-memory store they decide at once and the
         // request is routed without leaving the receive loop. Only a stage that waits (a Redis
         // round trip) sends the rest of the work to a task.

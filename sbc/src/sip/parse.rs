@@ -3,6 +3,7 @@
 //! Record-Route, Max-Forwards, Call-ID, CSeq, Content-Length), so nothing else is decoded.
 
 use bytes::Bytes;
+use memchr::memchr;
 
 use super::Method;
 
@@ -364,10 +365,6 @@ pub fn find_headers_end(buf: &[u8]) -> Option<(usize, usize)> {
         i = next;
     }
     None
-}
-
-fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
-    hay.iter().position(|&b| b == needle)
 }
 
 fn trim(buf: &[u8], mut s: usize, mut e: usize) -> (usize, usize) {
