@@ -6,6 +6,7 @@ mod cancel;
 mod failover;
 mod invite;
 mod non_invite;
+mod probe;
 mod stateless;
 
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use kubesbc_crds::config::{
 
 use super::{Action, Core, Env, Timer};
 use crate::dispatch::Dispatcher;
+use crate::dispatch::probe::PingOutcome;
 use crate::pipeline::{Admission, BoxFuture, Pipeline, RequestContext, Stage, Verdict};
 use crate::relay::Local;
 use crate::sip::Message;
@@ -71,6 +73,8 @@ pub struct Out {
     pub finals: Vec<u16>,
     pub dialog_ends: usize,
     pub armed: Vec<Timer>,
+    /// Probes that ended: id and outcome.
+    pub probed: Vec<(u64, PingOutcome)>,
 }
 
 impl Out {
@@ -194,7 +198,7 @@ impl Harness {
                     pipeline.dialog_end(&req, &cx);
                     out.dialog_ends += 1;
                 }
-                Action::Probed { .. } => {}
+                Action::Probed { id, outcome } => out.probed.push((id, outcome)),
             }
         }
         out
@@ -272,6 +276,7 @@ impl Harness {
             all.finals.extend(o.finals);
             all.dialog_ends += o.dialog_ends;
             all.armed.extend(o.armed);
+            all.probed.extend(o.probed);
         }
         self.now = end;
         all
@@ -279,6 +284,23 @@ impl Harness {
 
     pub fn ms(&mut self, ms: u64) -> Out {
         self.advance(Duration::from_millis(ms))
+    }
+
+    /// An OPTIONS probe of the sbc's own to the first destination, with `id`.
+    pub fn probe(&mut self, id: u64, timeout: Duration) -> Out {
+        let table = self.core.dispatcher().table();
+        let dest = table.sets()[0].destinations()[0].clone();
+        let mut actions = Vec::new();
+        let env = self.env();
+        self.core.probe(
+            &env,
+            &dest,
+            "sip:probe@127.0.0.1",
+            timeout,
+            id,
+            &mut actions,
+        );
+        self.collect(actions)
     }
 
     /// (server, client) transactions open.
