@@ -1,5 +1,6 @@
-//! kubesbc's SIP proxy. Modules follow the request pipeline of DESIGN.md:
-//! transport -> sanity -> (guard, auth, throttle) -> dispatch -> relay, with config, store,
+//! kubesbc's SIP proxy. Modules follow the request pipeline of docs/architecture.md:
+//! transport -> sip (parse) -> sanity -> relay::core (server side) -> guard -> auth ->
+//! throttle -> nat -> routing (+ dispatch) -> relay::core (client side), with config, store,
 //! telemetry and admin beside it.
 #![forbid(unsafe_code)]
 
@@ -10,9 +11,11 @@ pub mod discovery;
 pub mod dispatch;
 pub mod guard;
 pub mod media;
+pub mod nat;
 pub mod pipeline;
 pub mod relay;
 pub mod reload;
+pub mod routing;
 pub mod sanity;
 pub mod sip;
 pub mod store;

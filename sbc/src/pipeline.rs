@@ -1,5 +1,5 @@
-//! The policy stages between sanity and routing (DESIGN.md steps 3 to 5: guard, auth,
-//! throttle). Each stage looks at a request and decides: go on, answer with a status, or drop.
+//! The policy stages between sanity and routing (docs/architecture.md steps 5 to 7: guard,
+//! auth, throttle). Each stage looks at a request and decides: go on, answer with a status, or drop.
 //! Stages may wait on the shared store, so the relay runs them off the receive loop and only
 //! when at least one is configured: with none, requests never leave the fast path.
 

@@ -1,7 +1,10 @@
-//! Request sanity checks (Kamailio's `sanity` and `maxfwd`): what a request must carry before
-//! the proxy spends anything on it. Each failure names the status and reason the caller gets.
+//! The sanity stage: what a request must carry before the proxy spends anything on it
+//! (Kamailio's `sanity` and `maxfwd`), and loop detection. Each failure names the status and
+//! reason the caller gets.
 
-use crate::sip::uri::{Uri, Via};
+use crate::relay::Local;
+use crate::relay::core::{BRANCH_PREFIX, push_hex};
+use crate::sip::uri::{self, Uri, Via};
 use crate::sip::{HeaderName, Message, Method};
 
 /// A request refused with a status and a reason phrase.
@@ -14,21 +17,51 @@ pub struct Reject {
     pub reason: &'static str,
 }
 
+impl Reject {
+    /// A refusal with this status and reason.
+    pub const fn new(code: u16, reason: &'static str) -> Reject {
+        Reject { code, reason }
+    }
+}
+
 const fn reject(code: u16, reason: &'static str) -> Reject {
-    Reject { code, reason }
+    Reject::new(code, reason)
+}
+
+/// What the later stages read of a request, taken from the parsed message once here so
+/// that nothing parses the top Via, CSeq or tags again.
+#[derive(Debug, Clone, Copy)]
+pub struct View<'a> {
+    /// The method.
+    pub method: Method,
+    /// Max-Forwards as received (70 when absent).
+    pub max_forwards: u32,
+    /// The topmost Via.
+    pub via: Via<'a>,
+    /// The CSeq number.
+    pub cseq: u32,
+    /// The From tag (empty when missing: RFC 2543 peers).
+    pub from_tag: &'a [u8],
+    /// The To tag: a request with one belongs to a dialog.
+    pub to_tag: Option<&'a [u8]>,
 }
 
 /// Checks a parsed request and returns the Max-Forwards it carries (70 when absent).
 pub fn check_request(msg: &Message) -> Result<u32, Reject> {
+    view(msg).map(|v| v.max_forwards)
+}
+
+/// Checks a parsed request and returns the view of it the stages read.
+pub fn view(msg: &Message) -> Result<View<'_>, Reject> {
     let method = msg.method().unwrap_or(Method::Other);
     let top_via = msg.top_via().ok_or(reject(400, "Missing Via"))?;
-    Via::parse(msg.slice(top_via)).ok_or(reject(400, "Bad Via"))?;
-    if msg.header(HeaderName::From).is_none() {
-        return Err(reject(400, "Missing From"));
-    }
-    if msg.header(HeaderName::To).is_none() {
-        return Err(reject(400, "Missing To"));
-    }
+    let via = Via::parse(msg.slice(top_via)).ok_or(reject(400, "Bad Via"))?;
+    let from = msg
+        .header_value(HeaderName::From)
+        .ok_or(reject(400, "Missing From"))?;
+    let to = msg
+        .header_value(HeaderName::To)
+        .ok_or(reject(400, "Missing To"))?;
     match msg.call_id() {
         None => return Err(reject(400, "Missing Call-ID")),
         Some([]) => return Err(reject(400, "Bad Call-ID")),
@@ -37,7 +70,7 @@ pub fn check_request(msg: &Message) -> Result<u32, Reject> {
     if msg.header(HeaderName::CSeq).is_none() {
         return Err(reject(400, "Missing CSeq"));
     }
-    let (_, cseq_method) = msg.cseq().ok_or(reject(400, "Bad CSeq"))?;
+    let (cseq, cseq_method) = msg.cseq().ok_or(reject(400, "Bad CSeq"))?;
     if cseq_method != msg.method_token() {
         return Err(reject(400, "CSeq Method Mismatch"));
     }
@@ -59,7 +92,31 @@ pub fn check_request(msg: &Message) -> Result<u32, Reject> {
     if max_forwards == 0 && method != Method::Ack {
         return Err(reject(483, "Too Many Hops"));
     }
-    Ok(max_forwards)
+    Ok(View {
+        method,
+        max_forwards,
+        via,
+        cseq,
+        from_tag: uri::tag(from).unwrap_or(b""),
+        to_tag: uri::tag(to),
+    })
+}
+
+/// Whether the request already passed this sbc (RFC 3261 section 16.3 item 4): a Via of
+/// ours whose branch carries the same loop hash (see [`crate::relay::core::loop_hash`]).
+/// A spiral (the same request changed on the way, another hash) is no loop.
+pub fn is_loop(msg: &Message, hash: u64, local: &Local) -> bool {
+    let mut want = Vec::with_capacity(16);
+    push_hex(&mut want, hash);
+    msg.values(HeaderName::Via).any(|v| {
+        Via::parse(msg.slice(v)).is_some_and(|via| {
+            local.is_us(via.host, via.port)
+                && via.branch().is_some_and(|b| {
+                    b.strip_prefix(BRANCH_PREFIX)
+                        .is_some_and(|rest| rest.starts_with(&want))
+                })
+        })
+    })
 }
 
 #[cfg(test)]

@@ -76,6 +76,26 @@ impl ParseErrorKind {
     }
 }
 
+/// A failure that is the sbc's own fault (a bug or a broken invariant), for the `error` label
+/// of `sbc_internal_errors_total`: the caller got 500, or the step was skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum InternalError {
+    /// A request we relayed could not be read back to write its CANCEL or ACK.
+    OwnRequestUnreadable,
+}
+
+impl InternalError {
+    /// Every error, in label order.
+    pub const ALL: [InternalError; 1] = [InternalError::OwnRequestUnreadable];
+
+    /// The value of the `error` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            InternalError::OwnRequestUnreadable => "own_request_unreadable",
+        }
+    }
+}
+
 /// Why a message was dropped without an answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DropReason {
@@ -259,6 +279,7 @@ pub struct Metrics {
     transactions_client: IntGauge,
     parse_errors: [IntCounter; ParseErrorKind::ALL.len()],
     dropped: [IntCounter; DropReason::ALL.len()],
+    internal_errors: [IntCounter; InternalError::ALL.len()],
     bytes: [[IntCounter; 2]; TRANSPORTS.len()],
     messages: [[IntCounter; 2]; TRANSPORTS.len()],
     connections: [IntGauge; TRANSPORTS.len()],
@@ -369,6 +390,14 @@ impl Metrics {
         )?;
         let dropped = resolve(&dropped, |i| vec![DropReason::ALL[i].label()]);
 
+        let internal = counter_vec(
+            r,
+            "sbc_internal_errors_total",
+            "Failures that are the sbc's own fault, by error.",
+            &["error"],
+        )?;
+        let internal_errors = resolve(&internal, |i| vec![InternalError::ALL[i].label()]);
+
         let bytes = counter_vec(
             r,
             "sbc_transport_bytes_total",
@@ -429,6 +458,7 @@ impl Metrics {
             transactions_client,
             parse_errors,
             dropped,
+            internal_errors,
             bytes,
             messages,
             connections,
@@ -504,6 +534,11 @@ impl Metrics {
     #[inline]
     pub fn parse_error(&self, kind: ParseErrorKind) {
         self.parse_errors[kind as usize].inc();
+    }
+
+    /// A failure of the sbc's own.
+    pub fn internal_error(&self, e: InternalError) {
+        self.internal_errors[e as usize].inc();
     }
 
     /// A message was dropped without an answer.

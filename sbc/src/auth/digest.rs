@@ -143,22 +143,28 @@ pub struct Credentials<'a> {
     pub cnonce: Option<&'a [u8]>,
 }
 
-/// Parses `Digest k=v, k="v", ...`. None when it is not Digest or lacks a required field.
-/// Quoted values are returned without their quotes; escapes are kept as written.
-pub fn parse_credentials(v: &[u8]) -> Option<Credentials<'_>> {
+/// The `k=v` list after `Digest `, or None when `v` is not Digest credentials.
+fn digest_params(v: &[u8]) -> Option<DigestParams<'_>> {
     let v = v.trim_ascii_start();
     let scheme = v.get(..6)?;
     if !scheme.eq_ignore_ascii_case(b"digest") || !v.get(6).is_some_and(u8::is_ascii_whitespace) {
         return None;
     }
-    let mut rest = &v[6..];
-    let mut c = Credentials::default();
-    // Every turn consumes at least one byte, so the loop ends.
-    loop {
-        rest = rest.trim_ascii_start();
-        let Some(eq) = rest.iter().position(|b| *b == b'=') else {
-            break;
-        };
+    Some(DigestParams { rest: &v[6..] })
+}
+
+/// The `name=value` pairs of Digest credentials; quoted values come without their quotes.
+struct DigestParams<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for DigestParams<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    // Every call consumes at least one byte or ends, so iterating ends.
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut rest = self.rest.trim_ascii_start();
+        let eq = rest.iter().position(|b| *b == b'=')?;
         let name = rest[..eq].trim_ascii();
         rest = rest[eq + 1..].trim_ascii_start();
         let value;
@@ -177,32 +183,44 @@ pub fn parse_credentials(v: &[u8]) -> Option<Credentials<'_>> {
             rest = &rest[end..];
         }
         rest = rest.trim_ascii_start();
-        rest = rest.strip_prefix(b",").unwrap_or(rest);
-        let slot = match name.to_ascii_lowercase().as_slice() {
-            b"username" => &mut c.username,
-            b"realm" => &mut c.realm,
-            b"nonce" => &mut c.nonce,
-            b"uri" => &mut c.uri,
-            b"response" => &mut c.response,
-            b"algorithm" => {
-                c.algorithm = Some(value);
-                continue;
-            }
-            b"qop" => {
-                c.qop = Some(value);
-                continue;
-            }
-            b"nc" => {
-                c.nc = Some(value);
-                continue;
-            }
-            b"cnonce" => {
-                c.cnonce = Some(value);
-                continue;
-            }
-            _ => continue,
-        };
-        *slot = value;
+        self.rest = rest.strip_prefix(b",").unwrap_or(rest);
+        Some((name, value))
+    }
+}
+
+/// The `username` of Digest credentials, whatever else they carry (the dispatcher hashes
+/// on it; [`parse_credentials`] is for checking them).
+pub fn username(v: &[u8]) -> Option<&[u8]> {
+    digest_params(v)?
+        .find(|(n, _)| n.eq_ignore_ascii_case(b"username"))
+        .map(|(_, v)| v)
+}
+
+/// Parses `Digest k=v, k="v", ...`. None when it is not Digest or lacks a required field.
+/// Quoted values are returned without their quotes; escapes are kept as written.
+pub fn parse_credentials(v: &[u8]) -> Option<Credentials<'_>> {
+    let mut c = Credentials::default();
+    for (name, value) in digest_params(v)? {
+        let lower = |n: &[u8]| name.eq_ignore_ascii_case(n);
+        if lower(b"username") {
+            c.username = value;
+        } else if lower(b"realm") {
+            c.realm = value;
+        } else if lower(b"nonce") {
+            c.nonce = value;
+        } else if lower(b"uri") {
+            c.uri = value;
+        } else if lower(b"response") {
+            c.response = value;
+        } else if lower(b"algorithm") {
+            c.algorithm = Some(value);
+        } else if lower(b"qop") {
+            c.qop = Some(value);
+        } else if lower(b"nc") {
+            c.nc = Some(value);
+        } else if lower(b"cnonce") {
+            c.cnonce = Some(value);
+        }
     }
     if c.username.is_empty() || c.nonce.is_empty() || c.response.is_empty() {
         return None;

@@ -1,5 +1,5 @@
-//! The auth stage (DESIGN.md step 4): digest authentication of REGISTER and initial INVITE
-//! (RFC 7616, RFC 2617, RFC 8760) against ha1 credentials in the store.
+//! The auth stage (docs/architecture.md, step 6): digest authentication of REGISTER and
+//! initial INVITE (RFC 7616, RFC 2617, RFC 8760) against ha1 credentials in the store.
 //!
 //! Nonces are signed with the secret all replicas share (see [`digest::NonceKey`]), so a
 //! challenge from one replica is answered at any other, and a challenge costs no store

@@ -1,4 +1,4 @@
-//! The guard stage (DESIGN.md step 3): who may talk to the sbc at all.
+//! The guard stage (docs/architecture.md, step 5): who may talk to the sbc at all.
 //!
 //! In order, for every request the relay hands the stages:
 //! 0. **Proxy-Require** ([`extensions`]): an extension required of proxies gets

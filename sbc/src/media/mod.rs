@@ -1,5 +1,5 @@
-//! Media anchoring through rtpengine (DESIGN.md step 9), as a library. **Not in the call path
-//! yet**: the sbc refuses a configuration with a `media` section (see
+//! Media anchoring through rtpengine (docs/architecture.md: planned, issue 12), as a library.
+//! **Not in the call path yet**: the sbc refuses a configuration with a `media` section (see
 //! [`crate::config::refuse_unwired`]) until the pipeline's media stage calls [`Anchor`].
 //!
 //! - [`bencode`]: the ng protocol's encoding, decoding bounded for untrusted input.

@@ -5,26 +5,11 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+pub use super::core::Timer;
+
 /// Resolution of the wheel. SIP timers are hundreds of milliseconds and up.
 pub const TICK: Duration = Duration::from_millis(10);
 const SLOTS: usize = 4096;
-
-/// A transaction timer: which transaction (map key and id) and what to do.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Timer {
-    /// Retransmit a request over UDP (timers A and E).
-    ClientRetransmit(Vec<u8>, u64),
-    /// No (final, for non-INVITE) reply in time: fail over or answer 408 (fr_timer, B, F).
-    ClientNoReply(Vec<u8>, u64),
-    /// An INVITE rang too long: cancel it (fr_inv_timer, C).
-    ClientRing(Vec<u8>, u64),
-    /// Forget a completed client transaction (timers D and K).
-    ClientExpire(Vec<u8>, u64),
-    /// Retransmit a final non-2xx response over UDP until the ACK (timer G).
-    ServerRetransmit(Vec<u8>, u64),
-    /// Forget a server transaction (timers H, I, J, L).
-    ServerExpire(Vec<u8>, u64),
-}
 
 struct Inner {
     slots: Vec<Vec<(u64, Timer)>>,

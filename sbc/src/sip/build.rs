@@ -299,6 +299,79 @@ pub fn cancel_for(invite: &Message) -> Vec<u8> {
     out
 }
 
+/// A request as we relayed it, told by what it was made from: the received request and the
+/// edits. Enough to write its CANCEL and the ACK for a non-2xx without parsing what we sent.
+#[derive(Debug, Clone, Copy)]
+pub struct Relayed<'a> {
+    /// The request as received.
+    pub original: &'a Message,
+    /// Our Via value on it.
+    pub via: &'a [u8],
+    /// The leading Route values we removed.
+    pub drop_routes: usize,
+    /// The Max-Forwards we wrote.
+    pub max_forwards: u32,
+}
+
+impl Relayed<'_> {
+    /// `METHOD Request-URI`, our Via, then the original's lines of `keep`, its Route values
+    /// left after ours, and Max-Forwards.
+    fn head(&self, method: &str, keep: &[HeaderName]) -> Vec<u8> {
+        let m = self.original;
+        let mut out = Vec::with_capacity(512);
+        out.extend_from_slice(method.as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(m.request_uri());
+        out.extend_from_slice(b" SIP/2.0\r\nVia: ");
+        out.extend_from_slice(self.via);
+        out.extend_from_slice(b"\r\n");
+        for h in m.headers.iter().filter(|h| keep.contains(&h.name)) {
+            out.extend_from_slice(m.slice(h.line));
+        }
+        let mut routes = m
+            .headers
+            .iter()
+            .filter(|h| h.name == HeaderName::Route)
+            .flat_map(|h| split_values(m.bytes(), h.value))
+            .skip(self.drop_routes)
+            .peekable();
+        if routes.peek().is_some() {
+            out.extend_from_slice(b"Route: ");
+            for (i, r) in routes.enumerate() {
+                if i > 0 {
+                    out.extend_from_slice(b", ");
+                }
+                out.extend_from_slice(m.slice(r));
+            }
+            out.extend_from_slice(b"\r\n");
+        }
+        let _ = write!(out, "Max-Forwards: {}\r\n", self.max_forwards);
+        out
+    }
+
+    /// The CANCEL for it (RFC 3261 section 9.1), as [`cancel_for`] writes from the bytes.
+    pub fn cancel(&self) -> Vec<u8> {
+        let keep = [HeaderName::From, HeaderName::To, HeaderName::CallId];
+        let mut out = self.head("CANCEL", &keep);
+        let n = self.original.cseq().map_or(0, |(n, _)| n);
+        let _ = write!(out, "CSeq: {n} CANCEL\r\nContent-Length: 0\r\n\r\n");
+        out
+    }
+
+    /// The hop-by-hop ACK for a non-2xx `response` to it (RFC 3261 section 17.1.1.3), as
+    /// [`ack_for`] writes from the bytes.
+    pub fn ack(&self, response: &Message) -> Vec<u8> {
+        let keep = [HeaderName::From, HeaderName::CallId];
+        let mut out = self.head("ACK", &keep);
+        if let Some(to) = response.header(HeaderName::To) {
+            out.extend_from_slice(response.slice(to.line));
+        }
+        let n = self.original.cseq().map_or(0, |(n, _)| n);
+        let _ = write!(out, "CSeq: {n} ACK\r\nContent-Length: 0\r\n\r\n");
+        out
+    }
+}
+
 /// A response to a request that could not be parsed: the Via, From, To, Call-ID and CSeq
 /// lines found by a plain line scan are copied, so the caller can still match it.
 pub fn raw_response(buf: &[u8], code: u16, reason: &str) -> Vec<u8> {
@@ -434,5 +507,55 @@ Content-Length: 3\r\n\r\nabc"
         assert!(out.contains("CSeq: 7 INVITE\r\n"));
         let trying = String::from_utf8(local_response(&m, 100, "Trying", b"t1", &[])).unwrap();
         assert!(trying.contains("To: <sip:bob@b>\r\n"));
+    }
+
+    #[test]
+    fn cancel_and_ack_from_the_original_match_those_read_back_from_what_was_sent() {
+        let req = parse(REQ);
+        let via = b"SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKkSx";
+        let edits = RequestEdits {
+            via,
+            drop_routes: 1,
+            max_forwards: 69,
+            ..Default::default()
+        };
+        let sent = parse(std::str::from_utf8(&relay_request(&req, &edits)).unwrap());
+        let r = Relayed {
+            original: &req,
+            via,
+            drop_routes: 1,
+            max_forwards: 69,
+        };
+        let resp = parse(
+            "SIP/2.0 486 Busy\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKkSx\r\nTo: <sip:bob@b>;tag=t9\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n\r\n",
+        );
+        for (ours, theirs) in [
+            (r.cancel(), cancel_for(&sent)),
+            (r.ack(&resp), ack_for(&sent, &resp)),
+        ] {
+            let (a, b) = (
+                parse(std::str::from_utf8(&ours).unwrap()),
+                parse(std::str::from_utf8(&theirs).unwrap()),
+            );
+            assert_eq!(a.method_token(), b.method_token());
+            assert_eq!(a.request_uri(), b.request_uri());
+            for name in [
+                HeaderName::Via,
+                HeaderName::From,
+                HeaderName::To,
+                HeaderName::CallId,
+                HeaderName::CSeq,
+                HeaderName::MaxForwards,
+            ] {
+                assert_eq!(a.header_value(name), b.header_value(name), "{name:?}");
+            }
+            let routes = |m: &Message| -> Vec<Vec<u8>> {
+                m.values(HeaderName::Route)
+                    .map(|v| m.slice(v).to_vec())
+                    .collect()
+            };
+            assert_eq!(routes(&a), routes(&b));
+            assert_eq!(routes(&a), vec![b"<sip:10.1.1.1;lr>".to_vec()]);
+        }
     }
 }

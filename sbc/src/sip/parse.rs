@@ -3,6 +3,7 @@
 //! Record-Route, Max-Forwards, Call-ID, CSeq, Content-Length), so nothing else is decoded.
 
 use bytes::Bytes;
+use memchr::memchr;
 
 use super::Method;
 
@@ -364,10 +365,6 @@ pub fn find_headers_end(buf: &[u8]) -> Option<(usize, usize)> {
         i = next;
     }
     None
-}
-
-fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
-    hay.iter().position(|&b| b == needle)
 }
 
 fn trim(buf: &[u8], mut s: usize, mut e: usize) -> (usize, usize) {
@@ -732,92 +729,4 @@ pub fn split_values(buf: &[u8], value: Span) -> impl Iterator<Item = Span> + '_ 
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn msg(s: &str) -> Result<Message, ParseError> {
-        Message::parse(Bytes::copy_from_slice(s.as_bytes()), 65535)
-    }
-
-    const INVITE: &str = "INVITE sip:bob@example.com SIP/2.0\r\n\
-Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK1, SIP/2.0/TCP 10.0.0.2;branch=z9hG4bK2\r\n\
-v: SIP/2.0/UDP 10.0.0.3;branch=z9hG4bK3\r\n\
-From: \"A, B\" <sip:alice@example.com>;tag=1\r\n\
-To: <sip:bob@example.com>\r\n\
-Call-ID: abc@host\r\n\
-CSeq: 1 INVITE\r\n\
-Subject: folded\r\n  continued\r\n\
-Content-Length: 4\r\n\r\nbodyEXTRA";
-
-    #[test]
-    fn parses_request_headers_and_body() {
-        let m = msg(INVITE).unwrap();
-        assert_eq!(m.method(), Some(Method::Invite));
-        assert_eq!(m.request_uri(), b"sip:bob@example.com");
-        assert_eq!(m.call_id(), Some(&b"abc@host"[..]));
-        assert_eq!(m.cseq(), Some((1, &b"INVITE"[..])));
-        assert_eq!(m.body(), b"body");
-        let vias: Vec<_> = m
-            .values(HeaderName::Via)
-            .map(|s| m.slice(s).to_vec())
-            .collect();
-        assert_eq!(vias.len(), 3);
-        assert_eq!(vias[1], b"SIP/2.0/TCP 10.0.0.2;branch=z9hG4bK2");
-        let subj = m.header_value_named("subject").unwrap();
-        assert!(subj.starts_with(b"folded") && subj.ends_with(b"continued"));
-        let from: Vec<_> = m.values(HeaderName::From).collect();
-        assert_eq!(from.len(), 1, "comma inside quotes does not split");
-    }
-
-    #[test]
-    fn parses_response() {
-        let m = msg("SIP/2.0 180 Ringing\r\nCall-ID: x\r\n\r\n").unwrap();
-        assert_eq!(m.code(), Some(180));
-        assert!(m.body().is_empty());
-    }
-
-    #[test]
-    fn defects_are_classified() {
-        let cases = [
-            ("\x00\x01garbage", ParseError::Garbage),
-            ("hello world\r\n\r\n", ParseError::Garbage),
-            (
-                "INVITE sip:a SIP/3.0\r\nCall-ID: x\r\n\r\n",
-                ParseError::BadVersion,
-            ),
-            (
-                "INVITE sip:a SIP/2.0\r\nContent-Length: x\r\n\r\n",
-                ParseError::BadContentLength,
-            ),
-            (
-                "INVITE sip:a SIP/2.0\r\nContent-Length: 10\r\n\r\nshort",
-                ParseError::BadContentLength,
-            ),
-            (
-                "INVITE sip:a SIP/2.0\r\nno colon here\r\n\r\n",
-                ParseError::BadHeader,
-            ),
-            (
-                "INVITE sip:a SIP/2.0\r\nCall-ID: x\r\n",
-                ParseError::Truncated,
-            ),
-            ("SIP/2.0 99 Low\r\n\r\n", ParseError::BadStatus),
-        ];
-        for (text, want) in cases {
-            assert_eq!(msg(text).unwrap_err(), want, "{text:?}");
-        }
-        let many = format!(
-            "OPTIONS sip:a SIP/2.0\r\n{}\r\n",
-            "X-A: 1\r\n".repeat(MAX_HEADERS + 1)
-        );
-        assert_eq!(msg(&many).unwrap_err(), ParseError::TooManyHeaders);
-    }
-
-    #[test]
-    fn never_panics_on_prefixes() {
-        // Every prefix of a valid message parses or fails cleanly.
-        for n in 0..INVITE.len() {
-            let _ = Message::parse(Bytes::copy_from_slice(&INVITE.as_bytes()[..n]), 65535);
-        }
-    }
-}
+mod tests;

@@ -1,5 +1,5 @@
-//! The throttle stage (DESIGN.md step 5): TenantThrottle limits by a header, shared by every
-//! replica through the store.
+//! The throttle stage (docs/architecture.md, step 7): TenantThrottle limits by a header,
+//! shared by every replica through the store.
 //!
 //! Per request, all counters a decision needs (of every throttle) are updated and read in one
 //! store batch (one round trip), then the decision is taken; counts of a refused request are given back
