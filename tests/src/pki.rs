@@ -135,7 +135,12 @@ const CLIENT_EXT: &str = "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,
 impl Pki {
     /// Makes the whole PKI in `dir` (a few hundred milliseconds of openssl).
     pub fn new(dir: &TempDir) -> Pki {
-        let d = dir.path().join("pki");
+        Pki::new_in(dir, "pki")
+    }
+
+    /// Makes a PKI of its own in the subdirectory `name` (a second one, for rotations).
+    pub fn new_in(dir: &TempDir, name: &str) -> Pki {
+        let d = dir.path().join(name);
         std::fs::create_dir_all(&d).expect("create pki dir");
         make_ca(&d, "ca", "kubesbc e2e test CA");
         make_ca(&d, "other-ca", "some other CA");
@@ -176,9 +181,139 @@ impl TlsExchange {
     }
 }
 
-/// Connects to `addr` with `openssl s_client` (verifying the server against `ca`, SNI
-/// `localhost`, presenting `client` when given), writes `request` and returns what came back
-/// within `timeout`. s_client is stopped by PID.
+/// An `openssl s_client` connection kept open: what the server sends is collected as it
+/// arrives. Stopped by PID on drop.
+#[derive(Debug)]
+pub struct SClient {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    out: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+    err: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+fn collect(
+    r: Option<impl std::io::Read + Send + 'static>,
+    into: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let Some(mut r) = r else { return };
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = r.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            if let Ok(mut o) = into.lock() {
+                o.extend_from_slice(&chunk[..n]);
+            }
+        }
+    })
+}
+
+impl SClient {
+    /// Connects to `addr` (verifying the server against `ca`, SNI `localhost`, presenting
+    /// `client` when given).
+    pub fn connect(
+        addr: std::net::SocketAddr,
+        ca: &Path,
+        client: Option<(&Path, &Path)>,
+    ) -> SClient {
+        use std::process::Stdio;
+        assert!(addr.ip().is_loopback(), "only loopback targets");
+        let mut cmd = Command::new("openssl");
+        cmd.args([
+            "s_client",
+            "-quiet",
+            "-verify_return_error",
+            "-servername",
+            "localhost",
+        ])
+        .arg("-connect")
+        .arg(addr.to_string())
+        .arg("-CAfile")
+        .arg(ca);
+        if let Some((cert, key)) = client {
+            cmd.arg("-cert").arg(cert).arg("-key").arg(key);
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run openssl s_client: {e}"));
+        let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let err = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let readers = vec![
+            collect(child.stdout.take(), out.clone()),
+            collect(child.stderr.take(), err.clone()),
+        ];
+        SClient {
+            stdin: child.stdin.take(),
+            child,
+            out,
+            readers,
+            err,
+        }
+    }
+
+    /// Writes `bytes` to the connection (-quiet implies -ign_eof: stdin stays open).
+    pub fn send(&mut self, bytes: &[u8]) {
+        use std::io::Write as _;
+        if let Some(w) = self.stdin.as_mut() {
+            let _ = w.write_all(bytes);
+            let _ = w.flush();
+        }
+    }
+
+    /// What the server sent so far.
+    pub fn received(&self) -> String {
+        self.out
+            .lock()
+            .map(|o| String::from_utf8_lossy(&o).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Waits until the server has sent `n` SIP status lines, or s_client ended, or `timeout`
+    /// passed.
+    pub fn wait_responses(&mut self, n: usize, timeout: std::time::Duration) {
+        let _ = crate::wait_for(timeout, || {
+            let got = self.received().matches("SIP/2.0 ").count();
+            let ended = self.child.try_wait().ok().flatten().is_some();
+            (got >= n || ended).then_some(())
+        });
+    }
+
+    /// Stops s_client and returns what it got.
+    pub fn finish(mut self) -> TlsExchange {
+        self.stop();
+        TlsExchange {
+            stdout: self.received(),
+            stderr: self
+                .err
+                .lock()
+                .map(|o| String::from_utf8_lossy(&o).into_owned())
+                .unwrap_or_default(),
+        }
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.stdin = None;
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+    }
+}
+
+impl Drop for SClient {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Connects to `addr` with `openssl s_client` (see [`SClient::connect`]), writes `request`
+/// and returns what came back within `timeout`.
 pub fn openssl_exchange(
     addr: std::net::SocketAddr,
     ca: &Path,
@@ -186,86 +321,8 @@ pub fn openssl_exchange(
     request: &[u8],
     timeout: std::time::Duration,
 ) -> TlsExchange {
-    use std::io::{Read as _, Write as _};
-    use std::process::Stdio;
-    assert!(addr.ip().is_loopback(), "only loopback targets");
-    let mut cmd = Command::new("openssl");
-    cmd.args([
-        "s_client",
-        "-quiet",
-        "-verify_return_error",
-        "-servername",
-        "localhost",
-    ])
-    .arg("-connect")
-    .arg(addr.to_string())
-    .arg("-CAfile")
-    .arg(ca);
-    if let Some((cert, key)) = client {
-        cmd.arg("-cert").arg(cert).arg("-key").arg(key);
-    }
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run openssl s_client: {e}"));
-    // Kept open until the end: -quiet implies -ign_eof, and the server's answer is read below.
-    let mut stdin = child.stdin.take();
-    if let Some(w) = stdin.as_mut() {
-        let _ = w.write_all(request);
-        let _ = w.flush();
-    }
-    let read_all = |r: Option<Box<dyn std::io::Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut s = Vec::new();
-            if let Some(mut r) = r {
-                let _ = r.read_to_end(&mut s);
-            }
-            String::from_utf8_lossy(&s).into_owned()
-        })
-    };
-    let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
-    let out_reader = {
-        let out = out.clone();
-        let stdout = child.stdout.take();
-        std::thread::spawn(move || {
-            let Some(mut r) = stdout else { return };
-            let mut chunk = [0u8; 4096];
-            while let Ok(n) = r.read(&mut chunk) {
-                if n == 0 {
-                    break;
-                }
-                if let Ok(mut o) = out.lock() {
-                    o.extend_from_slice(&chunk[..n]);
-                }
-            }
-        })
-    };
-    let err_reader = read_all(
-        child
-            .stderr
-            .take()
-            .map(|e| Box::new(e) as Box<dyn std::io::Read + Send>),
-    );
-    let answered = |o: &std::sync::Mutex<Vec<u8>>| {
-        o.lock()
-            .map(|o| o.windows(4).any(|w| w == b"\r\n\r\n"))
-            .unwrap_or(false)
-    };
-    let _ = crate::wait_for(timeout, || {
-        (answered(&out) || child.try_wait().ok().flatten().is_some()).then_some(())
-    });
-    let _ = child.kill();
-    let _ = child.wait();
-    drop(stdin);
-    let _ = out_reader.join();
-    let stdout = out
-        .lock()
-        .map(|o| String::from_utf8_lossy(&o).into_owned())
-        .unwrap_or_default();
-    TlsExchange {
-        stdout,
-        stderr: err_reader.join().unwrap_or_default(),
-    }
+    let mut c = SClient::connect(addr, ca, client);
+    c.send(request);
+    c.wait_responses(1, timeout);
+    c.finish()
 }

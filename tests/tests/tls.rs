@@ -284,3 +284,91 @@ fn mtls_accepts_a_good_client_certificate_and_refuses_missing_or_unknown_ones() 
     );
     assert_eq!(again.status_line(), Some("SIP/2.0 200 OK"), "{again:?}");
 }
+
+/// The listener's certificate files are replaced (a rotated Secret): new connections get the
+/// new certificate within a few seconds, and a connection opened before keeps working.
+#[test]
+fn rotated_certificate_files_apply_to_new_connections_and_keep_open_ones() {
+    if !tools() {
+        return;
+    }
+    let dir = TempDir::new("tls-rotate");
+    let (old, new) = (Pki::new_in(&dir, "old"), Pki::new_in(&dir, "new"));
+    let uas = start_backend(&dir, "uas", "uas.xml", SippTransport::Udp);
+    let cert = dir.path().join("tls.crt");
+    let key = dir.path().join("tls.key");
+    let copy = |from: &std::path::Path, to: &std::path::Path| {
+        std::fs::copy(from, to).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
+    };
+    copy(&old.server_cert, &cert);
+    copy(&old.server_key, &key);
+    let tls_port = free_port();
+    let proxy = Proxy::start(
+        &dir,
+        &ProxyOptions {
+            destinations: vec![DispatcherDest::local(uas.port(), false)],
+            extra_sbc_args: vec![
+                "--listen".into(),
+                format!("tls:127.0.0.1:{tls_port}"),
+                "--tls-cert".into(),
+                s(&cert),
+                "--tls-key".into(),
+                s(&key),
+            ],
+            ..ProxyOptions::default()
+        },
+    );
+    let addr = loopback(tls_port);
+    let options = || {
+        let any = SipClient::udp(addr);
+        RequestBuilder::new("OPTIONS", &format!("sip:{addr};transport=tls"), &any)
+            .set(
+                "Via",
+                &format!(
+                    "SIP/2.0/TLS 127.0.0.1:5061;branch=z9hG4bK{};rport",
+                    kubesbc_e2e::sip::token()
+                ),
+            )
+            .build()
+    };
+    let wait = Duration::from_secs(4);
+    let mut open = pki::SClient::connect(addr, &old.ca, None);
+    open.send(&options());
+    open.wait_responses(1, wait);
+    assert!(
+        open.received().starts_with("SIP/2.0 200"),
+        "{}",
+        open.received()
+    );
+
+    // The key first, then the certificate, as a Secret update may land.
+    copy(&new.server_key, &key);
+    copy(&new.server_cert, &cert);
+    let rotated = kubesbc_e2e::wait_for(Duration::from_secs(10), || {
+        openssl_exchange(addr, &new.ca, None, &options(), wait)
+            .status_line()
+            .map(str::to_owned)
+    });
+    assert_eq!(
+        rotated.as_deref(),
+        Some("SIP/2.0 200 OK"),
+        "no new connection got the new certificate:\n{}",
+        proxy.log_tail()
+    );
+    let stale = openssl_exchange(addr, &old.ca, None, &options(), wait);
+    assert_eq!(
+        stale.status_line(),
+        None,
+        "old certificate still served: {stale:?}"
+    );
+    proxy.wait_logged("certificate files changed", Duration::from_secs(1));
+
+    open.send(&options());
+    open.wait_responses(2, wait);
+    assert_eq!(
+        open.received().matches("SIP/2.0 200").count(),
+        2,
+        "the connection opened before the rotation: {}",
+        open.received()
+    );
+}

@@ -204,3 +204,56 @@ fn text_and_binary_messages_and_crlf_keepalives() {
         (op::TEXT, &b"\r\n"[..])
     );
 }
+
+/// A ws listener configured with `path: /ws` and `allowedOrigins` (from a config file):
+/// another path gets 404, another Origin 403, and the right path from the right origin is
+/// upgraded and served.
+#[test]
+fn configured_path_and_allowed_origins_are_enforced() {
+    if !e2e_tools() || !sbc_only() {
+        return;
+    }
+    let dir = TempDir::new("ws-path");
+    let (udp, ws_port, admin) = (free_port(), free_port(), loopback(free_port()));
+    let cfg = dir.write(
+        "sbc.yaml",
+        &format!(
+            "listeners:\n  - transport: udp\n    address: 127.0.0.1:{udp}\n  - transport: ws\n    \
+             address: 127.0.0.1:{ws_port}\n    path: /ws\n    allowedOrigins: [https://app.example.com]\n\
+             admin:\n  address: {admin}\n"
+        ),
+    );
+    let _proxy = Proxy::start_sbc(
+        &dir,
+        &["--config".to_owned(), cfg.display().to_string()],
+        udp,
+        admin,
+    );
+    let ws = loopback(ws_port);
+    let with_origin = |path: &str, origin: &str| {
+        upgrade_request(ws, path, Some("sip")).trim_end().to_owned()
+            + &format!("\r\nOrigin: {origin}\r\n\r\n")
+    };
+    let cases = [
+        (
+            "another path",
+            with_origin("/", "https://app.example.com"),
+            404,
+        ),
+        (
+            "another origin",
+            with_origin("/ws", "https://evil.example.net"),
+            403,
+        ),
+        ("no origin", upgrade_request(ws, "/ws", Some("sip")), 403),
+        (
+            "the path and origin",
+            with_origin("/ws?x=1", "https://app.example.com"),
+            101,
+        ),
+    ];
+    for (name, req, want) in cases {
+        let head = http_exchange(ws, &req).unwrap_or_else(|| panic!("{name}: no HTTP answer"));
+        assert_eq!(head.status, want, "{name}: {}", head.text);
+    }
+}
