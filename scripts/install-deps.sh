@@ -2,7 +2,7 @@
 # Install the system packages kubesbc's tests, demo and benchmark need (Debian/Ubuntu).
 #
 #   ./scripts/install-deps.sh                 # test + demo tools
-#   ./scripts/install-deps.sh --with-kamailio # also Kamailio (bench/compare.sh, KUBESBC_E2E_PROXY=kamailio)
+#   ./scripts/install-deps.sh --with-kamailio # accepted for old scripts: Kamailio is always installed now
 #
 # Idempotent: asks dpkg what is missing and, only if something is, runs `apt-get update` once
 # and `apt-get install -y` for the missing packages. Runs as root, or through sudo otherwise.
@@ -12,11 +12,18 @@ set -euo pipefail
 # sip-tester = sipp; redis-server for the store tests; jq for reading JSON; sysstat (pidstat),
 # iproute2 (ss), util-linux (taskset), procps (kill), python3 for the bench; a C toolchain for
 # crates with C parts (ring); rtpengine-daemon for the media tests (started by the tests
-# themselves, in userspace on loopback).
-packages=(sip-tester redis-server jq sysstat iproute2 util-linux procps python3 build-essential pkg-config ca-certificates rtpengine-daemon shellcheck)
+# themselves, in userspace on loopback); kamailio with its TLS module and openssl for the TLS
+# tests (Kamailio as a TLS backend and client, a PKI made by the test, s_client for mTLS), and
+# for bench/compare.sh and KUBESBC_E2E_PROXY=kamailio.
+packages=(sip-tester redis-server jq sysstat iproute2 util-linux procps python3 build-essential pkg-config ca-certificates rtpengine-daemon shellcheck kamailio kamailio-tls-modules openssl)
+# Node and npm for the WebSocket client tests (JsSIP, sip.js): only when missing, since a
+# Node installed from elsewhere (with its own npm) conflicts with Debian's npm package.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  packages+=(nodejs npm)
+fi
 for arg in "$@"; do
   case "$arg" in
-    --with-kamailio) packages+=(kamailio);;
+    --with-kamailio) ;;
     -h|--help) sed -n '2,10p' "$0"; exit 0;;
     *) echo "install-deps: unknown option $arg" >&2; exit 2;;
   esac
@@ -35,8 +42,19 @@ for p in "${packages[@]}"; do
   fi
 done
 
+# The npm packages of tests/js (package-lock.json pins them); after the system packages.
+npm_ci() {
+  local js
+  js="$(dirname "$(readlink -f "$0")")/../tests/js"
+  if [[ ! -f "$js/node_modules/.package-lock.json" ]]; then
+    echo "install-deps: npm ci in tests/js"
+    (cd "$js" && npm ci --no-audit --no-fund)
+  fi
+}
+
 if [[ ${#missing[@]} -eq 0 ]]; then
   echo "install-deps: all present (${packages[*]})"
+  npm_ci
   exit 0
 fi
 
@@ -59,4 +77,10 @@ if [[ " ${missing[*]} " == *" rtpengine-daemon "* ]] && [[ -d /run/systemd/syste
   "${SUDO[@]}" systemctl disable --now rtpengine-daemon.service || true
   echo "install-deps: disabled the packaged rtpengine-daemon service (the tests start their own)"
 fi
+# Like rtpengine, the packaged Kamailio may start a system instance (port 5060); the tests
+# start their own on ephemeral ports.
+if [[ " ${missing[*]} " == *" kamailio "* ]] && [[ -d /run/systemd/system ]]; then
+  "${SUDO[@]}" systemctl disable --now kamailio.service || true
+fi
+npm_ci
 echo "install-deps: done"

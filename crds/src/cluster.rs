@@ -211,6 +211,10 @@ impl PullPolicy {
 /// One SIP listener.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!has(self.path) || self.transport == 'ws' || self.transport == 'wss'", "message": "only ws and wss listeners take a path"},
+    {"rule": "!has(self.allowedOrigins) || self.transport == 'ws' || self.transport == 'wss'", "message": "only ws and wss listeners take allowedOrigins"}
+]))]
 pub struct ListenerSpec {
     /// Transport.
     pub transport: Transport,
@@ -226,6 +230,16 @@ pub struct ListenerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 261), regex(pattern = r"^[^\s;]+$"))]
     pub advertise: Option<String>,
+    /// ws/wss only: the HTTP path the WebSocket upgrade must ask for (`/ws`). Absent: any
+    /// path, as Kamailio accepts it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256), regex(pattern = r"^/[^\s?]*$"))]
+    pub path: Option<String>,
+    /// ws/wss only: the `Origin` values a browser may upgrade from
+    /// (`https://app.example.com`). Empty: any origin, and requests without one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub allowed_origins: Vec<String>,
 }
 
 /// The SIP Service.

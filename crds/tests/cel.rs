@@ -132,6 +132,23 @@ fn sbc_cluster_cross_field_rules() {
     tls["spec"]["tls"] = json!({"secretName": "sbc-cert"});
     assert!(broken("SbcCluster", &tls).is_empty());
 
+    // path and allowedOrigins belong to WebSocket listeners.
+    let mut ws = base.clone();
+    ws["spec"]["listeners"] = json!([
+        {"transport": "ws", "port": 8080, "path": "/ws", "allowedOrigins": ["https://app.example.com"]}
+    ]);
+    assert!(broken("SbcCluster", &ws).is_empty());
+    ws["spec"]["listeners"] = json!([
+        {"transport": "udp", "port": 5060, "path": "/ws", "allowedOrigins": ["https://app.example.com"]}
+    ]);
+    assert_eq!(
+        broken("SbcCluster", &ws),
+        [
+            "only ws and wss listeners take a path",
+            "only ws and wss listeners take allowedOrigins"
+        ]
+    );
+
     let mut twice = base;
     twice["spec"]["listeners"] =
         json!([{"transport": "udp", "port": 5060}, {"transport": "udp", "port": 5060}]);

@@ -720,7 +720,8 @@ pub fn render_config(inputs: Inputs<'_>) -> Result<SbcConfig, RenderError> {
                     .advertise
                     .clone()
                     .or_else(|| load_balancer_advertise(cluster, inputs.lookups)),
-                ..Listener::default()
+                path: l.path.clone(),
+                allowed_origins: l.allowed_origins.clone(),
             })
         })
         .collect::<Result<Vec<_>, RenderError>>()?;

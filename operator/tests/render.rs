@@ -104,6 +104,8 @@ fn examples_render_a_config_the_sbc_accepts() {
     assert_eq!(parsed.throttles[0].tenants["acme"].burst, Some(100));
     assert_eq!(parsed.throttles[0].response.code, 429);
     assert_eq!(parsed.listeners.len(), 3);
+    // The ws listener's path reaches the sbc (an upgrade elsewhere gets 404).
+    assert_eq!(parsed.listeners[2].path.as_deref(), Some("/ws"));
     assert_eq!(parsed.admin.address.port(), 9090);
 }
 

@@ -10,13 +10,17 @@
 #![forbid(unsafe_code)]
 
 pub mod http;
+pub mod kamailio;
 pub mod kubeapi;
+pub mod node;
+pub mod pki;
 pub mod proxy;
 pub mod redis;
 pub mod rtpengine;
 pub mod sip;
 pub mod sipp;
 pub mod testbed;
+pub mod ws;
 
 use std::collections::HashSet;
 use std::io::Write as _;

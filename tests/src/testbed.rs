@@ -158,6 +158,18 @@ impl<'a> TestbedBuilder<'a> {
         self
     }
 
+    /// Further arguments for the sbc (more `--listen`, TLS files).
+    pub fn sbc_args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.opts
+            .extra_sbc_args
+            .extend(args.into_iter().map(Into::into));
+        self
+    }
+
     /// Runs the sbc with `--config` of this YAML (written to `sbc.yaml` in the directory).
     pub fn config(mut self, yaml: &str) -> Self {
         self.config = Some(yaml.to_owned());

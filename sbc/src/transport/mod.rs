@@ -6,6 +6,7 @@
 mod tcp;
 pub mod tls;
 mod ws;
+pub mod ws_rules;
 
 pub use tcp::{Frame, next_frame};
 pub use tls::TlsError;
@@ -162,7 +163,11 @@ impl Transports {
                     tcp_listeners.push((l.transport, bind_tcp(l).await?));
                 }
                 Transport::Ws | Transport::Wss => {
-                    ws_listeners.push((l.transport, bind_tcp(l).await?, ws::UpgradeRules::of(l)));
+                    ws_listeners.push((
+                        l.transport,
+                        bind_tcp(l).await?,
+                        ws_rules::UpgradeRules::of(l),
+                    ));
                 }
             }
         }

@@ -1,9 +1,10 @@
 //! SIP over WebSocket (RFC 7118), plain (ws) and over TLS (wss), with tokio-tungstenite.
 //!
-//! The HTTP upgrade is checked here, before any WebSocket framing: a required path (404
-//! otherwise; any path when none is configured, as Kamailio accepts it), an Origin allow-list
-//! (403), `Sec-WebSocket-Protocol: sip` (400 without it: the upgrade never happens), and a
-//! plain HTTP request gets `426 Upgrade Required` instead of a hang. After the upgrade every
+//! The HTTP upgrade is read here and decided by [`super::ws_rules::decide`], before any
+//! WebSocket framing: a required path (404 otherwise; any path when none is configured, as
+//! Kamailio accepts it), an Origin allow-list (403), `Sec-WebSocket-Protocol: sip` (400
+//! without it: the upgrade never happens), and a plain HTTP request gets `426 Upgrade
+//! Required` instead of a hang. After the upgrade every
 //! WebSocket message (text or binary) is one SIP message; RFC 6455 violations close the
 //! connection with their close code (1002 protocol error, 1007 invalid UTF-8, 1009 too big)
 //! without touching other connections. The sbc pings every connection and closes one that
@@ -16,17 +17,18 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
-use kubesbc_crds::config::{Limits, Listener, Transport};
+use kubesbc_crds::config::{Limits, Transport};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use super::tcp::{HANDSHAKE_TIMEOUT, admit, release};
 use super::tls::TlsServer;
+use super::ws_rules::{Upgrade, UpgradeRules, close_code, decide, is_keepalive, ws_config};
 use super::{ConnCounts, Flow, FlowId, FlowTable, Inbound, Peer, next_flow};
 
 /// Messages queued towards one connection before new ones are dropped.
@@ -35,24 +37,6 @@ const QUEUE: usize = 1024;
 const MAX_REQUEST_BYTES: usize = 8192;
 /// How often an idle connection is pinged.
 const PING_EVERY: Duration = Duration::from_secs(30);
-
-/// What one ws/wss listener accepts.
-#[derive(Debug, Clone, Default)]
-pub(super) struct UpgradeRules {
-    /// The path the upgrade must ask for; any path when absent.
-    pub path: Option<String>,
-    /// Allowed `Origin` values; any (or none) when empty.
-    pub origins: Vec<String>,
-}
-
-impl UpgradeRules {
-    pub(super) fn of(l: &Listener) -> UpgradeRules {
-        UpgradeRules {
-            path: l.path.clone(),
-            origins: l.allowed_origins.clone(),
-        }
-    }
-}
 
 /// The WebSocket connections of every ws and wss listener.
 pub(super) struct WsSide {
@@ -155,14 +139,6 @@ impl WsSide {
         }
     }
 
-    fn ws_config(&self) -> WebSocketConfig {
-        let max = self.limits.max_message_bytes;
-        WebSocketConfig::default()
-            .max_message_size(Some(max))
-            .max_frame_size(Some(max))
-            .accept_unmasked_frames(false)
-    }
-
     /// Serves one upgraded connection until it closes.
     async fn serve<S>(
         self: Arc<Self>,
@@ -251,123 +227,6 @@ impl WsSide {
     }
 }
 
-/// CRLF keep-alives (a ping `\r\n\r\n`, a pong `\r\n`) carried in a WebSocket message.
-fn is_keepalive(data: &[u8]) -> bool {
-    !data.is_empty() && data.len() <= 4 && data.iter().all(|b| matches!(b, b'\r' | b'\n'))
-}
-
-/// The close code for a read error, or `None` when the connection is simply gone.
-fn close_code(e: &tungstenite::Error) -> Option<(CloseCode, &'static str)> {
-    use tungstenite::error::{CapacityError, Error, ProtocolError};
-    Some(match e {
-        Error::Utf8(_) => (CloseCode::Invalid, "invalid UTF-8 in a text message"),
-        // RFC 6455 section 5.2: the most significant bit of a 64-bit length MUST be 0.
-        Error::Capacity(CapacityError::MessageTooLong { size, .. })
-            if (*size as u64) >> 63 == 1 =>
-        {
-            (
-                CloseCode::Protocol,
-                "frame length with the most significant bit set",
-            )
-        }
-        Error::Capacity(_) => (CloseCode::Size, "message too big"),
-        Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => return None,
-        Error::Protocol(ProtocolError::UnmaskedFrameFromClient) => {
-            (CloseCode::Protocol, "unmasked frame from a client")
-        }
-        Error::Protocol(ProtocolError::NonZeroReservedBits) => (
-            CloseCode::Protocol,
-            "reserved bits set without an extension",
-        ),
-        Error::Protocol(ProtocolError::InvalidOpcode(_))
-        | Error::Protocol(ProtocolError::UnknownControlFrameType(_))
-        | Error::Protocol(ProtocolError::UnknownDataFrameType(_)) => {
-            (CloseCode::Protocol, "reserved opcode")
-        }
-        Error::Protocol(ProtocolError::ControlFrameTooBig)
-        | Error::Protocol(ProtocolError::FragmentedControlFrame) => {
-            (CloseCode::Protocol, "control frame too big or fragmented")
-        }
-        Error::Protocol(_) => (CloseCode::Protocol, "protocol error"),
-        _ => return None,
-    })
-}
-
-/// The decision on an HTTP upgrade request.
-#[derive(Debug, PartialEq, Eq)]
-pub(super) enum Upgrade {
-    /// Upgrade: the `Sec-WebSocket-Accept` value.
-    Accept(String),
-    /// Refuse with this status line and reason (sent as the body).
-    Refuse(&'static str, &'static str),
-}
-
-/// Decides on the request head `head` (complete, up to the blank line).
-pub(super) fn decide(head: &[u8], rules: &UpgradeRules) -> Upgrade {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(head) {
-        Ok(httparse::Status::Complete(_)) => {}
-        _ => return Upgrade::Refuse("400 Bad Request", "not an HTTP request"),
-    }
-    let get = |name: &str| {
-        req.headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| String::from_utf8_lossy(h.value).trim().to_owned())
-    };
-    let tokens = |name: &str| -> Vec<String> {
-        req.headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case(name))
-            .flat_map(|h| {
-                String::from_utf8_lossy(h.value)
-                    .split(',')
-                    .map(|t| t.trim().to_ascii_lowercase())
-                    .collect::<Vec<_>>()
-            })
-            .collect()
-    };
-    let path = req.path.unwrap_or("/");
-    let path = path.split('?').next().unwrap_or(path);
-    if let Some(want) = &rules.path
-        && path != want
-    {
-        return Upgrade::Refuse("404 Not Found", "no WebSocket endpoint at this path");
-    }
-    let upgrade = tokens("upgrade").iter().any(|t| t == "websocket");
-    let connection = tokens("connection").iter().any(|t| t == "upgrade");
-    if !upgrade || !connection {
-        return Upgrade::Refuse(
-            "426 Upgrade Required",
-            "this port speaks SIP over WebSocket (RFC 7118) only",
-        );
-    }
-    if req.method != Some("GET") {
-        return Upgrade::Refuse("400 Bad Request", "a WebSocket upgrade is a GET");
-    }
-    if get("sec-websocket-version").as_deref() != Some("13") {
-        return Upgrade::Refuse("426 Upgrade Required", "WebSocket version 13 required");
-    }
-    let Some(key) = get("sec-websocket-key").filter(|k| k.len() == 24) else {
-        return Upgrade::Refuse("400 Bad Request", "missing or invalid Sec-WebSocket-Key");
-    };
-    if !rules.origins.is_empty() {
-        let allowed =
-            get("origin").is_some_and(|o| rules.origins.iter().any(|a| a.eq_ignore_ascii_case(&o)));
-        if !allowed {
-            return Upgrade::Refuse("403 Forbidden", "origin not allowed");
-        }
-    }
-    if !tokens("sec-websocket-protocol").iter().any(|p| p == "sip") {
-        return Upgrade::Refuse(
-            "400 Bad Request",
-            "Sec-WebSocket-Protocol: sip is required (RFC 7118)",
-        );
-    }
-    Upgrade::Accept(tungstenite::handshake::derive_accept_key(key.as_bytes()))
-}
-
 /// Reads the request head; `Ok(None)` when the peer closed or sent too much.
 async fn read_head<S: AsyncRead + Unpin>(s: &mut S) -> std::io::Result<Option<(BytesMut, usize)>> {
     let mut buf = BytesMut::with_capacity(1024);
@@ -423,7 +282,7 @@ async fn handshake_and_serve<S>(
                 return;
             }
             let rest = buf.split_off(end).to_vec();
-            let cfg = side.ws_config();
+            let cfg = ws_config(&side.limits);
             let ws = WebSocketStream::from_partially_read(s, rest, Role::Server, Some(cfg)).await;
             side.serve(t, remote, ws, inbound).await;
         }
@@ -493,114 +352,5 @@ pub(super) async fn accept_loop(
             }
             release(&counts, remote);
         });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const UPGRADE: &str = "GET /ws HTTP/1.1\r\nHost: sbc\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: sip\r\nOrigin: https://app.example.com\r\n\r\n";
-
-    #[test]
-    fn upgrade_accepts_sip_on_any_path_by_default() {
-        assert_eq!(
-            decide(UPGRADE.as_bytes(), &UpgradeRules::default()),
-            Upgrade::Accept("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into())
-        );
-    }
-
-    #[test]
-    fn upgrade_refusals() {
-        let any = UpgradeRules::default();
-        let cases = [
-            (
-                UPGRADE.replace("Sec-WebSocket-Protocol: sip\r\n", ""),
-                "400 Bad Request",
-            ),
-            (
-                UPGRADE.replace("Protocol: sip", "Protocol: chat"),
-                "400 Bad Request",
-            ),
-            (
-                "GET / HTTP/1.1\r\nHost: sbc\r\n\r\n".to_owned(),
-                "426 Upgrade Required",
-            ),
-            (
-                UPGRADE.replace("Version: 13", "Version: 8"),
-                "426 Upgrade Required",
-            ),
-            ("\x16\x03\x01garbage\r\n\r\n".to_owned(), "400 Bad Request"),
-        ];
-        for (req, want) in cases {
-            match decide(req.as_bytes(), &any) {
-                Upgrade::Refuse(status, _) => assert_eq!(status, want, "{req}"),
-                other => panic!("{req}: {other:?}"),
-            }
-        }
-        let rules = UpgradeRules {
-            path: Some("/sip".into()),
-            origins: vec!["https://other.example.com".into()],
-        };
-        assert!(matches!(
-            decide(UPGRADE.as_bytes(), &rules),
-            Upgrade::Refuse("404 Not Found", _)
-        ));
-        let rules = UpgradeRules {
-            path: Some("/ws".into()),
-            origins: vec!["https://other.example.com".into()],
-        };
-        assert!(matches!(
-            decide(UPGRADE.as_bytes(), &rules),
-            Upgrade::Refuse("403 Forbidden", _)
-        ));
-        let rules = UpgradeRules {
-            path: Some("/ws".into()),
-            origins: vec!["https://app.example.com".into()],
-        };
-        assert!(matches!(
-            decide(UPGRADE.as_bytes(), &rules),
-            Upgrade::Accept(_)
-        ));
-    }
-
-    #[test]
-    fn close_codes() {
-        use tungstenite::error::{CapacityError, Error, ProtocolError};
-        let code = |e: Error| close_code(&e).map(|(c, _)| u16::from(c));
-        assert_eq!(
-            code(Error::Protocol(ProtocolError::UnmaskedFrameFromClient)),
-            Some(1002)
-        );
-        assert_eq!(
-            code(Error::Protocol(ProtocolError::NonZeroReservedBits)),
-            Some(1002)
-        );
-        assert_eq!(
-            code(Error::Protocol(ProtocolError::InvalidOpcode(3))),
-            Some(1002)
-        );
-        assert_eq!(
-            code(Error::Protocol(ProtocolError::ControlFrameTooBig)),
-            Some(1002)
-        );
-        assert_eq!(
-            code(Error::Capacity(CapacityError::MessageTooLong {
-                size: 70_000,
-                max_size: 65_535
-            })),
-            Some(1009)
-        );
-        assert_eq!(
-            code(Error::Capacity(CapacityError::MessageTooLong {
-                size: 1 << 63,
-                max_size: 65_535
-            })),
-            Some(1002)
-        );
-        assert_eq!(
-            code(Error::Protocol(ProtocolError::ResetWithoutClosingHandshake)),
-            None
-        );
     }
 }
