@@ -870,6 +870,8 @@ pub fn render_config(inputs: Inputs<'_>) -> Result<SbcConfig, RenderError> {
         }),
         scanners: Default::default(),
         backend_tls: None,
+        // The records' Redis stream defaults to the store's URL (mounted from the Secret).
+        observability: spec.observability.clone(),
     };
     config.validate().map_err(|e| {
         let (field, message) = match e {

@@ -10,6 +10,7 @@ pub mod discovery;
 pub mod dispatch;
 pub mod guard;
 pub mod media;
+pub mod observe;
 pub mod pipeline;
 pub mod relay;
 pub mod reload;
