@@ -12,8 +12,8 @@ set -euo pipefail
 # sip-tester = sipp; redis-server for the store tests; jq for reading JSON; sysstat (pidstat),
 # iproute2 (ss), util-linux (taskset), procps (kill), python3 for the bench; a C toolchain for
 # crates with C parts (ring); rtpengine-daemon for the media tests (started by the tests
-# themselves, in userspace on loopback).
-packages=(sip-tester redis-server jq sysstat iproute2 util-linux procps python3 build-essential pkg-config ca-certificates rtpengine-daemon shellcheck)
+# themselves, in userspace on loopback); sngrep (its HEP listener) and tshark for the HEP test.
+packages=(sip-tester redis-server jq sysstat iproute2 util-linux procps python3 build-essential pkg-config ca-certificates rtpengine-daemon shellcheck sngrep tshark)
 for arg in "$@"; do
   case "$arg" in
     --with-kamailio) packages+=(kamailio);;
@@ -50,6 +50,8 @@ else
 fi
 
 echo "install-deps: installing ${missing[*]}"
+# tshark asks whether non-root users may capture; the tests run tshark on files only.
+echo "wireshark-common wireshark-common/install-setuid boolean false" | "${SUDO[@]}" debconf-set-selections 2>/dev/null || true
 "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
 "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 # The package enables a system rtpengine (kernel table, iptables, ports 30000-40000, ng on
