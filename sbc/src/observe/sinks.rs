@@ -240,3 +240,66 @@ async fn post(authority: &str, path: &str, body: Bytes) -> Result<u16, String> {
         .await;
     Ok(status)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metric(r: &prometheus::Registry, name: &str, label: &str) -> f64 {
+        r.gather()
+            .iter()
+            .filter(|f| f.name() == name)
+            .flat_map(|f| f.get_metric().iter())
+            .filter(|m| m.get_label().iter().any(|l| l.value() == label))
+            .map(|m| m.get_counter().get_value())
+            .sum()
+    }
+
+    #[tokio::test]
+    async fn full_queues_drop_and_count_without_waiting() {
+        let r = prometheus::Registry::new();
+        let m = ObserveMetrics::new(&r).unwrap();
+        // Nothing listens on port 9 of loopback: every delivery fails.
+        let redis = RedisSink {
+            url: None,
+            cdr_stream: "c".into(),
+            registration_stream: "r".into(),
+            max_len: 10,
+            queue_size: 2,
+        };
+        let hook = WebhookSink {
+            url: "http://127.0.0.1:9/x".into(),
+            batch_size: 1,
+            flush_ms: 10,
+            attempts: 1,
+            timeout_ms: 100,
+            queue_size: 2,
+        };
+        let s = Sinks::start(
+            false,
+            Some((&redis, "redis://127.0.0.1:9/0".into())),
+            Some(&hook),
+            m,
+        )
+        .unwrap();
+        let started = std::time::Instant::now();
+        for i in 0..50 {
+            s.write(RecordKind::Cdr, format!("{{\"n\":{i}}}"));
+        }
+        assert!(
+            started.elapsed() < Duration::from_millis(50),
+            "writing waited"
+        );
+        // At most the queue and the batch in flight are not yet counted.
+        assert!(metric(&r, "sbc_observe_dropped_total", "webhook") >= 46.0);
+        assert!(metric(&r, "sbc_observe_dropped_total", "redis") >= 46.0);
+        // The rest fail delivery and are counted too.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while metric(&r, "sbc_observe_dropped_total", "webhook") < 50.0
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(metric(&r, "sbc_observe_dropped_total", "webhook"), 50.0);
+    }
+}
