@@ -90,6 +90,10 @@ impl Tap for ObserveTap {
         }
     }
 
+    fn wants_messages(&self) -> bool {
+        self.tx.is_some()
+    }
+
     fn tls_handshake_failed(&self) {
         self.tls_failures.inc();
     }

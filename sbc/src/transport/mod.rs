@@ -66,6 +66,10 @@ pub struct TapEvent {
 pub trait Tap: Send + Sync + 'static {
     /// A message was received or is being sent.
     fn tap(&self, event: TapEvent);
+    /// Whether [`Tap::tap`] wants messages at all (false: no event is built).
+    fn wants_messages(&self) -> bool {
+        true
+    }
     /// A TLS handshake (tls or wss listener) failed or timed out.
     fn tls_handshake_failed(&self) {}
 }
@@ -82,7 +86,9 @@ struct TapInbound {
 
 impl Inbound for TapInbound {
     fn on_message(&self, data: Bytes, peer: Peer) {
-        if let Some(t) = self.tap.load().as_ref() {
+        if let Some(t) = self.tap.load().as_ref()
+            && t.wants_messages()
+        {
             t.tap(TapEvent {
                 direction: crate::telemetry::Direction::In,
                 data: data.clone(),
@@ -349,6 +355,7 @@ impl Transports {
     pub fn send(&self, to: &Peer, data: Bytes, token: Option<Vec<u8>>, inbound: &Arc<dyn Inbound>) {
         if to.transport != Transport::Udp
             && let Some(t) = self.tap.load().as_ref()
+            && t.wants_messages()
         {
             t.tap(TapEvent {
                 direction: crate::telemetry::Direction::Out,
@@ -382,7 +389,9 @@ impl Transports {
             tracing::warn!(%to, "no UDP listener to send from");
             return;
         };
-        if let Some(t) = self.tap.load().as_ref() {
+        if let Some(t) = self.tap.load().as_ref()
+            && t.wants_messages()
+        {
             t.tap(TapEvent {
                 direction: crate::telemetry::Direction::Out,
                 data: data.clone(),
@@ -482,3 +491,7 @@ fn next_flow() -> FlowId {
 }
 
 type FlowTable = Mutex<HashMap<FlowId, Flow>>;
+
+#[cfg(test)]
+#[path = "tap_tests.rs"]
+mod tap_tests;
