@@ -232,8 +232,8 @@ pub fn start(cfg: &SbcConfig, registry: &Registry, ctx: Context) -> Result<Start
         locals: ctx.locals,
     };
     tokio::spawn(worker.run(rx));
-    match cfg.store.as_ref().zip(store_url) {
-        Some((s, url)) => match ::redis::Client::open(url.as_str()) {
+    if let Some((s, url)) = cfg.store.as_ref().zip(store_url) {
+        match ::redis::Client::open(url.as_str()) {
             Ok(client) => {
                 let prefix = s
                     .key_prefix
@@ -247,8 +247,7 @@ pub fn start(cfg: &SbcConfig, registry: &Registry, ctx: Context) -> Result<Start
                 ));
             }
             Err(e) => tracing::warn!(error = %e, "dialogs across replicas: store url unusable"),
-        },
-        None => {}
+        }
     }
     Ok(Started {
         tap: ObserveTap {
