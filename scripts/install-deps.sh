@@ -14,8 +14,9 @@ set -euo pipefail
 # crates with C parts (ring); rtpengine-daemon for the media tests (started by the tests
 # themselves, in userspace on loopback); kamailio with its TLS module and openssl for the TLS
 # tests (Kamailio as a TLS backend and client, a PKI made by the test, s_client for mTLS), and
-# for bench/compare.sh and KUBESBC_E2E_PROXY=kamailio.
-packages=(sip-tester redis-server jq sysstat iproute2 util-linux procps python3 build-essential pkg-config ca-certificates rtpengine-daemon shellcheck kamailio kamailio-tls-modules openssl)
+# for bench/compare.sh and KUBESBC_E2E_PROXY=kamailio; sngrep (its HEP listener) and tshark
+# for the HEP test.
+packages=(sip-tester redis-server jq sysstat iproute2 util-linux procps python3 build-essential pkg-config ca-certificates rtpengine-daemon shellcheck kamailio kamailio-tls-modules openssl sngrep tshark)
 # Node and npm for the WebSocket client tests (JsSIP, sip.js): only when missing, since a
 # Node installed from elsewhere (with its own npm) conflicts with Debian's npm package.
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
@@ -68,6 +69,8 @@ else
 fi
 
 echo "install-deps: installing ${missing[*]}"
+# tshark asks whether non-root users may capture; the tests run tshark on files only.
+echo "wireshark-common wireshark-common/install-setuid boolean false" | "${SUDO[@]}" debconf-set-selections 2>/dev/null || true
 "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
 "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 # The package enables a system rtpengine (kernel table, iptables, ports 30000-40000, ng on

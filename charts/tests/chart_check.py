@@ -7,6 +7,7 @@ final `N passed, N failed`; exits non-zero on any failure. `--update` rewrites m
 from __future__ import annotations
 
 import copy
+import json
 import os
 import sys
 import traceback
@@ -123,6 +124,7 @@ NON_DEFAULT = {
     # EXAMPLES_ELSEWHERE below checks that this combination is refused.
     "examples": {"enabled": False},
     "monitoring": {"podMonitor": {"enabled": True}, "prometheusRule": {"enabled": True},
+                   "grafanaDashboard": {"enabled": True},
                    "labels": {"release": "prometheus"}},
     "networkPolicy": {"enabled": True},
 }
@@ -269,6 +271,17 @@ def main():
                    for p in open_ports), open_ports
         assert not any(o["kind"] in ("PodMonitor", "PrometheusRule", "NetworkPolicy") for o in objects(default))
     check("monitoring and NetworkPolicies: admin port closed but to the operator and Prometheus", monitoring_and_policies)
+
+    def grafana_dashboard():
+        cms = [o for o in objects(nondefault) if o["kind"] == "ConfigMap"
+               and o["metadata"].get("labels", {}).get("grafana_dashboard") == "1"]
+        assert len(cms) == 1, cms
+        dash = json.loads(cms[0]["data"]["kubesbc.json"])
+        shipped = json.loads((CHART / "dashboards" / "kubesbc.json").read_text())
+        assert dash == shipped and dash["panels"], "the ConfigMap carries dashboards/kubesbc.json"
+        assert not any(o["kind"] == "ConfigMap" and o["metadata"].get("labels", {}).get("grafana_dashboard")
+                       for o in objects(default))
+    check("grafana dashboard ConfigMap (optional) carries dashboards/kubesbc.json", grafana_dashboard)
 
     def kinds(rendered):
         return sorted(o["kind"] for o in objects(rendered))

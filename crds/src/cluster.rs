@@ -125,6 +125,10 @@ pub struct SbcClusterSpec {
     /// Transaction timers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relay: Option<RelayConfig>,
+    /// HEPv3 to Homer, CDRs and registration events (the sbc.yaml `observability` section,
+    /// rendered as is; the records' Redis stream defaults to `spec.redis`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observability: Option<crate::observe::ObservabilityConfig>,
 }
 
 /// Where the sbc pods run and what they carry; every field goes to the pod template as is.

@@ -86,6 +86,9 @@ pub struct SbcConfig {
     /// certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend_tls: Option<crate::policy::BackendTlsConfig>,
+    /// HEPv3 capture, CDRs and registration events. Absent: none of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observability: Option<crate::observe::ObservabilityConfig>,
 }
 
 /// The guard's built-in scanner defence: requests whose User-Agent names a known SIP scanner
@@ -912,6 +915,9 @@ impl SbcConfig {
         }
         if let Some(m) = &self.media {
             m.validate("media")?;
+        }
+        if let Some(o) = &self.observability {
+            o.validate("observability")?;
         }
         if let Some(b) = &self.backend_tls
             && b.cert_file.is_some() != b.key_file.is_some()

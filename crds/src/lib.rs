@@ -5,6 +5,7 @@ pub mod access;
 pub mod cluster;
 pub mod config;
 pub mod dispatcher;
+pub mod observe;
 pub mod policy;
 pub mod status;
 pub mod throttle;

@@ -14,8 +14,8 @@ use kubesbc_crds::config::{
     AdminConfig, DispatcherConfig, DispatcherSetConfig, Listener, SbcConfig, StoreConfig, Transport,
 };
 use kubesbc_crds::policy::{
-    AccessListConfig, AccessRule, AuthConfig, HeaderValue, ServiceSource,
-    ThrottleConfig, TlsConfig, default_subscriber_prefix,
+    AccessListConfig, AccessRule, AuthConfig, HeaderValue, ServiceSource, ThrottleConfig,
+    TlsConfig, default_subscriber_prefix,
 };
 use kubesbc_crds::{AccessList, DispatcherSet, SbcCluster, TenantThrottle};
 use serde_json::json;
@@ -880,6 +880,8 @@ pub fn render_config(inputs: Inputs<'_>) -> Result<SbcConfig, RenderError> {
         }),
         scanners: Default::default(),
         backend_tls: None,
+        // The records' Redis stream defaults to the store's URL (mounted from the Secret).
+        observability: spec.observability.clone(),
     };
     config.validate().map_err(|e| {
         let (field, message) = match e {

@@ -774,3 +774,24 @@ fn secret_data_hash_follows_the_data_only() {
     let c = std::collections::BTreeMap::from([("kv".to_owned(), b"1".to_vec())]);
     assert_ne!(hash(&a), hash(&c));
 }
+
+#[test]
+fn observability_is_rendered_as_is_and_a_bad_collector_is_refused_naming_the_field() {
+    let mut w = World::new();
+    let obs: kubesbc_crds::observe::ObservabilityConfig = serde_saphyr::from_str(
+        "hep:\n  collectors: [\"udp:10.0.0.5:9060\"]\n  captureId: 9\nrecords:\n  redis: {}\n",
+    )
+    .expect("observability parses");
+    w.cluster.spec.observability = Some(obs.clone());
+    let r = render::render(w.inputs()).expect("renders");
+    let yaml = r.config_map.data.as_ref().expect("data")["sbc.yaml"].clone();
+    let parsed = SbcConfig::from_yaml(&yaml).expect("the sbc reads what the operator writes");
+    assert_eq!(parsed.observability, Some(obs));
+    assert!(yaml.contains("captureId: 9"), "{yaml}");
+
+    let e = refusal(|w| {
+        w.cluster.spec.observability =
+            serde_saphyr::from_str("hep:\n  collectors: [\"sctp:10.0.0.5:9060\"]\n").ok();
+    });
+    assert_eq!(e.field, "sbc.yaml observability.hep.collectors[0]");
+}

@@ -106,6 +106,7 @@ pub fn from_listeners(listeners: Vec<Listener>) -> Result<SbcConfig, LoadError> 
         tls: None,
         scanners: Default::default(),
         backend_tls: None,
+        observability: None,
     })
 }
 

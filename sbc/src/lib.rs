@@ -12,6 +12,7 @@ pub mod dispatch;
 pub mod guard;
 pub mod media;
 pub mod nat;
+pub mod observe;
 pub mod pipeline;
 pub mod relay;
 pub mod reload;

@@ -316,6 +316,7 @@ async fn run(
         "shared state store"
     );
     tls_server_names(&transports, &cfg).await;
+    let observe = sbc::observe::wire(&cfg, &metrics, &dispatcher, &transports)?;
     let reloader = live_sources(&cfg, source, overrides, api, &relay, &metrics).await?;
     let r = relay.clone();
     reloader.on_change(Box::new(move |c| r.set_pipeline(build_pipeline(c))));
@@ -336,6 +337,7 @@ async fn run(
         health: health.clone(),
         dispatcher: Arc::new(move || admin::dispatcher_listing(&d)),
         store: Some(store.clone()),
+        observe,
     };
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let server = AdminServer::bind(admin_addr).await?;

@@ -207,6 +207,12 @@ impl Reloader {
             // Keep describing what is bound.
             cfg.listeners = old.listeners.clone();
         }
+        if cfg.observability != old.observability {
+            tracing::warn!(
+                "configuration: observability changed; that needs a restart, the HEP collectors and record sinks in force stay"
+            );
+            cfg.observability = old.observability.clone();
+        }
         if cfg.admin.address != old.admin.address {
             tracing::warn!(
                 "configuration: admin.address changed; that needs a restart, the admin endpoint stays where it is"

@@ -568,6 +568,11 @@ impl Metrics {
         self.connections[transport_index(transport)].dec();
     }
 
+    /// Sets the open stream connections of a transport (sampled from the transports).
+    pub fn set_connections_open(&self, transport: Transport, open: usize) {
+        self.connections[transport_index(transport)].set(i64::try_from(open).unwrap_or(i64::MAX));
+    }
+
     /// A 2xx to an initial INVITE was relayed: a call was set up.
     #[inline]
     pub fn call_relayed(&self) {

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+mod stats;
+
 use super::{BanEntry, DestinationSnapshot, DispatcherSnapshot};
 
 /// The largest admin response accepted (a listing of thousands of destinations fits).
@@ -43,6 +45,25 @@ pub enum CtlCommand {
     },
     /// Readiness of the sbc (`/readyz`); exits with an error when not ready.
     Health,
+    /// Counters and gauges grouped by subsystem, as `kamctl stats` prints them (an optional
+    /// group, e.g. `calls`, narrows the listing).
+    Stats {
+        /// Only this group (`requests`, `calls`, `dialogs`, `registrations`, `store`, ...).
+        group: Option<String>,
+    },
+    /// Calls up now on this sbc (like `kamctl dialog show`); needs the observability section.
+    Dialogs {
+        /// Print the raw JSON of `/dialogs`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Registrations that passed through this sbc (like `kamctl online` / `ul show`); needs
+    /// the observability section.
+    Registrations {
+        /// Print the raw JSON of `/registrations`.
+        #[arg(long)]
+        json: bool,
+    },
     /// Source bans for flooding (what `kamcmd pike.list` showed), shared by every replica.
     Bans {
         /// The bans command.
@@ -196,6 +217,9 @@ pub fn run_to(args: &CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
                 _ => Err(status_error(status, &body)),
             }
         }
+        CtlCommand::Stats { group } => stats::stats(args, group.as_deref(), timeout, out),
+        CtlCommand::Dialogs { json } => stats::dialogs(args, *json, timeout, out),
+        CtlCommand::Registrations { json } => stats::registrations(args, *json, timeout, out),
         CtlCommand::Health => {
             let (status, body) = http_get(&args.admin, "/readyz", timeout)?;
             let line = first_line(&body);

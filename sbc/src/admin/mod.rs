@@ -9,6 +9,9 @@
 //!   callers get a SIP 503 instead of a timeout (the body says so). The store does not count
 //!   either: without Redis a pod falls back to its local state.
 //! - `/dispatcher`: JSON [`DispatcherSnapshot`] (what `kamcmd dispatcher.list` shows).
+//! - `/dialogs`, `/registrations`: JSON lists of the calls up now and of the registrations
+//!   that passed through this sbc ([`crate::observe`]); 404 without an `observability`
+//!   section.
 //! - `/bans`: JSON list of active source bans ([`BanEntry`]: ip, reason, remainingSecs);
 //!   `[]` without a store.
 //! - `DELETE /bans/{ip}` (or `POST /bans/remove?ip=...`): lifts a ban; 404 when none. Write
@@ -280,6 +283,9 @@ pub struct AdminState {
     pub dispatcher: SnapshotProvider,
     /// The store holding the bans listed and lifted by `/bans`.
     pub store: Option<Arc<dyn Store>>,
+    /// The dialog and registration tables of `/dialogs` and `/registrations` (None without
+    /// an `observability` section).
+    pub observe: Option<Arc<crate::observe::ObserveView>>,
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -341,6 +347,15 @@ pub fn respond(state: &AdminState, method: &Method, path: &str) -> Response<Full
         "/dispatcher" => json(&DispatcherSnapshot {
             sets: (state.dispatcher)(),
         }),
+        "/dialogs" | "/registrations" => match &state.observe {
+            Some(v) if path == "/dialogs" => json(&v.dialogs()),
+            Some(v) => json(&v.registrations()),
+            None => text(
+                StatusCode::NOT_FOUND,
+                PLAIN,
+                "dialog and registration tracking is off: add an observability section to the configuration\n",
+            ),
+        },
         // Served by `respond_async`, which can wait for the store.
         "/bans" => text(StatusCode::OK, "application/json", "[]"),
         _ => text(StatusCode::NOT_FOUND, PLAIN, "not found\n"),
@@ -650,6 +665,7 @@ mod tests {
             health: health.clone(),
             dispatcher: Arc::new(move || sets.clone()),
             store,
+            observe: None,
         };
         let server = AdminServer::bind("127.0.0.1:0".parse().unwrap())
             .await

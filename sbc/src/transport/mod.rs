@@ -15,7 +15,9 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
+use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use kubesbc_crds::config::{Limits, Listener, Transport};
 use kubesbc_crds::policy::{BackendTlsConfig, TlsConfig};
@@ -45,6 +47,80 @@ pub trait Inbound: Send + Sync + 'static {
     fn on_dropped(&self, reason: &'static str);
 }
 
+/// One message as it crossed the border, for an observer (HEP, CDRs).
+#[derive(Debug, Clone)]
+pub struct TapEvent {
+    /// Received (`In`) or sent (`Out`).
+    pub direction: crate::telemetry::Direction,
+    /// The message (a cheap `Bytes` clone of the one received or sent).
+    pub data: Bytes,
+    /// The other side.
+    pub peer: Peer,
+    /// The sbc's address, when the transport knows it (UDP sockets, accepted connections).
+    pub local: Option<SocketAddr>,
+    /// When it was received or handed to the socket.
+    pub at: SystemTime,
+}
+
+/// Watches every message the transports receive and send. Called on the message path: an
+/// implementation must return at once (queue, never wait).
+pub trait Tap: Send + Sync + 'static {
+    /// A message was received or is being sent.
+    fn tap(&self, event: TapEvent);
+    /// Whether [`Tap::tap`] wants messages at all (false: no event is built).
+    fn wants_messages(&self) -> bool {
+        true
+    }
+    /// A TLS handshake (tls or wss listener) failed or timed out.
+    fn tls_handshake_failed(&self) {}
+}
+
+/// The observer slot shared by the transports and the wrapped inbound handlers.
+type TapSlot = Arc<ArcSwapOption<Box<dyn Tap>>>;
+
+/// Hands received messages to the tap (when one is set) before the real inbound handler.
+struct TapInbound {
+    inner: Arc<dyn Inbound>,
+    tap: TapSlot,
+    local: Option<SocketAddr>,
+}
+
+impl Inbound for TapInbound {
+    fn on_message(&self, data: Bytes, peer: Peer) {
+        if let Some(t) = self.tap.load().as_ref()
+            && t.wants_messages()
+        {
+            t.tap(TapEvent {
+                direction: crate::telemetry::Direction::In,
+                data: data.clone(),
+                peer,
+                local: self.local,
+                at: SystemTime::now(),
+            });
+        }
+        self.inner.on_message(data, peer);
+    }
+    fn on_send_error(&self, token: Vec<u8>) {
+        self.inner.on_send_error(token);
+    }
+    fn on_dropped(&self, reason: &'static str) {
+        if reason == "tls_handshake"
+            && let Some(t) = self.tap.load().as_ref()
+        {
+            t.tls_handshake_failed();
+        }
+        self.inner.on_dropped(reason);
+    }
+}
+
+fn tapped(inner: &Arc<dyn Inbound>, tap: &TapSlot, local: Option<SocketAddr>) -> Arc<dyn Inbound> {
+    Arc::new(TapInbound {
+        inner: inner.clone(),
+        tap: tap.clone(),
+        local,
+    })
+}
+
 /// Errors while binding listeners.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -71,6 +147,10 @@ pub struct Transports {
     ws: Arc<ws::WsSide>,
     tls_server: Option<Arc<tls::TlsServer>>,
     tls_client: Arc<tls::TlsClient>,
+    tap: TapSlot,
+    /// The inbound handler given at bind time, and the same wrapped for the tap: connections
+    /// the sbc opens report their messages through it.
+    inbound: (Arc<dyn Inbound>, Arc<dyn Inbound>),
 }
 
 /// Socket buffers as large as Kamailio's `maxbuffer` in our benchmark, so bursts are not lost.
@@ -174,7 +254,10 @@ impl Transports {
         // One count of stream connections for every stream transport, so the per-source and
         // total caps hold whichever transport a peer uses.
         let counts = Arc::new(Mutex::new(ConnCounts::default()));
+        let tap: TapSlot = Arc::new(ArcSwapOption::empty());
         let t = Arc::new(Transports {
+            inbound: (inbound.clone(), tapped(&inbound, &tap, None)),
+            tap,
             udp,
             tcp: Arc::new(tcp::TcpSide::new(limits.clone(), counts.clone())),
             tls: Arc::new(tcp::TcpSide::new_tls(
@@ -192,7 +275,8 @@ impl Transports {
         }
         let handle = tokio::runtime::Handle::current();
         for (i, (addr, sock)) in t.udp.iter().enumerate() {
-            let (sock, inbound, handle) = (sock.clone(), inbound.clone(), handle.clone());
+            let inbound = tapped(&inbound, &t.tap, Some(*addr));
+            let (sock, handle) = (sock.clone(), handle.clone());
             let max = limits.max_message_bytes;
             std::thread::Builder::new()
                 .name(format!("udp-{i}"))
@@ -213,22 +297,20 @@ impl Transports {
             } else {
                 &t.tcp
             };
-            if let Ok(a) = l.local_addr() {
+            let local = l.local_addr().ok();
+            if let Some(a) = local {
                 side.add_local(a);
             }
-            tokio::spawn(tcp::accept_loop(side.clone(), l, inbound.clone()));
+            let inbound = tapped(&inbound, &t.tap, local);
+            tokio::spawn(tcp::accept_loop(side.clone(), l, inbound));
         }
         for (kind, l, rules) in ws_listeners {
-            if let Ok(a) = l.local_addr() {
+            let local = l.local_addr().ok();
+            if let Some(a) = local {
                 t.ws.add_local(kind, a);
             }
-            tokio::spawn(ws::accept_loop(
-                t.ws.clone(),
-                kind,
-                l,
-                rules,
-                inbound.clone(),
-            ));
+            let inbound = tapped(&inbound, &t.tap, local);
+            tokio::spawn(ws::accept_loop(t.ws.clone(), kind, l, rules, inbound));
         }
         Ok(t)
     }
@@ -276,6 +358,24 @@ impl Transports {
     /// in `to`, else an open connection to the address, else a new one. When delivery fails,
     /// `inbound.on_send_error(token)` is called (if a token was given).
     pub fn send(&self, to: &Peer, data: Bytes, token: Option<Vec<u8>>, inbound: &Arc<dyn Inbound>) {
+        if to.transport != Transport::Udp
+            && let Some(t) = self.tap.load().as_ref()
+            && t.wants_messages()
+        {
+            t.tap(TapEvent {
+                direction: crate::telemetry::Direction::Out,
+                data: data.clone(),
+                peer: *to,
+                local: None,
+                at: SystemTime::now(),
+            });
+        }
+        // Replies on a connection the sbc opens pass the tap too (same handler, wrapped).
+        let inbound = if std::ptr::addr_eq(Arc::as_ptr(inbound), Arc::as_ptr(&self.inbound.0)) {
+            &self.inbound.1
+        } else {
+            inbound
+        };
         match to.transport {
             Transport::Udp => self.send_udp(to.addr, data),
             Transport::Tcp => self.tcp.send(to, data, token, inbound),
@@ -285,7 +385,7 @@ impl Transports {
     }
 
     fn send_udp(&self, to: SocketAddr, data: Bytes) {
-        let Some((_, sock)) = self
+        let Some((local, sock)) = self
             .udp
             .iter()
             .find(|(a, _)| a.is_ipv4() == to.is_ipv4())
@@ -294,11 +394,40 @@ impl Transports {
             tracing::warn!(%to, "no UDP listener to send from");
             return;
         };
+        if let Some(t) = self.tap.load().as_ref()
+            && t.wants_messages()
+        {
+            t.tap(TapEvent {
+                direction: crate::telemetry::Direction::Out,
+                data: data.clone(),
+                peer: Peer {
+                    transport: Transport::Udp,
+                    addr: to,
+                    flow: None,
+                },
+                local: Some(*local),
+                at: SystemTime::now(),
+            });
+        }
         // A UDP send only waits when the 4 MiB send buffer is full.
         if let Err(e) = sock.send_to(&data, to) {
             // ICMP errors from earlier datagrams surface here on some systems: harmless.
             tracing::debug!(%to, error = %e, "udp send failed");
         }
+    }
+
+    /// Puts an observer of every message received and sent in place (or removes it).
+    pub fn set_tap(&self, tap: Option<Box<dyn Tap>>) {
+        self.tap.store(tap.map(Arc::new));
+    }
+
+    /// Open stream connections by transport (`ws` counts ws and wss).
+    pub fn open_by_transport(&self) -> [(Transport, usize); 3] {
+        [
+            (Transport::Tcp, self.tcp.open()),
+            (Transport::Tls, self.tls.open()),
+            (Transport::Ws, self.ws.open()),
+        ]
     }
 
     /// Open stream connections.
@@ -367,3 +496,7 @@ fn next_flow() -> FlowId {
 }
 
 type FlowTable = Mutex<HashMap<FlowId, Flow>>;
+
+#[cfg(test)]
+#[path = "tap_tests.rs"]
+mod tap_tests;
