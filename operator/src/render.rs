@@ -14,8 +14,8 @@ use kubesbc_crds::config::{
     AdminConfig, DispatcherConfig, DispatcherSetConfig, Listener, SbcConfig, StoreConfig, Transport,
 };
 use kubesbc_crds::policy::{
-    AccessListConfig, AccessRule, AuthConfig, HeaderValue, ServiceSource,
-    ThrottleConfig, TlsConfig, default_subscriber_prefix,
+    AccessListConfig, AccessRule, AuthConfig, HeaderValue, ServiceSource, ThrottleConfig,
+    TlsConfig, default_subscriber_prefix,
 };
 use kubesbc_crds::{AccessList, DispatcherSet, SbcCluster, TenantThrottle};
 use serde_json::json;

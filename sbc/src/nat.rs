@@ -2,6 +2,7 @@
 //! topmost Via gets `;received=` when its sent-by is not the packet's source, and `;rport=`
 //! filled in when the caller asked; responses sent without a transaction follow them back.
 
+use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 
 use kubesbc_crds::config::Transport;
@@ -11,27 +12,64 @@ use crate::sip::uri::Via;
 use crate::sip::{HeaderName, Message};
 use crate::transport::Peer;
 
-/// `;received=` and `;rport=` for the topmost Via `via` of a request from `src`, and whether
-/// an empty `rport` is to be filled.
-pub fn received_params(via: &Via<'_>, src: SocketAddr) -> (Option<Vec<u8>>, bool) {
+/// The parameters the nat stage appends to a caller's topmost Via, kept inline (no heap
+/// allocation per request): `;received=<ip>` (IPv6 at most 39 characters) and
+/// `;rport=<port>` fit in 64 bytes.
+#[derive(Clone, Copy)]
+pub struct ViaParams {
+    buf: [u8; 64],
+    len: u8,
+    fill: bool,
+}
+
+impl ViaParams {
+    /// The bytes to append, if any.
+    pub fn bytes(&self) -> Option<&[u8]> {
+        (self.len > 0).then(|| &self.buf[..self.len as usize])
+    }
+
+    /// Whether a bare `rport` is to be removed first (the valued one replaces it).
+    pub fn fill_rport(&self) -> bool {
+        self.fill
+    }
+
+    fn push(&mut self, b: &[u8]) {
+        let at = self.len as usize;
+        let end = (at + b.len()).min(self.buf.len());
+        self.buf[at..end].copy_from_slice(&b[..end - at]);
+        self.len = end as u8;
+    }
+}
+
+/// `;received=` and `;rport=` for the topmost Via `via` of a request from `src`. The
+/// rport is forced (Kamailio's `force_rport`): written whether or not the caller asked,
+/// since browsers (JsSIP, sip.js) and many phones behind NAT do not, and a response to the
+/// port they sent from is the only one that reaches them. A Via whose rport already has a
+/// value is left as it is.
+pub fn received_params(via: &Via<'_>, src: SocketAddr) -> ViaParams {
     let host = std::str::from_utf8(via.host)
         .ok()
-        .and_then(|h| h.parse::<IpAddr>().ok());
+        .and_then(|h| h.trim_matches(['[', ']']).parse::<IpAddr>().ok());
     let received = host != Some(src.ip()) && via.param("received").is_none();
-    let fill = via.param("rport") == Some(None);
-    if !received && !fill {
-        return (None, false);
-    }
-    let mut p = Vec::with_capacity(40);
+    let rport = via.param("rport");
+    let mut p = ViaParams {
+        buf: [0; 64],
+        len: 0,
+        fill: rport == Some(None),
+    };
     if received {
-        p.extend_from_slice(b";received=");
-        p.extend_from_slice(src.ip().to_string().as_bytes());
+        p.push(b";received=");
+        let mut ip = [0u8; 40];
+        let mut w = &mut ip[..];
+        let _ = write!(w, "{}", src.ip());
+        let n = 40 - w.len();
+        p.push(&ip[..n]);
     }
-    if fill {
-        p.extend_from_slice(b";rport=");
-        p.extend_from_slice(&build::itoa(src.port()));
+    if !matches!(rport, Some(Some(_))) {
+        p.push(b";rport=");
+        p.push(&build::itoa(src.port()));
     }
-    (Some(p), fill)
+    p
 }
 
 /// Where a response without a transaction goes: the Via below ours, `received` and `rport`
@@ -69,7 +107,8 @@ mod tests {
     }
 
     fn params(via: &str, src: &str) -> (Option<Vec<u8>>, bool) {
-        received_params(&Via::parse(via.as_bytes()).unwrap(), src.parse().unwrap())
+        let p = received_params(&Via::parse(via.as_bytes()).unwrap(), src.parse().unwrap());
+        (p.bytes().map(<[u8]>::to_vec), p.fill_rport())
     }
 
     #[test]
@@ -81,8 +120,28 @@ mod tests {
         let (p, fill) = params(v, "10.0.0.9:5090");
         assert_eq!(p.as_deref(), Some(&b";rport=5090"[..]));
         assert!(fill);
-        let plain = "SIP/2.0/UDP 10.0.0.9:5090;branch=z9hG4bKabc";
-        assert_eq!(params(plain, "10.0.0.9:5090"), (None, false));
+    }
+
+    #[test]
+    fn rport_is_forced_when_the_caller_did_not_ask() {
+        // JsSIP and sip.js send no rport: they still get the port they sent from.
+        let plain = "SIP/2.0/WSS df7jal23ls0d.invalid;branch=z9hG4bKabc";
+        let (p, fill) = params(plain, "127.0.0.1:40000");
+        assert_eq!(p.as_deref(), Some(&b";received=127.0.0.1;rport=40000"[..]));
+        assert!(!fill, "no bare rport to remove");
+        let same = "SIP/2.0/UDP 10.0.0.9:5090;branch=z9hG4bKabc";
+        assert_eq!(
+            params(same, "10.0.0.9:5090").0.as_deref(),
+            Some(&b";rport=5090"[..])
+        );
+        let v6 = "SIP/2.0/UDP [2001:db8::1];branch=z9hG4bKabc";
+        let (p, _) = params(v6, "[2001:db8:ffff:ffff:ffff:ffff:ffff:ffff]:65535");
+        assert_eq!(
+            p.as_deref(),
+            Some(&b";received=2001:db8:ffff:ffff:ffff:ffff:ffff:ffff;rport=65535"[..])
+        );
+        let valued = "SIP/2.0/UDP 10.0.0.9:5090;branch=z9hG4bKabc;rport=5090";
+        assert_eq!(params(valued, "10.0.0.9:5090"), (None, false));
     }
 
     #[test]

@@ -48,8 +48,8 @@ impl Core {
             &RequestEdits {
                 via: &via,
                 record_route: rr.as_deref(),
-                top_via_params: stx.nat.0.as_deref(),
-                fill_rport: stx.nat.1,
+                top_via_params: stx.nat.bytes(),
+                fill_rport: stx.nat.fill_rport(),
                 drop_routes: stx.drop_routes,
                 max_forwards: stx.mf.saturating_sub(1),
                 strip: &stx.strip,

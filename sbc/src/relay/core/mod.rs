@@ -167,7 +167,7 @@ struct ServerTx {
     mf: u32,
     drop_routes: usize,
     /// `;received=`/`;rport=` for the caller's Via (the nat stage), and whether rport is filled.
-    nat: (Option<Vec<u8>>, bool),
+    nat: crate::nat::ViaParams,
     /// Call start, for the call log line.
     started: Instant,
     /// Who sent it and what it is, for the stages' end-of-transaction hooks.

@@ -33,7 +33,7 @@ pub struct Incoming {
     key: Vec<u8>,
     mf: u32,
     loop_hash: u64,
-    nat: (Option<Vec<u8>>, bool),
+    nat: crate::nat::ViaParams,
 }
 
 impl Incoming {
@@ -341,14 +341,14 @@ impl Core {
         let incoming = via.branch().map(|b| branch::fnv(0, &[b])).unwrap_or(0);
         let branch = branch::new_branch(loop_hash, incoming);
         let our_via = env.local.via_value(target.transport, &branch);
-        let (params, fill_rport) = nat::received_params(via, peer.addr);
+        let params = nat::received_params(via, peer.addr);
         let data = build::relay_request(
             msg,
             &RequestEdits {
                 via: &our_via,
                 record_route: None,
-                top_via_params: params.as_deref(),
-                fill_rport,
+                top_via_params: params.bytes(),
+                fill_rport: params.fill_rport(),
                 drop_routes,
                 max_forwards: mf.saturating_sub(1),
                 strip: &[],

@@ -58,3 +58,25 @@ fn the_failover_copy_keeps_the_nat_parameters() {
             .contains(";received=192.0.2.7;rport=40000")
     );
 }
+
+#[test]
+fn rport_is_forced_for_a_caller_that_did_not_ask() {
+    // REGISTER's Via has no rport: the backend still sees the port it came from, and the
+    // 200, both through the transaction and statelessly, goes back to that port.
+    let mut h = Harness::new();
+    let from = "192.0.2.7:40000";
+    let fwd = h.request_from(REGISTER, udp(from)).only_to(A).clone();
+    let caller_via = fwd
+        .data
+        .split("\r\n")
+        .filter(|l| l.starts_with("Via: "))
+        .nth(1);
+    assert_eq!(
+        caller_via,
+        Some("Via: SIP/2.0/UDP 10.0.0.9:5090;branch=z9hG4bKr1;received=192.0.2.7;rport=40000")
+    );
+    let ok = respond(&fwd.data, 200, "OK", Some("t9"));
+    assert_eq!(h.response(&ok).only_to(from).line(), "SIP/2.0 200 OK");
+    h.ms(6_000);
+    assert_eq!(h.response(&ok).only_to(from).line(), "SIP/2.0 200 OK");
+}
