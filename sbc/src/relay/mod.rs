@@ -150,11 +150,14 @@ impl Relay {
     fn with_env<R>(&self, now: Instant, f: impl FnOnce(&Core, &Env<'_>) -> R) -> R {
         let cfg = self.config.load();
         let local = self.local.load();
+        let t = self.transports.get();
+        let open = |p: &Peer| t.is_some_and(|t| t.is_open(p));
         let env = Env {
             cfg: &cfg,
             local: &local,
             now,
             draining: self.is_draining(),
+            open: &open,
         };
         f(&self.core, &env)
     }

@@ -106,6 +106,8 @@ pub struct Env<'a> {
     pub now: Instant,
     /// Whether new calls are refused (drain).
     pub draining: bool,
+    /// Whether the stream connection a flow token names is still open (always true for UDP).
+    pub open: &'a dyn Fn(&Peer) -> bool,
 }
 
 /// A local answer: the status, reason and extra headers the sbc itself answers with.
