@@ -6,8 +6,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use kubesbc_e2e::node::{self, ClientRun, run_client};
+use kubesbc_e2e::node::{self, ClientRun, run_client, spawn_client};
 use kubesbc_e2e::pki::{self, Pki, s};
+use kubesbc_e2e::sip::{RequestBuilder, SipClient};
 use kubesbc_e2e::{
     DispatcherDest, MessageLog, Proxy, ProxyOptions, Sipp, SippTransport, TempDir, e2e_tools,
     free_port, loopback, sbc_only, start_backend,
@@ -193,4 +194,83 @@ fn sipjs_registers_messages_and_calls_over_ws() {
 #[test]
 fn sipjs_registers_messages_and_calls_over_wss() {
     sipjs(true, "sipjs-wss");
+}
+
+/// The backend's side of a flow: the `Path` the sbc put on `user`'s REGISTER and the
+/// Contact it registered.
+fn registered_flow(log: &MessageLog, user: &str) -> (String, String) {
+    let reg = log
+        .received_requests("REGISTER")
+        .find(|m| {
+            m.header_values("From")
+                .iter()
+                .any(|f| f.contains(&format!("sip:{user}@")))
+        })
+        .unwrap_or_else(|| panic!("the backend got no REGISTER from {user}"));
+    let path = reg.header_values("Path");
+    assert_eq!(path.len(), 1, "one Path on the REGISTER: {path:?}");
+    assert!(
+        reg.header_values("Supported")
+            .iter()
+            .any(|v| v.split(',').any(|t| t.trim() == "path")),
+        "no Supported: path"
+    );
+    let contact = reg.header_values("Contact");
+    let contact = contact.first().expect("a Contact");
+    let uri = contact
+        .split_once('<')
+        .and_then(|(_, r)| r.split_once('>'))
+        .map_or(*contact, |(u, _)| u);
+    (path[0].to_owned(), uri.to_owned())
+}
+
+/// A MESSAGE from the backend's side (a UDP socket of the test, standing in for the PBX) to
+/// a registered contact, routed by its Path as a registrar with Path support (RFC 3327) does.
+fn message_via_path(sbc: SocketAddr, path: &str, contact: &str, body: &str) -> Option<u16> {
+    let mut pbx = SipClient::udp(sbc);
+    let mut req = RequestBuilder::new("MESSAGE", contact, &pbx)
+        .set("Route", path)
+        .set("Content-Type", "text/plain");
+    req.body = body.to_owned();
+    pbx.request(&req.build(), Duration::from_secs(5))
+        .map(|r| r.code)
+}
+
+/// sip.js registers over `ws://`: the REGISTER reaches the backend with a Path naming its
+/// connection (`Supported: path`); a MESSAGE the backend sends to the registered contact
+/// through that Path reaches sip.js over its WebSocket (200 back at the backend); once the
+/// client has gone, the same MESSAGE gets 430 Flow Failed at once, not a timeout.
+#[test]
+fn a_backend_reaches_a_sipjs_client_over_its_flow_and_gets_430_once_it_left() {
+    if !tools() {
+        return;
+    }
+    let dir = TempDir::new("sipjs-path");
+    let sc = scene(&dir);
+    let user = "carol-ws";
+    let client = spawn_client(
+        &dir,
+        user,
+        "sipjs-inbound.mjs",
+        &[&sc.url(false), DOMAIN, user],
+        None,
+    );
+    client.wait_event("registered", Duration::from_secs(20));
+    let (path, contact) = registered_flow(&sc.backend.messages(), user);
+    assert!(path.contains(";lr") && path.contains(";ob"), "{path}");
+    let sbc = sc.proxy.sip_addr();
+    assert_eq!(
+        message_via_path(sbc, &path, &contact, "hello browser"),
+        Some(200),
+        "the MESSAGE over the Path was not answered by sip.js"
+    );
+    let run = client.wait(Duration::from_secs(10));
+    run.assert_events(&["registered", "message-in hello browser"]);
+    let started = std::time::Instant::now();
+    assert_eq!(
+        message_via_path(sbc, &path, &contact, "anyone there?"),
+        Some(430),
+        "after the client left"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2), "430 at once");
 }
