@@ -31,8 +31,12 @@ fn tools() -> bool {
 }
 
 fn scene(dir: &TempDir) -> Scene {
+    scene_with(dir, "ws_backend.xml")
+}
+
+fn scene_with(dir: &TempDir, backend_scenario: &str) -> Scene {
     let pki = Pki::new(dir);
-    let backend = start_backend(dir, "backend", "ws_backend.xml", SippTransport::Udp);
+    let backend = start_backend(dir, "backend", backend_scenario, SippTransport::Udp);
     let (ws_port, wss_port) = (free_port(), free_port());
     let dest = DispatcherDest::local(backend.port(), false);
     let proxy = Proxy::start(
@@ -273,4 +277,54 @@ fn a_backend_reaches_a_sipjs_client_over_its_flow_and_gets_430_once_it_left() {
         "after the client left"
     );
     assert!(started.elapsed() < Duration::from_secs(2), "430 at once");
+}
+
+/// sip.js calls a sipp UAS over `ws://` and the UAS hangs up: the INVITE reached the UAS
+/// with two Record-Route entries (the sbc's UDP side on top, its WebSocket side with the flow
+/// token below), the UAS's BYE followed them back over the client's WebSocket, and sip.js
+/// saw the far end's BYE and the call end (the UAS got its 200).
+#[test]
+fn a_sipjs_call_hung_up_by_the_uas_ends_at_the_client() {
+    if !tools() {
+        return;
+    }
+    let dir = TempDir::new("sipjs-uas-bye");
+    let sc = scene_with(&dir, "ws_uas_bye.xml");
+    let user = "dave-ws";
+    let url = sc.url(false);
+    let run = run_client(
+        &dir,
+        user,
+        "sipjs-client.mjs",
+        &[&url, DOMAIN, user, "remote-bye"],
+        None,
+        Duration::from_secs(40),
+    );
+    run.assert_events(&["registered", "call-established", "bye-in", "call-ended"]);
+    let log = sc.backend.messages();
+    let invite = log
+        .received_requests("INVITE")
+        .next()
+        .expect("the INVITE reached the UAS");
+    let rr = invite.header_values("Record-Route");
+    let rr: Vec<&str> = rr
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    assert_eq!(rr.len(), 2, "two Record-Route entries: {rr:?}");
+    assert!(
+        rr[0].starts_with("<sip:127.0.0.1:") && !rr[0].contains("transport="),
+        "{rr:?}"
+    );
+    assert!(
+        rr[1].starts_with("<sip:kf") && rr[1].contains(";transport=ws;lr>"),
+        "{rr:?}"
+    );
+    assert!(
+        log.messages.iter().any(|m| m.received
+            && m.start_line.starts_with("SIP/2.0 200")
+            && m.header_values("CSeq").iter().any(|c| c.contains("BYE"))),
+        "the UAS's BYE got no 200"
+    );
 }
