@@ -42,12 +42,17 @@ impl Core {
         let branch = self.new_branch(stx.loop_hash);
         let via = env.local.via_value(target.transport, &branch);
         let (rr, extra) = flow_headers(env, stx, &target);
+        let fixed = stx.contact_fix.map(|(a, b)| {
+            let with = nat::source_hostport(stx.peer.addr);
+            (a as usize..b as usize, with)
+        });
         let data = Bytes::from(build::relay_request(
             &req,
             &RequestEdits {
                 via: &via,
                 record_route: rr.as_deref(),
                 extra: &extra,
+                replace: fixed.as_ref().map(|(r, w)| (r.clone(), w.as_slice())),
                 top_via_params: stx.nat.bytes(),
                 fill_rport: stx.nat.fill_rport(),
                 drop_routes: stx.drop_routes,

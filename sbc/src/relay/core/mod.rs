@@ -170,6 +170,8 @@ struct ServerTx {
     drop_routes: usize,
     /// `;received=`/`;rport=` for the caller's Via (the nat stage), and whether rport is filled.
     nat: crate::nat::ViaParams,
+    /// Where the Contact's host:port is, when it is rewritten to the source (NAT).
+    contact_fix: Option<(u32, u32)>,
     /// Call start, for the call log line.
     started: Instant,
     /// Who sent it and what it is, for the stages' end-of-transaction hooks.

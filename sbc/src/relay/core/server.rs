@@ -34,6 +34,7 @@ pub struct Incoming {
     mf: u32,
     loop_hash: u64,
     nat: crate::nat::ViaParams,
+    contact_fix: Option<(u32, u32)>,
 }
 
 impl Incoming {
@@ -102,6 +103,14 @@ impl Core {
             return None;
         }
         let nat = nat::received_params(&view.via, peer.addr);
+        let nat_cfg = &env.cfg.relay.nat;
+        // fix_nated_contact / fix_nated_register: only INVITE and REGISTER, and only the
+        // tests chosen; nothing is allocated unless the client is behind NAT.
+        let contact_fix = (nat_cfg.fix_contact
+            && matches!(method, Method::Invite | Method::Register)
+            && nat::is_nated(nat_cfg.detect, &msg, &view.via, &peer))
+        .then(|| nat::contact_hostport(&msg))
+        .flatten();
         let mf = view.max_forwards;
         Some(Incoming {
             cx: RequestContext {
@@ -114,6 +123,7 @@ impl Core {
             mf,
             loop_hash,
             nat,
+            contact_fix,
         })
     }
 
@@ -173,6 +183,7 @@ impl Core {
             mf,
             loop_hash,
             nat,
+            contact_fix,
         } = incoming;
         let cfg = env.cfg;
         let msg = Arc::new(msg);
@@ -207,6 +218,7 @@ impl Core {
             mf,
             drop_routes: routes.ours,
             nat,
+            contact_fix,
             started: env.now,
             cx,
             strip: admission.strip,
@@ -374,6 +386,7 @@ impl Core {
                 via: &our_via,
                 record_route: None,
                 extra: b"",
+                replace: None,
                 top_via_params: params.bytes(),
                 fill_rport: params.fill_rport(),
                 drop_routes,
