@@ -141,3 +141,24 @@ fn a_udp_dialog_keeps_one_record_route() {
         vec!["<sip:127.0.0.1:5060;lr>"]
     );
 }
+
+#[test]
+fn an_invite_from_the_backend_over_the_path_is_record_routed_with_the_clients_token_on_top() {
+    let mut h = Harness::new();
+    let path = registered_path(&mut h);
+    let invite = message_from_backend(&path)
+        .replace("MESSAGE sip:", "INVITE sip:")
+        .replace("1 MESSAGE", "1 INVITE")
+        .replace("bKm1", "bKi1");
+    let o = h.request_from(&invite, udp(A));
+    assert_eq!(o.only_to(A).line(), "SIP/2.0 100 Trying");
+    let fwd = o.only_to(CLIENT);
+    let rr = headers(fwd, "Record-Route");
+    assert_eq!(rr.len(), 2, "{rr:?}");
+    assert!(
+        rr[0].starts_with("<sip:kf") && rr[0].ends_with(";transport=tcp;lr>"),
+        "the client's side, facing it, on top: {}",
+        rr[0]
+    );
+    assert_eq!(rr[1], "<sip:127.0.0.1:5060;lr>");
+}
