@@ -240,24 +240,20 @@ fn message_via_path(sbc: SocketAddr, path: &str, contact: &str, body: &str) -> O
         .map(|r| r.code)
 }
 
-/// sip.js registers over `ws://`: the REGISTER reaches the backend with a Path naming its
-/// connection (`Supported: path`); a MESSAGE the backend sends to the registered contact
-/// through that Path reaches sip.js over its WebSocket (200 back at the backend); once the
-/// client has gone, the same MESSAGE gets 430 Flow Failed at once, not a timeout.
-#[test]
-fn a_backend_reaches_a_sipjs_client_over_its_flow_and_gets_430_once_it_left() {
+fn sipjs_path(secure: bool, label: &str) {
     if !tools() {
         return;
     }
-    let dir = TempDir::new("sipjs-path");
+    let dir = TempDir::new(label);
     let sc = scene(&dir);
-    let user = "carol-ws";
+    let user = if secure { "carol-wss" } else { "carol-ws" };
+    let ca = secure.then_some(sc.pki.ca.as_path());
     let client = spawn_client(
         &dir,
         user,
         "sipjs-inbound.mjs",
-        &[&sc.url(false), DOMAIN, user],
-        None,
+        &[&sc.url(secure), DOMAIN, user],
+        ca,
     );
     client.wait_event("registered", Duration::from_secs(20));
     let (path, contact) = registered_flow(&sc.backend.messages(), user);
@@ -277,6 +273,21 @@ fn a_backend_reaches_a_sipjs_client_over_its_flow_and_gets_430_once_it_left() {
         "after the client left"
     );
     assert!(started.elapsed() < Duration::from_secs(2), "430 at once");
+}
+
+/// sip.js registers over `ws://`: the REGISTER reaches the backend with a Path naming its
+/// connection (`Supported: path`); a MESSAGE the backend sends to the registered contact
+/// through that Path reaches sip.js over its WebSocket (200 back at the backend); once the
+/// client has gone, the same MESSAGE gets 430 Flow Failed at once, not a timeout.
+#[test]
+fn a_backend_reaches_a_sipjs_client_over_its_flow_and_gets_430_once_it_left() {
+    sipjs_path(false, "sipjs-path");
+}
+
+/// The same over `wss://`.
+#[test]
+fn a_backend_reaches_a_sipjs_client_over_its_wss_flow_and_gets_430_once_it_left() {
+    sipjs_path(true, "sipjs-path-wss");
 }
 
 /// sip.js calls a sipp UAS over `ws://` and the UAS hangs up: the INVITE reached the UAS
