@@ -742,6 +742,9 @@ pub struct RelayConfig {
     /// Add Record-Route to initial requests so the dialog keeps passing through the sbc.
     #[serde(default = "yes")]
     pub record_route: bool,
+    /// NAT detection and Contact fixing for clients behind NAT.
+    #[serde(default)]
+    pub nat: NatConfig,
 }
 
 impl Default for RelayConfig {
@@ -751,8 +754,41 @@ impl Default for RelayConfig {
             t2_ms: default_t2_ms(),
             invite_timeout_ms: default_invite_timeout_ms(),
             record_route: true,
+            nat: NatConfig::default(),
         }
     }
+}
+
+/// NAT traversal for clients (Kamailio's nathelper): which tests say a client is behind NAT,
+/// and whether its Contact is then rewritten to the address its packets come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NatConfig {
+    /// The NAT tests, as the sum of Kamailio's `nat_uac_test` flags: 1 the Contact names a
+    /// private address (RFC 1918, RFC 6598), 2 the top Via's host is not the source address,
+    /// 4 the top Via names a private address, 8 the SDP's `c=` line names a private address,
+    /// 16 the top Via's port is not the source port. Any passing test marks the client as
+    /// behind NAT. 0: no test. ws and wss clients are always behind NAT.
+    #[serde(default = "default_nat_detect")]
+    #[schemars(range(min = 0, max = 31))]
+    pub detect: u8,
+    /// Rewrite the host and port of the Contact of an INVITE or REGISTER from a client behind
+    /// NAT to the source address and port (`fix_nated_contact`, `fix_nated_register`).
+    #[serde(default = "yes")]
+    pub fix_contact: bool,
+}
+
+impl Default for NatConfig {
+    fn default() -> Self {
+        NatConfig {
+            detect: default_nat_detect(),
+            fix_contact: true,
+        }
+    }
+}
+
+fn default_nat_detect() -> u8 {
+    19
 }
 
 fn default_t1_ms() -> u64 {
@@ -902,6 +938,15 @@ impl SbcConfig {
             return Err(ConfigError::field(
                 "relay.t2Ms",
                 "t1Ms must be positive and t2Ms at least t1Ms",
+            ));
+        }
+        if self.relay.nat.detect > 31 {
+            return Err(ConfigError::field(
+                "relay.nat.detect",
+                format!(
+                    "{} names flags not supported (32, 64: the IPv6 tests); use a sum of 1, 2, 4, 8, 16",
+                    self.relay.nat.detect
+                ),
             ));
         }
         for (i, a) in self.access_lists.iter().enumerate() {
@@ -1123,6 +1168,29 @@ dispatcher:
         assert_eq!(c.admin.address, "127.0.0.1:9090".parse().unwrap());
         let again = SbcConfig::from_yaml(&c.to_yaml()).expect("round trip");
         assert_eq!(again, c);
+    }
+
+    #[test]
+    fn nat_tests_are_chosen_by_kamailio_flags_and_others_refused() {
+        let c = SbcConfig::from_yaml(GOOD).expect("valid");
+        assert_eq!((c.relay.nat.detect, c.relay.nat.fix_contact), (19, true));
+        let chosen = format!("{GOOD}relay:\n  nat:\n    detect: 17\n    fixContact: false\n");
+        let c = SbcConfig::from_yaml(&chosen).expect("valid");
+        assert_eq!((c.relay.nat.detect, c.relay.nat.fix_contact), (17, false));
+        let err = SbcConfig::from_yaml(&chosen.replace("detect: 17", "detect: 64"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("relay.nat.detect: 64 names flags not supported"),
+            "{err}"
+        );
+        let err = SbcConfig::from_yaml(&chosen.replace("fixContact", "fixContacts"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("relay.nat.fixContacts: unknown field"),
+            "{err}"
+        );
     }
 
     #[test]

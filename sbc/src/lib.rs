@@ -9,6 +9,7 @@ pub mod auth;
 pub mod config;
 pub mod discovery;
 pub mod dispatch;
+pub mod flow;
 pub mod guard;
 pub mod media;
 pub mod nat;

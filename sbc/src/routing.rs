@@ -14,18 +14,40 @@ use crate::sip::uri::{self, Uri};
 use crate::sip::{HeaderName, Message};
 use crate::transport::Peer;
 
-/// The leading Route values that name us (to remove), and the first one that does not
-/// (the next hop).
-pub fn inspect_routes(msg: &Message, local: &Local) -> (usize, Option<Vec<u8>>) {
-    let mut ours = 0;
+/// What the Route set of a request says about its way on.
+#[derive(Debug, Default)]
+pub struct Routes {
+    /// How many leading Route values name us (to remove).
+    pub ours: usize,
+    /// The first one that does not: the next hop.
+    pub next: Option<Vec<u8>>,
+    /// The connection named by a flow token in one of ours (Path, Record-Route), unless
+    /// the request came over that very connection (then it is on its way out of it).
+    pub flow: Option<Peer>,
+}
+
+/// Reads the leading Route values that name us, the next hop, and a flow token in ours.
+pub fn inspect_routes(msg: &Message, local: &Local, from: &Peer) -> Routes {
+    let mut r = Routes::default();
     for v in msg.values(HeaderName::Route) {
         let u = uri::name_addr_uri(msg.slice(v));
         match Uri::parse(u) {
-            Some(p) if local.is_us(p.host, p.port) => ours += 1,
-            _ => return (ours, Some(u.to_vec())),
+            Some(p) if local.is_us(p.host, p.port) => {
+                r.ours += 1;
+                if r.flow.is_none()
+                    && let Some(f) = p.user.and_then(|user| local.flow_key.peer(user))
+                    && !(f.flow == from.flow && f.transport == from.transport)
+                {
+                    r.flow = Some(f);
+                }
+            }
+            _ => {
+                r.next = Some(u.to_vec());
+                return r;
+            }
         }
     }
-    (ours, None)
+    r
 }
 
 /// The next hop of a request routed by its Route set or Request-URI.

@@ -111,17 +111,32 @@ pub enum DropReason {
     SendFailed,
     /// An internal queue was full.
     QueueFull,
+    /// A WebSocket connection broke RFC 6455 (closed with its close code).
+    WsProtocol,
+    /// An HTTP request to a ws/wss port was not upgraded (no `sip` subprotocol, path, Origin).
+    WsUpgradeRefused,
+    /// A TLS handshake (tls or wss) failed or timed out.
+    TlsHandshake,
+    /// A message for a WebSocket client whose connection is gone (ws cannot open one).
+    WsNoConnection,
+    /// A WebSocket connection's send queue was full.
+    WsQueueFull,
 }
 
 impl DropReason {
     /// Every reason, in label order.
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::Unparsable,
         DropReason::Stray,
         DropReason::TooLarge,
         DropReason::Limit,
         DropReason::SendFailed,
         DropReason::QueueFull,
+        DropReason::WsProtocol,
+        DropReason::WsUpgradeRefused,
+        DropReason::TlsHandshake,
+        DropReason::WsNoConnection,
+        DropReason::WsQueueFull,
     ];
 
     /// The value of the `reason` label.
@@ -133,6 +148,11 @@ impl DropReason {
             DropReason::Limit => "limit",
             DropReason::SendFailed => "send_failed",
             DropReason::QueueFull => "queue_full",
+            DropReason::WsProtocol => "ws_protocol",
+            DropReason::WsUpgradeRefused => "ws_upgrade_refused",
+            DropReason::TlsHandshake => "tls_handshake",
+            DropReason::WsNoConnection => "ws_no_connection",
+            DropReason::WsQueueFull => "ws_queue_full",
         }
     }
 }

@@ -3,13 +3,16 @@
 // exercised here) and hangs it up, printing what a user of the library sees:
 //   EVENT registered | EVENT message-ok <status> | EVENT call-established
 //   | EVENT bye-ok <status> | EVENT call-ended (terminated and BYE answered) | EVENT failed <what>
-// Usage: node sipjs-client.mjs <ws-url> <domain> <user>
+// With `remote-bye` as a fourth argument it does not hang up: it waits for the far end's
+//   BYE (EVENT bye-in) and prints EVENT call-ended when the session is over.
+// Usage: node sipjs-client.mjs <ws-url> <domain> <user> [remote-bye]
 // Exits 0 when every step succeeded, 1 otherwise (and after 25 s whatever happened).
 import WebSocket from 'ws';
 import { UserAgent, Registerer, RegistererState, Messager, Inviter, SessionState } from 'sip.js';
 
 globalThis.WebSocket = WebSocket;
-const [url, domain, user] = process.argv.slice(2);
+const [url, domain, user, mode] = process.argv.slice(2);
+const remoteBye = mode === 'remote-bye';
 if (!url || !domain || !user) {
   console.error('usage: node sipjs-client.mjs <ws-url> <domain> <user>');
   process.exit(2);
@@ -52,9 +55,13 @@ function ended() {
 async function call() {
   const target = UserAgent.makeURI(`sip:uas@${domain}`);
   const inviter = new Inviter(ua, target);
+  inviter.delegate = {
+    onBye: (bye) => { event('bye-in'); byeAnswered = true; bye.accept(); ended(); },
+  };
   inviter.stateChange.addListener(async (state) => {
     if (state === SessionState.Established) {
       event('call-established');
+      if (remoteBye) return;
       await inviter.bye({
         requestDelegate: {
           onAccept: (r) => { event(`bye-ok ${r.message.statusCode}`); byeAnswered = true; ended(); },

@@ -110,6 +110,23 @@ pub fn run_client(
     ca: Option<&Path>,
     timeout: Duration,
 ) -> ClientRun {
+    spawn_client(dir, name, script, args, ca).wait(timeout)
+}
+
+/// A client script still running: the test talks to it meanwhile.
+pub struct RunningClient {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+/// Starts `node tests/js/<script> ARGS` as [`run_client`] does, without waiting.
+pub fn spawn_client(
+    dir: &TempDir,
+    name: &str,
+    script: &str,
+    args: &[&str],
+    ca: Option<&Path>,
+) -> RunningClient {
     let log = dir.path().join(format!("{name}.log"));
     let f = File::create(&log).expect("create client log");
     let mut cmd = Command::new("node");
@@ -122,26 +139,59 @@ pub fn run_client(
     if let Some(ca) = ca {
         cmd.env("NODE_EXTRA_CA_CERTS", ca);
     }
-    let mut child = cmd
+    let child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run node: {e}"));
-    let code = match wait_for(timeout, || child.try_wait().ok().flatten()) {
-        Some(st) => st.code(),
-        None => {
-            send_signal(i64::from(child.id()), "KILL");
-            let _ = child.wait();
-            None
+    RunningClient { child, log }
+}
+
+impl RunningClient {
+    /// Waits until the script printed `EVENT <event>`; panics with its output if it did not
+    /// within `timeout`.
+    pub fn wait_event(&self, event: &str, timeout: Duration) {
+        let line = format!("EVENT {event}");
+        let seen = wait_for(timeout, || {
+            tail_file(&self.log, 64_000)
+                .lines()
+                .any(|l| l == line)
+                .then_some(())
+        });
+        assert!(
+            seen.is_some(),
+            "no {line:?}; output:\n{}",
+            tail_file(&self.log, 64_000)
+        );
+    }
+
+    /// Waits for the script to end (stopped by PID after `timeout`) and reads what it printed.
+    pub fn wait(mut self, timeout: Duration) -> ClientRun {
+        let code = match wait_for(timeout, || self.child.try_wait().ok().flatten()) {
+            Some(st) => st.code(),
+            None => {
+                send_signal(i64::from(self.child.id()), "KILL");
+                let _ = self.child.wait();
+                None
+            }
+        };
+        let output = tail_file(&self.log, 64_000);
+        let events = output
+            .lines()
+            .filter_map(|l| l.strip_prefix("EVENT "))
+            .map(str::to_owned)
+            .collect();
+        ClientRun {
+            code,
+            events,
+            output,
         }
-    };
-    let output = tail_file(&log, 64_000);
-    let events = output
-        .lines()
-        .filter_map(|l| l.strip_prefix("EVENT "))
-        .map(str::to_owned)
-        .collect();
-    ClientRun {
-        code,
-        events,
-        output,
+    }
+}
+
+impl Drop for RunningClient {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            send_signal(i64::from(self.child.id()), "KILL");
+            let _ = self.child.wait();
+        }
     }
 }

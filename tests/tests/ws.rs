@@ -123,18 +123,23 @@ fn rfc6455_violations_get_their_close_codes_while_others_are_served() {
         9,
         "one log line per violation:\n{log}"
     );
+    // Counted as WebSocket protocol errors, not as unparsable SIP.
+    let dropped = |r: &str| proxy.metric(&format!("sbc_messages_dropped_total{{reason=\"{r}\"}}"));
+    assert_eq!(dropped("ws_protocol"), Some(9.0));
+    assert_eq!(dropped("unparsable"), Some(0.0));
 }
 
 /// Upgrades that must not happen get an HTTP answer and never a hang: no `sip` subprotocol
 /// (400), another subprotocol (400), a plain GET (426), a wrong version (426); a client that
-/// behaves keeps being served.
+/// behaves keeps being served. Each is counted as `ws_upgrade_refused` in
+/// `sbc_messages_dropped_total`, not as an unparsable SIP message.
 #[test]
 fn refused_upgrades_get_http_answers() {
     if !e2e_tools() || !sbc_only() {
         return;
     }
     let dir = TempDir::new("ws-refused");
-    let (_proxy, ws) = start_ws_sbc(&dir);
+    let (proxy, ws) = start_ws_sbc(&dir);
     let mut good = WsClient::connect(ws);
     let cases = [
         (
@@ -171,6 +176,9 @@ fn refused_upgrades_get_http_answers() {
         );
         assert_served(&mut good, ws, name);
     }
+    let dropped = |r: &str| proxy.metric(&format!("sbc_messages_dropped_total{{reason=\"{r}\"}}"));
+    assert_eq!(dropped("ws_upgrade_refused"), Some(4.0));
+    assert_eq!(dropped("unparsable"), Some(0.0));
 }
 
 /// Text and binary messages both carry SIP (RFC 7118 section 5.2), and a CRLF keep-alive

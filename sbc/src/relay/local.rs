@@ -4,12 +4,15 @@ use std::net::{IpAddr, SocketAddr};
 
 use kubesbc_crds::config::{SbcConfig, Transport};
 
+use crate::flow::FlowKey;
 use crate::sip::build;
 use crate::sip::uri;
 
 /// The addresses that are the sbc itself, and what it writes into Via and Record-Route.
 #[derive(Debug, Clone, Default)]
 pub struct Local {
+    /// The key of the flow tokens this sbc writes (Path, Record-Route) and reads back.
+    pub flow_key: FlowKey,
     /// Per transport: host and port written into Via and Record-Route.
     pub sent_by: Vec<(Transport, String, u16)>,
     /// Every (host, port) that means "this sbc".

@@ -150,11 +150,14 @@ impl Relay {
     fn with_env<R>(&self, now: Instant, f: impl FnOnce(&Core, &Env<'_>) -> R) -> R {
         let cfg = self.config.load();
         let local = self.local.load();
+        let t = self.transports.get();
+        let open = |p: &Peer| t.is_some_and(|t| t.is_open(p));
         let env = Env {
             cfg: &cfg,
             local: &local,
             now,
             draining: self.is_draining(),
+            open: &open,
         };
         f(&self.core, &env)
     }
@@ -345,13 +348,24 @@ impl Inbound for Relay {
     }
 
     fn on_dropped(&self, reason: &'static str) {
-        self.metrics.dropped(match reason {
-            "too_large" => DropReason::TooLarge,
-            "tcp_queue_full" => DropReason::QueueFull,
-            "connection_limit" => DropReason::Limit,
-            _ => DropReason::Unparsable,
-        });
+        self.metrics.dropped(drop_reason(reason));
         tracing::debug!(reason, "message dropped");
+    }
+}
+
+/// The metric label of a transport's drop reason. A reason the transports add without a
+/// label here counts as `unparsable` (and the test below lists every one they use).
+fn drop_reason(reason: &str) -> DropReason {
+    match reason {
+        "too_large" => DropReason::TooLarge,
+        "tcp_queue_full" => DropReason::QueueFull,
+        "connection_limit" => DropReason::Limit,
+        "ws_protocol" => DropReason::WsProtocol,
+        "ws_upgrade_refused" => DropReason::WsUpgradeRefused,
+        "tls_handshake" => DropReason::TlsHandshake,
+        "ws_no_connection" => DropReason::WsNoConnection,
+        "ws_queue_full" => DropReason::WsQueueFull,
+        _ => DropReason::Unparsable,
     }
 }
 
@@ -364,5 +378,42 @@ impl Pinger for Relay {
     ) -> Pin<Box<dyn Future<Output = PingOutcome> + Send + 'a>> {
         let rx = self.ping_dest(dest, from, timeout);
         Box::pin(async move { rx.await.unwrap_or(PingOutcome::Timeout) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_transport_drop_reason_has_its_own_label() {
+        let used = [
+            ("too_large", "too_large"),
+            ("tcp_queue_full", "queue_full"),
+            ("connection_limit", "limit"),
+            ("ws_protocol", "ws_protocol"),
+            ("ws_upgrade_refused", "ws_upgrade_refused"),
+            ("tls_handshake", "tls_handshake"),
+            ("ws_no_connection", "ws_no_connection"),
+            ("ws_queue_full", "ws_queue_full"),
+        ];
+        for (reason, label) in used {
+            assert_eq!(drop_reason(reason).label(), label, "{reason}");
+        }
+        // The transports use no other reason (a new one needs a label above).
+        for src in [
+            include_str!("../transport/mod.rs"),
+            include_str!("../transport/tcp.rs"),
+            include_str!("../transport/ws.rs"),
+            include_str!("../transport/tls.rs"),
+        ] {
+            for part in src.split("on_dropped(\"").skip(1) {
+                let reason = part.split('"').next().unwrap_or("");
+                assert!(
+                    used.iter().any(|(r, _)| *r == reason),
+                    "on_dropped(\"{reason}\") has no label"
+                );
+            }
+        }
     }
 }

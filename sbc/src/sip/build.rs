@@ -66,6 +66,12 @@ pub struct RequestEdits<'a> {
     pub via: &'a [u8],
     /// Our Record-Route value, added on top: `<sip:host:port;lr>`.
     pub record_route: Option<&'a [u8]>,
+    /// Whole header lines (each ending in CRLF) added after ours: a second Record-Route,
+    /// Path, Supported.
+    pub extra: &'a [u8],
+    /// A byte range of the request to write over (the Contact's host:port of a NATed
+    /// client), and what to write instead.
+    pub replace: Option<(std::ops::Range<usize>, &'a [u8])>,
     /// Parameters to append to the received topmost Via (`;received=1.2.3.4;rport=5060`),
     /// with an existing bare `rport` removed first when `fill_rport` is set.
     pub top_via_params: Option<&'a [u8]>,
@@ -84,7 +90,7 @@ pub fn relay_request(msg: &Message, e: &RequestEdits<'_>) -> Vec<u8> {
     let buf = &msg.bytes()[..];
     let first_header = msg.start_line.end as usize;
     let mut splices: Vec<Splice> = Vec::with_capacity(8);
-    let mut head = Vec::with_capacity(e.via.len() + 96);
+    let mut head = Vec::with_capacity(e.via.len() + e.extra.len() + 96);
     head.extend_from_slice(b"Via: ");
     head.extend_from_slice(e.via);
     head.extend_from_slice(b"\r\n");
@@ -93,6 +99,7 @@ pub fn relay_request(msg: &Message, e: &RequestEdits<'_>) -> Vec<u8> {
         head.extend_from_slice(rr);
         head.extend_from_slice(b"\r\n");
     }
+    head.extend_from_slice(e.extra);
     splices.push(Splice {
         at: first_header..first_header,
         with: Piece::Owned(head),
@@ -144,6 +151,12 @@ pub fn relay_request(msg: &Message, e: &RequestEdits<'_>) -> Vec<u8> {
         }
     }
 
+    if let Some((at, with)) = &e.replace {
+        splices.push(Splice {
+            at: at.clone(),
+            with: Piece::Owned(with.to_vec()),
+        });
+    }
     for r in remove_values(msg, HeaderName::Route, e.drop_routes) {
         splices.push(Splice {
             at: r,
@@ -451,6 +464,8 @@ Content-Length: 3\r\n\r\nabcTRAILING";
             &RequestEdits {
                 via: b"SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKours",
                 record_route: Some(b"<sip:127.0.0.1:5060;lr>"),
+                extra: b"",
+                replace: None,
                 top_via_params: Some(b";received=10.0.0.8;rport=5091"),
                 fill_rport: true,
                 drop_routes: 1,

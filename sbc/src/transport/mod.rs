@@ -430,6 +430,19 @@ impl Transports {
         ]
     }
 
+    /// Whether the connection `p` names is still open (UDP: always).
+    pub fn is_open(&self, p: &Peer) -> bool {
+        let Some(id) = p.flow else {
+            return p.transport == Transport::Udp;
+        };
+        match p.transport {
+            Transport::Udp => true,
+            Transport::Tcp => self.tcp.is_open(id),
+            Transport::Tls => self.tls.is_open(id),
+            Transport::Ws | Transport::Wss => self.ws.is_open(id),
+        }
+    }
+
     /// Open stream connections.
     pub fn open_connections(&self) -> usize {
         self.tcp.open() + self.tls.open() + self.ws.open()

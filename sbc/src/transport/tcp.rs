@@ -89,6 +89,11 @@ impl TcpSide {
         flows.get(&id).map(|f| f.tx.clone())
     }
 
+    /// Whether connection `id` is open.
+    pub(super) fn is_open(&self, id: FlowId) -> bool {
+        self.flows.lock().is_ok_and(|f| f.contains_key(&id))
+    }
+
     pub(super) fn send(
         self: &Arc<Self>,
         to: &Peer,

@@ -81,6 +81,11 @@ impl WsSide {
     /// Sends over the connection named in `to` (or the one open from its address). A
     /// WebSocket is never opened by the sbc: without a connection the message is lost and
     /// `token` reported.
+    /// Whether connection `id` is open.
+    pub(super) fn is_open(&self, id: FlowId) -> bool {
+        self.flows.lock().is_ok_and(|f| f.contains_key(&id))
+    }
+
     pub(super) fn send(
         &self,
         to: &Peer,

@@ -16,10 +16,11 @@ use crate::dispatch::Destination;
 use crate::dispatch::probe::PingOutcome;
 use crate::routing;
 use crate::sip::Message;
+use crate::sip::Method;
 use crate::sip::build::{self, RequestEdits};
 use crate::sip::uri::Via;
 use crate::telemetry::{DropReason, InternalError, ResponseOrigin};
-use crate::{nat, transport::Peer};
+use crate::{flow, nat, transport::Peer};
 
 impl Core {
     /// Relays the server transaction's request to `target` in a new client transaction.
@@ -40,16 +41,20 @@ impl Core {
         let Some(req) = stx.req.clone() else { return };
         let branch = self.new_branch(stx.loop_hash);
         let via = env.local.via_value(target.transport, &branch);
-        let initial = stx.set.is_some();
-        let rr = (initial && cfg.relay.record_route)
-            .then(|| env.local.record_route_value(stx.peer.transport));
+        let (rr, extra) = flow_headers(env, stx, &target);
+        let fixed = stx.contact_fix.map(|(a, b)| {
+            let with = nat::source_hostport(stx.peer.addr);
+            (a as usize..b as usize, with)
+        });
         let data = Bytes::from(build::relay_request(
             &req,
             &RequestEdits {
                 via: &via,
                 record_route: rr.as_deref(),
-                top_via_params: stx.nat.0.as_deref(),
-                fill_rport: stx.nat.1,
+                extra: &extra,
+                replace: fixed.as_ref().map(|(r, w)| (r.clone(), w.as_slice())),
+                top_via_params: stx.nat.bytes(),
+                fill_rport: stx.nat.fill_rport(),
                 drop_routes: stx.drop_routes,
                 max_forwards: stx.mf.saturating_sub(1),
                 strip: &stx.strip,
@@ -545,4 +550,49 @@ fn relayed<'a>(stx: &'a ServerTx, req: &'a Message, via: &'a [u8]) -> build::Rel
         drop_routes: stx.drop_routes,
         max_forwards: stx.mf.saturating_sub(1),
     }
+}
+
+/// Our Record-Route and the extra header lines for a request of `stx` relayed to `target`
+/// (docs/architecture.md, "Flows"). A dialog between a stream client and another transport
+/// gets two Record-Route entries, one per side, the one on a client's side carrying its flow
+/// token so in-dialog requests from the far end come back over that connection; a REGISTER
+/// from a stream client gets `Path` with its token and `Supported: path` (RFC 3327). UDP to
+/// UDP allocates nothing here beyond the single Record-Route it always had.
+fn flow_headers(env: &Env<'_>, stx: &ServerTx, target: &Peer) -> (Option<Vec<u8>>, Vec<u8>) {
+    let mut extra = Vec::new();
+    let key = &env.local.flow_key;
+    let client = key.token(&stx.peer);
+    let register = stx.cx.method == Method::Register;
+    if register && let Some(tok) = &client {
+        let (h, p) = env.local.sent_by(target.transport);
+        extra.extend_from_slice(b"Path: ");
+        extra.extend_from_slice(&flow::sbc_uri(Some(tok), h, p, target.transport, true));
+        extra.extend_from_slice(b"\r\nSupported: path\r\n");
+    }
+    if stx.cx.in_dialog || !env.cfg.relay.record_route {
+        return (None, extra);
+    }
+    let far = key.token(target);
+    let two =
+        !register && (client.is_some() || far.is_some() || stx.peer.transport != target.transport);
+    if !two {
+        return (
+            Some(env.local.record_route_value(stx.peer.transport)),
+            extra,
+        );
+    }
+    // The top entry faces the next hop, the second the previous one (RFC 3261 16.6 item 4).
+    let (h, p) = env.local.sent_by(target.transport);
+    let top = flow::sbc_uri(far.as_deref(), h, p, target.transport, false);
+    let (h, p) = env.local.sent_by(stx.peer.transport);
+    extra.extend_from_slice(b"Record-Route: ");
+    extra.extend_from_slice(&flow::sbc_uri(
+        client.as_deref(),
+        h,
+        p,
+        stx.peer.transport,
+        false,
+    ));
+    extra.extend_from_slice(b"\r\n");
+    (Some(top), extra)
 }

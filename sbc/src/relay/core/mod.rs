@@ -106,6 +106,8 @@ pub struct Env<'a> {
     pub now: Instant,
     /// Whether new calls are refused (drain).
     pub draining: bool,
+    /// Whether the stream connection a flow token names is still open (always true for UDP).
+    pub open: &'a dyn Fn(&Peer) -> bool,
 }
 
 /// A local answer: the status, reason and extra headers the sbc itself answers with.
@@ -167,7 +169,9 @@ struct ServerTx {
     mf: u32,
     drop_routes: usize,
     /// `;received=`/`;rport=` for the caller's Via (the nat stage), and whether rport is filled.
-    nat: (Option<Vec<u8>>, bool),
+    nat: crate::nat::ViaParams,
+    /// Where the Contact's host:port is, when it is rewritten to the source (NAT).
+    contact_fix: Option<(u32, u32)>,
     /// Call start, for the call log line.
     started: Instant,
     /// Who sent it and what it is, for the stages' end-of-transaction hooks.

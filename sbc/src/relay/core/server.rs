@@ -33,7 +33,8 @@ pub struct Incoming {
     key: Vec<u8>,
     mf: u32,
     loop_hash: u64,
-    nat: (Option<Vec<u8>>, bool),
+    nat: crate::nat::ViaParams,
+    contact_fix: Option<(u32, u32)>,
 }
 
 impl Incoming {
@@ -102,6 +103,14 @@ impl Core {
             return None;
         }
         let nat = nat::received_params(&view.via, peer.addr);
+        let nat_cfg = &env.cfg.relay.nat;
+        // fix_nated_contact / fix_nated_register: only INVITE and REGISTER, and only the
+        // tests chosen; nothing is allocated unless the client is behind NAT.
+        let contact_fix = (nat_cfg.fix_contact
+            && matches!(method, Method::Invite | Method::Register)
+            && nat::is_nated(nat_cfg.detect, &msg, &view.via, &peer))
+        .then(|| nat::contact_hostport(&msg))
+        .flatten();
         let mf = view.max_forwards;
         Some(Incoming {
             cx: RequestContext {
@@ -114,6 +123,7 @@ impl Core {
             mf,
             loop_hash,
             nat,
+            contact_fix,
         })
     }
 
@@ -173,6 +183,7 @@ impl Core {
             mf,
             loop_hash,
             nat,
+            contact_fix,
         } = incoming;
         let cfg = env.cfg;
         let msg = Arc::new(msg);
@@ -184,7 +195,7 @@ impl Core {
             let retry = [("Retry-After", ra.as_slice())];
             return refuse(Answer::new(503, "Service Unavailable").with(&retry), out);
         }
-        let (drop_routes, next_route) = routing::inspect_routes(&msg, env.local);
+        let routes = routing::inspect_routes(&msg, env.local, &cx.peer);
         let mut st = self.lock();
         if st.server.len() >= cfg.limits.max_transactions {
             drop(st);
@@ -205,21 +216,44 @@ impl Core {
             retransmit: Duration::from_millis(cfg.relay.t1_ms),
             loop_hash,
             mf,
-            drop_routes,
+            drop_routes: routes.ours,
             nat,
+            contact_fix,
             started: env.now,
             cx,
             strip: admission.strip,
             pipeline: pipeline.clone(),
         };
-        if cx.in_dialog {
-            let Some(target) = routing::next_hop(&msg, next_route.as_deref()) else {
-                drop(st);
-                return refuse(Answer::new(478, "Unresolvable Destination"), out);
+        // A flow token in our Route (Path, Record-Route) sends the request over the client's
+        // connection, dialog or not; a closed one is 430 Flow Failed (RFC 5626 section 5.3).
+        if routes.flow.is_some() || cx.in_dialog {
+            let target = match routes.flow {
+                Some(f) if !(env.open)(&f) => {
+                    drop(st);
+                    return refuse(Answer::new(430, "Flow Failed"), out);
+                }
+                Some(f) => f,
+                None => {
+                    let Some(target) = routing::next_hop(&msg, routes.next.as_deref()) else {
+                        drop(st);
+                        return refuse(Answer::new(478, "Unresolvable Destination"), out);
+                    };
+                    if env.local.is_addr_us(target.addr) {
+                        drop(st);
+                        return refuse(Answer::new(481, "Call/Transaction Does Not Exist"), out);
+                    }
+                    target
+                }
             };
-            if env.local.is_addr_us(target.addr) {
-                drop(st);
-                return refuse(Answer::new(481, "Call/Transaction Does Not Exist"), out);
+            if tx.invite && !cx.in_dialog {
+                let trying = self.answer_bytes(&msg, Answer::new(100, "Trying"));
+                tx.last = Some(trying.clone());
+                out.push(Action::Send {
+                    to: cx.peer,
+                    data: trying,
+                    token: None,
+                    resp: (ResponseOrigin::Local, 100),
+                });
             }
             st.server.insert(key.clone(), tx);
             self.forward(&mut st, env, &key, target, None, out);
@@ -235,7 +269,7 @@ impl Core {
             }
             return;
         }
-        if next_route.is_some() {
+        if routes.next.is_some() {
             drop(st);
             return refuse(Answer::new(403, "Preload Route Denied"), out);
         }
@@ -331,24 +365,30 @@ impl Core {
             }
         }
         // An ACK for a 2xx belongs to the dialog: route it statelessly.
-        let (drop_routes, next_route) = routing::inspect_routes(msg, env.local);
-        let Some(target) =
-            routing::next_hop(msg, next_route.as_deref()).filter(|t| !env.local.is_addr_us(t.addr))
-        else {
+        let routes = routing::inspect_routes(msg, env.local, &peer);
+        let target = match routes.flow {
+            Some(f) => Some(f).filter(|f| (env.open)(f)),
+            None => routing::next_hop(msg, routes.next.as_deref())
+                .filter(|t| !env.local.is_addr_us(t.addr)),
+        };
+        let Some(target) = target else {
             return;
         };
+        let drop_routes = routes.ours;
         // The same ACK always gets the same branch (stateless, RFC 3261 section 16.11).
         let incoming = via.branch().map(|b| branch::fnv(0, &[b])).unwrap_or(0);
         let branch = branch::new_branch(loop_hash, incoming);
         let our_via = env.local.via_value(target.transport, &branch);
-        let (params, fill_rport) = nat::received_params(via, peer.addr);
+        let params = nat::received_params(via, peer.addr);
         let data = build::relay_request(
             msg,
             &RequestEdits {
                 via: &our_via,
                 record_route: None,
-                top_via_params: params.as_deref(),
-                fill_rport,
+                extra: b"",
+                replace: None,
+                top_via_params: params.bytes(),
+                fill_rport: params.fill_rport(),
                 drop_routes,
                 max_forwards: mf.saturating_sub(1),
                 strip: &[],

@@ -4,6 +4,7 @@
 
 mod cancel;
 mod failover;
+mod flows;
 mod invite;
 mod non_invite;
 mod probe;
@@ -102,6 +103,8 @@ pub struct Harness {
     pub now: Instant,
     pub pipeline: Arc<Pipeline>,
     pub draining: bool,
+    /// Which stream connections are open (all, unless a test closes some).
+    pub open: Box<dyn Fn(&Peer) -> bool>,
     timers: Vec<(Instant, Timer)>,
 }
 
@@ -169,6 +172,7 @@ impl Harness {
             now,
             pipeline: Arc::new(Pipeline::default()),
             draining: false,
+            open: Box::new(|_| true),
             timers: Vec::new(),
         }
     }
@@ -210,6 +214,7 @@ impl Harness {
             local: &self.local,
             now: self.now,
             draining: self.draining,
+            open: &self.open,
         }
     }
 
