@@ -29,7 +29,6 @@
 //! REGISTER) must be the digest username, as Kamailio's `auth_check(..., "1")`; otherwise
 //! `403 Forbidden (From user is not the authenticated user)`.
 
-pub mod cidr;
 pub mod digest;
 pub mod metrics;
 
@@ -41,12 +40,12 @@ use kubesbc_crds::policy::{
     AuthConfig, Challenge, DEFAULT_CREDENTIALS_KEY, DigestAlgorithm, KeyPart, parse_key_template,
 };
 
+use crate::cidr::Cidr;
 use crate::pipeline::{Admission, BoxFuture, Refusal, RequestContext, Stage, Verdict};
 use crate::sip::uri::{Uri, name_addr_uri};
 use crate::sip::{HeaderName, Message, Method};
 use crate::store::{FloodHit, FloodOutcome, Op, OpResult, Store};
 use crate::throttle::Clock;
-use cidr::Cidr;
 use digest::{NonceKey, NonceState};
 use kubesbc_crds::policy::FloodLimit;
 pub use metrics::{AuthMetrics, AuthResult, AuthTrip};

@@ -50,8 +50,9 @@ use crate::sip::{Message, Method};
 use crate::store::{FloodHit, FloodOutcome, Store, StoreError};
 use kubesbc_crds::policy::{AccessListConfig, FloodLimit};
 
+use crate::cidr::Cidr;
 use flood::{FloodTracker, Local};
-use rules::{Cidr, Decision, List};
+use rules::{Decision, List};
 
 /// Key prefix of source bans: `ban:{ip}`.
 pub const BAN_PREFIX: &str = "ban:";
