@@ -14,9 +14,6 @@ pub enum NotReady {
     ListenersNotBound,
     /// SIGTERM was received: the sbc is draining.
     Draining,
-    /// No dispatcher destination is up. Not a readiness failure (see [`Health::readiness`]):
-    /// kept for callers that report it.
-    NoDestinationUp,
 }
 
 impl fmt::Display for NotReady {
@@ -24,7 +21,6 @@ impl fmt::Display for NotReady {
         f.write_str(match self {
             NotReady::ListenersNotBound => "listeners not bound",
             NotReady::Draining => "draining",
-            NotReady::NoDestinationUp => "no destination up",
         })
     }
 }
