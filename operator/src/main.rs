@@ -8,7 +8,6 @@ use anyhow::Context as _;
 use clap::Parser;
 use kubesbc_operator::controller::{self, Context};
 use kubesbc_operator::leader::LeaderElector;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The kubesbc operator.
 #[derive(Parser, Debug)]
@@ -79,38 +78,56 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Serves `/metrics` (Prometheus text) and anything else as `/healthz` (`ok`).
+/// Serves `/metrics` (Prometheus text) and anything else as `/healthz` (`ok`), on hyper's
+/// HTTP/1 server like the sbc's admin endpoint.
 async fn serve_metrics(listener: tokio::net::TcpListener, registry: prometheus::Registry) {
+    use http_body_util::Full;
+    use hyper::body::{Bytes, Incoming};
+    use hyper::header::{CONTENT_TYPE, HeaderValue};
+    use hyper::{Method, Request, Response};
+    use hyper_util::rt::{TokioIo, TokioTimer};
+
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(5))
+        .max_buf_size(16 * 1024)
+        .keep_alive(false);
+    let builder = Arc::new(builder);
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(_) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let registry = registry.clone();
+        let builder = builder.clone();
         tokio::spawn(async move {
-            // The request line is all we need; 1 KiB bounds what a client can make us hold.
-            let mut buf = [0u8; 1024];
-            let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or(0);
-            let head = buf.get(..n).unwrap_or_default();
-            let body = if head.starts_with(b"GET /metrics") {
-                let mut out = Vec::new();
-                let encoder = prometheus::TextEncoder::new();
-                if prometheus::Encoder::encode(&encoder, &registry.gather(), &mut out).is_err() {
-                    out.clear();
-                }
-                out
-            } else {
-                b"ok\n".to_vec()
-            };
-            let header = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = stream.write_all(header.as_bytes()).await;
-            let _ = stream.write_all(&body).await;
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let body = if req.method() == Method::GET && req.uri().path() == "/metrics" {
+                    let mut out = Vec::new();
+                    let encoder = prometheus::TextEncoder::new();
+                    if prometheus::Encoder::encode(&encoder, &registry.gather(), &mut out).is_err()
+                    {
+                        out.clear();
+                    }
+                    out
+                } else {
+                    b"ok\n".to_vec()
+                };
+                let mut resp = Response::new(Full::new(Bytes::from(body)));
+                resp.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4"),
+                );
+                std::future::ready(Ok::<_, std::convert::Infallible>(resp))
+            });
+            let _ = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         });
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod cidr;
 pub mod config;
 pub mod discovery;
 pub mod dispatch;

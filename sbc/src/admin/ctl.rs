@@ -1,10 +1,17 @@
 //! `sbc ctl`: asks a running sbc's admin endpoint and prints the answer, the way `kamcmd`
-//! does for Kamailio. A tiny blocking HTTP/1.1 client: one request per connection, bounded by
-//! a timeout and a response size cap.
+//! does for Kamailio. One request per connection over hyper's HTTP/1 client, bounded by a
+//! timeout and a response size cap.
 
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::io::{self, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::Request;
+use hyper::header::{ACCEPT, CONNECTION, CONTENT_LENGTH, HOST, USER_AGENT};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 
 use thiserror::Error;
 
@@ -337,7 +344,9 @@ fn http_get(addr: &str, path: &str, timeout: Duration) -> Result<(u16, Vec<u8>),
     http_request(addr, "GET", path, timeout)
 }
 
-/// `method path` to `addr`; returns the status and the body.
+/// `method path` to `addr` over hyper's HTTP/1 client; returns the status and the body. The
+/// whole exchange (connect, request, body) is bounded by `timeout`, the body by
+/// [`MAX_RESPONSE`].
 fn http_request(
     addr: &str,
     method: &str,
@@ -351,18 +360,37 @@ fn http_request(
             reason: e.to_string(),
         })?
         .collect();
+    // `sbc ctl` runs outside any runtime: a small one for this one request.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| CtlError::Io {
+            addr: addr.to_string(),
+            source,
+        })?;
+    rt.block_on(exchange(addr, resolved, method, path, timeout))
+}
+
+async fn exchange(
+    addr: &str,
+    resolved: Vec<SocketAddr>,
+    method: &str,
+    path: &str,
+    timeout: Duration,
+) -> Result<(u16, Vec<u8>), CtlError> {
     let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
     let mut stream = None;
     for a in resolved {
-        match TcpStream::connect_timeout(&a, timeout) {
-            Ok(s) => {
+        match tokio::time::timeout(timeout, TcpStream::connect(a)).await {
+            Ok(Ok(s)) => {
                 stream = Some(s);
                 break;
             }
-            Err(e) => last = e,
+            Ok(Err(e)) => last = e,
+            Err(_) => last = io::Error::new(io::ErrorKind::TimedOut, "connection timed out"),
         }
     }
-    let mut stream = stream.ok_or_else(|| CtlError::Connect {
+    let stream = stream.ok_or_else(|| CtlError::Connect {
         addr: addr.to_string(),
         source: last,
     })?;
@@ -370,93 +398,50 @@ fn http_request(
         addr: addr.to_string(),
         source,
     };
-    stream.set_read_timeout(Some(timeout)).map_err(io_err)?;
-    stream.set_write_timeout(Some(timeout)).map_err(io_err)?;
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: sbc-ctl\r\nAccept: */*\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).map_err(io_err)?;
-    let mut raw = Vec::new();
-    stream
-        .take(MAX_RESPONSE + 1)
-        .read_to_end(&mut raw)
-        .map_err(io_err)?;
-    if raw.len() as u64 > MAX_RESPONSE {
-        return Err(CtlError::BadResponse {
-            addr: addr.to_string(),
-            reason: "response too large",
-        });
-    }
-    parse_response(&raw).map_err(|reason| CtlError::BadResponse {
+    let bad = |reason| CtlError::BadResponse {
         addr: addr.to_string(),
         reason,
-    })
-}
-
-/// Splits an HTTP/1.1 response read to the end of the connection into status and body,
-/// honouring Content-Length and chunked transfer coding.
-fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), &'static str> {
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("no end of headers")?;
-    let head = std::str::from_utf8(&raw[..end]).map_err(|_| "headers are not text")?;
-    let body = &raw[end + 4..];
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().ok_or("no status line")?;
-    let mut parts = status_line.splitn(3, ' ');
-    if !parts.next().is_some_and(|v| v.starts_with("HTTP/1.")) {
-        return Err("not HTTP/1.x");
-    }
-    let status: u16 = parts
-        .next()
-        .and_then(|s| s.parse().ok())
-        .filter(|s| (100..=999).contains(s))
-        .ok_or("bad status code")?;
-    let mut length = None;
-    let mut chunked = false;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            return Err("bad header line");
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("content-length") {
-            length = Some(value.parse::<usize>().map_err(|_| "bad content-length")?);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = value.to_ascii_lowercase().contains("chunked");
+    };
+    let hyper_err = |e: hyper::Error| {
+        if e.is_parse() || e.is_incomplete_message() {
+            bad("not an HTTP/1.x response")
+        } else {
+            io_err(io::Error::other(e.to_string()))
         }
-    }
-    if chunked {
-        return Ok((status, dechunk(body)?));
-    }
-    match length {
-        Some(n) => body
-            .get(..n)
-            .map(|b| (status, b.to_vec()))
-            .ok_or("body shorter than content-length"),
-        None => Ok((status, body.to_vec())),
-    }
-}
-
-/// Decodes a chunked body (trailers ignored).
-fn dechunk(mut body: &[u8]) -> Result<Vec<u8>, &'static str> {
-    let mut out = Vec::new();
-    loop {
-        let eol = body
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or("truncated chunk size")?;
-        let size_line = std::str::from_utf8(&body[..eol]).map_err(|_| "bad chunk size")?;
-        let size_hex = size_line.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_hex, 16).map_err(|_| "bad chunk size")?;
-        body = &body[eol + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        let chunk = body.get(..size).ok_or("truncated chunk")?;
-        out.extend_from_slice(chunk);
-        body = body.get(size + 2..).ok_or("truncated chunk")?;
-    }
+    };
+    let work = async {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(hyper_err)?;
+        let conn = tokio::spawn(conn);
+        let method = hyper::Method::from_bytes(method.as_bytes()).map_err(|_| bad("bad method"))?;
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(HOST, addr)
+            .header(USER_AGENT, "sbc-ctl")
+            .header(ACCEPT, "*/*")
+            .header(CONTENT_LENGTH, "0")
+            .header(CONNECTION, "close")
+            .body(Empty::<Bytes>::new())
+            .map_err(|_| bad("bad request target"))?;
+        let response = sender.send_request(request).await.map_err(hyper_err)?;
+        let status = response.status().as_u16();
+        let limit = usize::try_from(MAX_RESPONSE).unwrap_or(usize::MAX);
+        let body = Limited::new(response.into_body(), limit)
+            .collect()
+            .await
+            .map_err(|e| match e.downcast::<hyper::Error>() {
+                Ok(e) => hyper_err(*e),
+                Err(_) => bad("response too large"),
+            })?
+            .to_bytes();
+        conn.abort();
+        Ok((status, body.to_vec()))
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| io_err(io::Error::new(io::ErrorKind::TimedOut, "timed out")))?
 }
 
 #[cfg(test)]

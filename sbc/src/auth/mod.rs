@@ -29,7 +29,6 @@
 //! REGISTER) must be the digest username, as Kamailio's `auth_check(..., "1")`; otherwise
 //! `403 Forbidden (From user is not the authenticated user)`.
 
-pub mod cidr;
 pub mod digest;
 pub mod metrics;
 
@@ -41,12 +40,13 @@ use kubesbc_crds::policy::{
     AuthConfig, Challenge, DEFAULT_CREDENTIALS_KEY, DigestAlgorithm, KeyPart, parse_key_template,
 };
 
+use crate::cidr::Cidr;
 use crate::pipeline::{Admission, BoxFuture, Refusal, RequestContext, Stage, Verdict};
 use crate::sip::uri::{Uri, name_addr_uri};
 use crate::sip::{HeaderName, Message, Method};
+use crate::store::keys;
 use crate::store::{FloodHit, FloodOutcome, Op, OpResult, Store};
 use crate::throttle::Clock;
-use cidr::Cidr;
 use digest::{NonceKey, NonceState};
 use kubesbc_crds::policy::FloodLimit;
 pub use metrics::{AuthMetrics, AuthResult, AuthTrip};
@@ -212,11 +212,7 @@ impl AuthStage {
 
     /// A key the stage owns: the prefix, `kind` and `rest`.
     fn key(&self, kind: &str, rest: &str) -> String {
-        let mut k = String::with_capacity(self.prefix.len() + kind.len() + rest.len());
-        k.push_str(&self.prefix);
-        k.push_str(kind);
-        k.push_str(rest);
-        k
+        keys::join(&self.prefix, kind, rest)
     }
 
     /// The credentials key of `user` in `domain`, as provisioned (no prefix).
@@ -328,7 +324,10 @@ impl AuthStage {
         let Some(f) = &self.register_flood else {
             return false;
         };
-        let (counter, block) = (self.key("regflood:", user), self.key("regblock:", user));
+        let (counter, block) = (
+            self.key(keys::REGFLOOD_PREFIX, user),
+            self.key(keys::REGBLOCK_PREFIX, user),
+        );
         self.trip(AuthTrip::RegisterFlood);
         match crate::guard::register_flood_hit(self.store.as_ref(), f, &counter, &block).await {
             Ok(FloodOutcome::Banned { new, .. }) => {
@@ -395,10 +394,14 @@ impl AuthStage {
         let nc_ttl =
             Duration::from_secs(u64::from(self.cfg.nonce_lifetime_secs) + digest::MAX_SKEW_SECS);
         let ops = [
-            Op::Get(self.key("regblock:", user)),
+            Op::Get(self.key(keys::REGBLOCK_PREFIX, user)),
             Op::HashGetAllUnprefixed(self.credentials_key(user, domain)),
-            Op::MaxAdvance(self.key("authnc:", nonce), u64::from(nc_value), nc_ttl),
-            Op::Get(self.key("srcblock:", &ip.to_canonical().to_string())),
+            Op::MaxAdvance(
+                self.key(keys::AUTH_NONCE_PREFIX, nonce),
+                u64::from(nc_value),
+                nc_ttl,
+            ),
+            Op::Get(self.key(keys::SRCBLOCK_PREFIX, &ip.to_canonical().to_string())),
         ];
         self.trip(AuthTrip::Verify);
         let answers = match self.store.batch(&ops).await {
@@ -473,7 +476,10 @@ impl AuthStage {
             return false;
         };
         let ip = ip.to_canonical().to_string();
-        let (counter, block) = (self.key("authfail:", &ip), self.key("srcblock:", &ip));
+        let (counter, block) = (
+            self.key(keys::AUTH_FAIL_PREFIX, &ip),
+            self.key(keys::SRCBLOCK_PREFIX, &ip),
+        );
         let hit = FloodHit {
             counter_key: &counter,
             ban_key: &block,

@@ -35,7 +35,6 @@ pub mod flood;
 pub mod rules;
 pub mod scanners;
 
-use std::io::Write as _;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,25 +49,17 @@ use crate::sip::{Message, Method};
 use crate::store::{FloodHit, FloodOutcome, Store, StoreError};
 use kubesbc_crds::policy::{AccessListConfig, FloodLimit};
 
+use crate::cidr::Cidr;
 use flood::{FloodTracker, Local};
-use rules::{Cidr, Decision, List};
+use rules::{Decision, List};
 
-/// Key prefix of source bans: `ban:{ip}`.
-pub const BAN_PREFIX: &str = "ban:";
-/// Key prefix of the per-source flood counters: `flood:{ip}`.
-pub const FLOOD_PREFIX: &str = "flood:";
-/// Key prefix of the per-user REGISTER counters: `regflood:{user}` (authenticated users).
-pub const REGFLOOD_PREFIX: &str = "regflood:";
-/// Key prefix of blocked users: `regblock:{user}` (authenticated users).
-pub const REGBLOCK_PREFIX: &str = "regblock:";
-/// Key prefix of the per-source REGISTER counters: `regflood-src:{ip}` (without auth).
-pub const REGFLOOD_SRC_PREFIX: &str = "regflood-src:";
-/// Key prefix of blocked sources: `srcblock:{ip}` (REGISTER flood without auth, or failed
-/// authentications).
-pub const SRCBLOCK_PREFIX: &str = "srcblock:";
+pub(crate) use crate::store::keys::IpKey;
+use crate::store::keys::user_block as user_key;
+pub use crate::store::keys::{
+    BAN_PREFIX, FLOOD_PREFIX, REGBLOCK_PREFIX, REGFLOOD_PREFIX, REGFLOOD_SRC_PREFIX,
+    SRCBLOCK_PREFIX,
+};
 
-/// Longest user name used in a key; longer names are cut (bounded keys).
-const MAX_USER: usize = 128;
 /// Most bans a listing returns.
 pub const MAX_LISTED_BANS: usize = 10_000;
 
@@ -394,33 +385,6 @@ impl Stage for Guard {
     ) -> BoxFuture<'a, Verdict> {
         Box::pin(self.decide(req, cx))
     }
-}
-
-/// `prefix` + an address, formatted on the stack (no allocation per request).
-pub(crate) struct IpKey {
-    buf: [u8; 64],
-    len: usize,
-}
-
-impl IpKey {
-    pub(crate) fn new(prefix: &str, ip: IpAddr) -> IpKey {
-        let mut buf = [0u8; 64];
-        let mut w: &mut [u8] = &mut buf;
-        // 64 bytes hold the longest prefix plus the longest IPv6 text (45 bytes).
-        let _ = write!(w, "{prefix}{ip}");
-        let len = 64 - w.len();
-        IpKey { buf, len }
-    }
-
-    pub(crate) fn as_str(&self) -> &str {
-        std::str::from_utf8(self.buf.get(..self.len).unwrap_or(&[])).unwrap_or("")
-    }
-}
-
-fn user_key(user: &str) -> String {
-    let cut = user.len().min(MAX_USER);
-    let user = user.get(..cut).unwrap_or(user);
-    format!("{REGBLOCK_PREFIX}{user}")
 }
 
 /// Blocks the authenticated `user` for `ttl`: their authenticated requests get `403 Blocked`

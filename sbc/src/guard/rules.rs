@@ -4,53 +4,11 @@
 use std::borrow::Cow;
 use std::net::IpAddr;
 
+use crate::cidr::Cidr;
 use crate::sip::uri::{self, Uri};
 use crate::sip::{HeaderName, Message};
 use kubesbc_crds::policy::{AccessAction, AccessListConfig, AccessRule};
 
-/// An IPv4 or IPv6 network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    net: IpAddr,
-    len: u8,
-}
-
-impl Cidr {
-    /// Parses `10.0.0.0/8`, `2001:db8::/32` or a bare address (a /32 or /128).
-    pub fn parse(s: &str) -> Option<Cidr> {
-        let (addr, len) = match s.trim().split_once('/') {
-            Some((a, l)) => (a, Some(l)),
-            None => (s.trim(), None),
-        };
-        let net: IpAddr = addr.parse().ok()?;
-        let net = net.to_canonical();
-        let max = if net.is_ipv4() { 32 } else { 128 };
-        let len = match len {
-            Some(l) => l.parse::<u8>().ok().filter(|l| *l <= max)?,
-            None => max,
-        };
-        Some(Cidr { net, len })
-    }
-
-    /// Whether `ip` (canonical: IPv4-mapped IPv6 as IPv4) is inside the network.
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.net, ip) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
-                u32::from(n) & mask == u32::from(a) & mask
-            }
-            (IpAddr::V6(n), IpAddr::V6(a)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.len))
-                    .unwrap_or(0);
-                u128::from(n) & mask == u128::from(a) & mask
-            }
-            _ => false,
-        }
-    }
-}
-
-/// Compares a received value with a secret in time independent of where they differ.
 /// The value a required header must carry: inline, or read from the mounted Secret file
 /// (trailing newlines are not part of it).
 fn required_value(h: &kubesbc_crds::policy::HeaderValue) -> Option<Vec<u8>> {

@@ -3,6 +3,7 @@ use std::net::SocketAddr;
 use super::*;
 use crate::config::Transport;
 use crate::store::MemoryStore;
+use crate::store::keys::MAX_USER;
 use crate::transport::Peer;
 use kubesbc_crds::policy::{AccessAction, AccessRule, HeaderValue};
 

@@ -323,15 +323,8 @@ impl Anchor {
         sdp: Bytes,
         to: Leg,
     ) -> Result<Bytes, MediaError> {
-        sdp::validate(&sdp)?;
-        let flags = self.profiles.flags_towards(to, SdpRole::Offer);
         // An initial offer has no to-tag yet; a re-INVITE's names the dialog's other side.
-        let req = Request::offer(ids.call_ref(tags), sdp, flags);
-        let (engine, reply) = self.send(&ids.call_id, &req).await?;
-        reply.sdp.ok_or(MediaError::NoSdp {
-            engine,
-            command: "offer",
-        })
+        self.rewrite(ids, tags, sdp, to, SdpRole::Offer).await
     }
 
     /// `answer`: rtpengine's SDP for the leg the answer goes to.
@@ -342,14 +335,27 @@ impl Anchor {
         sdp: Bytes,
         to: Leg,
     ) -> Result<Bytes, MediaError> {
+        self.rewrite(ids, tags, sdp, to, SdpRole::Answer).await
+    }
+
+    /// `offer` or `answer`: sends the SDP with the flags of the leg it goes to and returns
+    /// rtpengine's rewrite.
+    async fn rewrite(
+        &self,
+        ids: &DialogIds,
+        tags: Tags,
+        sdp: Bytes,
+        to: Leg,
+        role: SdpRole,
+    ) -> Result<Bytes, MediaError> {
         sdp::validate(&sdp)?;
-        let flags = self.profiles.flags_towards(to, SdpRole::Answer);
-        let req = Request::answer(ids.call_ref(tags), sdp, flags);
+        let flags = self.profiles.flags_towards(to, role);
+        let (req, command) = match role {
+            SdpRole::Offer => (Request::offer(ids.call_ref(tags), sdp, flags), "offer"),
+            SdpRole::Answer => (Request::answer(ids.call_ref(tags), sdp, flags), "answer"),
+        };
         let (engine, reply) = self.send(&ids.call_id, &req).await?;
-        reply.sdp.ok_or(MediaError::NoSdp {
-            engine,
-            command: "answer",
-        })
+        reply.sdp.ok_or(MediaError::NoSdp { engine, command })
     }
 
     /// `delete` of the whole call (every branch), by Call-ID and From tag.

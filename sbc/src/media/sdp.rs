@@ -145,10 +145,7 @@ fn parts(body: &[u8], boundary: &[u8]) -> Result<Vec<Range<usize>>, SdpError> {
 }
 
 fn find_from(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
-    hay.get(from..)?
-        .windows(needle.len())
-        .position(|w| w == needle)
-        .map(|p| p + from)
+    memchr::memmem::find(hay.get(from..)?, needle).map(|p| p + from)
 }
 
 /// Splits a part into its header block and content ranges.

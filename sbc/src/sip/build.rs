@@ -250,12 +250,12 @@ pub fn local_response(
     out
 }
 
-/// Writes the hop-by-hop ACK for a non-2xx final response to an INVITE we relayed
-/// (RFC 3261 section 17.1.1.3): same Request-URI, our Via (branch), From, Call-ID, Route
-/// as the INVITE; To from the response; CSeq number with ACK.
-pub fn ack_for(invite: &Message, response: &Message) -> Vec<u8> {
+/// The start of a request we derive from an INVITE we relayed (its ACK or CANCEL): the
+/// INVITE's Request-URI and its topmost Via (our branch).
+fn request_line_and_via(method: &[u8], invite: &Message) -> Vec<u8> {
     let mut out = Vec::with_capacity(512);
-    out.extend_from_slice(b"ACK ");
+    out.extend_from_slice(method);
+    out.push(b' ');
     out.extend_from_slice(invite.request_uri());
     out.extend_from_slice(b" SIP/2.0\r\n");
     if let Some(top) = invite.top_via() {
@@ -263,6 +263,14 @@ pub fn ack_for(invite: &Message, response: &Message) -> Vec<u8> {
         out.extend_from_slice(invite.slice(top));
         out.extend_from_slice(b"\r\n");
     }
+    out
+}
+
+/// Writes the hop-by-hop ACK for a non-2xx final response to an INVITE we relayed
+/// (RFC 3261 section 17.1.1.3): same Request-URI, our Via (branch), From, Call-ID, Route
+/// as the INVITE; To from the response; CSeq number with ACK.
+pub fn ack_for(invite: &Message, response: &Message) -> Vec<u8> {
+    let mut out = request_line_and_via(b"ACK", invite);
     for h in &invite.headers {
         if matches!(
             h.name,
@@ -284,15 +292,7 @@ pub fn ack_for(invite: &Message, response: &Message) -> Vec<u8> {
 /// Writes the CANCEL for an INVITE we relayed (RFC 3261 section 9.1): same Request-URI,
 /// topmost Via (our branch), From, To, Call-ID, Route and CSeq number.
 pub fn cancel_for(invite: &Message) -> Vec<u8> {
-    let mut out = Vec::with_capacity(512);
-    out.extend_from_slice(b"CANCEL ");
-    out.extend_from_slice(invite.request_uri());
-    out.extend_from_slice(b" SIP/2.0\r\n");
-    if let Some(top) = invite.top_via() {
-        out.extend_from_slice(b"Via: ");
-        out.extend_from_slice(invite.slice(top));
-        out.extend_from_slice(b"\r\n");
-    }
+    let mut out = request_line_and_via(b"CANCEL", invite);
     for h in &invite.headers {
         if matches!(
             h.name,

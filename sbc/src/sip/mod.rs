@@ -5,6 +5,7 @@ use std::fmt;
 pub mod build;
 #[cfg(test)]
 mod conformance;
+mod header;
 pub mod parse;
 #[cfg(test)]
 pub mod torture;

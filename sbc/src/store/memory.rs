@@ -176,6 +176,37 @@ fn deadline(now: Instant, ttl: Duration) -> Instant {
         .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
+impl MemoryStore {
+    /// The live keys starting with `prefix`, the `limit` smallest, sorted.
+    fn listed(&self, prefix: &str, limit: usize) -> Vec<Listed> {
+        let now = Instant::now();
+        let mut out: Vec<Listed> = Vec::new();
+        for shard in &self.shards {
+            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            out.extend(
+                shard
+                    .map
+                    .iter()
+                    .filter(|(k, e)| e.expires_at > now && k.starts_with(prefix))
+                    .map(|(k, e)| Listed {
+                        key: k.clone(),
+                        value: e.value.to_bytes(),
+                        ttl: e.expires_at.saturating_duration_since(now),
+                    }),
+            );
+            // Keep memory bounded by `limit` even when the prefix matches most keys: the
+            // smallest keys survive, as the sorted result needs.
+            if out.len() > limit.saturating_mul(2).max(1024) {
+                out.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+                out.truncate(limit);
+            }
+        }
+        out.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        out.truncate(limit);
+        out
+    }
+}
+
 impl Store for MemoryStore {
     fn incr_window<'a>(&'a self, key: &'a str, window: Duration) -> StoreFuture<'a, u64> {
         ready(self.with_shard(key, |shard, now| {
@@ -368,29 +399,7 @@ impl Store for MemoryStore {
         prefix: &'a str,
         limit: usize,
     ) -> StoreFuture<'a, Vec<Listed>> {
-        let now = Instant::now();
-        let mut out: Vec<Listed> = Vec::new();
-        for shard in &self.shards {
-            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
-            out.extend(
-                shard
-                    .map
-                    .iter()
-                    .filter(|(k, e)| e.expires_at > now && k.starts_with(prefix))
-                    .map(|(k, e)| Listed {
-                        key: k.clone(),
-                        value: e.value.to_bytes(),
-                        ttl: e.expires_at.saturating_duration_since(now),
-                    }),
-            );
-            if out.len() > limit.saturating_mul(2).max(1024) {
-                out.sort_unstable_by(|a, b| a.key.cmp(&b.key));
-                out.truncate(limit);
-            }
-        }
-        out.sort_unstable_by(|a, b| a.key.cmp(&b.key));
-        out.truncate(limit);
-        ready(Ok(out))
+        ready(Ok(self.listed(prefix, limit)))
     }
 
     fn ping(&self) -> StoreFuture<'_, ()> {
@@ -453,27 +462,8 @@ impl Store for MemoryStore {
         prefix: &'a str,
         limit: usize,
     ) -> StoreFuture<'a, Vec<(String, Bytes)>> {
-        let now = Instant::now();
-        let mut out: Vec<(String, Bytes)> = Vec::new();
-        for shard in &self.shards {
-            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
-            out.extend(
-                shard
-                    .map
-                    .iter()
-                    .filter(|(k, e)| e.expires_at > now && k.starts_with(prefix))
-                    .map(|(k, e)| (k.clone(), e.value.to_bytes())),
-            );
-            // Keep memory bounded by `limit` even when the prefix matches most keys: the
-            // smallest keys survive, as the sorted result needs.
-            if out.len() > limit.saturating_mul(2).max(1024) {
-                out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-                out.truncate(limit);
-            }
-        }
-        out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        out.truncate(limit);
-        ready(Ok(out))
+        let listed = self.listed(prefix, limit);
+        ready(Ok(listed.into_iter().map(|l| (l.key, l.value)).collect()))
     }
 }
 

@@ -15,6 +15,7 @@ use thiserror::Error;
 
 mod coalesce;
 mod fallback;
+pub mod keys;
 mod memory;
 mod redis;
 #[cfg(test)]

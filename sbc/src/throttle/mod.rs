@@ -27,7 +27,7 @@ use kubesbc_crds::policy::{MissingTenant, TenantLimit, ThrottleConfig};
 
 use crate::pipeline::{Admission, BoxFuture, Refusal, RequestContext, Stage, Verdict};
 use crate::sip::{Message, Method};
-use crate::store::{Op, OpResult, Store, StoreError};
+use crate::store::{Op, OpResult, Store, StoreError, keys};
 use release::{Release, Releaser};
 
 pub use clock::Clock;
@@ -134,16 +134,11 @@ impl ThrottleStage {
     }
 
     fn key(&self, t: &Throttle, kind: &str, seg: &str, n: u64) -> String {
-        format!("{}thr:{}:{kind}:{seg}:{n}", self.prefix, t.cfg.name)
+        keys::throttle_window(&self.prefix, &t.cfg.name, kind, seg, n)
     }
 
     fn dialog_key(&self, t: &Throttle, call_id: &[u8]) -> String {
-        format!(
-            "{}thr:{}:dlg:{}",
-            self.prefix,
-            t.cfg.name,
-            String::from_utf8_lossy(call_id)
-        )
+        keys::throttle_dialog(&self.prefix, &t.cfg.name, call_id)
     }
 
     fn tenant<'a>(&self, t: &'a Throttle, req: &Message) -> Tenant<'a> {
@@ -310,7 +305,7 @@ impl ThrottleStage {
                 let timeout_ms = u64::from(t.cfg.dialog_timeout_secs) * 1000;
                 Release {
                     dialog_key: self.dialog_key(t, call_id),
-                    counter_prefix: format!("{}thr:{}:cc:", self.prefix, t.cfg.name),
+                    counter_prefix: keys::throttle_calls(&self.prefix, &t.cfg.name),
                     bucket_ms: timeout_ms.div_ceil(BUCKETS).max(1),
                     timeout_ms,
                     now_ms,

@@ -294,20 +294,7 @@ async fn writer<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Bytes>)
 
 pub(super) async fn accept_loop(side: Arc<TcpSide>, l: TcpListener, inbound: Arc<dyn Inbound>) {
     loop {
-        let (stream, remote) = match l.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        if !admit(&side.counts, &side.limits, remote) {
-            inbound.on_dropped("connection_limit");
-            continue;
-        }
-        let _ = stream.set_nodelay(true);
+        let (stream, remote) = accept_admitted(&l, &side.counts, &side.limits, &*inbound).await;
         match &side.tls_server {
             None => {
                 let (rd, wr) = stream.into_split();
@@ -338,6 +325,33 @@ pub(super) async fn accept_loop(side: Arc<TcpSide>, l: TcpListener, inbound: Arc
                 });
             }
         }
+    }
+}
+
+/// The next connection on `l` that [`admit`] lets in, with Nagle off (shared by every stream
+/// transport). Refused ones are counted as dropped; accept errors back off.
+pub(super) async fn accept_admitted(
+    l: &TcpListener,
+    counts: &Mutex<ConnCounts>,
+    limits: &Limits,
+    inbound: &dyn Inbound,
+) -> (TcpStream, SocketAddr) {
+    loop {
+        let (stream, remote) = match l.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if !admit(counts, limits, remote) {
+            inbound.on_dropped("connection_limit");
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        return (stream, remote);
     }
 }
 

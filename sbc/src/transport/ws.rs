@@ -26,7 +26,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::{self, Message};
 
-use super::tcp::{HANDSHAKE_TIMEOUT, admit, release};
+use super::tcp::{HANDSHAKE_TIMEOUT, accept_admitted, release};
 use super::tls::TlsServer;
 use super::ws_rules::{Upgrade, UpgradeRules, close_code, decide, is_keepalive, ws_config};
 use super::{ConnCounts, Flow, FlowId, FlowTable, Inbound, Peer, next_flow};
@@ -323,19 +323,7 @@ pub(super) async fn accept_loop(
 ) {
     let rules = Arc::new(rules);
     loop {
-        let (stream, remote) = match l.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        if !admit(&side.counts, &side.limits, remote) {
-            inbound.on_dropped("connection_limit");
-            continue;
-        }
-        let _ = stream.set_nodelay(true);
+        let (stream, remote) = accept_admitted(&l, &side.counts, &side.limits, &*inbound).await;
         let (side, rules, inbound) = (side.clone(), rules.clone(), inbound.clone());
         tokio::spawn(async move {
             let counts = side.counts.clone();

@@ -1,4 +1,4 @@
-//! IPv4/IPv6 CIDR matching for the trusted sources.
+//! IPv4/IPv6 networks: the trusted sources of auth and guard, and the sources of access rules.
 
 use std::net::IpAddr;
 
@@ -21,8 +21,10 @@ fn bits(ip: IpAddr) -> (u128, bool) {
 }
 
 impl Cidr {
-    /// Parses `10.0.0.0/8`, `2001:db8::/32` or a bare address.
+    /// Parses `10.0.0.0/8`, `2001:db8::/32` or a bare address (a /32 or /128); surrounding
+    /// whitespace is ignored.
     pub fn parse(s: &str) -> Option<Cidr> {
+        let s = s.trim();
         let (addr, len) = match s.split_once('/') {
             Some((a, l)) => (a, Some(l.parse::<u32>().ok()?)),
             None => (s, None),
@@ -71,6 +73,8 @@ mod tests {
         assert!(!one.contains("127.0.0.3".parse().unwrap()));
         assert!(Cidr::parse("10.0.0.0/33").is_none());
         assert!(Cidr::parse("nope/8").is_none());
+        assert!(Cidr::parse("nope").is_none());
+        assert!(Cidr::parse(" 10.0.0.0/8 ").is_some());
         assert!(
             Cidr::parse("::/0")
                 .unwrap()
