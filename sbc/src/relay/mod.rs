@@ -393,6 +393,17 @@ impl Pinger for Relay {
     }
 }
 
+/// The compiled routing rules of `config`; `None` (logged) when they do not compile.
+fn compile_rules(config: &SbcConfig) -> Option<Rules> {
+    match Rules::compile(&config.routing) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::error!(error = %e, "routing rules refused");
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -426,17 +437,6 @@ mod tests {
                     "on_dropped(\"{reason}\") has no label"
                 );
             }
-        }
-    }
-}
-
-/// The compiled routing rules of `config`; `None` (logged) when they do not compile.
-fn compile_rules(config: &SbcConfig) -> Option<Rules> {
-    match Rules::compile(&config.routing) {
-        Ok(r) => Some(r),
-        Err(e) => {
-            tracing::error!(error = %e, "routing rules refused");
-            None
         }
     }
 }
