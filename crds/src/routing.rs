@@ -81,7 +81,7 @@ pub struct HeaderMatch {
     /// Header name (case-insensitive), `X-Tenant-ID`.
     #[schemars(
         length(min = 1, max = 64),
-        regex(pattern = r"^[!#-'*+\-.0-9A-Z^-z|~]+$")
+        regex(pattern = r"^[A-Za-z0-9.!%*_+`'~-]+$")
     )]
     pub name: String,
     /// The value it must have.
