@@ -159,9 +159,17 @@ fn hep_decoded_by_sngrep_is_sip_in_tshark_with_call_id_addresses_and_direction()
     send_signal(i64::from(sngrep.id()), "INT");
     let _ = wait_child(&mut sngrep, Duration::from_secs(5));
 
+    let (sbc, backend) = (bed.proxy.sip_addr().port(), bed.backend(0).port());
+    // Ephemeral ports can be ones tshark gives to another protocol (22222 is RTPproxy's):
+    // decode every port of the call as SIP.
+    let decode_as: Vec<String> = [caller_port, sbc, backend]
+        .iter()
+        .flat_map(|p| ["-d".to_string(), format!("udp.port=={p},sip")])
+        .collect();
     let out = Command::new("tshark")
         .arg("-r")
         .arg(&pcap)
+        .args(&decode_as)
         .args(["-Y", "sip", "-T", "fields", "-E", "separator=|"])
         .args([
             "-e",
@@ -185,7 +193,6 @@ fn hep_decoded_by_sngrep_is_sip_in_tshark_with_call_id_addresses_and_direction()
         .expect("run tshark");
     let text = String::from_utf8_lossy(&out.stdout);
     let rows: Vec<Vec<&str>> = text.lines().map(|l| l.split('|').collect()).collect();
-    let (sbc, backend) = (bed.proxy.sip_addr().port(), bed.backend(0).port());
     let has = |src: u16, dst: u16, method: &str, code: &str| {
         rows.iter().any(|r| {
             r.len() == 7
