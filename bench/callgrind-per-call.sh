@@ -5,6 +5,7 @@
 # not in it, so it complements bench/ab-cpu.sh, it does not replace it.
 #
 #   bench/callgrind-per-call.sh BIN [CONFIG]        # prints "<Ir per call> <Ir long> <Ir short>"
+#   KEEP=1 bench/callgrind-per-call.sh BIN CONFIG   # and keeps cg-*.out for callgrind_annotate
 #
 # Runs the sbc under callgrind twice in front of the sipp backends of bench/sip-cps.sh, with
 # 100 calls/s for LONG (30) and SHORT (10) seconds; the difference of the two totals divided by
@@ -44,4 +45,5 @@ one() { # one <seconds> -> total Ir
 
 long="$(one "$LONG")"; short="$(one "$SHORT")"
 echo "$(( (long - short) / ((LONG - SHORT) * RATE) )) $long $short"
-rm -rf "$work"
+# KEEP=1 keeps the callgrind files for callgrind_annotate.
+if [[ -n "${KEEP:-}" ]]; then echo "kept: $work" >&2; else rm -rf "$work"; fi

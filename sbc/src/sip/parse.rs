@@ -3,7 +3,7 @@
 //! Record-Route, Max-Forwards, Call-ID, CSeq, Content-Length), so nothing else is decoded.
 
 use bytes::Bytes;
-use memchr::memchr;
+use memchr::{memchr, memchr2, memchr3};
 
 use super::Method;
 pub use super::header::{Header, HeaderName};
@@ -487,6 +487,21 @@ pub fn split_values(buf: &[u8], value: Span) -> impl Iterator<Item = Span> + '_ 
             let mut quoted = false;
             let mut angle = false;
             while pos < end {
+                // Jump to the next byte that can change the state: inside brackets only `>`,
+                // inside quotes `"` and `\\`, elsewhere `"`, `<` and `,`.
+                let rest = &buf[pos..end];
+                let next = if angle {
+                    memchr(b'>', rest)
+                } else if quoted {
+                    memchr2(b'"', b'\\', rest)
+                } else {
+                    memchr3(b'"', b'<', b',', rest)
+                };
+                let Some(n) = next else {
+                    pos = end;
+                    break;
+                };
+                pos += n;
                 match buf[pos] {
                     b'"' if !angle => quoted = !quoted,
                     b'\\' if quoted => pos += 1,
