@@ -385,7 +385,7 @@ impl Worker {
             if !sniffed.is_some_and(|s| s.tracked(ev.direction)) {
                 continue;
             }
-            let Ok(msg) = Message::parse(ev.data.clone(), usize::from(u16::MAX)) else {
+            let Ok(msg) = Message::parse_checked(ev.data.clone(), usize::from(u16::MAX)) else {
                 continue;
             };
             let seen = Seen {

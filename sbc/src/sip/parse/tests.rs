@@ -87,3 +87,32 @@ fn never_panics_on_prefixes() {
         let _ = Message::parse(Bytes::copy_from_slice(&INVITE.as_bytes()[..n]), 65535);
     }
 }
+
+#[test]
+fn parse_checked_gives_the_same_message_without_repeating_value_checks() {
+    let strict = msg(INVITE).expect("valid");
+    let lax =
+        Message::parse_checked(Bytes::copy_from_slice(INVITE.as_bytes()), 65535).expect("valid");
+    assert_eq!(lax.start, strict.start);
+    assert_eq!(lax.body, strict.body);
+    let spans = |m: &Message| {
+        m.headers
+            .iter()
+            .map(|h| (h.name, h.value))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(spans(&lax), spans(&strict));
+    // A value check the relay made (and answered 400 for) is not made again...
+    let two_froms = "INVITE sip:a SIP/2.0\r\nFrom: <sip:a>, <sip:b>\r\nContent-Length: 0\r\n\r\n";
+    assert_eq!(
+        msg(two_froms).unwrap_err(),
+        ParseError::Invalid("Multiple From Values")
+    );
+    assert!(Message::parse_checked(Bytes::from_static(two_froms.as_bytes()), 65535).is_ok());
+    // ...but the framing still is.
+    let short = "INVITE sip:a SIP/2.0\r\nContent-Length: 10\r\n\r\nshort";
+    assert_eq!(
+        Message::parse_checked(Bytes::from_static(short.as_bytes()), 65535).unwrap_err(),
+        ParseError::BadContentLength
+    );
+}
