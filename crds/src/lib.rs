@@ -8,6 +8,7 @@ pub mod dispatcher;
 pub mod observe;
 pub mod policy;
 pub mod status;
+pub mod store;
 pub mod throttle;
 
 pub use access::{AccessList, AccessListSpec};

@@ -1,0 +1,111 @@
+//! Splitting a multi-key call by Redis Cluster slot.
+//!
+//! A script runs on one node and may only touch keys of one slot. The stages hash-tag every key
+//! of one decision alike (see [`crate::store::keys`]), so a decision is one slot and one round
+//! trip; calls that merge several decisions (coalesced batches, flood syncs, releases) are
+//! split here into one script per slot, sent at once, and their answers put back in order.
+
+use std::future::Future;
+
+use ::redis::cluster_routing::Slot;
+
+use crate::store::StoreError;
+
+/// The slot of `key` (its hash tag's, when it has one).
+pub(crate) fn slot(key: &str) -> u16 {
+    Slot::for_key(key).into()
+}
+
+/// Indices of `keys` grouped by slot, groups in order of first appearance.
+pub(super) fn groups(keys: impl Iterator<Item = u16>) -> Vec<Vec<usize>> {
+    let mut out: Vec<(u16, Vec<usize>)> = Vec::new();
+    for (i, s) in keys.enumerate() {
+        match out.iter_mut().find(|(g, _)| *g == s) {
+            Some((_, v)) => v.push(i),
+            None => out.push((s, vec![i])),
+        }
+    }
+    out.into_iter().map(|(_, v)| v).collect()
+}
+
+/// Runs `run` on the items of each slot concurrently (each answering one result per item)
+/// and returns the answers in the items' order. Any slot that does not answer fails the whole
+/// call, so the caller falls back for all of it rather than deciding on half the counters.
+pub(super) async fn per_slot<T, R, F, Fut>(
+    items: &[T],
+    slot_of: impl Fn(&T) -> u16,
+    run: F,
+) -> Result<Vec<R>, StoreError>
+where
+    T: Clone,
+    F: Fn(Vec<T>) -> Fut,
+    Fut: Future<Output = Result<Vec<R>, StoreError>>,
+{
+    let groups = groups(items.iter().map(slot_of));
+    let answers = futures::future::join_all(groups.iter().map(|g| {
+        let part: Vec<T> = g.iter().filter_map(|&i| items.get(i).cloned()).collect();
+        run(part)
+    }))
+    .await;
+    let mut out: Vec<Option<R>> = (0..items.len()).map(|_| None).collect();
+    for (g, a) in groups.iter().zip(answers) {
+        let a = a?;
+        if a.len() != g.len() {
+            return Err(StoreError::Rejected(format!(
+                "{} answers for {} operations",
+                a.len(),
+                g.len()
+            )));
+        }
+        for (&i, r) in g.iter().zip(a) {
+            if let Some(slot) = out.get_mut(i) {
+                *slot = Some(r);
+            }
+        }
+    }
+    out.into_iter()
+        .map(|r| r.ok_or_else(|| StoreError::Rejected("an operation got no answer".into())))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_follow_redis_crc16_and_hash_tags() {
+        // Values from the Redis Cluster specification's examples and `CLUSTER KEYSLOT`.
+        assert_eq!(slot("123456789"), 12739);
+        assert_eq!(slot("foo"), 12182);
+        assert_eq!(slot("{user1000}.following"), slot("{user1000}.followers"));
+        assert_eq!(slot("a{}b"), Slot::for_key("a{}b").into());
+    }
+
+    #[test]
+    fn groups_keep_order_of_first_appearance() {
+        assert_eq!(
+            groups([5u16, 7, 5, 9, 7].into_iter()),
+            vec![vec![0, 2], vec![1, 4], vec![3]]
+        );
+    }
+
+    #[tokio::test]
+    async fn answers_come_back_in_order_and_one_failed_slot_fails_all() {
+        let items = ["{a}1", "{b}1", "{a}2", "{c}1"];
+        let out = per_slot(&items, |k| slot(k), |part: Vec<&str>| async move {
+            Ok(part.into_iter().map(str::to_owned).collect())
+        })
+        .await
+        .unwrap();
+        assert_eq!(out, items);
+        let r = per_slot(&items, |k| slot(k), |part: Vec<&str>| async move {
+            if part.contains(&"{b}1") {
+                Err(StoreError::Unavailable("node down".into()))
+            } else {
+                Ok(part.into_iter().map(str::to_owned).collect())
+            }
+        })
+        .await;
+        assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
+    }
+}
