@@ -112,6 +112,15 @@ pub struct SbcClusterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 65535))]
     pub default_set: Option<u32>,
+    /// Routing rules: which selected DispatcherSet (by set id) or fixed target an initial
+    /// request goes to, first match wins; no match: `defaultSet`. Rendered into sbc.yaml
+    /// `routing`; a rule naming a set id no selected DispatcherSet has is refused
+    /// (`Accepted=False`, reason `InvalidRouting`).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::routing::RoutingConfig::is_empty"
+    )]
+    pub routing: crate::routing::RoutingConfig,
     /// Port of the admin endpoint (`/metrics`, `/healthz`, `/readyz`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]

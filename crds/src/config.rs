@@ -49,6 +49,13 @@ pub struct SbcConfig {
     /// Dispatcher sets: where requests that do not belong to a dialog go.
     #[serde(default)]
     pub dispatcher: DispatcherConfig,
+    /// Routing rules choosing the dispatcher set (or a fixed target) of an initial request.
+    /// Absent: every initial request goes to `dispatcher.defaultSet`.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::routing::RoutingConfig::is_empty"
+    )]
+    pub routing: crate::routing::RoutingConfig,
     /// The HTTP admin endpoint (`/metrics`, `/healthz`, `/readyz`, `/dispatcher`).
     #[serde(default)]
     pub admin: AdminConfig,
@@ -904,6 +911,8 @@ impl SbcConfig {
             }
             set.validate(&p)?;
         }
+        let set_ids: Vec<u32> = self.dispatcher.sets.iter().map(|s| s.id).collect();
+        self.routing.validate("routing", &set_ids)?;
         if self.limits.max_message_bytes < 1024 || self.limits.max_message_bytes > 65535 {
             return Err(ConfigError::field(
                 "limits.maxMessageBytes",

@@ -7,6 +7,7 @@ pub mod config;
 pub mod dispatcher;
 pub mod observe;
 pub mod policy;
+pub mod routing;
 pub mod status;
 pub mod store;
 pub mod throttle;

@@ -255,6 +255,42 @@ async fn duplicate_set_ids_mark_the_second_set() {
 }
 
 #[tokio::test]
+async fn routing_rules_are_rendered_and_an_unknown_set_is_not_accepted() {
+    // The example's rules (Asterisk calling out to the carriers) reach the sbc.yaml.
+    let (sent, result) = reconcile(World::standard(), example("sbccluster.yaml")).await;
+    assert!(result.is_ok(), "{result:?}");
+    let cm = patches(&sent, "/configmaps/edge-config");
+    let yaml = cm[0].body["data"]["sbc.yaml"].as_str().expect("sbc.yaml");
+    let config = kubesbc_crds::config::SbcConfig::from_yaml(yaml).expect("valid config");
+    let rules = &config.routing.rules;
+    assert_eq!(rules.len(), 2, "{yaml}");
+    assert_eq!((rules[0].from_set, rules[0].set), (Some(1), Some(2)));
+    assert_eq!((rules[1].from_set, rules[1].set), (Some(2), Some(1)));
+
+    // A rule naming a set no selected DispatcherSet has: Accepted=False naming the field,
+    // and nothing but status is written.
+    let mut cluster: SbcCluster = example("sbccluster.yaml");
+    cluster.spec.routing.rules[1].set = Some(7);
+    let (sent, result) = reconcile(World::standard(), cluster).await;
+    assert!(result.is_ok(), "a rejected spec is a status: {result:?}");
+    let st = patches(&sent, "/sbcclusters/edge/status");
+    let (status, reason, message) = accepted(st[0]);
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "InvalidRouting")
+    );
+    assert_eq!(
+        message,
+        "SbcCluster voip/edge: spec.routing.rules[1].set: set 7 is not in the dispatcher (its sets: 1, 2)"
+    );
+    let applied: Vec<_> = sent
+        .iter()
+        .filter(|s| s.method == "PATCH" && !s.path.ends_with("/status"))
+        .collect();
+    assert!(applied.is_empty(), "{applied:?}");
+}
+
+#[tokio::test]
 async fn api_errors_are_returned_for_backoff_and_counted() {
     // An API server that fails every request: reconcile errors (no panic), and error_policy
     // requeues and counts it under the error's name.

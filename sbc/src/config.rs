@@ -51,7 +51,11 @@ pub fn load_file(path: &Path) -> Result<SbcConfig, LoadError> {
         file: file.clone(),
         source,
     })?;
-    refuse_unwired(&cfg).map_err(|source| LoadError::Invalid { file, source })?;
+    refuse_unwired(&cfg).map_err(|source| LoadError::Invalid {
+        file: file.clone(),
+        source,
+    })?;
+    check_routing(&cfg).map_err(|source| LoadError::Invalid { file, source })?;
     Ok(cfg)
 }
 
@@ -68,6 +72,17 @@ pub fn refuse_unwired(cfg: &SbcConfig) -> Result<(), ConfigError> {
         });
     }
     Ok(())
+}
+
+/// Refuses routing rules the sbc cannot compile (a target whose `;transport=` it does not
+/// know, for instance), naming the field, as every loaded version is checked.
+pub fn check_routing(cfg: &SbcConfig) -> Result<(), ConfigError> {
+    crate::routing::rules::Rules::compile(&cfg.routing)
+        .map(drop)
+        .map_err(|e| ConfigError::Field {
+            path: format!("routing.rules[{}].{}", e.rule, e.field),
+            message: e.message,
+        })
 }
 
 /// Parses a `--listen` value: `udp:127.0.0.1:5060`, `tcp:[::1]:5060`.
@@ -94,6 +109,7 @@ pub fn from_listeners(listeners: Vec<Listener>) -> Result<SbcConfig, LoadError> 
     Ok(SbcConfig {
         listeners,
         dispatcher: DispatcherConfig::default(),
+        routing: Default::default(),
         admin: AdminConfig::default(),
         limits: Limits::default(),
         relay: RelayConfig::default(),

@@ -263,6 +263,7 @@ async fn load(a: &RunArgs, ov: &Overrides) -> anyhow::Result<(SbcConfig, Source)
     ov.apply(&mut cfg);
     cfg.validate().map_err(config::LoadError::Flags)?;
     config::refuse_unwired(&cfg).map_err(config::LoadError::Flags)?;
+    config::check_routing(&cfg).map_err(config::LoadError::Flags)?;
     cfg.read_secret_files().map_err(config::LoadError::Flags)?;
     sbc::transport::tls::check(&cfg).map_err(config::LoadError::Tls)?;
     Ok((cfg, source))

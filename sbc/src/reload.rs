@@ -193,6 +193,7 @@ impl Reloader {
         self.overrides.apply(&mut cfg);
         cfg.validate()?;
         crate::config::refuse_unwired(&cfg)?;
+        crate::config::check_routing(&cfg)?;
         cfg.read_secret_files()?;
         crate::transport::tls::check(&cfg)?;
         let old = self.current();

@@ -50,6 +50,8 @@ pub struct UacOptions {
     pub hold_ms: u32,
     /// Global bound on the run (`-timeout`), seconds.
     pub timeout_s: u32,
+    /// The Request-URI's user part (`-s`); `None`: sipp's default, `service`.
+    pub service: Option<String>,
 }
 
 impl Default for UacOptions {
@@ -59,6 +61,7 @@ impl Default for UacOptions {
             calls: 20,
             hold_ms: 100,
             timeout_s: 60,
+            service: None,
         }
     }
 }
@@ -72,6 +75,7 @@ impl UacOptions {
             calls,
             hold_ms: 100,
             timeout_s: calls / rate.max(1) + 40,
+            service: None,
         }
     }
 
@@ -79,6 +83,14 @@ impl UacOptions {
     pub fn with_hold_ms(self, ms: u32) -> UacOptions {
         UacOptions {
             hold_ms: ms,
+            ..self
+        }
+    }
+
+    /// Calls `user` (the Request-URI's user part, sipp's `-s`).
+    pub fn with_service(self, user: &str) -> UacOptions {
+        UacOptions {
+            service: Some(user.to_owned()),
             ..self
         }
     }
@@ -115,14 +127,28 @@ impl Sipp {
         port: u16,
         transport: SippTransport,
     ) -> Sipp {
-        let mut s = Sipp::spawn(dir, name, scenario, port, transport, &[]);
+        Sipp::uas_on(dir, name, scenario, LOOPBACK, port, transport)
+    }
+
+    /// Like [`Sipp::uas`], on another loopback address (127.0.0.11: a backend the proxy can
+    /// tell apart from others by its address alone).
+    pub fn uas_on(
+        dir: &TempDir,
+        name: &str,
+        scenario: &Path,
+        ip: std::net::Ipv4Addr,
+        port: u16,
+        transport: SippTransport,
+    ) -> Sipp {
+        assert!(ip.is_loopback(), "only loopback addresses");
+        let mut s = Sipp::spawn_on(dir, name, scenario, ip, port, transport, &[]);
         let bound = wait_for(Duration::from_secs(5), || {
             s.check_alive();
-            port_bound(port, transport).then_some(())
+            port_bound(ip, port, transport).then_some(())
         });
         if bound.is_none() {
             panic!(
-                "sipp {name} did not bind 127.0.0.1:{port} within 5 s; output:\n{}",
+                "sipp {name} did not bind {ip}:{port} within 5 s; output:\n{}",
                 tail_file(&s.out, 4000)
             );
         }
@@ -354,8 +380,8 @@ impl Drop for Sipp {
     }
 }
 
-fn uac_args(target: SocketAddr, opts: &UacOptions) -> [String; 10] {
-    [
+fn uac_args(target: SocketAddr, opts: &UacOptions) -> Vec<String> {
+    let mut args = vec![
         target.to_string(),
         "-r".into(),
         opts.rate.to_string(),
@@ -366,13 +392,17 @@ fn uac_args(target: SocketAddr, opts: &UacOptions) -> [String; 10] {
         "-timeout".into(),
         format!("{}s", opts.timeout_s),
         "-timeout_error".into(),
-    ]
+    ];
+    if let Some(user) = &opts.service {
+        args.extend(["-s".into(), user.clone()]);
+    }
+    args
 }
 
-fn port_bound(port: u16, transport: SippTransport) -> bool {
+fn port_bound(ip: std::net::Ipv4Addr, port: u16, transport: SippTransport) -> bool {
     match transport {
-        SippTransport::Udp => UdpSocket::bind((LOOPBACK, port)).is_err(),
-        SippTransport::Tcp => TcpListener::bind((LOOPBACK, port)).is_err(),
+        SippTransport::Udp => UdpSocket::bind((ip, port)).is_err(),
+        SippTransport::Tcp => TcpListener::bind((ip, port)).is_err(),
     }
 }
 

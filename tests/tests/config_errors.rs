@@ -90,6 +90,22 @@ fn config_errors_name_the_field_path() {
             good.replace("transport: udp", "transport: sctp"),
             vec!["listeners[0].transport"],
         ),
+        (
+            "routing rule naming a set the dispatcher does not have",
+            good.replace(
+                "admin:",
+                "routing:\n  rules:\n    - {methods: [INVITE], set: 1}\n    - {uriUserPrefixes: [\"00\"], set: 7}\nadmin:",
+            ),
+            vec!["routing.rules[1].set: set 7 is not in the dispatcher (its sets: 1)"],
+        ),
+        (
+            "routing target the sbc cannot reach",
+            good.replace(
+                "admin:",
+                "routing:\n  rules:\n    - {methods: [INVITE], target: \"sip:10.0.0.1;transport=sctp\"}\nadmin:",
+            ),
+            vec![r#"routing.rules[0].target: "sip:10.0.0.1;transport=sctp" is not an IP-literal SIP URI"#],
+        ),
     ];
     for (what, yaml, needles) in cases {
         assert_ne!(yaml, good, "{what}: the test did not change the config");

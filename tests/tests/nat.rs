@@ -42,6 +42,7 @@ fn a_nated_clients_contact_is_fixed_and_the_callees_bye_reaches_it() {
             calls: 1,
             hold_ms: 0,
             timeout_s: 20,
+            service: None,
         },
     );
     // The UAS waits 1 s before its BYE: check what it got first, and stop everything if the

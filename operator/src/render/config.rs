@@ -285,6 +285,15 @@ pub fn render_config(inputs: Inputs<'_>) -> Result<SbcConfig, RenderError> {
             format!("no selected DispatcherSet has set id {default_set}"),
         ));
     }
+    let set_ids: Vec<u32> = sets.iter().map(|s| s.id).collect();
+    spec.routing
+        .validate("spec.routing", &set_ids)
+        .map_err(|e| match e {
+            kubesbc_crds::config::ConfigError::Field { path, message } => {
+                err(cluster, "InvalidRouting", path, message)
+            }
+            other => internal(cluster, "spec.routing", other),
+        })?;
 
     let mut access_lists: Vec<AccessListConfig> = inputs
         .access_lists
@@ -387,6 +396,7 @@ pub fn render_config(inputs: Inputs<'_>) -> Result<SbcConfig, RenderError> {
     let config = SbcConfig {
         listeners,
         dispatcher: DispatcherConfig { default_set, sets },
+        routing: spec.routing.clone(),
         admin: AdminConfig {
             address: std::net::SocketAddr::from(([0, 0, 0, 0], admin_port)),
         },

@@ -235,6 +235,18 @@ impl Dispatcher {
         table.set(set_id)?.select(key, tried, &self.epoch)
     }
 
+    /// Whether `ip` is the address of a resolved destination of set `set_id`, port and
+    /// transport ignored (the routing rules' `fromSet`). No allocation, no lock.
+    pub fn is_member(&self, set_id: u32, ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        let table = self.table.load();
+        table.set(set_id).is_some_and(|s| {
+            s.dests
+                .iter()
+                .any(|d| d.is_resolved() && d.target.addr.ip().to_canonical() == ip)
+        })
+    }
+
     /// A listing of every set and destination, for the admin API and `sbc ctl`.
     pub fn snapshot(&self) -> Vec<SetSnapshot> {
         let table = self.table.load();

@@ -146,12 +146,10 @@ pub enum SendOutcome {
 
 /// The way to one collector.
 pub enum HepSender {
-    /// A non-blocking UDP socket.
+    /// A non-blocking UDP socket connected to the collector.
     Udp {
         /// The socket.
         sock: std::net::UdpSocket,
-        /// The collector.
-        to: SocketAddr,
     },
     /// The queue of a TCP writer task.
     Tcp(mpsc::Sender<Bytes>),
@@ -159,6 +157,8 @@ pub enum HepSender {
 
 /// Packets queued per TCP collector.
 const TCP_QUEUE: usize = 8192;
+/// Packets written to a TCP collector at once, at most.
+const TCP_BATCH: usize = 256;
 
 impl HepSender {
     /// Opens the way to `c` (spawning the TCP writer task on the current runtime).
@@ -177,10 +177,9 @@ impl HepSender {
                 };
                 let sock = std::net::UdpSocket::bind(any)?;
                 sock.set_nonblocking(true)?;
-                Ok(HepSender::Udp {
-                    sock,
-                    to: c.address,
-                })
+                // Connected: the kernel resolves the route once, not per packet.
+                sock.connect(c.address)?;
+                Ok(HepSender::Udp { sock })
             }
         }
     }
@@ -188,7 +187,7 @@ impl HepSender {
     /// Sends one packet without waiting.
     pub fn send(&self, packet: &[u8]) -> SendOutcome {
         match self {
-            HepSender::Udp { sock, to } => match sock.send_to(packet, to) {
+            HepSender::Udp { sock } => match sock.send(packet) {
                 Ok(_) => SendOutcome::Queued,
                 Err(_) => SendOutcome::Dropped,
             },
@@ -223,8 +222,14 @@ async fn tcp_writer(to: SocketAddr, mut rx: mpsc::Receiver<Bytes>) {
             }
         };
         let _ = stream.set_nodelay(true);
-        while let Some(p) = rx.recv().await {
-            let write = tokio::time::timeout(Duration::from_secs(5), stream.write_all(&p)).await;
+        // What is queued goes out in one write: one syscall per batch, not per packet.
+        let (mut batch, mut buf) = (Vec::with_capacity(TCP_BATCH), Vec::new());
+        while rx.recv_many(&mut batch, TCP_BATCH).await > 0 {
+            buf.clear();
+            for p in batch.drain(..) {
+                buf.extend_from_slice(&p);
+            }
+            let write = tokio::time::timeout(Duration::from_secs(5), stream.write_all(&buf)).await;
             if !matches!(write, Ok(Ok(()))) {
                 tracing::debug!(%to, "hep collector connection lost");
                 break;

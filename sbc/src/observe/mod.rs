@@ -3,9 +3,10 @@
 //!
 //! The transports hand every message received and sent to [`ObserveTap`], which only queues
 //! it (`try_send` into a bounded channel; a full queue is counted in
-//! `sbc_observe_dropped_total{stage="queue"}`). One background task parses the messages with
-//! the project's parser, sends HEP, feeds the trackers and writes the records to the sinks,
-//! each of which has a bounded queue of its own.
+//! `sbc_observe_dropped_total{stage="queue"}`). One background task wakes at most every
+//! [`GATHER`], reads each message's start line, Call-ID and CSeq ([`sniff`]), sends HEP,
+//! parses only the messages the trackers act on, and writes the records to the sinks, each of
+//! which has a bounded queue of its own.
 
 pub mod cdr;
 mod cluster;
@@ -13,6 +14,7 @@ pub mod hep;
 pub mod metrics;
 pub mod registrations;
 pub mod sinks;
+mod sniff;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -23,7 +25,7 @@ use kubesbc_crds::observe::{HepConfig, parse_collector};
 use prometheus::{IntCounter, Registry};
 use tokio::sync::mpsc;
 
-use crate::sip::{Message, StartLine};
+use crate::sip::Message;
 use crate::telemetry::Direction;
 use crate::transport::{Peer, Tap, TapEvent};
 use cdr::{CdrTracker, DestinationOf, DialogEntry};
@@ -31,6 +33,7 @@ use hep::{HepMeta, HepSender, SendOutcome};
 use metrics::{ObserveMetrics, Stage};
 use registrations::{BindingEntry, RegistrationTracker};
 use sinks::{RecordKind, Sinks};
+use sniff::Sniff;
 
 /// One observed message, parsed, as the trackers see it.
 #[derive(Debug, Clone, Copy)]
@@ -331,6 +334,11 @@ struct Worker {
 /// Messages taken from the queue at once.
 const BATCH: usize = 256;
 
+/// How long the worker lets the queue fill after a partial batch. Waking once per message
+/// (some 80,000 a second at 3,000 calls/s) cost more than the work; HEP and records a few
+/// milliseconds late cost nothing.
+pub const GATHER: Duration = Duration::from_millis(5);
+
 impl Worker {
     async fn run(mut self, mut rx: mpsc::Receiver<TapEvent>) {
         let mut batch = Vec::with_capacity(BATCH);
@@ -343,6 +351,9 @@ impl Worker {
                         return;
                     }
                     self.process(&mut batch);
+                    if n < BATCH {
+                        tokio::time::sleep(GATHER).await;
+                    }
                 }
                 _ = tick.tick() => self.sweep(),
             }
@@ -366,12 +377,15 @@ impl Worker {
         let trackers = self.trackers.clone();
         let mut guard = trackers.lock().unwrap_or_else(|e| e.into_inner());
         for ev in batch.drain(..) {
-            let msg = Message::parse(ev.data.clone(), usize::from(u16::MAX)).ok();
+            let sniffed = sniff::sniff(&ev.data);
             if self.hep.is_some() {
                 let local = self.local_of(&ev);
-                self.send_hep(&ev, local, msg.as_ref());
+                self.send_hep(&ev, local, sniffed.as_ref());
             }
-            let Some(msg) = msg else {
+            if !sniffed.is_some_and(|s| s.tracked(ev.direction)) {
+                continue;
+            }
+            let Ok(msg) = Message::parse(ev.data.clone(), usize::from(u16::MAX)) else {
                 continue;
             };
             let seen = Seen {
@@ -480,20 +494,11 @@ impl Worker {
         }
     }
 
-    fn send_hep(&mut self, ev: &TapEvent, local: SocketAddr, msg: Option<&Message>) {
+    fn send_hep(&mut self, ev: &TapEvent, local: SocketAddr, sniffed: Option<&Sniff<'_>>) {
         let Some(hep) = self.hep.as_mut() else {
             return;
         };
-        let (call_id, method): (&[u8], &[u8]) = match msg {
-            Some(m) => (
-                m.call_id().unwrap_or(b""),
-                match m.start {
-                    StartLine::Request { .. } => m.method_token(),
-                    StartLine::Response { .. } => m.cseq().map_or(&b""[..], |c| c.1),
-                },
-            ),
-            None => (b"", b""),
-        };
+        let (call_id, method) = sniffed.map_or((&b""[..], &b""[..]), |s| (s.call_id, s.method()));
         if !hep.wants(call_id, method) {
             return;
         }

@@ -23,6 +23,7 @@ use tokio::sync::oneshot;
 use crate::dispatch::probe::{PingOutcome, Pinger};
 use crate::dispatch::{Destination, Dispatcher};
 use crate::pipeline::{Admission, Pipeline, Verdict};
+use crate::routing::rules::Rules;
 use crate::sip::build;
 use crate::sip::{Message, Method, ParseError};
 use crate::telemetry::{Direction, DropReason, Metrics, ParseErrorKind, ResponseOrigin};
@@ -34,6 +35,8 @@ use timers::Wheel;
 /// The proxy.
 pub struct Relay {
     config: ArcSwap<SbcConfig>,
+    /// The routing rules of `config`, compiled once per version.
+    rules: ArcSwap<Rules>,
     local: ArcSwap<Local>,
     transports: OnceLock<Arc<Transports>>,
     me: OnceLock<Weak<Relay>>,
@@ -54,8 +57,10 @@ impl Relay {
         dispatcher: Arc<Dispatcher>,
         metrics: Arc<Metrics>,
     ) -> Arc<Relay> {
+        let rules = compile_rules(&config).unwrap_or_default();
         let r = Arc::new(Relay {
             config: ArcSwap::from_pointee(config),
+            rules: ArcSwap::from_pointee(rules),
             local: ArcSwap::from_pointee(Local::default()),
             transports: OnceLock::new(),
             me: OnceLock::new(),
@@ -117,6 +122,11 @@ impl Relay {
 
     /// Replaces the configuration (listeners excepted: they are bound once).
     pub fn set_config(&self, config: SbcConfig) {
+        // Validated before it gets here (`config::check_routing`): a failure keeps the rules
+        // in force rather than routing everything to the default set.
+        if let Some(rules) = compile_rules(&config) {
+            self.rules.store(Arc::new(rules));
+        }
         self.config.store(Arc::new(config));
     }
 
@@ -149,11 +159,13 @@ impl Relay {
     /// Runs `f` on the core with the configuration and identity in force.
     fn with_env<R>(&self, now: Instant, f: impl FnOnce(&Core, &Env<'_>) -> R) -> R {
         let cfg = self.config.load();
+        let rules = self.rules.load();
         let local = self.local.load();
         let t = self.transports.get();
         let open = |p: &Peer| t.is_some_and(|t| t.is_open(p));
         let env = Env {
             cfg: &cfg,
+            rules: &rules,
             local: &local,
             now,
             draining: self.is_draining(),
@@ -378,6 +390,17 @@ impl Pinger for Relay {
     ) -> Pin<Box<dyn Future<Output = PingOutcome> + Send + 'a>> {
         let rx = self.ping_dest(dest, from, timeout);
         Box::pin(async move { rx.await.unwrap_or(PingOutcome::Timeout) })
+    }
+}
+
+/// The compiled routing rules of `config`; `None` (logged) when they do not compile.
+fn compile_rules(config: &SbcConfig) -> Option<Rules> {
+    match Rules::compile(&config.routing) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::error!(error = %e, "routing rules refused");
+            None
+        }
     }
 }
 

@@ -100,6 +100,8 @@ pub enum Action {
 pub struct Env<'a> {
     /// The configuration in force.
     pub cfg: &'a SbcConfig,
+    /// Its routing rules, compiled.
+    pub rules: &'a crate::routing::rules::Rules,
     /// The sbc's own addresses.
     pub local: &'a Local,
     /// The time of the event.

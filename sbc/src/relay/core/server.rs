@@ -12,6 +12,7 @@ use kubesbc_crds::config::Transport;
 use super::branch::{self, loop_hash, server_key};
 use super::{Action, Answer, Core, Env, Fault, SState, ServerTx, State, Timer, WAIT, arm, send};
 use crate::pipeline::{Admission, Pipeline, RequestContext, Verdict};
+use crate::routing::rules::{Facts, Route};
 use crate::sanity::{Reject, View};
 use crate::sip::build::{self, RequestEdits};
 use crate::sip::{Message, Method};
@@ -246,14 +247,7 @@ impl Core {
                 }
             };
             if tx.invite && !cx.in_dialog {
-                let trying = self.answer_bytes(&msg, Answer::new(100, "Trying"));
-                tx.last = Some(trying.clone());
-                out.push(Action::Send {
-                    to: cx.peer,
-                    data: trying,
-                    token: None,
-                    resp: (ResponseOrigin::Local, 100),
-                });
+                self.send_trying(&msg, &mut tx, out);
             }
             st.server.insert(key.clone(), tx);
             self.forward(&mut st, env, &key, target, None, out);
@@ -273,7 +267,25 @@ impl Core {
             drop(st);
             return refuse(Answer::new(403, "Preload Route Denied"), out);
         }
-        let set_id = cfg.dispatcher.default_set;
+        // The routing rules choose the set (or a fixed next hop); no match: the default set.
+        let facts = Facts {
+            source: cx.peer.addr.ip(),
+            method: cx.method,
+        };
+        let set_id = match env.rules.decide(&msg, &facts, &*self.dispatcher) {
+            None => cfg.dispatcher.default_set,
+            Some((_, Route::Set(id))) => id,
+            Some((rule, Route::Target(target))) => {
+                tracing::debug!(rule, to = %target.addr, "routing rule: fixed target");
+                // One hop, no set: failover has nowhere to go.
+                if tx.invite {
+                    self.send_trying(&msg, &mut tx, out);
+                }
+                st.server.insert(key.clone(), tx);
+                self.forward(&mut st, env, &key, target, None, out);
+                return;
+            }
+        };
         tx.set = Some(set_id);
         let Some(sel) = routing::select(&self.dispatcher, &msg, set_id, &[]) else {
             drop(st);
@@ -283,19 +295,24 @@ impl Core {
             return refuse(Answer::new(503, "Service Unavailable").with(&retry), out);
         };
         if tx.invite {
-            let trying = self.answer_bytes(&msg, Answer::new(100, "Trying"));
-            tx.last = Some(trying.clone());
-            out.push(Action::Send {
-                to: cx.peer,
-                data: trying,
-                token: None,
-                resp: (ResponseOrigin::Local, 100),
-            });
+            self.send_trying(&msg, &mut tx, out);
         }
         tx.tried.push(sel.index);
         st.server.insert(key.clone(), tx);
         let target = routing::dest_peer(&sel);
         self.forward(&mut st, env, &key, target, Some((sel.dest, sel.index)), out);
+    }
+
+    /// 100 Trying to the caller of a new INVITE, kept to repeat on its retransmissions.
+    fn send_trying(&self, msg: &Message, tx: &mut ServerTx, out: &mut Vec<Action>) {
+        let trying = self.answer_bytes(msg, Answer::new(100, "Trying"));
+        tx.last = Some(trying.clone());
+        out.push(Action::Send {
+            to: tx.peer,
+            data: trying,
+            token: None,
+            resp: (ResponseOrigin::Local, 100),
+        });
     }
 
     /// Answers a request the relay will not route, and tells the stages it passed that its

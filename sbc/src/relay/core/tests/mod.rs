@@ -8,6 +8,7 @@ mod flows;
 mod invite;
 mod non_invite;
 mod probe;
+mod routing;
 mod stateless;
 
 use std::sync::Arc;
@@ -99,6 +100,8 @@ impl Out {
 pub struct Harness {
     pub core: Core,
     pub cfg: SbcConfig,
+    /// The compiled routing rules of `cfg` (none unless a test sets some).
+    pub rules: crate::routing::rules::Rules,
     pub local: Local,
     pub now: Instant,
     pub pipeline: Arc<Pipeline>,
@@ -168,6 +171,7 @@ impl Harness {
         Harness {
             core: Core::new(dispatcher, metrics, 7, now),
             cfg,
+            rules: Default::default(),
             local,
             now,
             pipeline: Arc::new(Pipeline::default()),
@@ -211,6 +215,7 @@ impl Harness {
     fn env(&self) -> Env<'_> {
         Env {
             cfg: &self.cfg,
+            rules: &self.rules,
             local: &self.local,
             now: self.now,
             draining: self.draining,

@@ -1,6 +1,9 @@
 //! The routing stage: which set and which target a request goes to. In-dialog requests
 //! follow their Route set (loose routing, RFC 3261 section 16.4) or their Request-URI; initial
-//! requests go to the dispatcher's default set. No DNS here: a target must be an IP address.
+//! requests go where the routing rules ([`rules`]) say, or to the dispatcher's default set.
+//! No DNS here: a target must be an IP address.
+
+pub mod rules;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::LazyLock;
