@@ -148,7 +148,9 @@ pub fn split_url(url: &str) -> Result<Vec<String>, String> {
         return Err("not a redis:// or rediss:// URL".to_owned());
     };
     if scheme != "redis" && scheme != "rediss" {
-        return Err(format!("scheme {scheme:?}: not a redis:// or rediss:// URL"));
+        return Err(format!(
+            "scheme {scheme:?}: not a redis:// or rediss:// URL"
+        ));
     }
     let (authority, tail) = match rest.find(['/', '?', '#']) {
         Some(i) => rest.split_at(i),
@@ -172,7 +174,10 @@ pub fn split_url(url: &str) -> Result<Vec<String>, String> {
         if let Some(p) = port
             && p.parse::<u16>().is_err()
         {
-            return Err(format!("host {} ({host}): port {p:?} is not a number", i + 1));
+            return Err(format!(
+                "host {} ({host}): port {p:?} is not a number",
+                i + 1
+            ));
         }
         let mut u = String::with_capacity(url.len());
         u.push_str(scheme);
@@ -211,7 +216,11 @@ mod tests {
         );
         assert_eq!(split_url("rediss://h").unwrap(), ["rediss://h"]);
         assert!(split_url("http://h").unwrap_err().contains("redis://"));
-        assert!(split_url("redis://a:1,,b:2").unwrap_err().contains("host 2"));
+        assert!(
+            split_url("redis://a:1,,b:2")
+                .unwrap_err()
+                .contains("host 2")
+        );
         let e = split_url("redis://:secret@a:x").unwrap_err();
         assert!(e.contains("port \"x\"") && !e.contains("secret"), "{e}");
     }
@@ -231,11 +240,14 @@ mod tests {
         let e = store("url: redis://s:26379\nmode: sentinel\nsentinel: {masterName: ' '}\n")
             .unwrap_err();
         assert!(e.starts_with("store.sentinel.masterName:"), "{e}");
-        let s = store("url: redis://s:1,t:2/1\nmode: sentinel\nsentinel: {masterName: m}\n")
-            .unwrap();
+        let s =
+            store("url: redis://s:1,t:2/1\nmode: sentinel\nsentinel: {masterName: m}\n").unwrap();
         assert_eq!(s.sentinel.unwrap().master_name, "m");
         let e = store("url: redis://a:1\nsentinel: {masterName: m}\n").unwrap_err();
-        assert!(e.starts_with("store.sentinel: only with mode: sentinel"), "{e}");
+        assert!(
+            e.starts_with("store.sentinel: only with mode: sentinel"),
+            "{e}"
+        );
         let e = store("url: redis://a:1\nmode: ring\n").unwrap_err();
         assert!(e.contains("ring"), "{e}");
         let e = store("url: redis://a:1\nkeyPrefix: '{x}:'\n").unwrap_err();

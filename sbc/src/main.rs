@@ -421,14 +421,18 @@ fn build_store(cfg: &SbcConfig, metrics: &Metrics) -> anyhow::Result<Arc<dyn Sto
     let timeout = Duration::from_millis(sc.timeout_ms.max(1));
     let prefix = sc.key_prefix.as_deref().unwrap_or("kubesbc:");
     // The operator mounts the full URL (password included) from a Secret.
-    let url = match &sc.url_file {
-        Some(f) => std::fs::read_to_string(f)
-            .with_context(|| format!("store.urlFile {f}"))?
-            .trim()
-            .to_owned(),
-        None => sc.url.clone(),
+    let (url, field) = match &sc.url_file {
+        Some(f) => (
+            std::fs::read_to_string(f)
+                .with_context(|| format!("store.urlFile {f}"))?
+                .trim()
+                .to_owned(),
+            "urlFile",
+        ),
+        None => (sc.url.clone(), "url"),
     };
-    let redis = RedisStore::new(&url, prefix, timeout, metrics.registry())?;
+    let target = sbc::store::RedisTarget::from_config(sc, &url, field)?;
+    let redis = RedisStore::connect(&target, prefix, timeout, metrics.registry())?;
     let store_metrics = StoreMetrics::new(metrics.registry())?;
     let shared = Arc::new(FallbackStore::new(Arc::new(redis), timeout, store_metrics));
     // Decisions needed at the same moment share a round trip.

@@ -85,7 +85,6 @@ pub struct RedisStore {
     prefix: String,
     incr_window: Script,
     flood: Script,
-    list: Script,
     batch: Script,
     release_dialog: Script,
     hash_set: Script,
@@ -159,7 +158,6 @@ impl RedisStore {
             prefix: prefix.to_owned(),
             incr_window: Script::new(INCR_WINDOW),
             flood: Script::new(FLOOD),
-            list: Script::new(LIST),
             batch: Script::new(BATCH),
             release_dialog: Script::new(RELEASE_DIALOG),
             hash_set: Script::new(HASH_SET),
@@ -295,9 +293,7 @@ impl RedisStore {
             match op {
                 BatchOp::Get(k) => inv.key(self.key(k)).arg("g").arg(0).arg(0),
                 BatchOp::IncrWindow(k, w) => inv.key(self.key(k)).arg("w").arg(ms(*w)).arg(0),
-                BatchOp::IncrBy(k, d, ttl) => {
-                    inv.key(self.key(k)).arg("i").arg(*d).arg(ms(*ttl))
-                }
+                BatchOp::IncrBy(k, d, ttl) => inv.key(self.key(k)).arg("i").arg(*d).arg(ms(*ttl)),
                 BatchOp::SetEx(k, v, ttl) => {
                     inv.key(self.key(k)).arg("s").arg(v.as_ref()).arg(ms(*ttl))
                 }
@@ -351,7 +347,11 @@ impl RedisStore {
         let mut conn = self.trip(op);
         // EVAL, not EVALSHA: a cluster runs it on every master, and a listing is not hot.
         let mut cmd = ::redis::cmd("EVAL");
-        cmd.arg(LIST).arg(0).arg(self.pattern(prefix)).arg(limit).arg(1000);
+        cmd.arg(LIST)
+            .arg(0)
+            .arg(self.pattern(prefix))
+            .arg(limit)
+            .arg(1000);
         let value = conn
             .on_every_master(cmd)
             .await
@@ -639,9 +639,11 @@ impl Store for RedisStore {
                 return Ok(Vec::new());
             }
             if self.conn.is_cluster() && ops.len() > 1 {
-                return slots::per_slot(ops, |op| slots::slot(&self.batch_key(op)), |part| {
-                    async move { self.batch_one_slot(&part).await }
-                })
+                return slots::per_slot(
+                    ops,
+                    |op| slots::slot(&self.batch_key(op)),
+                    |part| async move { self.batch_one_slot(&part).await },
+                )
                 .await;
             }
             self.batch_one_slot(ops).await

@@ -11,7 +11,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use crate::config::{ConfigError, StoreConfig, StoreMode};
+use ::redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
 use ::redis::cluster::{ClusterClient, ClusterClientBuilder};
 use ::redis::cluster_async::ClusterConnection;
 use ::redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
@@ -21,6 +24,7 @@ use ::redis::{
     IntoConnectionInfo, Pipeline, RedisConnectionInfo, RedisError, RedisFuture, RedisResult,
     ServerErrorKind, TlsMode, Value,
 };
+use kubesbc_crds::store::split_url;
 
 /// Where the store's Redis is and how to reach it.
 #[derive(Debug, Clone)]
@@ -39,6 +43,28 @@ pub enum Target {
         /// Whether the sentinels need the credentials too.
         auth: bool,
     },
+}
+
+impl Target {
+    /// The target of the `store` section, `url` being its URL (`store.url`, or what
+    /// `store.urlFile` holds) and `field` the field it came from, for errors.
+    pub fn from_config(sc: &StoreConfig, url: &str, field: &str) -> Result<Target, ConfigError> {
+        let urls = split_url(url).map_err(|e| ConfigError::Field {
+            path: format!("store.{field}"),
+            message: e,
+        })?;
+        sc.check_url("store", field, &urls)?;
+        Ok(match (sc.mode, &sc.sentinel) {
+            (StoreMode::Sentinel, Some(s)) => Target::Sentinel {
+                urls,
+                master_name: s.master_name.clone(),
+                auth: s.auth_sentinels,
+            },
+            (StoreMode::Cluster, _) => Target::Cluster(urls),
+            // Validated: one URL in single mode, sentinel settings with mode sentinel.
+            _ => Target::Single(urls.into_iter().next().unwrap_or_default()),
+        })
+    }
 }
 
 /// The connection, cheap to clone.
@@ -137,8 +163,8 @@ impl Conn {
                         i.clone().set_redis_settings(r)
                     })
                     .collect();
-                let mut node = SentinelNodeConnectionInfo::default()
-                    .set_redis_connection_info(master_info);
+                let mut node =
+                    SentinelNodeConnectionInfo::default().set_redis_connection_info(master_info);
                 if let Some(t) = tls {
                     node = node.set_tls_mode(t);
                 }

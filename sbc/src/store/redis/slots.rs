@@ -12,13 +12,13 @@ use ::redis::cluster_routing::Slot;
 use crate::store::StoreError;
 
 /// The slot of `key` (its hash tag's, when it has one).
-pub(crate) fn slot(key: &str) -> u16 {
-    Slot::for_key(key).into()
+pub(crate) fn slot(key: &str) -> Slot {
+    Slot::for_key(key)
 }
 
 /// Indices of `keys` grouped by slot, groups in order of first appearance.
-pub(super) fn groups(keys: impl Iterator<Item = u16>) -> Vec<Vec<usize>> {
-    let mut out: Vec<(u16, Vec<usize>)> = Vec::new();
+pub(super) fn groups<S: PartialEq>(keys: impl Iterator<Item = S>) -> Vec<Vec<usize>> {
+    let mut out: Vec<(S, Vec<usize>)> = Vec::new();
     for (i, s) in keys.enumerate() {
         match out.iter_mut().find(|(g, _)| *g == s) {
             Some((_, v)) => v.push(i),
@@ -33,7 +33,7 @@ pub(super) fn groups(keys: impl Iterator<Item = u16>) -> Vec<Vec<usize>> {
 /// call, so the caller falls back for all of it rather than deciding on half the counters.
 pub(super) async fn per_slot<T, R, F, Fut>(
     items: &[T],
-    slot_of: impl Fn(&T) -> u16,
+    slot_of: impl Fn(&T) -> Slot,
     run: F,
 ) -> Result<Vec<R>, StoreError>
 where
@@ -75,10 +75,11 @@ mod tests {
     #[test]
     fn slots_follow_redis_crc16_and_hash_tags() {
         // Values from the Redis Cluster specification's examples and `CLUSTER KEYSLOT`.
-        assert_eq!(slot("123456789"), 12739);
-        assert_eq!(slot("foo"), 12182);
+        assert_eq!(Some(slot("123456789")), Slot::new(12739));
+        assert_eq!(Some(slot("foo")), Slot::new(12182));
         assert_eq!(slot("{user1000}.following"), slot("{user1000}.followers"));
-        assert_eq!(slot("a{}b"), Slot::for_key("a{}b").into());
+        // An empty tag is no tag: the whole key is hashed.
+        assert_ne!(slot("a{}b"), slot("{}"));
     }
 
     #[test]
@@ -92,19 +93,25 @@ mod tests {
     #[tokio::test]
     async fn answers_come_back_in_order_and_one_failed_slot_fails_all() {
         let items = ["{a}1", "{b}1", "{a}2", "{c}1"];
-        let out = per_slot(&items, |k| slot(k), |part: Vec<&str>| async move {
-            Ok(part.into_iter().map(str::to_owned).collect())
-        })
+        let out = per_slot(
+            &items,
+            |k| slot(k),
+            |part: Vec<&str>| async move { Ok(part.into_iter().map(str::to_owned).collect()) },
+        )
         .await
         .unwrap();
         assert_eq!(out, items);
-        let r = per_slot(&items, |k| slot(k), |part: Vec<&str>| async move {
-            if part.contains(&"{b}1") {
-                Err(StoreError::Unavailable("node down".into()))
-            } else {
-                Ok(part.into_iter().map(str::to_owned).collect())
-            }
-        })
+        let r = per_slot(
+            &items,
+            |k| slot(k),
+            |part: Vec<&str>| async move {
+                if part.contains(&"{b}1") {
+                    Err(StoreError::Unavailable("node down".into()))
+                } else {
+                    Ok(part.into_iter().map(str::to_owned).collect())
+                }
+            },
+        )
         .await;
         assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
     }
