@@ -41,7 +41,8 @@ fn default_store_timeout_ms() -> u64 {
     100
 }
 
-/// How the store's URL is used.
+/// How the store's URL is used: `single` (one server), `sentinel` (the URL's hosts are Redis
+/// Sentinels naming the master) or `cluster` (seed nodes of a Redis Cluster).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum StoreMode {
@@ -66,6 +67,7 @@ impl StoreMode {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SentinelConfig {
     /// The master's name in the sentinels' configuration (`sentinel monitor <name> ...`).
+    #[schemars(length(min = 1, max = 256))]
     pub master_name: String,
     /// Whether the sentinels too need the URL's user and password (`requirepass` in
     /// sentinel.conf). Default false: only the master and replicas get them.
