@@ -255,4 +255,33 @@ mod tests {
         let e = store("url: redis://a:1\nkeyPrefix: '{x}:'\n").unwrap_err();
         assert!(e.starts_with("store.keyPrefix:"), "{e}");
     }
+
+    #[test]
+    fn sbc_config_checks_the_store_and_the_records_stream_against_the_mode() {
+        use crate::config::SbcConfig;
+        let base = "listeners: [{transport: udp, address: '127.0.0.1:5060'}]\n";
+        let cfg = |store: &str, extra: &str| SbcConfig::from_yaml(&format!("{base}{store}{extra}"));
+        let sentinel = "store: {url: 'redis://:pw@s1:26379,s2:26379/0', mode: sentinel, \
+                        sentinel: {masterName: m}}\n";
+        let c = cfg(sentinel, "").expect("valid");
+        assert_eq!(c.store.unwrap().mode, StoreMode::Sentinel);
+        let e = cfg("store: {url: 'redis://a:1,b:2'}\n", "").unwrap_err();
+        assert!(e.to_string().starts_with("store.url: 2 hosts"), "{e}");
+        let e = cfg(
+            "store: {url: 'redis://a:1', mode: cluster, sentinel: {masterName: m}}\n",
+            "",
+        )
+        .unwrap_err();
+        assert!(e.to_string().starts_with("store.sentinel:"), "{e}");
+        let records = "observability: {records: {cdrs: true, redis: {}}}\n";
+        let e = cfg(sentinel, records).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("observability.records.redis.url:"),
+            "{e}"
+        );
+        let own = "observability: {records: {cdrs: true, redis: {url: 'redis://r:6379/0'}}}\n";
+        cfg(sentinel, own).expect("a stream with its own url");
+        cfg("store: {url: 'redis://a:1/0'}\n", records).expect("one server: the store's url");
+    }
 }

@@ -46,6 +46,15 @@ pub(super) async fn cluster_dialogs(
     }
 }
 
+/// Keeps `sbc_dialogs_cluster` at this replica's count (no store it can sum on).
+pub(super) async fn local_dialogs(m: ObserveMetrics) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        m.dialogs_cluster.set(m.dialogs.get());
+    }
+}
+
 async fn sum_dialogs(
     c: &mut ::redis::aio::MultiplexedConnection,
     key: &str,

@@ -236,7 +236,17 @@ pub fn start(cfg: &SbcConfig, registry: &Registry, ctx: Context) -> Result<Start
         locals: ctx.locals,
     };
     tokio::spawn(worker.run(rx));
-    if let Some((s, url)) = cfg.store.as_ref().zip(store_url) {
+    if let Some(s) = cfg.store.as_ref()
+        && s.mode != crate::config::StoreMode::Single
+    {
+        // The sum is kept on one server (SET + SCAN); across a Sentinel failover or a
+        // cluster's slots it would be wrong, so the gauge shows this replica's dialogs.
+        tracing::info!(
+            "dialogs across replicas: counted with store.mode single only; \
+             sbc_dialogs_cluster shows this replica's dialogs"
+        );
+        tokio::spawn(cluster::local_dialogs(m.clone()));
+    } else if let Some((s, url)) = cfg.store.as_ref().zip(store_url) {
         match ::redis::Client::open(url.as_str()) {
             Ok(client) => {
                 let prefix = s

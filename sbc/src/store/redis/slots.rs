@@ -115,4 +115,52 @@ mod tests {
         .await;
         assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
     }
+
+    /// Every key one decision (one script) touches is on one slot, the store's prefix put in
+    /// front as the Redis store does; different sources, users and throttles spread.
+    #[test]
+    fn every_key_of_a_decision_is_on_one_slot() {
+        use crate::store::keys::{self, IpKey};
+        let p = |k: &str| slot(&format!("kubesbc:{k}"));
+        let one = |ks: &[String]| {
+            let s: Vec<Slot> = ks.iter().map(|k| p(k)).collect();
+            assert!(s.windows(2).all(|w| w[0] == w[1]), "{ks:?} on {s:?}");
+            s[0]
+        };
+        for ip in ["192.0.2.7", "2001:db8::1"] {
+            let ip = ip.parse().unwrap();
+            let k = |kind| IpKey::new(kind, ip).as_str().to_owned();
+            // guard flood, REGISTER flood without auth, auth failures
+            one(&[k(keys::FLOOD_PREFIX), k(keys::BAN_PREFIX)]);
+            one(&[k(keys::REGFLOOD_SRC_PREFIX), k(keys::SRCBLOCK_PREFIX)]);
+            let text = ip.to_string();
+            one(&[
+                keys::join("", keys::AUTH_FAIL_PREFIX, &text),
+                keys::join("", keys::SRCBLOCK_PREFIX, &text),
+                k(keys::SRCBLOCK_PREFIX),
+            ]);
+        }
+        // a user's REGISTER flood, spelled by auth and by the guard
+        one(&[
+            keys::join("", keys::REGFLOOD_PREFIX, "alice"),
+            keys::join("", keys::REGBLOCK_PREFIX, "alice"),
+            keys::user_block("alice"),
+        ]);
+        // a throttle's decision for two tenants and the release of a call (the script
+        // builds the counter key from the prefix, the tenant and the bucket)
+        let t = one(&[
+            keys::throttle_window("", "ns/t", "rps", "t=acme", 41),
+            keys::throttle_window("", "ns/t", "rps", "t=acme", 40),
+            keys::throttle_window("", "ns/t", "cps", "t=acme", 1_796_338_530),
+            keys::throttle_window("", "ns/t", "cc", "none", 7),
+            keys::throttle_window("", "ns/t", "cc", "t=globex", 6),
+            keys::throttle_dialog("", "ns/t", b"a{b}c@host"),
+            format!("{}t=acme:7", keys::throttle_calls("", "ns/t")),
+        ]);
+        assert_ne!(t, p(&keys::throttle_dialog("", "ns/u", b"x")));
+        assert_ne!(
+            p(IpKey::new(keys::BAN_PREFIX, "192.0.2.7".parse().unwrap()).as_str()),
+            p(IpKey::new(keys::BAN_PREFIX, "192.0.2.8".parse().unwrap()).as_str())
+        );
+    }
 }
