@@ -589,4 +589,6 @@ impl Store for RedisStore {
 }
 
 #[cfg(test)]
+mod cluster_tests;
+#[cfg(test)]
 mod tests;
