@@ -346,3 +346,44 @@ impl ConnectionLike for Conn {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(yaml: &str) -> StoreConfig {
+        let v: serde_json::Value = serde_saphyr::from_str(yaml).unwrap();
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn the_mode_picks_the_target_and_errors_name_the_field() {
+        let single = store("url: x\n");
+        assert!(matches!(
+            Target::from_config(&single, "redis://:pw@h:1/2", "url"),
+            Ok(Target::Single(u)) if u == "redis://:pw@h:1/2"
+        ));
+        let e = Target::from_config(&single, "redis://a:1,b:2", "urlFile").unwrap_err();
+        assert!(e.to_string().starts_with("store.urlFile: 2 hosts"), "{e}");
+        let cluster = store("url: x\nmode: cluster\n");
+        assert!(matches!(
+            Target::from_config(&cluster, "redis://a:1,b:2", "url"),
+            Ok(Target::Cluster(us)) if us == ["redis://a:1", "redis://b:2"]
+        ));
+        let sentinel =
+            store("url: x\nmode: sentinel\nsentinel: {masterName: m, authSentinels: true}\n");
+        match Target::from_config(&sentinel, "redis://:pw@s:1,t:2/1", "url") {
+            Ok(Target::Sentinel {
+                urls,
+                master_name,
+                auth,
+            }) => {
+                assert_eq!(urls, ["redis://:pw@s:1/1", "redis://:pw@t:2/1"]);
+                assert_eq!((master_name.as_str(), auth), ("m", true));
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = Target::from_config(&sentinel, "http://s:1", "url").unwrap_err();
+        assert!(e.to_string().starts_with("store.url: scheme"), "{e}");
+    }
+}
