@@ -317,7 +317,13 @@ async fn run(
         "shared state store"
     );
     tls_server_names(&transports, &cfg).await;
-    let observe = sbc::observe::wire(&cfg, &metrics, &dispatcher, &transports)?;
+    let observe = sbc::observe::wire(
+        &cfg,
+        &metrics,
+        &dispatcher,
+        &transports,
+        cfg.store.is_some().then(|| store.clone()),
+    )?;
     let reloader = live_sources(&cfg, source, overrides, api, &relay, &metrics).await?;
     let r = relay.clone();
     reloader.on_change(Box::new(move |c| r.set_pipeline(build_pipeline(c))));
