@@ -9,14 +9,14 @@
 # Rust itself (cargo, rustfmt, clippy) is expected to be installed already (rustup).
 set -euo pipefail
 
-# sip-tester = sipp; redis-server for the store tests; jq for reading JSON; sysstat (pidstat),
+# sip-tester = sipp; redis-server and redis-sentinel for the store tests; jq for reading JSON; sysstat (pidstat),
 # iproute2 (ss), util-linux (taskset), procps (kill), python3 for the bench; a C toolchain for
 # crates with C parts (ring); rtpengine-daemon for the media tests (started by the tests
 # themselves, in userspace on loopback); kamailio with its TLS module and openssl for the TLS
 # tests (Kamailio as a TLS backend and client, a PKI made by the test, s_client for mTLS), and
 # for bench/compare.sh and KUBESBC_E2E_PROXY=kamailio; sngrep (its HEP listener) and tshark
 # for the HEP test.
-packages=(sip-tester redis-server jq sysstat iproute2 util-linux procps python3 build-essential pkg-config ca-certificates rtpengine-daemon shellcheck kamailio kamailio-tls-modules openssl sngrep tshark)
+packages=(sip-tester redis-server redis-sentinel jq sysstat iproute2 util-linux procps python3 build-essential pkg-config ca-certificates rtpengine-daemon shellcheck kamailio kamailio-tls-modules openssl sngrep tshark)
 # Node and npm for the WebSocket client tests (JsSIP, sip.js): only when missing, since a
 # Node installed from elsewhere (with its own npm) conflicts with Debian's npm package.
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then

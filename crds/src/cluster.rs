@@ -325,6 +325,14 @@ pub struct RedisSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 60000))]
     pub timeout_ms: Option<u64>,
+    /// How the URL's hosts are used: `single` (one server, the default), `sentinel` (the
+    /// hosts are Redis Sentinels, comma-separated: `redis://:pw@s1:26379,s2:26379/0`) or
+    /// `cluster` (seed nodes of a Redis Cluster, database 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<crate::store::StoreMode>,
+    /// Sentinel settings: required with `mode: sentinel`, refused otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sentinel: Option<crate::store::SentinelConfig>,
 }
 
 /// Digest authentication by the sbc, against the credential hashes in Redis.

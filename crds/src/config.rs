@@ -13,6 +13,8 @@ use std::net::SocketAddr;
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub use crate::store::{SentinelConfig, StoreConfig, StoreMode};
+
 /// An error in a configuration document, naming the field it is about.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -30,7 +32,7 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    fn field(path: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn field(path: impl Into<String>, message: impl Into<String>) -> Self {
         ConfigError::Field {
             path: path.into(),
             message: message.into(),
@@ -836,29 +838,6 @@ fn default_retry_after() -> u32 {
     5
 }
 
-/// Where shared state lives.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct StoreConfig {
-    /// `redis://[:password@]host:port/db` or `rediss://...`.
-    pub url: String,
-    /// A file holding the full URL (password included), read instead of `url` when set; the
-    /// operator mounts it from a Secret so the password never sits in the ConfigMap, and
-    /// writes `url` without its password, for logs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub url_file: Option<String>,
-    /// Prefix of every key, one per SbcCluster.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key_prefix: Option<String>,
-    /// Milliseconds to wait for the store before falling back to local state.
-    #[serde(default = "default_store_timeout_ms")]
-    pub timeout_ms: u64,
-}
-
-fn default_store_timeout_ms() -> u64 {
-    100
-}
-
 impl SbcConfig {
     /// Parses and validates a YAML document. Errors name the offending field.
     pub fn from_yaml(text: &str) -> Result<SbcConfig, ConfigError> {
@@ -981,13 +960,20 @@ impl SbcConfig {
                 "certFile and keyFile go together: give both or neither",
             ));
         }
-        if let Some(store) = &self.store
-            && !(store.url.starts_with("redis://") || store.url.starts_with("rediss://"))
-        {
-            return Err(ConfigError::field(
-                "store.url",
-                format!("{:?} is not a redis:// or rediss:// URL", store.url),
-            ));
+        if let Some(store) = &self.store {
+            store.validate("store")?;
+            // The records' stream writer talks to one server; it cannot follow a sentinel
+            // failover or a cluster's slots.
+            if store.mode != StoreMode::Single
+                && let Some(r) = self.observability.as_ref().and_then(|o| o.records.as_ref())
+                && let Some(sink) = &r.redis
+                && sink.url.is_none()
+            {
+                return Err(ConfigError::field(
+                    "observability.records.redis.url",
+                    "required when store.mode is sentinel or cluster (the stream goes to one server)",
+                ));
+            }
         }
         Ok(())
     }

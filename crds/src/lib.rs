@@ -9,6 +9,7 @@ pub mod observe;
 pub mod policy;
 pub mod routing;
 pub mod status;
+pub mod store;
 pub mod throttle;
 
 pub use access::{AccessList, AccessListSpec};

@@ -462,6 +462,8 @@ fn a_secret_change_reaches_the_clusters_whose_config_refers_to_it() {
         url_secret_ref: secret_ref("redis-url", "url"),
         key_prefix: None,
         timeout_ms: None,
+        mode: None,
+        sentinel: None,
     });
     let mut host: SbcCluster = example("hostnetwork/sbccluster.yaml");
     host.spec.access_list_selector = None;

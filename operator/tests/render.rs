@@ -463,6 +463,8 @@ fn redis_url_stays_in_its_secret_and_the_config_shows_it_without_password() {
         },
         key_prefix: None,
         timeout_ms: None,
+        mode: None,
+        sentinel: None,
     });
     let e = render::render(w.inputs()).unwrap_err();
     assert_eq!(
@@ -492,6 +494,66 @@ fn redis_url_stays_in_its_secret_and_the_config_shows_it_without_password() {
         (e.reason, e.field.as_str()),
         ("InvalidRedisUrl", "spec.redis.urlSecretRef")
     );
+}
+
+#[test]
+fn redis_sentinel_and_cluster_modes_are_rendered_and_checked_against_the_url() {
+    use kubesbc_crds::store::{SentinelConfig, StoreMode};
+    let mut w = World::new();
+    w.cluster.spec.redis = Some(kubesbc_crds::cluster::RedisSpec {
+        url_secret_ref: kubesbc_crds::SecretKeyRef {
+            name: "redis".into(),
+            key: "url".into(),
+        },
+        key_prefix: None,
+        timeout_ms: None,
+        mode: Some(StoreMode::Sentinel),
+        sentinel: Some(SentinelConfig {
+            master_name: "mymaster".into(),
+            auth_sentinels: false,
+        }),
+    });
+    w.lookups.secrets.insert(
+        ("voip".into(), "redis".into()),
+        BTreeSet::from(["url".to_owned()]),
+    );
+    w.lookups.redis_url = Some("redis://:hunter2@s0:26379,s1:26379,s2:26379/0".into());
+    let r = render::render(w.inputs()).expect("renders");
+    let store = r.config.store.as_ref().expect("store");
+    assert_eq!(store.url, "redis://s0:26379,s1:26379,s2:26379/0");
+    assert_eq!(store.mode, StoreMode::Sentinel);
+    assert_eq!(store.sentinel.as_ref().unwrap().master_name, "mymaster");
+    let yaml = &r.config_map.data.as_ref().expect("data")["sbc.yaml"];
+    assert!(!yaml.contains("hunter2"), "{yaml}");
+    assert!(yaml.contains("mode: sentinel"), "{yaml}");
+
+    let redis = w.cluster.spec.redis.as_mut().unwrap();
+    redis.sentinel = None;
+    let e = render::render(w.inputs()).unwrap_err();
+    assert_eq!(
+        (e.reason, e.field.as_str()),
+        ("InvalidRedis", "spec.redis.sentinel")
+    );
+
+    let redis = w.cluster.spec.redis.as_mut().unwrap();
+    redis.mode = Some(StoreMode::Cluster);
+    w.lookups.redis_url = Some("redis://:pw@n0:6379,n1:6379/2".into());
+    let e = render::render(w.inputs()).unwrap_err();
+    assert_eq!(
+        (e.reason, e.field.as_str()),
+        ("InvalidRedis", "spec.redis.urlSecretRef")
+    );
+    assert!(e.message.contains("database 2"), "{e}");
+
+    let redis = w.cluster.spec.redis.as_mut().unwrap();
+    redis.mode = None;
+    w.lookups.redis_url = Some("redis://n0:6379,n1:6379".into());
+    let e = render::render(w.inputs()).unwrap_err();
+    assert_eq!(
+        (e.reason, e.field.as_str()),
+        ("InvalidRedis", "spec.redis.urlSecretRef")
+    );
+    assert!(e.message.contains("2 hosts"), "{e}");
 }
 
 #[test]

@@ -317,7 +317,13 @@ async fn run(
         "shared state store"
     );
     tls_server_names(&transports, &cfg).await;
-    let observe = sbc::observe::wire(&cfg, &metrics, &dispatcher, &transports)?;
+    let observe = sbc::observe::wire(
+        &cfg,
+        &metrics,
+        &dispatcher,
+        &transports,
+        cfg.store.is_some().then(|| store.clone()),
+    )?;
     let reloader = live_sources(&cfg, source, overrides, api, &relay, &metrics).await?;
     let r = relay.clone();
     reloader.on_change(Box::new(move |c| r.set_pipeline(build_pipeline(c))));
@@ -421,14 +427,18 @@ fn build_store(cfg: &SbcConfig, metrics: &Metrics) -> anyhow::Result<Arc<dyn Sto
     let timeout = Duration::from_millis(sc.timeout_ms.max(1));
     let prefix = sc.key_prefix.as_deref().unwrap_or("kubesbc:");
     // The operator mounts the full URL (password included) from a Secret.
-    let url = match &sc.url_file {
-        Some(f) => std::fs::read_to_string(f)
-            .with_context(|| format!("store.urlFile {f}"))?
-            .trim()
-            .to_owned(),
-        None => sc.url.clone(),
+    let (url, field) = match &sc.url_file {
+        Some(f) => (
+            std::fs::read_to_string(f)
+                .with_context(|| format!("store.urlFile {f}"))?
+                .trim()
+                .to_owned(),
+            "urlFile",
+        ),
+        None => (sc.url.clone(), "url"),
     };
-    let redis = RedisStore::new(&url, prefix, timeout, metrics.registry())?;
+    let target = sbc::store::RedisTarget::from_config(sc, &url, field)?;
+    let redis = RedisStore::connect(&target, prefix, timeout, metrics.registry())?;
     let store_metrics = StoreMetrics::new(metrics.registry())?;
     let shared = Arc::new(FallbackStore::new(Arc::new(redis), timeout, store_metrics));
     // Decisions needed at the same moment share a round trip.

@@ -16,6 +16,7 @@ pub mod node;
 pub mod pki;
 pub mod proxy;
 pub mod redis;
+pub mod redis_ha;
 pub mod rtpengine;
 pub mod sip;
 pub mod sipp;
@@ -33,6 +34,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use proxy::{DispatcherDest, Proxy, ProxyKind, ProxyOptions, sbc_only};
 pub use redis::RedisServer;
+pub use redis_ha::{ClusterSet, SentinelSet};
 pub use sipp::{CallStats, MessageLog, Sipp, SippTransport, UacOptions};
 pub use testbed::{
     CallRun, Testbed, TestbedBuilder, received_invites, start_backend, start_calls,

@@ -10,25 +10,64 @@ use std::time::Duration;
 
 use crate::{TempDir, free_port, loopback, tail_file, wait_for};
 
-/// A running (or deliberately stopped) redis-server.
+/// A running (or deliberately stopped) redis-server (or redis-sentinel).
 #[derive(Debug)]
 pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     log: PathBuf,
+    program: &'static str,
+    conf: Option<PathBuf>,
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     /// Starts redis-server on a free loopback port and waits until it accepts connections.
     /// Call [`crate::require_tool`]`("redis-server")` first.
     pub fn start(dir: &TempDir) -> RedisServer {
+        RedisServer::start_with(dir, "redis", &[])
+    }
+
+    /// Starts redis-server with `extra` arguments (`--replicaof ...`, `--cluster-enabled
+    /// yes`), logging to `<name>.log`.
+    pub fn start_with(dir: &TempDir, name: &str, extra: &[&str]) -> RedisServer {
         let mut r = RedisServer {
             child: None,
             port: free_port(),
-            log: dir.path().join("redis.log"),
+            log: dir.path().join(format!("{name}.log")),
+            program: "redis-server",
+            conf: None,
+            extra: extra.iter().map(|a| (*a).to_owned()).collect(),
         };
         r.restart();
         r
+    }
+
+    /// Starts redis-sentinel with `conf` (written to `<name>.conf`; Sentinel rewrites it).
+    /// Call [`crate::require_tool`]`("redis-sentinel")` first.
+    pub fn start_sentinel(dir: &TempDir, name: &str, conf: &str) -> RedisServer {
+        let path = dir.path().join(format!("{name}.conf"));
+        std::fs::write(&path, conf).expect("sentinel.conf");
+        let mut r = RedisServer {
+            child: None,
+            port: free_port(),
+            log: dir.path().join(format!("{name}.log")),
+            program: "redis-sentinel",
+            conf: Some(path),
+            extra: Vec::new(),
+        };
+        r.restart();
+        r
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The last lines of the server's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        tail_file(&self.log, 3000)
     }
 
     /// `redis://127.0.0.1:PORT/0`.
@@ -98,16 +137,24 @@ impl RedisServer {
             .append(true)
             .open(&self.log)
             .expect("redis log");
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+        let mut cmd = Command::new(self.program);
+        if let Some(c) = &self.conf {
+            cmd.arg(c);
+        }
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"]);
+        if self.program == "redis-server" {
+            cmd.args(["--save", "", "--appendonly", "no"]);
+        }
+        let child = cmd
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(f.try_clone().expect("clone log handle"))
             .stderr(f)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start redis-server: {e}"));
         eprintln!(
-            "started redis-server pid {} on port {}",
+            "started {} pid {} on port {}",
+            self.program,
             child.id(),
             self.port
         );
@@ -120,7 +167,8 @@ impl RedisServer {
         });
         if up.is_none() {
             panic!(
-                "redis-server did not listen on {addr}; log:\n{}",
+                "{} did not listen on {addr}; log:\n{}",
+                self.program,
                 tail_file(&self.log, 4000)
             );
         }

@@ -55,6 +55,21 @@ fn config_errors_name_the_field_path() {
     let good = valid_config(free_port(), free_port());
     let cases: Vec<(&str, String, Vec<&str>)> = vec![
         (
+            "several store hosts without a mode",
+            format!("{good}store: {{url: \"redis://:pw@127.0.0.1:1,127.0.0.1:2/0\"}}\n"),
+            vec!["store.url: 2 hosts: several hosts need mode sentinel or cluster"],
+        ),
+        (
+            "sentinel mode without its master name",
+            format!("{good}store: {{url: \"redis://127.0.0.1:1\", mode: sentinel}}\n"),
+            vec!["store.sentinel: mode sentinel needs sentinel.masterName"],
+        ),
+        (
+            "a cluster database other than 0",
+            format!("{good}store: {{url: \"redis://127.0.0.1:1/2\", mode: cluster}}\n"),
+            vec!["store.url: database 2: a Redis Cluster has database 0 only"],
+        ),
+        (
             "unknown algorithm name",
             good.replace("algorithm: round-robin", "algorithm: roundrobin"),
             vec![r#"dispatcher.sets[0].algorithm: unknown value "roundrobin""#],

@@ -351,6 +351,20 @@ pub fn render_config(inputs: Inputs<'_>) -> Result<SbcConfig, RenderError> {
             if let Some(t) = r.timeout_ms {
                 store.timeout_ms = t;
             }
+            store.mode = r.mode.unwrap_or_default();
+            store.sentinel = r.sentinel.clone();
+            // The URL comes from the Secret: its errors are the Secret reference's.
+            store.validate("spec.redis").map_err(|e| match e {
+                kubesbc_crds::config::ConfigError::Field { path, message } => {
+                    let path = if path == "spec.redis.url" {
+                        "spec.redis.urlSecretRef".to_owned()
+                    } else {
+                        path
+                    };
+                    err(cluster, "InvalidRedis", path, message)
+                }
+                other => internal(cluster, "spec.redis", other),
+            })?;
             Some(store)
         }
     };

@@ -197,7 +197,7 @@ async fn bans_are_listed_and_lifted() {
     for ip in ["192.0.2.7", "2001:db8::1"] {
         store
             .set_ex(
-                &format!("ban:{ip}"),
+                &format!("ban:{{{ip}}}"),
                 Bytes::from_static(b"flood"),
                 Duration::from_secs(300),
             )
@@ -225,7 +225,7 @@ async fn bans_are_listed_and_lifted() {
     assert_eq!(send(srv.addr, "DELETE", "/bans/not-an-ip").await.0, 400);
     assert_eq!(send(srv.addr, "PUT", "/bans/192.0.2.7").await.0, 405);
     assert_eq!(get_async(srv.addr, "/bans").await, (200, "[]".into()));
-    assert!(store.get("ban:192.0.2.7").await.unwrap().is_none());
+    assert!(store.get("ban:{192.0.2.7}").await.unwrap().is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -340,7 +340,7 @@ async fn the_highest_nonce_count_wins_and_replays_count_as_failures() {
     );
     assert_eq!(auth_total(&reg, "REGISTER", "replayed"), 2);
     assert_eq!(
-        s.get("t:authfail:127.0.0.1").await.unwrap().as_deref(),
+        s.get("t:authfail:{127.0.0.1}").await.unwrap().as_deref(),
         Some(&b"3"[..])
     );
     // ... and the fourth blocks the source, as wrong passwords do.
@@ -397,7 +397,7 @@ async fn expired_nonce_gets_stale_true() {
         );
     }
     // Even a wrong password on a stale nonce does not count as a failure.
-    assert!(s.get("t:authfail:127.0.0.1").await.unwrap().is_none());
+    assert!(s.get("t:authfail:{127.0.0.1}").await.unwrap().is_none());
     assert_eq!(auth_total(&reg, "REGISTER", "stale"), 2);
 }
 
@@ -418,9 +418,9 @@ async fn repeated_failures_block_the_source_not_the_user() {
             assert_eq!((code, reason.as_str()), (403, "Blocked"));
         }
     }
-    assert!(s.get("t:srcblock:127.0.0.1").await.unwrap().is_some());
+    assert!(s.get("t:srcblock:{127.0.0.1}").await.unwrap().is_some());
     assert!(
-        s.get("t:regblock:alice").await.unwrap().is_none(),
+        s.get("t:regblock:{alice}").await.unwrap().is_none(),
         "wrong passwords in alice's name never block alice"
     );
     // While blocked, even the right password is refused from that source...
@@ -476,7 +476,7 @@ async fn unknown_user_and_wrong_uri_fail() {
         407
     );
     assert_eq!(
-        s.get("t:authfail:127.0.0.1").await.unwrap().as_deref(),
+        s.get("t:authfail:{127.0.0.1}").await.unwrap().as_deref(),
         Some(&b"2"[..]),
         "both failures count against the source"
     );
@@ -626,7 +626,7 @@ async fn register_floods_are_counted_per_authenticated_user() {
         let (v, _) = ALICE_REGISTER.send(&st, "").await;
         assert_eq!(fresh_challenge(&v), 401);
     }
-    assert!(s.get("t:regblock:alice").await.unwrap().is_none());
+    assert!(s.get("t:regblock:{alice}").await.unwrap().is_none());
     // Her own authenticated REGISTERs are: the third in the window blocks her.
     let nonce = ALICE_REGISTER.nonce(&st).await;
     for (i, nc) in ["00000001", "00000002", "00000003"].iter().enumerate() {
@@ -637,5 +637,5 @@ async fn register_floods_are_counted_per_authenticated_user() {
             assert_eq!(status(&v), (403, "Blocked".into()));
         }
     }
-    assert!(s.get("t:regblock:alice").await.unwrap().is_some());
+    assert!(s.get("t:regblock:{alice}").await.unwrap().is_some());
 }

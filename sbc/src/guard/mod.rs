@@ -419,7 +419,7 @@ pub async fn list_bans(store: &dyn Store) -> Result<Vec<BanEntry>, StoreError> {
         .into_iter()
         .filter_map(|l| {
             Some(BanEntry {
-                ip: l.key.strip_prefix(BAN_PREFIX)?.to_owned(),
+                ip: crate::store::keys::untag(&l.key, BAN_PREFIX)?.to_owned(),
                 reason: String::from_utf8_lossy(&l.value).into_owned(),
                 // Round up: a ban with 300 ms left still shows as 1 second.
                 remaining_secs: l

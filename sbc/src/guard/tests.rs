@@ -603,13 +603,13 @@ fn keys_are_bounded_and_formatted() {
             .parse()
             .unwrap(),
     );
-    assert!(k.as_str().starts_with("ban:ffff:"));
+    assert!(k.as_str().starts_with("ban:{ffff:") && k.as_str().ends_with('}'));
     assert_eq!(
         IpKey::new(FLOOD_PREFIX, "192.0.2.1".parse().unwrap()).as_str(),
-        "flood:192.0.2.1"
+        "flood:{192.0.2.1}"
     );
     let long = "a".repeat(1000);
-    assert_eq!(user_key(&long).len(), REGBLOCK_PREFIX.len() + MAX_USER);
+    assert_eq!(user_key(&long).len(), REGBLOCK_PREFIX.len() + MAX_USER + 2);
 }
 
 #[tokio::test]

@@ -147,6 +147,8 @@ pub struct Context {
     pub destination_of: DestinationOf,
     /// The bound listeners (the local address of messages on connections the sbc opened).
     pub locals: Vec<(Transport, SocketAddr)>,
+    /// The shared store (with `store` configured), where the replicas' dialog counts meet.
+    pub store: Option<Arc<dyn crate::store::Store>>,
 }
 
 /// This replica's name: the configured one, else `POD_NAME`, else `HOSTNAME`, else the host
@@ -236,22 +238,8 @@ pub fn start(cfg: &SbcConfig, registry: &Registry, ctx: Context) -> Result<Start
         locals: ctx.locals,
     };
     tokio::spawn(worker.run(rx));
-    if let Some((s, url)) = cfg.store.as_ref().zip(store_url) {
-        match ::redis::Client::open(url.as_str()) {
-            Ok(client) => {
-                let prefix = s
-                    .key_prefix
-                    .clone()
-                    .unwrap_or_else(|| "kubesbc:".to_owned());
-                tokio::spawn(cluster::cluster_dialogs(
-                    client,
-                    format!("{prefix}dialogs:"),
-                    node,
-                    m.clone(),
-                ));
-            }
-            Err(e) => tracing::warn!(error = %e, "dialogs across replicas: store url unusable"),
-        }
+    if let Some(store) = ctx.store {
+        tokio::spawn(cluster::cluster_dialogs(store, node, m.clone()));
     }
     Ok(Started {
         tap: ObserveTap {
@@ -539,6 +527,7 @@ pub fn wire(
     metrics: &Arc<crate::telemetry::Metrics>,
     dispatcher: &Arc<crate::dispatch::Dispatcher>,
     transports: &Arc<crate::transport::Transports>,
+    store: Option<Arc<dyn crate::store::Store>>,
 ) -> Result<Option<Arc<ObserveView>>, ObserveError> {
     let registry = metrics.registry();
     registry.register(Box::new(
@@ -562,6 +551,7 @@ pub fn wire(
         Context {
             destination_of,
             locals: transports.local_addrs(),
+            store,
         },
     )?;
     transports.set_tap(Some(Box::new(started.tap)));

@@ -2,11 +2,19 @@
 //! auth both block sources and users) spell it the same, and so the key space reads in one
 //! place. The Redis store prepends the cluster's key prefix to each of these itself; stages
 //! that are given a prefix of their own (auth, throttle) put it first.
+//!
+//! Hash tags: the part of a key in braces is what a Redis Cluster hashes to pick the key's
+//! slot, and a Lua script may only touch keys of one slot. Every key that one decision (one
+//! script) touches carries the same tag: a source's keys `{ip}`, a user's `{user}`, a
+//! throttle's `{name}` (its counters and its calls' records, which the release script reads
+//! together). A decision is then one slot and one round trip in every mode; on one server the
+//! braces are just characters. The prefixes never hold braces (validated), so the tag here is
+//! always the key's first one.
 
 use std::io::Write as _;
 use std::net::IpAddr;
 
-/// Source bans: `ban:{ip}`.
+/// Source bans: `ban:{ip}` (the braces are in the key: the hash tag).
 pub const BAN_PREFIX: &str = "ban:";
 /// Per-source flood counters: `flood:{ip}`.
 pub const FLOOD_PREFIX: &str = "flood:";
@@ -26,13 +34,21 @@ pub const AUTH_FAIL_PREFIX: &str = "authfail:";
 /// Longest user name used in a key; longer names are cut (bounded keys).
 pub const MAX_USER: usize = 128;
 
-/// `{prefix}{kind}{rest}`: a key of a stage that carries its own prefix.
+/// `prefix` `kind` `{rest}`: a key of a stage that carries its own prefix, tagged by `rest`
+/// (a user, a nonce, an address).
 pub fn join(prefix: &str, kind: &str, rest: &str) -> String {
-    let mut k = String::with_capacity(prefix.len() + kind.len() + rest.len());
+    let mut k = String::with_capacity(prefix.len() + kind.len() + rest.len() + 2);
     k.push_str(prefix);
     k.push_str(kind);
+    k.push('{');
     k.push_str(rest);
+    k.push('}');
     k
+}
+
+/// The entity of a tagged key of `kind` (`ban:{192.0.2.1}` → `192.0.2.1`), for listings.
+pub fn untag<'a>(key: &'a str, kind: &str) -> Option<&'a str> {
+    key.strip_prefix(kind)?.strip_prefix('{')?.strip_suffix('}')
 }
 
 /// The block key of an authenticated user, `regblock:{user}`, the name cut at [`MAX_USER`].
@@ -42,25 +58,28 @@ pub fn user_block(user: &str) -> String {
     join("", REGBLOCK_PREFIX, user)
 }
 
-/// A throttle's counter of one window: `{prefix}thr:{name}:{kind}:{segment}:{n}`.
+/// A throttle's counter of one window: `{prefix}thr:{name}:{kind}:{segment}:{n}`, the name
+/// in braces.
 pub fn throttle_window(prefix: &str, name: &str, kind: &str, segment: &str, n: u64) -> String {
-    format!("{prefix}thr:{name}:{kind}:{segment}:{n}")
+    format!("{prefix}thr:{{{name}}}:{kind}:{segment}:{n}")
 }
 
-/// A throttle's record of one call: `{prefix}thr:{name}:dlg:{call-id}`.
+/// A throttle's record of one call: `{prefix}thr:{name}:dlg:{call-id}`, the name in braces
+/// (the release script reads the counters it names: same slot).
 pub fn throttle_dialog(prefix: &str, name: &str, call_id: &[u8]) -> String {
     format!(
-        "{prefix}thr:{name}:dlg:{}",
+        "{prefix}thr:{{{name}}}:dlg:{}",
         String::from_utf8_lossy(call_id)
     )
 }
 
-/// The prefix of a throttle's concurrent-call counters: `{prefix}thr:{name}:cc:`.
+/// The prefix of a throttle's concurrent-call counters: `{prefix}thr:{name}:cc:`, the name
+/// in braces.
 pub fn throttle_calls(prefix: &str, name: &str) -> String {
-    format!("{prefix}thr:{name}:cc:")
+    format!("{prefix}thr:{{{name}}}:cc:")
 }
 
-/// `prefix` + an address, formatted on the stack (no allocation per request).
+/// `prefix` + `{address}`, formatted on the stack (no allocation per request).
 pub(crate) struct IpKey {
     buf: [u8; 64],
     len: usize,
@@ -70,8 +89,8 @@ impl IpKey {
     pub(crate) fn new(prefix: &str, ip: IpAddr) -> IpKey {
         let mut buf = [0u8; 64];
         let mut w: &mut [u8] = &mut buf;
-        // 64 bytes hold the longest prefix plus the longest IPv6 text (45 bytes).
-        let _ = write!(w, "{prefix}{ip}");
+        // 64 bytes hold the longest prefix (13) plus the longest IPv6 text (45) in braces.
+        let _ = write!(w, "{prefix}{{{ip}}}");
         let len = 64 - w.len();
         IpKey { buf, len }
     }

@@ -21,7 +21,7 @@ mod redis;
 #[cfg(test)]
 pub(crate) mod testing;
 
-pub use self::redis::{RedisStore, RedisStoreError};
+pub use self::redis::{RedisStore, RedisStoreError, Target as RedisTarget};
 pub use coalesce::Coalescing;
 pub use fallback::{FallbackStore, StoreMetrics};
 pub use memory::{DEFAULT_MAX_ENTRIES, MemoryStore};

@@ -2,14 +2,15 @@
 //! Lua script), every key carries a TTL, and every key is prefixed with the cluster's key
 //! prefix so several SbcClusters can share one Redis.
 //!
-//! The connection is a [`ConnectionManager`]: created lazily (a Redis that is down at startup
-//! does not stop the sbc) and re-established after a failure. Timeouts are the caller's job
-//! (see [`super::FallbackStore`]); the manager's own timeouts only bound a lost connection.
+//! The connection (see [`conn`]) goes to one server, a Redis Cluster or the master Sentinel
+//! names; it is created lazily (a Redis that is down at startup does not stop the sbc) and
+//! re-established after a failure. Timeouts are the caller's job (see
+//! [`super::FallbackStore`]); the connection's own timeouts only bound a lost connection. On a
+//! cluster, calls that merge several decisions are split by slot (see [`slots`]).
 
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{Client, ErrorKind, RedisError, Script};
+use ::redis::Script;
 use bytes::Bytes;
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 
@@ -70,19 +71,25 @@ enum Op {
 /// Keys listed per listing at most; listings are for operators, not for the hot path.
 const MAX_LIST: usize = 10_000;
 
+mod answers;
+mod conn;
 mod scripts;
-use scripts::{BATCH, FLOOD, INCR_WINDOW, LIST, RELEASE_DIALOG};
+pub(crate) mod slots;
+use answers::{batch_result, map_err, ms};
+use conn::Conn;
+pub use conn::Target;
+use scripts::{BATCH, FLOOD, HASH_SET, INCR_WINDOW, LIST, RELEASE_DIALOG};
 
 /// The Redis store. Cheap to clone.
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: Conn,
     prefix: String,
     incr_window: Script,
     flood: Script,
-    list: Script,
     batch: Script,
     release_dialog: Script,
+    hash_set: Script,
     trips: [IntCounter; OPS.len()],
 }
 
@@ -104,29 +111,36 @@ fn install_crypto_provider() {
 }
 
 impl RedisStore {
-    /// A store for `url` (`redis://[:password@]host:port/db` or `rediss://...`), prefixing
-    /// every key with `prefix`. Connects lazily: must be called inside a Tokio runtime, and
-    /// never waits for Redis. `timeout` bounds connection attempts and replies; the round
-    /// trip counter is registered on `registry`.
+    /// A store for one server at `url` (`redis://[:password@]host:port/db` or
+    /// `rediss://...`); see [`RedisStore::connect`].
     pub fn new(
         url: &str,
         prefix: &str,
         timeout: Duration,
         registry: &Registry,
     ) -> Result<RedisStore, RedisStoreError> {
-        if url.starts_with("rediss://") {
+        Self::connect(&Target::Single(url.to_owned()), prefix, timeout, registry)
+    }
+
+    /// A store on `target`, prefixing every key with `prefix`. Connects lazily: must be
+    /// called inside a Tokio runtime, and never waits for Redis. `timeout` bounds connection
+    /// attempts and replies; the round trip counter is registered on `registry`.
+    pub fn connect(
+        target: &Target,
+        prefix: &str,
+        timeout: Duration,
+        registry: &Registry,
+    ) -> Result<RedisStore, RedisStoreError> {
+        let tls = match target {
+            Target::Single(u) => u.starts_with("rediss://"),
+            Target::Cluster(us) | Target::Sentinel { urls: us, .. } => {
+                us.iter().any(|u| u.starts_with("rediss://"))
+            }
+        };
+        if tls {
             install_crypto_provider();
         }
-        let client = Client::open(url).map_err(|e| RedisStoreError::Url(e.to_string()))?;
-        // Reconnection backs off quickly and stays bounded: the fallback store probes on its
-        // own, so a long backoff here would only delay the return to shared state.
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout.max(Duration::from_millis(50))))
-            .set_response_timeout(Some(timeout.max(Duration::from_millis(50)) * 10))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| RedisStoreError::Url(e.to_string()))?;
+        let conn = Conn::new(target, timeout).map_err(|e| RedisStoreError::Url(e.to_string()))?;
         let vec = IntCounterVec::new(
             Opts::new(
                 "sbc_store_round_trips_total",
@@ -146,9 +160,9 @@ impl RedisStore {
             prefix: prefix.to_owned(),
             incr_window: Script::new(INCR_WINDOW),
             flood: Script::new(FLOOD),
-            list: Script::new(LIST),
             batch: Script::new(BATCH),
             release_dialog: Script::new(RELEASE_DIALOG),
+            hash_set: Script::new(HASH_SET),
             trips,
         })
     }
@@ -160,13 +174,29 @@ impl RedisStore {
         k
     }
 
-    fn trip(&self, op: Op) -> ConnectionManager {
+    fn trip(&self, op: Op) -> Conn {
         self.trips[op as usize].inc();
         self.conn.clone()
     }
 
     /// One run of the release script for `releases`, answers in order.
     async fn release_run(
+        &self,
+        op: Op,
+        releases: &[DialogRelease<'_>],
+    ) -> Result<Vec<bool>, StoreError> {
+        if self.conn.is_cluster() && releases.len() > 1 {
+            return slots::per_slot(
+                releases,
+                |r| slots::slot(&self.key(r.dialog_key)),
+                |part| async move { self.release_one_slot(op, &part).await },
+            )
+            .await;
+        }
+        self.release_one_slot(op, releases).await
+    }
+
+    async fn release_one_slot(
         &self,
         op: Op,
         releases: &[DialogRelease<'_>],
@@ -189,6 +219,22 @@ impl RedisStore {
 
     /// One run of the flood script for `hits`, answers in order.
     async fn flood_run(
+        &self,
+        op: Op,
+        hits: &[FloodHit<'_>],
+    ) -> Result<Vec<FloodOutcome>, StoreError> {
+        if self.conn.is_cluster() && hits.len() > 1 {
+            return slots::per_slot(
+                hits,
+                |h| slots::slot(&self.key(h.counter_key)),
+                |part| async move { self.flood_one_slot(op, &part).await },
+            )
+            .await;
+        }
+        self.flood_one_slot(op, hits).await
+    }
+
+    async fn flood_one_slot(
         &self,
         op: Op,
         hits: &[FloodHit<'_>],
@@ -231,6 +277,55 @@ impl RedisStore {
             .collect())
     }
 
+    /// The key an operation of a batch touches, as Redis sees it.
+    fn batch_key(&self, op: &BatchOp) -> String {
+        match op {
+            BatchOp::HashGetAllUnprefixed(k) => k.clone(),
+            op => self.key(op.key()),
+        }
+    }
+
+    /// One run of the batch script (all keys of one slot on a cluster).
+    async fn batch_one_slot(
+        &self,
+        ops: &[BatchOp],
+    ) -> Result<Vec<Result<OpResult, StoreError>>, StoreError> {
+        let mut inv = self.batch.prepare_invoke();
+        for op in ops {
+            match op {
+                BatchOp::Get(k) => inv.key(self.key(k)).arg("g").arg(0).arg(0),
+                BatchOp::IncrWindow(k, w) => inv.key(self.key(k)).arg("w").arg(ms(*w)).arg(0),
+                BatchOp::IncrBy(k, d, ttl) => inv.key(self.key(k)).arg("i").arg(*d).arg(ms(*ttl)),
+                BatchOp::SetEx(k, v, ttl) => {
+                    inv.key(self.key(k)).arg("s").arg(v.as_ref()).arg(ms(*ttl))
+                }
+                BatchOp::Del(k) => inv.key(self.key(k)).arg("d").arg(0).arg(0),
+                // Provisioned data: the key as the user's tooling wrote it.
+                BatchOp::HashGetAllUnprefixed(k) => inv.key(k).arg("h").arg(0).arg(0),
+                BatchOp::MaxAdvance(k, v, ttl) => {
+                    inv.key(self.key(k)).arg("m").arg(*v).arg(ms(*ttl))
+                }
+            };
+        }
+        let mut conn = self.trip(Op::Batch);
+        let answers: Vec<::redis::Value> = inv
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| map_err(e, "batch"))?;
+        if answers.len() != ops.len() {
+            return Err(StoreError::Rejected(format!(
+                "batch of {} operations answered {}",
+                ops.len(),
+                answers.len()
+            )));
+        }
+        Ok(ops
+            .iter()
+            .zip(answers)
+            .map(|(op, v)| batch_result(op, v))
+            .collect())
+    }
+
     /// The glob matching every key that starts with `prefix` (Redis glob characters escaped).
     fn pattern(&self, prefix: &str) -> String {
         let mut p = String::with_capacity(self.prefix.len() + prefix.len() + 2);
@@ -252,14 +347,19 @@ impl RedisStore {
     ) -> Result<Vec<Listed>, StoreError> {
         let limit = limit.min(MAX_LIST);
         let mut conn = self.trip(op);
-        let raw: Vec<(String, Vec<u8>, i64)> = self
-            .list
+        // EVAL, not EVALSHA: a cluster runs it on every master, and a listing is not hot.
+        let mut cmd = ::redis::cmd("EVAL");
+        cmd.arg(LIST)
+            .arg(0)
             .arg(self.pattern(prefix))
             .arg(limit)
-            .arg(1000)
-            .invoke_async(&mut conn)
+            .arg(1000);
+        let value = conn
+            .on_every_master(cmd)
             .await
             .map_err(|e| map_err(e, prefix))?;
+        let raw: Vec<(String, Vec<u8>, i64)> =
+            ::redis::from_redis_value(value).map_err(|e| map_err(e.into(), prefix))?;
         let mut out: Vec<Listed> = raw
             .into_iter()
             .filter_map(|(k, v, ttl)| {
@@ -276,92 +376,6 @@ impl RedisStore {
         out.sort_unstable_by(|a, b| a.key.cmp(&b.key));
         out.truncate(limit);
         Ok(out)
-    }
-}
-
-/// One answer of the batch script: {1, value}, {2} (no value) or {0, error}.
-fn batch_result(op: &BatchOp, v: ::redis::Value) -> Result<OpResult, StoreError> {
-    use ::redis::Value as V;
-    let key = op.key();
-    let bad = || StoreError::Rejected(format!("unexpected batch answer for {key:?}"));
-    let V::Array(mut parts) = v else {
-        return Err(bad());
-    };
-    let value = if parts.len() > 1 { parts.pop() } else { None };
-    let status = match parts.first() {
-        Some(V::Int(n)) => *n,
-        _ => return Err(bad()),
-    };
-    match (status, value) {
-        (0, e) => {
-            let msg = match e {
-                Some(V::BulkString(b)) => String::from_utf8_lossy(&b).into_owned(),
-                Some(V::SimpleString(s)) => s,
-                _ => String::new(),
-            };
-            Err(if msg.contains("not an integer") {
-                StoreError::NotAnInteger(key.to_owned())
-            } else if msg.contains("overflow") {
-                StoreError::Overflow(key.to_owned())
-            } else {
-                StoreError::Rejected(msg)
-            })
-        }
-        (2, _) => match op {
-            BatchOp::Get(_) => Ok(OpResult::Value(None)),
-            _ => Err(bad()),
-        },
-        (1, Some(v)) => match (op, v) {
-            (BatchOp::Get(_), V::BulkString(b)) => Ok(OpResult::Value(Some(Bytes::from(b)))),
-            (
-                BatchOp::IncrWindow(..) | BatchOp::IncrBy(..) | BatchOp::MaxAdvance(..),
-                V::Int(n),
-            ) => Ok(OpResult::Count(n)),
-            (BatchOp::HashGetAllUnprefixed(_), V::Array(flat)) => fields(flat).ok_or_else(bad),
-            (BatchOp::SetEx(..), _) => Ok(OpResult::Done),
-            (BatchOp::Del(_), V::Int(n)) => Ok(OpResult::Deleted(n > 0)),
-            _ => Err(bad()),
-        },
-        _ => Err(bad()),
-    }
-}
-
-/// The flat `field, value, ...` answer of HGETALL as pairs; None when it is not one.
-fn fields(flat: Vec<::redis::Value>) -> Option<OpResult> {
-    use ::redis::Value as V;
-    let mut out = Vec::with_capacity(flat.len() / 2);
-    let mut it = flat.into_iter();
-    while let Some(f) = it.next() {
-        let (V::BulkString(f), Some(V::BulkString(v))) = (f, it.next()) else {
-            return None;
-        };
-        out.push((String::from_utf8(f).ok()?, Bytes::from(v)));
-    }
-    Some(OpResult::Fields(out))
-}
-
-/// Milliseconds for Redis, at least 1 (0 would be an error) and at most ~100 years.
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis())
-        .unwrap_or(u64::MAX)
-        .clamp(1, 100 * 365 * 24 * 3600 * 1000)
-}
-
-/// Server errors are the command's fault; anything else means Redis is unreachable.
-fn map_err(e: RedisError, key: &str) -> StoreError {
-    match e.kind() {
-        ErrorKind::Server(_) | ErrorKind::Extension => {
-            let msg = e.to_string();
-            if msg.contains("not an integer") {
-                StoreError::NotAnInteger(key.to_owned())
-            } else if msg.contains("overflow") {
-                StoreError::Overflow(key.to_owned())
-            } else {
-                StoreError::Rejected(msg)
-            }
-        }
-        ErrorKind::UnexpectedReturnType | ErrorKind::Parse => StoreError::Rejected(e.to_string()),
-        _ => StoreError::Unavailable(e.to_string()),
     }
 }
 
@@ -421,21 +435,28 @@ impl Store for RedisStore {
 
     fn incr_by<'a>(&'a self, key: &'a str, delta: i64, ttl: Duration) -> StoreFuture<'a, i64> {
         Box::pin(async move {
-            let k = self.key(key);
+            // The batch script's INCRBY + PEXPIRE: atomic, and one slot on a cluster (where
+            // MULTI/EXEC pipelines are not routed).
             let mut conn = self.trip(Op::IncrBy);
-            let (n,): (i64,) = ::redis::pipe()
-                .atomic()
-                .cmd("INCRBY")
-                .arg(&k)
+            let mut answers: Vec<::redis::Value> = self
+                .batch
+                .key(self.key(key))
+                .arg("i")
                 .arg(delta)
-                .cmd("PEXPIRE")
-                .arg(&k)
                 .arg(ms(ttl))
-                .ignore()
-                .query_async(&mut conn)
+                .invoke_async(&mut conn)
                 .await
                 .map_err(|e| map_err(e, key))?;
-            Ok(n)
+            let op = BatchOp::IncrBy(String::new(), delta, ttl);
+            match answers.pop().map(|v| batch_result(&op, v)) {
+                Some(Ok(OpResult::Count(n))) => Ok(n),
+                Some(Err(StoreError::NotAnInteger(_))) => {
+                    Err(StoreError::NotAnInteger(key.to_owned()))
+                }
+                Some(Err(StoreError::Overflow(_))) => Err(StoreError::Overflow(key.to_owned())),
+                Some(Err(e)) => Err(e),
+                _ => Err(StoreError::Rejected(format!("no count for {key:?}"))),
+            }
         })
     }
 
@@ -472,20 +493,14 @@ impl Store for RedisStore {
             if fields.is_empty() {
                 return Ok(());
             }
-            let k = self.key(key);
-            let mut pipe = ::redis::pipe();
-            pipe.atomic().cmd("HSET").arg(&k);
+            let mut inv = self.hash_set.prepare_invoke();
+            inv.key(self.key(key)).arg(ttl.map_or(0, ms));
             for (f, v) in &fields {
-                pipe.arg(f).arg(v.as_ref());
+                inv.arg(f).arg(v.as_ref());
             }
-            pipe.ignore();
-            match ttl {
-                Some(ttl) => pipe.cmd("PEXPIRE").arg(&k).arg(ms(ttl)).ignore(),
-                None => pipe.cmd("PERSIST").arg(&k).ignore(),
-            };
             let mut conn = self.trip(Op::HashSet);
-            let () = pipe
-                .query_async(&mut conn)
+            let _: i64 = inv
+                .invoke_async(&mut conn)
                 .await
                 .map_err(|e| map_err(e, key))?;
             Ok(())
@@ -528,42 +543,15 @@ impl Store for RedisStore {
             if ops.is_empty() {
                 return Ok(Vec::new());
             }
-            let mut inv = self.batch.prepare_invoke();
-            for op in ops {
-                match op {
-                    BatchOp::Get(k) => inv.key(self.key(k)).arg("g").arg(0).arg(0),
-                    BatchOp::IncrWindow(k, w) => inv.key(self.key(k)).arg("w").arg(ms(*w)).arg(0),
-                    BatchOp::IncrBy(k, d, ttl) => {
-                        inv.key(self.key(k)).arg("i").arg(*d).arg(ms(*ttl))
-                    }
-                    BatchOp::SetEx(k, v, ttl) => {
-                        inv.key(self.key(k)).arg("s").arg(v.as_ref()).arg(ms(*ttl))
-                    }
-                    BatchOp::Del(k) => inv.key(self.key(k)).arg("d").arg(0).arg(0),
-                    // Provisioned data: the key as the user's tooling wrote it.
-                    BatchOp::HashGetAllUnprefixed(k) => inv.key(k).arg("h").arg(0).arg(0),
-                    BatchOp::MaxAdvance(k, v, ttl) => {
-                        inv.key(self.key(k)).arg("m").arg(*v).arg(ms(*ttl))
-                    }
-                };
+            if self.conn.is_cluster() && ops.len() > 1 {
+                return slots::per_slot(
+                    ops,
+                    |op| slots::slot(&self.batch_key(op)),
+                    |part| async move { self.batch_one_slot(&part).await },
+                )
+                .await;
             }
-            let mut conn = self.trip(Op::Batch);
-            let answers: Vec<::redis::Value> = inv
-                .invoke_async(&mut conn)
-                .await
-                .map_err(|e| map_err(e, "batch"))?;
-            if answers.len() != ops.len() {
-                return Err(StoreError::Rejected(format!(
-                    "batch of {} operations answered {}",
-                    ops.len(),
-                    answers.len()
-                )));
-            }
-            Ok(ops
-                .iter()
-                .zip(answers)
-                .map(|(op, v)| batch_result(op, v))
-                .collect())
+            self.batch_one_slot(ops).await
         })
     }
 
@@ -600,5 +588,7 @@ impl Store for RedisStore {
     }
 }
 
+#[cfg(test)]
+mod cluster_tests;
 #[cfg(test)]
 mod tests;

@@ -133,7 +133,7 @@ async fn requests_per_second_allow_a_burst_then_the_rate() {
     assert_eq!(ok, 4, "the burst");
     settle().await;
     // Refused requests were given back: only the 4 admitted count.
-    let listed = store.list_prefix("p:thr:ns/tt:rps:", 10).await.unwrap();
+    let listed = store.list_prefix("p:thr:{ns/tt}:rps:", 10).await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].1, Bytes::from_static(b"4"));
     // Half-way into the next window half of the previous one still counts: 2 more fit.
@@ -292,7 +292,7 @@ async fn replicas_sharing_a_store_share_the_limit() {
     settle().await;
     b.on_dialog_end(&req("BYE", "x0", None), &cx(Method::Bye, true));
     settle().await;
-    let open = store.list_prefix("p:thr:ns/tt:cc:", 10).await.unwrap();
+    let open = store.list_prefix("p:thr:{ns/tt}:cc:", 10).await.unwrap();
     assert_eq!(open.len(), 1);
     assert_eq!(open[0].1, Bytes::from_static(b"3"));
 }
@@ -342,7 +342,7 @@ async fn one_store_round_trip_per_invite_and_per_bye() {
     assert_eq!(store.take(), 1);
     let open = store
         .mem
-        .list_prefix("p:thr:ns/second:cc:", 10)
+        .list_prefix("p:thr:{ns/second}:cc:", 10)
         .await
         .unwrap();
     assert!(

@@ -77,7 +77,7 @@ async fn ctl_lists_and_removes_bans() {
     let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(MemoryStore::new(100));
     store
         .set_ex(
-            "ban:192.0.2.7",
+            "ban:{192.0.2.7}",
             bytes::Bytes::from_static(b"flood"),
             Duration::from_secs(120),
         )

@@ -146,3 +146,11 @@ repeat
 until cursor == '0' or #out >= limit * 3 or calls >= tonumber(ARGV[3])
 return out
 ";
+
+/// Provisioning a hash: HSET of the field/value pairs ARGV[2..], then ARGV[1] ms of TTL, or
+/// no expiry when it is 0.
+pub(super) const HASH_SET: &str = r"
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+if ARGV[1] == '0' then redis.call('PERSIST', KEYS[1]) else redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return 0
+";
