@@ -144,6 +144,11 @@ impl RedisServer {
         cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"]);
         if self.program == "redis-server" {
             cmd.args(["--save", "", "--appendonly", "no"]);
+            // A replica's full sync still writes dump.rdb: into the test's directory, not
+            // the working directory.
+            if let Some(dir) = self.log.parent() {
+                cmd.arg("--dir").arg(dir);
+            }
         }
         let child = cmd
             .args(&self.extra)
