@@ -51,23 +51,28 @@ impl HeaderName {
                 _ => HeaderName::Other,
             };
         }
-        const NAMES: [(&[u8], HeaderName); 14] = [
-            (b"via", HeaderName::Via),
-            (b"from", HeaderName::From),
-            (b"to", HeaderName::To),
-            (b"call-id", HeaderName::CallId),
-            (b"cseq", HeaderName::CSeq),
-            (b"max-forwards", HeaderName::MaxForwards),
-            (b"route", HeaderName::Route),
-            (b"record-route", HeaderName::RecordRoute),
-            (b"contact", HeaderName::Contact),
-            (b"content-length", HeaderName::ContentLength),
-            (b"content-type", HeaderName::ContentType),
-            (b"authorization", HeaderName::Authorization),
-            (b"proxy-authorization", HeaderName::ProxyAuthorization),
-            (b"user-agent", HeaderName::UserAgent),
-        ];
-        NAMES
+        // By length first: at most three names to compare, not fourteen.
+        let candidates: &[(&[u8], HeaderName)] = match name.len() {
+            2 => &[(b"to", HeaderName::To)],
+            3 => &[(b"via", HeaderName::Via)],
+            4 => &[(b"from", HeaderName::From), (b"cseq", HeaderName::CSeq)],
+            5 => &[(b"route", HeaderName::Route)],
+            7 => &[
+                (b"call-id", HeaderName::CallId),
+                (b"contact", HeaderName::Contact),
+            ],
+            10 => &[(b"user-agent", HeaderName::UserAgent)],
+            12 => &[
+                (b"max-forwards", HeaderName::MaxForwards),
+                (b"record-route", HeaderName::RecordRoute),
+                (b"content-type", HeaderName::ContentType),
+            ],
+            13 => &[(b"authorization", HeaderName::Authorization)],
+            14 => &[(b"content-length", HeaderName::ContentLength)],
+            19 => &[(b"proxy-authorization", HeaderName::ProxyAuthorization)],
+            _ => &[],
+        };
+        candidates
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map_or(HeaderName::Other, |(_, h)| *h)
