@@ -26,6 +26,7 @@ pub mod ng;
 pub mod pool;
 pub mod profile;
 pub mod sdp;
+pub mod stage;
 
 use std::net::SocketAddr;
 use std::time::Duration;
