@@ -184,12 +184,27 @@ fn media_port(sdp: &str) -> u16 {
 }
 
 fn config(sip: u16, admin: u16, backend: SocketAddr, ng: &str) -> String {
+    let ws = sip + 1;
     format!(
         "listeners:\n  - {{transport: udp, address: \"127.0.0.1:{sip}\"}}\n\
+         \x20 - {{transport: ws, address: \"127.0.0.1:{ws}\"}}\n\
          admin:\n  address: \"127.0.0.1:{admin}\"\n\
          dispatcher:\n  sets:\n    - id: 1\n      destinations: [{{uri: \"sip:{backend}\"}}]\n\
          media:\n  rtpengine: [\"{ng}\"]\n  pingIntervalMs: 200\n  timeoutMs: 300\n  retransmitMs: 100\n  retryAfterSecs: 7\n"
     )
+}
+
+/// A free port whose next one is free too (the ws listener's).
+fn port_pair() -> u16 {
+    loop {
+        let p = free_port();
+        if p < u16::MAX
+            && UdpSocket::bind((LOOPBACK, p + 1)).is_ok()
+            && std::net::TcpListener::bind((LOOPBACK, p + 1)).is_ok()
+        {
+            return p;
+        }
+    }
 }
 
 struct Bed {
@@ -209,7 +224,7 @@ impl Bed {
         let dir = TempDir::new("media-calls");
         let rtpengine = Rtpengine::start(&dir);
         let uas = Uas::start(mode);
-        let (sip, admin) = (free_port(), free_port());
+        let (sip, admin) = (port_pair(), free_port());
         let cfg = dir.write(
             "sbc.yaml",
             &config(sip, admin, uas.addr, &rtpengine.ng_name()),
@@ -359,6 +374,94 @@ fn a_call_through_the_sbc_is_anchored_rtp_flows_both_ways_and_bye_deletes_it() {
         m.contains("sbc_media_commands_total{command=\"answer\",outcome=\"ok\"} 1"),
         "{m}"
     );
+}
+
+#[test]
+fn a_late_offer_is_offered_from_the_200_and_answered_from_the_ack() {
+    let Some(bed) = Bed::start(Mode::Answer) else {
+        return;
+    };
+    let mut c = SipClient::udp(bed.sbc.sip_addr());
+    let mut inv = bed.invite(&c, 4000).remove("Content-Type");
+    inv.body.clear();
+    let call_id = inv.get("Call-ID").unwrap().to_owned();
+    let ok = c.request(&inv.build(), WAIT).expect("a final response");
+    assert_eq!(ok.code, 200, "{ok:?}");
+    // The backend got no SDP; its offer in the 200 reaches the caller as rtpengine's.
+    assert_eq!(body(&bed.uas.wait_request("INVITE")), "");
+    assert!(
+        bed.rtpengine.ports().contains(&media_port(&ok.body)),
+        "{}",
+        ok.body
+    );
+    let mut ack = in_dialog(&inv, &ok, "ACK", 1).set("Content-Type", "application/sdp");
+    ack.body = sdp("192.0.2.1", 4000);
+    c.send(&ack.build());
+    let got = bed.uas.wait_request("ACK");
+    assert!(ports_in(&bed, &got), "{got}");
+    assert!(!body(&got).contains("192.0.2.1"), "{got}");
+    assert!(bed.known(&call_id));
+    let bye = c.request(&in_dialog(&inv, &ok, "BYE", 2).build(), WAIT);
+    assert_eq!(bye.map(|r| r.code), Some(200));
+    assert!(wait_for(WAIT, || (!bed.known(&call_id)).then_some(())).is_some());
+}
+
+/// A browser's offer as Chrome writes it (ICE, DTLS fingerprint, rtcp-mux, opus).
+fn browser_sdp(port: u16) -> String {
+    format!(
+        "v=0\r\no=- 8421931840 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n\
+         a=msid-semantic: WMS\r\nm=audio {port} UDP/TLS/RTP/SAVPF 111 0\r\nc=IN IP4 127.0.0.1\r\n\
+         a=rtcp:9 IN IP4 0.0.0.0\r\n\
+         a=candidate:1 1 udp 2122260223 127.0.0.1 {port} typ host generation 0\r\n\
+         a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\na=ice-options:trickle\r\n\
+         a=fingerprint:sha-256 12:34:56:78:9A:BC:DE:F0:12:34:56:78:9A:BC:DE:F0:12:34:56:78:9A:BC:DE:F0:12:34:56:78:9A:BC:DE:F0\r\n\
+         a=setup:actpass\r\na=mid:0\r\na=sendrecv\r\na=rtcp-mux\r\n\
+         a=rtpmap:111 opus/48000/2\r\na=rtpmap:0 PCMU/8000\r\n"
+    )
+}
+
+#[test]
+fn a_browser_over_ws_gets_the_webrtc_profile_and_the_backend_plain_rtp() {
+    let Some(bed) = Bed::start(Mode::Answer) else {
+        return;
+    };
+    let ws_addr = loopback(bed.sbc.sip_addr().port() + 1);
+    let mut ws = kubesbc_e2e::ws::WsClient::connect(ws_addr);
+    let any = SipClient::udp(bed.sbc.sip_addr());
+    let t = kubesbc_e2e::sip::token();
+    let mut inv = bed
+        .invite(&any, 4000)
+        .set(
+            "Via",
+            &format!("SIP/2.0/WS df7jal23ls0d.invalid;branch=z9hG4bK{t}"),
+        )
+        .set("Contact", "<sip:e2e@df7jal23ls0d.invalid;transport=ws>");
+    inv.body = browser_sdp(50000);
+    let ok = ws
+        .sip_request(&inv.build(), WAIT)
+        .expect("a final response");
+    assert_eq!(ok.code, 200, "{ok:?}\n{}", bed.sbc.log_tail());
+    for want in [
+        "UDP/TLS/RTP/SAVPF",
+        "a=ice-ufrag:",
+        "a=fingerprint:",
+        "a=rtcp-mux",
+    ] {
+        assert!(
+            ok.body.contains(want),
+            "no {want} towards the browser:\n{}",
+            ok.body
+        );
+    }
+    let offer = bed.uas.wait_request("INVITE");
+    let offer = body(&offer);
+    assert!(offer.contains("RTP/AVP"), "{offer}");
+    for gone in ["SAVPF", "a=ice-", "a=candidate", "a=fingerprint"] {
+        assert!(
+            !offer.contains(gone),
+            "{gone} towards the plain backend:\n{offer}"
+        );
+    }
 }
 
 #[test]
