@@ -127,6 +127,8 @@ NON_DEFAULT = {
                    "grafanaDashboard": {"enabled": True},
                    "labels": {"release": "prometheus"}},
     "networkPolicy": {"enabled": True},
+    "rtpengine": {"enabled": True, "portMin": 20000, "portMax": 29999, "advertise": "203.0.113.7",
+                  "nodeSelector": {"media": "yes"}},
 }
 
 
@@ -228,6 +230,22 @@ def main():
         assert "persistentVolumeClaim" in vol, vol
         assert any(o["kind"] == "PersistentVolumeClaim" for o in objs)
     check("Redis: URL Secret in the SbcClusters' namespace, password, persistence", redis_secret_beside_the_clusters)
+
+    def rtpengine_daemonset():
+        ds = next(o for o in objects(nondefault) if o["kind"] == "DaemonSet"
+                  and o["metadata"]["name"].endswith("-rtpengine"))
+        spec = ds["spec"]["template"]["spec"]
+        assert spec["hostNetwork"] is True, spec
+        cmd = spec["containers"][0]["args"][0]
+        for want in ("--table=-1", "--port-min=20000", "--port-max=29999", "!203.0.113.7", "--listen-ng="):
+            assert want in cmd, cmd
+        assert spec["nodeSelector"] == {"media": "yes"}, spec
+        assert not any(o["kind"] == "DaemonSet" for o in objects(default)), "off by default"
+    check("rtpengine: a hostNetwork DaemonSet in userspace with the port range", rtpengine_daemonset)
+
+    rejected("an rtpengine port range upside down is refused",
+             lambda: render({"rtpengine": {"enabled": True, "portMin": 40000, "portMax": 30000}}),
+             "rtpengine.portMin must not be above rtpengine.portMax")
 
     rejected("examples with the Redis Secret in another namespace are refused, not rendered without Redis",
              lambda: render({"redis": {"enabled": True, "urlSecretNamespace": "voip"},
@@ -379,6 +397,8 @@ def main():
              lambda: chart.validate_schema({"replicas": 0}), "replicas")
     rejected("values.schema.json rejects metrics.port: 70000",
              lambda: chart.validate_schema({"metrics": {"port": 70000}}), "port")
+    rejected("values.schema.json rejects rtpengine.ngPort: 0",
+             lambda: chart.validate_schema({"rtpengine": {"ngPort": 0}}), "ngPort")
     rejected("values.schema.json rejects examples.sipPort: 70000",
              lambda: chart.validate_schema({"examples": {"sipPort": 70000}}), "sipPort")
     rejected("values.schema.json rejects an unknown algorithm",

@@ -80,9 +80,11 @@ pub struct SbcClusterSpec {
     /// Redis for shared state. Absent: state is in memory per pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis: Option<RedisSpec>,
-    /// rtpengine ng control addresses (`host:port`). Not implemented yet: the sbc's call path
-    /// does not anchor media, so a non-empty list is refused (`Accepted=False`, reason
-    /// `NotImplemented`) rather than ignored. Empty: media is not anchored.
+    /// rtpengine ng control addresses (`host:port`), rendered into the sbc config's `media`
+    /// section (defaults for timeouts, profiles and `whenUnreachable: reject`): calls are
+    /// anchored through them, the engine picked per Call-ID. A bad or repeated address is
+    /// refused (`Accepted=False`, reason `InvalidMedia`, naming the entry). Empty: media is
+    /// not anchored.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(
         length(max = 16),

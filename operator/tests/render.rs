@@ -442,15 +442,26 @@ fn autoscaling_with_host_network_is_refused_naming_the_field() {
 }
 
 #[test]
-fn rtpengine_is_refused_naming_the_field_until_media_is_anchored() {
+fn rtpengine_is_rendered_into_the_media_section_and_a_bad_address_is_named() {
     let mut w = World::new();
-    w.cluster.spec.rtpengine = vec!["127.0.0.1:2223".into()];
+    w.cluster.spec.rtpengine = vec!["rtpengine.media.svc:2223".into(), "10.0.0.9:2223".into()];
+    let out = render::render(w.inputs()).unwrap();
+    let media = out.config.media.expect("a media section");
+    assert_eq!(
+        media.rtpengine,
+        ["rtpengine.media.svc:2223", "10.0.0.9:2223"]
+    );
+    assert_eq!(
+        media.when_unreachable,
+        kubesbc_crds::policy::MediaUnreachable::Reject
+    );
+    w.cluster.spec.rtpengine = vec!["10.0.0.9:2223".into(), "10.0.0.9:2223".into()];
     let e = render::render(w.inputs()).unwrap_err();
     assert_eq!(
         (e.reason, e.field.as_str()),
-        ("NotImplemented", "spec.rtpengine")
+        ("InvalidMedia", "spec.rtpengine[1]")
     );
-    assert!(e.message.contains("not wired"), "{e}");
+    assert!(e.message.contains("listed twice"), "{e}");
 }
 
 #[test]

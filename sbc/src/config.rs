@@ -51,27 +51,8 @@ pub fn load_file(path: &Path) -> Result<SbcConfig, LoadError> {
         file: file.clone(),
         source,
     })?;
-    refuse_unwired(&cfg).map_err(|source| LoadError::Invalid {
-        file: file.clone(),
-        source,
-    })?;
     check_routing(&cfg).map_err(|source| LoadError::Invalid { file, source })?;
     Ok(cfg)
-}
-
-/// Refuses sections the schema accepts but this sbc does not put into effect yet, naming the
-/// field, so nothing is accepted and ignored. Today: `media` (the rtpengine client exists in
-/// [`crate::media`] but the call path does not call it).
-pub fn refuse_unwired(cfg: &SbcConfig) -> Result<(), ConfigError> {
-    if cfg.media.is_some() {
-        return Err(ConfigError::Field {
-            path: "media".to_owned(),
-            message: "media anchoring through rtpengine is not wired into the call path yet; \
-                      remove the media section (SbcCluster spec.rtpengine)"
-                .to_owned(),
-        });
-    }
-    Ok(())
 }
 
 /// Refuses routing rules the sbc cannot compile (a target whose `;transport=` it does not
@@ -157,20 +138,13 @@ mod tests {
     }
 
     #[test]
-    fn a_media_section_is_refused_naming_the_field() {
+    fn a_media_section_loads() {
         let cfg = SbcConfig::from_yaml(
             "listeners: [{transport: udp, address: \"127.0.0.1:5060\"}]\nmedia: {rtpengine: [\"127.0.0.1:2223\"]}\n",
         )
         .unwrap();
-        let err = refuse_unwired(&cfg).unwrap_err().to_string();
-        assert!(
-            err.starts_with(
-                "media: media anchoring through rtpengine is not wired into the call path yet"
-            ),
-            "{err}"
-        );
-        let mut ok = cfg.clone();
-        ok.media = None;
-        assert!(refuse_unwired(&ok).is_ok());
+        assert!(cfg.validate().is_ok());
+        assert!(check_routing(&cfg).is_ok());
+        assert_eq!(cfg.media.unwrap().rtpengine, ["127.0.0.1:2223"]);
     }
 }

@@ -18,6 +18,7 @@ use sbc::discovery::LiveDispatch;
 use sbc::discovery::watch::{ApiSource, Discovery};
 use sbc::dispatch::Dispatcher;
 use sbc::guard::{Guard, GuardMetrics};
+use sbc::media::stage::MediaMetrics;
 use sbc::pipeline::Pipeline;
 use sbc::relay::Relay;
 use sbc::reload::{Overrides, Reloader};
@@ -262,7 +263,6 @@ async fn load(a: &RunArgs, ov: &Overrides) -> anyhow::Result<(SbcConfig, Source)
     };
     ov.apply(&mut cfg);
     cfg.validate().map_err(config::LoadError::Flags)?;
-    config::refuse_unwired(&cfg).map_err(config::LoadError::Flags)?;
     config::check_routing(&cfg).map_err(config::LoadError::Flags)?;
     cfg.read_secret_files().map_err(config::LoadError::Flags)?;
     sbc::transport::tls::check(&cfg).map_err(config::LoadError::Tls)?;
@@ -304,6 +304,16 @@ async fn run(
         }
     };
     relay.set_pipeline(build_pipeline(&cfg));
+    if let Some(m) = &cfg.media {
+        let anchor = sbc::media::Anchor::start(m).await?;
+        let stage =
+            sbc::media::stage::MediaStage::new(anchor, MediaMetrics::new(metrics.registry())?);
+        tracing::info!(
+            rtpengines = m.rtpengine.len(),
+            "media anchoring through rtpengine"
+        );
+        relay.set_media(Some(Arc::new(stage)));
+    }
     let transports = relay.start(workers).await?;
     for (t, a) in transports.local_addrs() {
         tracing::info!("listening on {t}:{a}");

@@ -192,7 +192,6 @@ impl Reloader {
         let mut cfg = SbcConfig::from_yaml(text)?;
         self.overrides.apply(&mut cfg);
         cfg.validate()?;
-        crate::config::refuse_unwired(&cfg)?;
         crate::config::check_routing(&cfg)?;
         cfg.read_secret_files()?;
         crate::transport::tls::check(&cfg)?;
@@ -213,6 +212,12 @@ impl Reloader {
                 "configuration: observability changed; that needs a restart, the HEP collectors and record sinks in force stay"
             );
             cfg.observability = old.observability.clone();
+        }
+        if cfg.media != old.media {
+            tracing::warn!(
+                "configuration: media changed; that needs a restart, the rtpengines and profiles in force stay"
+            );
+            cfg.media = old.media.clone();
         }
         if cfg.admin.address != old.admin.address {
             tracing::warn!(

@@ -3,8 +3,7 @@
 //! query, delete, the WebRTC profile, engine selection with engines down, an engine killed
 //! mid-dialog, and refusals before anything reaches rtpengine.
 //!
-//! The library is not in the call path yet: the last tests prove the sbc refuses a `media`
-//! section instead of ignoring it.
+//! The call path (the sbc with a `media` section) is tested in `media_calls.rs`.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
@@ -12,9 +11,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use kubesbc_crds::config::Transport;
 use kubesbc_crds::policy::MediaConfig;
-use kubesbc_e2e::proxy::run_sbc;
 use kubesbc_e2e::rtpengine::Rtpengine;
-use kubesbc_e2e::{LOOPBACK, TempDir, free_port, loopback, require_tool, sbc_only};
+use kubesbc_e2e::{LOOPBACK, TempDir, free_port, loopback, require_tool};
 use sbc::media::client::{NgClient, NgError, Timing};
 use sbc::media::exchange::{Step, Tags};
 use sbc::media::ng::{Outcome, Request};
@@ -687,48 +685,4 @@ async fn rtpengine_killed_mid_dialog_delete_fails_with_a_timeout_and_the_engine_
         .unwrap_err();
     assert!(matches!(e, MediaError::NoneReachable(_)), "{e}");
     assert!(t0.elapsed() < Duration::from_millis(100));
-}
-
-fn media_config(sip: u16, admin: u16) -> String {
-    format!(
-        "listeners:\n  - transport: udp\n    address: \"127.0.0.1:{sip}\"\n\
-         admin:\n  address: \"127.0.0.1:{admin}\"\n\
-         media:\n  rtpengine: [\"127.0.0.1:2223\"]\n"
-    )
-}
-
-#[test]
-fn sbc_refuses_a_media_section_at_startup_and_in_check() {
-    if !sbc_only() {
-        return;
-    }
-    let dir = TempDir::new("media-refused");
-    let cfg = dir.write("sbc.yaml", &media_config(free_port(), free_port()));
-    let cfg = cfg.to_str().unwrap();
-    for args in [vec!["check", cfg], vec!["--config", cfg]] {
-        let out = run_sbc(&dir, &args, Duration::from_secs(10));
-        assert_eq!(out.code, Some(2), "{args:?}: stderr:\n{}", out.stderr);
-        assert!(
-            out.stderr.contains(
-                "media: media anchoring through rtpengine is not wired into the call path yet"
-            ),
-            "{args:?}: stderr:\n{}",
-            out.stderr
-        );
-    }
-    // A bad field in the section is named precisely, before the refusal.
-    let bad = media_config(free_port(), free_port()).replace("2223\"]", "2223\"]\n  timeoutMs: 0");
-    let cfg = dir.write("bad.yaml", &bad);
-    let out = run_sbc(
-        &dir,
-        &["check", cfg.to_str().unwrap()],
-        Duration::from_secs(10),
-    );
-    assert_eq!(out.code, Some(2));
-    assert!(
-        out.stderr
-            .contains("media.timeoutMs: 0 is out of range 10..=60000"),
-        "{}",
-        out.stderr
-    );
 }

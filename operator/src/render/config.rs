@@ -394,18 +394,23 @@ pub fn render_config(inputs: Inputs<'_>) -> Result<SbcConfig, RenderError> {
             })
         }
     };
-    if !spec.rtpengine.is_empty() {
-        // The sbc refuses a media section until its call path anchors media: rendering one
-        // would crash-loop every pod, so the resource is refused here, naming the field.
-        return Err(err(
-            cluster,
-            "NotImplemented",
-            "spec.rtpengine",
-            "media anchoring through rtpengine is not wired into the sbc's call path yet; \
-             remove spec.rtpengine"
-                .to_owned(),
-        ));
-    }
+    // spec.rtpengine: the engines the sbc anchors media with (defaults for the rest of the
+    // media section); empty: media is not anchored.
+    let media = if spec.rtpengine.is_empty() {
+        None
+    } else {
+        let m = kubesbc_crds::policy::MediaConfig {
+            rtpengine: spec.rtpengine.clone(),
+            ..Default::default()
+        };
+        m.validate("spec").map_err(|e| match e {
+            kubesbc_crds::config::ConfigError::Field { path, message } => {
+                err(cluster, "InvalidMedia", path, message)
+            }
+            other => internal(cluster, "spec.rtpengine", other),
+        })?;
+        Some(m)
+    };
     let admin_port = spec.admin_port.unwrap_or(DEFAULT_ADMIN_PORT);
     let config = SbcConfig {
         listeners,
@@ -421,7 +426,7 @@ pub fn render_config(inputs: Inputs<'_>) -> Result<SbcConfig, RenderError> {
         access_lists,
         throttles,
         auth,
-        media: None,
+        media,
         tls: spec.tls.as_ref().map(|_| TlsConfig {
             cert_file: format!("{TLS_DIR}/tls.crt"),
             key_file: format!("{TLS_DIR}/tls.key"),

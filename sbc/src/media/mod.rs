@@ -1,6 +1,5 @@
-//! Media anchoring through rtpengine (docs/architecture.md: planned, issue 12), as a library.
-//! **Not in the call path yet**: the sbc refuses a configuration with a `media` section (see
-//! [`crate::config::refuse_unwired`]) until the pipeline's media stage calls [`Anchor`].
+//! Media anchoring through rtpengine (docs/media.md). With a `media` section the relay passes
+//! every message it sends through [`stage::MediaStage`], which calls [`Anchor`].
 //!
 //! - [`bencode`]: the ng protocol's encoding, decoding bounded for untrusted input.
 //! - [`ng`]: the commands (`ping`, `offer`, `answer`, `delete`, `query`), their flags and
@@ -13,6 +12,8 @@
 //!   malformed offer.
 //! - [`profile`]: the flags for a WebRTC or a plain leg.
 //! - [`exchange`]: which message carries the offer, the answer, or ends the call.
+//! - [`stage`]: the media stage of the call path: reads the message being sent, runs the step,
+//!   rewrites the body and Content-Length.
 //!
 //! [`Anchor`] ties them together: the stage passes it the [`exchange::Step`] for a message, the
 //! dialog's identifiers, the body and the leg the message goes to, and gets back the new body
@@ -26,6 +27,7 @@ pub mod ng;
 pub mod pool;
 pub mod profile;
 pub mod sdp;
+pub mod stage;
 
 use std::net::SocketAddr;
 use std::time::Duration;

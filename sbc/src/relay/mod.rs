@@ -15,13 +15,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::Bytes;
 use kubesbc_crds::config::SbcConfig;
 use tokio::sync::oneshot;
 
 use crate::dispatch::probe::{PingOutcome, Pinger};
 use crate::dispatch::{Destination, Dispatcher};
+use crate::media::stage::{Job, MediaStage, Outcome};
 use crate::pipeline::{Admission, Pipeline, Verdict};
 use crate::routing::rules::Rules;
 use crate::sip::build;
@@ -45,6 +46,8 @@ pub struct Relay {
     draining: AtomicBool,
     metrics: Arc<Metrics>,
     pipeline: ArcSwap<Pipeline>,
+    /// The media stage, when a `media` section is configured: every message sent passes it.
+    media: ArcSwapOption<MediaStage>,
     /// Probes of the sbc's own waiting for their outcome, by id.
     probes: Mutex<HashMap<u64, oneshot::Sender<PingOutcome>>>,
     next_probe: AtomicU64,
@@ -74,6 +77,7 @@ impl Relay {
             draining: AtomicBool::new(false),
             metrics,
             pipeline: ArcSwap::from_pointee(Pipeline::default()),
+            media: ArcSwapOption::empty(),
             probes: Mutex::new(HashMap::new()),
             next_probe: AtomicU64::new(0),
         });
@@ -136,6 +140,17 @@ impl Relay {
         self.pipeline.store(Arc::new(pipeline));
     }
 
+    /// Installs the media stage (rtpengine anchoring): every message the relay sends from
+    /// now on passes it.
+    pub fn set_media(&self, media: Option<Arc<MediaStage>>) {
+        self.media.store(media);
+    }
+
+    /// The media stage in force.
+    pub fn media(&self) -> Option<Arc<MediaStage>> {
+        self.media.load_full()
+    }
+
     /// Starts refusing new calls (503 + Retry-After); transactions in progress go on.
     pub fn drain(&self) {
         self.draining.store(true, Ordering::SeqCst);
@@ -183,8 +198,16 @@ impl Relay {
 
     /// Carries out the core's actions, in order, and empties `out`.
     fn apply(&self, out: &mut Vec<Action>) {
+        self.apply_with(out, true)
+    }
+
+    /// [`Relay::apply`]; with `media` false the messages skip the media stage (the answers
+    /// the stage itself asked for).
+    fn apply_with(&self, out: &mut Vec<Action>, media: bool) {
         let t = self.transports.get();
         let inb = self.inbound();
+        // One load per batch; without a media section the messages pay nothing more.
+        let stage = if media { self.media.load_full() } else { None };
         for a in out.drain(..) {
             match a {
                 Action::Send {
@@ -196,12 +219,31 @@ impl Relay {
                     let (Some(t), Some(inb)) = (t, inb.as_ref()) else {
                         continue;
                     };
-                    self.metrics
-                        .transport_message(to.transport, Direction::Out, data.len());
-                    if resp.1 != 0 {
-                        self.metrics.response_sent(resp.0, resp.1);
+                    if let Some(m) = &stage
+                        && let Some(job) = m.inspect(&data, &to)
+                    {
+                        self.anchor(
+                            m.clone(),
+                            job,
+                            Outgoing {
+                                to,
+                                data,
+                                token,
+                                resp,
+                            },
+                        );
+                        continue;
                     }
-                    t.send(&to, data, token, inb);
+                    self.send_now(
+                        t,
+                        inb,
+                        Outgoing {
+                            to,
+                            data,
+                            token,
+                            resp,
+                        },
+                    );
                 }
                 Action::Arm { after, timer } => self.wheel.schedule(after, timer),
                 Action::Final {
@@ -223,6 +265,52 @@ impl Relay {
                 }
             }
         }
+    }
+
+    fn send_now(&self, t: &Transports, inb: &Arc<dyn Inbound>, s: Outgoing) {
+        self.metrics
+            .transport_message(s.to.transport, Direction::Out, s.data.len());
+        if s.resp.1 != 0 {
+            self.metrics.response_sent(s.resp.0, s.resp.1);
+        }
+        t.send(&s.to, s.data, s.token, inb);
+    }
+
+    /// Runs the media stage's job for a message, then sends what it says: a delete goes
+    /// beside the message (sent at once), an offer or answer before it. A refused request is
+    /// answered by the core ([`Core::on_media_refused`]).
+    fn anchor(&self, m: Arc<MediaStage>, job: Job, s: Outgoing) {
+        let Some(me) = self.me.get().and_then(Weak::upgrade) else {
+            return;
+        };
+        if job.is_delete() {
+            if let (Some(t), Some(inb)) = (self.transports.get(), self.inbound()) {
+                self.send_now(t, &inb, s);
+            }
+            tokio::spawn(async move { m.delete(&job).await });
+            return;
+        }
+        tokio::spawn(async move {
+            let (Some(t), Some(inb)) = (me.transports.get(), me.inbound()) else {
+                return;
+            };
+            match m.run(job).await {
+                Outcome::Send(data) => me.send_now(t, &inb, Outgoing { data, ..s }),
+                Outcome::Refuse {
+                    status,
+                    reason,
+                    retry_after,
+                } => {
+                    let Some(token) = s.token else { return };
+                    let mut out = Vec::with_capacity(4);
+                    let a = (status, reason.as_str(), retry_after);
+                    me.with_env(Instant::now(), |core, env| {
+                        core.on_media_refused(env, &token, a, &mut out)
+                    });
+                    me.apply_with(&mut out, false);
+                }
+            }
+        });
     }
 
     fn on_request(&self, msg: Message, peer: Peer) {
@@ -387,10 +475,18 @@ impl Pinger for Relay {
         dest: &'a Destination,
         from: &'a str,
         timeout: Duration,
-    ) -> Pin<Box<dyn Future<Output = PingOutcome> + Send + 'a>> {
+    ) -> Pin<Box<dyn Future<Output = PingOutcome> + std::marker::Send + 'a>> {
         let rx = self.ping_dest(dest, from, timeout);
         Box::pin(async move { rx.await.unwrap_or(PingOutcome::Timeout) })
     }
+}
+
+/// A message to send, as [`Action::Send`] carries it.
+struct Outgoing {
+    to: Peer,
+    data: Bytes,
+    token: Option<Vec<u8>>,
+    resp: (ResponseOrigin, u16),
 }
 
 /// The compiled routing rules of `config`; `None` (logged) when they do not compile.

@@ -183,6 +183,31 @@ pub fn relay_request(msg: &Message, e: &RequestEdits<'_>) -> Vec<u8> {
     apply(buf, msg.body.end as usize, &mut splices, 0)
 }
 
+/// The message with its body replaced by `body` and Content-Length written for it (the
+/// header's value replaced, or the header added when there was none); the rest is copied.
+pub fn replace_body(msg: &Message, body: &[u8]) -> Vec<u8> {
+    let buf = &msg.bytes()[..];
+    let len = itoa(body.len() as u32);
+    let mut splices: Vec<Splice> = Vec::with_capacity(1);
+    match msg
+        .headers
+        .iter()
+        .find(|h| h.name == HeaderName::ContentLength)
+    {
+        Some(h) => splices.push(Splice {
+            at: h.value.range(),
+            with: Piece::Owned(len.to_vec()),
+        }),
+        None => splices.push(Splice {
+            at: msg.headers_end..msg.headers_end,
+            with: Piece::Owned([b"Content-Length: ".as_slice(), len.as_slice(), b"\r\n"].concat()),
+        }),
+    }
+    let mut out = apply(buf, msg.body.start as usize, &mut splices, body.len());
+    out.extend_from_slice(body);
+    out
+}
+
 /// Writes a relayed response: our topmost Via removed.
 pub fn relay_response(msg: &Message) -> Vec<u8> {
     let mut splices: Vec<Splice> = Vec::with_capacity(2);

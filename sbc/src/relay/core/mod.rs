@@ -11,6 +11,7 @@
 mod branch;
 mod client;
 mod fault;
+mod media;
 mod server;
 #[cfg(test)]
 mod tests;
