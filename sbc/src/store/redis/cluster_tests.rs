@@ -32,31 +32,13 @@ fn cluster() -> Option<Cluster> {
     for i in 0..3 {
         let port = free_port();
         let conf = dir.join(format!("nodes{i}.conf"));
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--cluster-enabled",
-                "yes",
-            ])
-            .arg("--cluster-config-file")
-            .arg(&conf)
-            .stdout(std::process::Stdio::null())
-            .spawn();
-        match child {
-            Ok(ch) => c.0.push(ch),
-            Err(e) => {
-                assert!(
-                    std::env::var("CI").is_err(),
-                    "redis-server is required under CI: {e}"
-                );
-                eprintln!("SKIP: redis-server not available ({e})");
-                return None;
-            }
-        }
+        let extra: [&std::ffi::OsStr; 4] = [
+            "--cluster-enabled".as_ref(),
+            "yes".as_ref(),
+            "--cluster-config-file".as_ref(),
+            conf.as_os_str(),
+        ];
+        c.0.push(super::tests::spawn_redis(port, &extra)?);
         c.1.push(port);
     }
     for port in &c.1 {

@@ -28,29 +28,35 @@ impl Drop for Server {
     }
 }
 
-fn redis_server() -> Option<Server> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .ok()?
-        .local_addr()
-        .ok()?
-        .port();
+/// Starts redis-server on `port` without persistence, with `extra` arguments. None (the test
+/// skips) when it is not installed, which fails under CI.
+pub(super) fn spawn_redis(port: u16, extra: &[&std::ffi::OsStr]) -> Option<std::process::Child> {
     let child = std::process::Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no"])
+        .args(extra)
         .stdout(std::process::Stdio::null())
         .spawn();
-    let child = match child {
-        Ok(c) => c,
+    match child {
+        Ok(c) => Some(c),
         Err(e) => {
             assert!(
                 std::env::var("CI").is_err(),
                 "redis-server is required under CI: {e}"
             );
             eprintln!("SKIP: redis-server not available ({e})");
-            return None;
+            None
         }
-    };
-    let server = Server(child, port);
+    }
+}
+
+fn redis_server() -> Option<Server> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
+    let server = Server(spawn_redis(port, &[])?, port);
     for _ in 0..100 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return Some(server);
