@@ -6,6 +6,12 @@
 #
 #   bench/callgrind-per-call.sh BIN [CONFIG]        # prints "<Ir per call> <Ir long> <Ir short>"
 #   KEEP=1 bench/callgrind-per-call.sh BIN CONFIG   # and keeps cg-*.out for callgrind_annotate
+#   bench/callgrind-per-call.sh kamailio[:CFG]       # Kamailio instead (CFG: dispatcher, the
+#                                                    # default, observe or seed; see kamailio/)
+#
+# Kamailio forks its workers: callgrind follows them (--trace-children) and the count is the
+# sum over every process, so the two are compared instruction for instruction. With
+# observe.cfg a HEP sink must listen on 127.0.0.1:9060 (observe-ab.sh starts one with socat).
 #
 # Runs the sbc under callgrind twice in front of the sipp backends of bench/sip-cps.sh, with
 # 100 calls/s for LONG (30) and SHORT (10) seconds; the difference of the two totals divided by
@@ -13,7 +19,13 @@
 # sbc.yaml merged with the bench's flags (its listeners are replaced by them).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-BIN="$(readlink -f "${1:?usage: callgrind-per-call.sh BIN [CONFIG]}")"
+ARG="${1:?usage: callgrind-per-call.sh BIN|kamailio[:CFG] [CONFIG]}"
+KCFG=""
+case "$ARG" in
+  kamailio) KCFG=dispatcher;;
+  kamailio:*) KCFG="${ARG#kamailio:}";;
+  *) BIN="$(readlink -f "$ARG")";;
+esac
 CONFIG="${2:-}"
 RATE="${RATE:-100}"; LONG="${LONG:-30}"; SHORT="${SHORT:-10}"; PORT="${PORT:-5060}"
 command -v valgrind >/dev/null || { echo "valgrind is required" >&2; exit 2; }
@@ -26,21 +38,53 @@ fi
 
 one() { # one <seconds> -> total Ir
   local secs="$1" out="$work/cg-$1.out" vpid
-  (cd "$work" && RUST_LOG=warn exec valgrind --tool=callgrind --callgrind-out-file="$out" "$BIN" \
-      --listen "udp:127.0.0.1:$PORT" --dispatcher-list "$work/list" --admin "127.0.0.1:$((PORT + 4030))" \
-      --probe-interval-ms 5000 --reply-timeout-ms 2000 --config "$CONFIG" >"$work/sbc-$secs.log" 2>&1) &
+  if [[ -n "$KCFG" ]]; then
+    # Kamailio's flags as kamailio/run-kamailio.sh passes them. One UDP worker (KWORKERS):
+    # under valgrind two workers spin on tm's shared-memory locks far more than they do at
+    # native speed, and the spinning would be counted as work per call.
+    (cd "$work" && exec valgrind --tool=callgrind --trace-children=yes \
+        --callgrind-out-file="$out.%p" /usr/sbin/kamailio -f "$HERE/kamailio/$KCFG.cfg" -DD -E \
+        -m 512 -M 16 -x tlsf -w "$work" -Y "$work" -A "WORKERS=${KWORKERS:-1}" -A TCP_WORKERS=1 -A "LISTEN_PORT=$PORT" \
+        -A "DS_LIST=\"$HERE/kamailio/dispatcher.list\"" -A PIKE_DENSITY=65000 -A PIKE_UNIT=2 \
+        -A "CTL_SOCK=\"unix:$work/kamailio.ctl\"" >"$work/kamailio-$secs.log" 2>&1) &
+  else
+    (cd "$work" && RUST_LOG=warn exec valgrind --tool=callgrind --callgrind-out-file="$out" "$BIN" \
+        --listen "udp:127.0.0.1:$PORT" --dispatcher-list "$work/list" --admin "127.0.0.1:$((PORT + 4030))" \
+        --probe-interval-ms 5000 --reply-timeout-ms 2000 --config "$CONFIG" >"$work/sbc-$secs.log" 2>&1) &
+  fi
   vpid=$!
   for _ in $(seq 1 120); do ss -lun | grep -q "127.0.0.1:$PORT " && break; sleep 0.5; done
-  if ! "$HERE/sip-cps.sh" --proxy "127.0.0.1:$PORT" --rate "$RATE" --duration "$secs" --probe-rate 0 \
-      --proxy-pid "$vpid" >"$work/run-$secs.json"; then
-    echo "sip-cps failed at $secs s: $work/run-$secs.json" >&2
+  # A proxy that exited at start (port taken) must not let another one answer the calls.
+  sleep 1
+  kill -0 "$vpid" 2>/dev/null || { echo "the proxy exited at start: $work" >&2; exit 1; }
+  # sip-cps's own pass rule (retransmissions, setup rate) is for load runs; under valgrind
+  # every call completing is what counts.
+  "$HERE/sip-cps.sh" --proxy "127.0.0.1:$PORT" --rate "$RATE" --duration "$secs" --probe-rate 0 \
+      --proxy-pid "$vpid" >"$work/run-$secs.json" || true
+  if ! python3 -c 'import json,sys; u=json.load(open(sys.argv[1]))["uac"]; sys.exit(0 if u["created"] > 0 and u["successful"] == u["created"] else 1)' "$work/run-$secs.json"; then
+    echo "calls failed at $secs s: $work/run-$secs.json" >&2
     kill -KILL "$vpid" 2>/dev/null || true
     exit 1
   fi
+  if [[ -n "$KCFG" ]]; then
+    # Kamailio's children may be killed before they write their counts at exit: dump every
+    # process now (callgrind_control writes the dumps next to the out files).
+    callgrind_control -d >/dev/null 2>&1 || true
+    sleep 2
+  fi
   kill -TERM "$vpid"
   for _ in $(seq 1 240); do kill -0 "$vpid" 2>/dev/null || break; sleep 0.5; done
-  kill -0 "$vpid" 2>/dev/null && { kill -KILL "$vpid"; echo "sbc did not stop" >&2; exit 1; }
-  awk '/^(summary|totals):/ {print $2; exit}' "$out"
+  kill -0 "$vpid" 2>/dev/null && { kill -KILL "$vpid"; echo "proxy did not stop" >&2; exit 1; }
+  # One file for the sbc; one per process for Kamailio (children finish writing after the
+  # parent has gone).
+  sleep 1
+  local total=0 n
+  for f in "$out" "$out".*; do
+    [[ -e "$f" ]] || continue
+    n="$(awk '/^(summary|totals):/ {print $2; exit}' "$f")"
+    total=$(( total + ${n:-0} ))
+  done
+  echo "$total"
 }
 
 long="$(one "$LONG")"; short="$(one "$SHORT")"

@@ -35,6 +35,9 @@ step() {
 }
 note() { names+=("$1"); results+=("$2"); times+=("-"); }
 
+# Disk left, at the start and in the summary: a full disk once failed a CI run mid-way.
+df -h . 2>/dev/null | tail -1 | awk '{print "disk: " $4 " free of " $2}'
+
 if [[ "${SKIP_INSTALL:-}" == "1" ]] && ! ci; then
   note "install system packages" "skipped (SKIP_INSTALL=1)"
 else
@@ -87,6 +90,7 @@ if [[ -s "$skips_log" ]]; then
   echo "  skipped e2e tests:"
   sed 's/^/    /' "$skips_log"
 fi
+df -h . 2>/dev/null | tail -1 | awk '{print "  disk at the end: " $4 " free of " $2}'
 echo "  proxy under e2e test: ${KUBESBC_E2E_PROXY:-sbc}${KUBESBC_SBC_BIN:+ (KUBESBC_SBC_BIN=$KUBESBC_SBC_BIN)}; CI=$CI"
 if [[ $failed -ne 0 ]]; then
   echo "  RESULT: FAILED"

@@ -13,8 +13,9 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
+use super::sniff::{self, First};
 use super::{Seen, lossy, unix};
-use crate::sip::{HeaderName, Method, StartLine, uri};
+use crate::sip::uri;
 use crate::telemetry::Direction;
 use crate::transport::Peer;
 
@@ -132,7 +133,8 @@ pub struct Effects {
 
 /// Follows calls and closes their records.
 pub struct CdrTracker {
-    calls: HashMap<String, Call>,
+    /// Keyed by the Call-ID's bytes, so a lookup allocates nothing.
+    calls: HashMap<Box<[u8]>, Call>,
     max_calls: usize,
     max_call: Duration,
     tenant_headers: Vec<String>,
@@ -173,7 +175,7 @@ impl CdrTracker {
             .calls
             .iter()
             .map(|(id, c)| DialogEntry {
-                call_id: id.clone(),
+                call_id: lossy(id),
                 state: if c.answer.is_some() {
                     "confirmed"
                 } else {
@@ -201,37 +203,37 @@ impl CdrTracker {
 
     /// Takes one observed message.
     pub fn on_message(&mut self, s: &Seen<'_>) -> Effects {
-        let msg = s.msg;
-        let Some(call_id) = msg.call_id() else {
+        let m = s.sniff;
+        // Bounded like the records: a huge Call-ID does not make a huge key.
+        let call_id = &m.call_id[..m.call_id.len().min(512)];
+        if call_id.is_empty() {
             return Effects::default();
-        };
-        let to = msg.header_value(HeaderName::To).unwrap_or(b"");
-        match (msg.start, s.direction) {
-            (StartLine::Request { method, .. }, dir) => {
-                match (method, dir) {
-                    (Method::Invite, Direction::In) if uri::tag(to).is_none() => {
-                        let id = lossy(call_id);
-                        if self.calls.contains_key(&id) {
+        }
+        match m.first {
+            First::Request { method, uri } => {
+                let initial = uri::tag(m.to).is_none();
+                match (method, s.direction) {
+                    (b"INVITE", Direction::In) if initial => {
+                        if self.calls.contains_key(call_id) {
                             return Effects::default();
                         }
                         if self.calls.len() >= self.max_calls {
                             self.overflow += 1;
                             return Effects::default();
                         }
-                        let from = msg.header_value(HeaderName::From).unwrap_or(b"");
                         let tenant = self
                             .tenant_headers
                             .iter()
-                            .find_map(|h| msg.header_value_named(h))
+                            .find_map(|h| sniff::header(s.data, h.as_bytes()))
                             .map(lossy);
                         self.calls.insert(
-                            id,
+                            call_id.into(),
                             Call {
-                                from_tag: uri::tag(from).map(lossy),
+                                from_tag: uri::tag(m.from).map(lossy),
                                 to_tag: None,
-                                caller: lossy(uri::name_addr_uri(from)),
-                                callee: lossy(uri::name_addr_uri(to)),
-                                request_uri: lossy(msg.request_uri()),
+                                caller: lossy(uri::name_addr_uri(m.from)),
+                                callee: lossy(uri::name_addr_uri(m.to)),
+                                request_uri: lossy(uri),
                                 source: s.peer,
                                 tenant,
                                 start: s.at,
@@ -244,16 +246,16 @@ impl CdrTracker {
                             },
                         );
                     }
-                    (Method::Invite, Direction::Out) if uri::tag(to).is_none() => {
-                        if let Some(c) = self.calls.get_mut(&*lossy(call_id))
+                    (b"INVITE", Direction::Out) if initial => {
+                        if let Some(c) = self.calls.get_mut(call_id)
                             && c.tried.last() != Some(&s.peer)
                             && c.tried.len() < 64
                         {
                             c.tried.push(s.peer);
                         }
                     }
-                    (Method::Bye, Direction::In) => {
-                        if let Some(c) = self.calls.get_mut(&*lossy(call_id))
+                    (b"BYE", Direction::In) => {
+                        if let Some(c) = self.calls.get_mut(call_id)
                             && c.answer.is_some()
                             && c.bye.is_none()
                         {
@@ -269,30 +271,26 @@ impl CdrTracker {
                 }
                 Effects::default()
             }
-            (StartLine::Response { code, reason }, dir) => {
-                let Some((_, cseq_method)) = msg.cseq() else {
-                    return Effects::default();
-                };
-                let id = lossy(call_id);
-                if cseq_method == b"BYE" {
+            First::Response { code, reason } => {
+                if m.cseq_method == b"BYE" {
                     let closes = self
                         .calls
-                        .get(&id)
+                        .get(call_id)
                         .is_some_and(|c| c.bye.is_some() && (200..300).contains(&code));
-                    if closes && let Some(c) = self.calls.remove(&id) {
+                    if closes && let Some((id, c)) = self.calls.remove_entry(call_id) {
                         let by = c.bye.map(|b| b.1);
                         return Effects {
-                            cdr: Some(self.close(id, c, s.at, by)),
+                            cdr: Some(self.close(&id, c, s.at, by)),
                             setup: None,
                         };
                     }
                     return Effects::default();
                 }
                 // Responses sent (Out) go back to the caller: they are what the caller saw.
-                if cseq_method != b"INVITE" || dir != Direction::Out {
+                if m.cseq_method != b"INVITE" || s.direction != Direction::Out {
                     return Effects::default();
                 }
-                let Some(c) = self.calls.get_mut(&id) else {
+                let Some(c) = self.calls.get_mut(call_id) else {
                     return Effects::default();
                 };
                 let mut fx = Effects::default();
@@ -305,14 +303,14 @@ impl CdrTracker {
                     return fx;
                 }
                 c.code = code;
-                c.reason = lossy(msg.slice(reason));
-                c.to_tag = uri::tag(to).map(lossy);
+                c.reason = lossy(reason);
+                c.to_tag = uri::tag(m.to).map(lossy);
                 if code < 300 {
                     c.answer = Some(s.at);
                     return fx;
                 }
-                if let Some(c) = self.calls.remove(&id) {
-                    fx.cdr = Some(self.close(id, c, s.at, None));
+                if let Some((id, c)) = self.calls.remove_entry(call_id) {
+                    fx.cdr = Some(self.close(&id, c, s.at, None));
                 }
                 fx
             }
@@ -322,7 +320,7 @@ impl CdrTracker {
     /// Closes calls whose time is up; returns their records.
     pub fn sweep(&mut self, now: SystemTime) -> Vec<Cdr> {
         let max_call = self.max_call;
-        let due: Vec<String> = self
+        let due: Vec<Box<[u8]>> = self
             .calls
             .iter()
             .filter(|(_, c)| {
@@ -344,13 +342,13 @@ impl CdrTracker {
                     None => None,
                 };
                 let end = c.bye.map_or(now, |b| b.0);
-                out.push(self.close(id, c, end, by));
+                out.push(self.close(&id, c, end, by));
             }
         }
         out
     }
 
-    fn close(&self, call_id: String, c: Call, end: SystemTime, by: Option<&'static str>) -> Cdr {
+    fn close(&self, call_id: &[u8], c: Call, end: SystemTime, by: Option<&'static str>) -> Cdr {
         let answered = c.answer.is_some();
         let disposition = if answered {
             if by == Some("timeout") {
@@ -372,7 +370,7 @@ impl CdrTracker {
             kind: "cdr",
             record_type: if answered { "call" } else { "attempt" },
             method: "INVITE",
-            call_id,
+            call_id: lossy(call_id),
             from_tag: c.from_tag,
             to_tag: c.to_tag,
             caller: c.caller,

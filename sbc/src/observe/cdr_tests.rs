@@ -5,7 +5,6 @@ use kubesbc_crds::config::Transport;
 
 use super::*;
 use crate::observe::registrations::RegistrationTracker;
-use crate::sip::Message;
 
 const CALLER: &str = "192.0.2.10:5090";
 const B1: &str = "127.0.0.1:5071";
@@ -39,6 +38,25 @@ fn bye() -> String {
     "BYE sip:bob@127.0.0.1:5072 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.10:5090;branch=z9hG4bK2\r\nFrom: <sip:alice@example.com>;tag=a1\r\nTo: <sip:bob@example.com>;tag=b7\r\nCall-ID: call-1\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n".to_owned()
 }
 
+/// Hands `f` the message `text` as the worker would: its bytes and what sniff read.
+fn observed<R>(
+    dir: Direction,
+    p: &str,
+    at: SystemTime,
+    text: &str,
+    f: impl FnOnce(&Seen<'_>) -> R,
+) -> R {
+    let data = Bytes::from(text.to_owned());
+    let sniffed = crate::observe::sniff::sniff(&data).expect("a SIP start line");
+    f(&Seen {
+        direction: dir,
+        peer: peer(p),
+        at,
+        data: &data,
+        sniff: &sniffed,
+    })
+}
+
 struct Feed {
     t: CdrTracker,
     now: SystemTime,
@@ -67,13 +85,7 @@ impl Feed {
     }
 
     fn msg(&mut self, dir: Direction, p: &str, text: &str) -> Effects {
-        let m = Message::parse(Bytes::from(text.to_owned()), 65535).unwrap();
-        self.t.on_message(&Seen {
-            direction: dir,
-            peer: peer(p),
-            at: self.now,
-            msg: &m,
-        })
+        observed(dir, p, self.now, text, |s| self.t.on_message(s))
     }
 }
 
@@ -207,15 +219,8 @@ fn reg_response(code: u16, cseq: u32, granted: u32) -> String {
 #[test]
 fn register_outcomes_and_bindings() {
     let mut r = RegistrationTracker::new(10, "sbc-0".into());
-    let mut feed = |dir, text: &str, at: SystemTime| {
-        let m = Message::parse(Bytes::from(text.to_owned()), 65535).unwrap();
-        r.on_message(&Seen {
-            direction: dir,
-            peer: peer(CALLER),
-            at,
-            msg: &m,
-        })
-    };
+    let mut feed =
+        |dir, text: &str, at: SystemTime| observed(dir, CALLER, at, text, |s| r.on_message(s));
     assert!(feed(Direction::In, &register(3600, 1), t0()).is_none());
     let e = feed(Direction::Out, &reg_response(401, 1, 0), t0()).unwrap();
     assert_eq!((e.result, e.code), ("challenged", 401));
@@ -233,15 +238,7 @@ fn register_outcomes_and_bindings() {
     assert_eq!(b.len(), 1);
     assert_eq!((b[0].expires_in, b[0].source.as_str()), (600, CALLER));
     // Unregister.
-    let mut feed = |dir, text: &str| {
-        let m = Message::parse(Bytes::from(text.to_owned()), 65535).unwrap();
-        r.on_message(&Seen {
-            direction: dir,
-            peer: peer(CALLER),
-            at: t0(),
-            msg: &m,
-        })
-    };
+    let mut feed = |dir, text: &str| observed(dir, CALLER, t0(), text, |s| r.on_message(s));
     feed(Direction::In, &register(0, 3));
     feed(Direction::Out, &reg_response(200, 3, 0));
     assert!(r.bindings(t0()).is_empty());

@@ -14,18 +14,18 @@ pub mod hep;
 pub mod metrics;
 pub mod registrations;
 pub mod sinks;
-mod sniff;
+pub mod sniff;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use kubesbc_crds::config::{SbcConfig, Transport};
 use kubesbc_crds::observe::{HepConfig, parse_collector};
 use prometheus::{IntCounter, Registry};
 use tokio::sync::mpsc;
 
-use crate::sip::Message;
 use crate::telemetry::Direction;
 use crate::transport::{Peer, Tap, TapEvent};
 use cdr::{CdrTracker, DestinationOf, DialogEntry};
@@ -35,7 +35,7 @@ use registrations::{BindingEntry, RegistrationTracker};
 use sinks::{RecordKind, Sinks};
 use sniff::Sniff;
 
-/// One observed message, parsed, as the trackers see it.
+/// One observed message as the trackers see it: its bytes and what [`sniff`] read off them.
 #[derive(Debug, Clone, Copy)]
 pub struct Seen<'a> {
     /// Received or sent.
@@ -44,8 +44,10 @@ pub struct Seen<'a> {
     pub peer: Peer,
     /// When.
     pub at: SystemTime,
-    /// The message.
-    pub msg: &'a Message,
+    /// The message as it crossed the wire.
+    pub data: &'a Bytes,
+    /// Its start line and the headers the trackers read.
+    pub sniff: &'a Sniff<'a>,
 }
 
 /// Bytes from a message as a string, at most 512 bytes of them (records stay bounded).
@@ -370,17 +372,15 @@ impl Worker {
                 let local = self.local_of(&ev);
                 self.send_hep(&ev, local, sniffed.as_ref());
             }
-            if !sniffed.is_some_and(|s| s.tracked(ev.direction)) {
-                continue;
-            }
-            let Ok(msg) = Message::parse_checked(ev.data.clone(), usize::from(u16::MAX)) else {
+            let Some(sniffed) = sniffed.filter(|s| s.tracked(ev.direction)) else {
                 continue;
             };
             let seen = Seen {
                 direction: ev.direction,
                 peer: ev.peer,
                 at: ev.at,
-                msg: &msg,
+                data: &ev.data,
+                sniff: &sniffed,
             };
             let t = &mut *guard;
             if let Some(c) = t.cdr.as_mut() {

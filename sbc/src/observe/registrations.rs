@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Seen, lossy, unix};
 use crate::sip::parse::parse_u32;
-use crate::sip::{HeaderName, Method, StartLine, uri};
+use crate::sip::{HeaderName, Message, Method, StartLine, uri};
 use crate::telemetry::Direction;
 use crate::transport::Peer;
 
@@ -118,7 +118,13 @@ impl RegistrationTracker {
 
     /// Takes one observed message; returns the event a final response completes.
     pub fn on_message(&mut self, s: &Seen<'_>) -> Option<RegistrationEvent> {
-        let msg = s.msg;
+        if s.sniff.cseq_method != b"REGISTER" {
+            return None;
+        }
+        // REGISTER and its answers are parsed in full (several Contacts, their parameters);
+        // they are few next to the messages of calls.
+        let msg = Message::parse_checked(s.data.clone(), usize::from(u16::MAX)).ok()?;
+        let msg = &msg;
         let (cseq, method) = msg.cseq()?;
         if method != b"REGISTER" {
             return None;
