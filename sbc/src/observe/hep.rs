@@ -61,10 +61,28 @@ pub struct HepMeta<'a> {
 fn put(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
     // Callers keep every value far below 64 KiB (checked once for the whole packet).
     let len = u16::try_from(6 + value.len()).unwrap_or(u16::MAX);
-    out.extend_from_slice(&0u16.to_be_bytes());
-    out.extend_from_slice(&kind.to_be_bytes());
-    out.extend_from_slice(&len.to_be_bytes());
+    let [k0, k1] = kind.to_be_bytes();
+    let [l0, l1] = len.to_be_bytes();
+    out.extend_from_slice(&[0, 0, k0, k1, l0, l1]);
     out.extend_from_slice(value);
+}
+
+/// The fixed-size chunks of a packet, written on the stack and appended at once: a `Vec`
+/// push per field cost more than the rest of the encoding.
+struct Fixed {
+    buf: [u8; 160],
+    len: usize,
+}
+
+impl Fixed {
+    fn put<const N: usize>(&mut self, kind: u16, value: [u8; N]) {
+        let [k0, k1] = kind.to_be_bytes();
+        // N is at most 16 (an IPv6 address): the length fits a byte.
+        let head = [0, 0, k0, k1, 0, 6 + N as u8];
+        self.buf[self.len..self.len + 6].copy_from_slice(&head);
+        self.buf[self.len + 6..self.len + 6 + N].copy_from_slice(&value);
+        self.len += 6 + N;
+    }
 }
 
 fn v6(ip: IpAddr) -> Ipv6Addr {
@@ -86,30 +104,36 @@ pub fn encode(meta: &HepMeta<'_>, payload: &[u8], out: &mut Vec<u8>) -> bool {
     let key = meta
         .auth_key
         .map_or(&[][..], |k| &k.as_bytes()[..k.len().min(255)]);
-    out.extend_from_slice(b"HEP3\0\0");
+    let mut f = Fixed {
+        buf: [0; 160],
+        len: 6,
+    };
+    f.buf[..6].copy_from_slice(b"HEP3\0\0");
     let (src_ip, dst_ip) = (meta.src.ip().to_canonical(), meta.dst.ip().to_canonical());
     match (src_ip, dst_ip) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
-            put(out, chunk::IP_FAMILY, &[AF_INET]);
-            put(out, chunk::IP_PROTO, &[proto(meta.transport)]);
-            put(out, chunk::IPV4_SRC, &s.octets());
-            put(out, chunk::IPV4_DST, &d.octets());
+            f.put(chunk::IP_FAMILY, [AF_INET]);
+            f.put(chunk::IP_PROTO, [proto(meta.transport)]);
+            f.put(chunk::IPV4_SRC, s.octets());
+            f.put(chunk::IPV4_DST, d.octets());
         }
         (s, d) => {
-            put(out, chunk::IP_FAMILY, &[AF_INET6]);
-            put(out, chunk::IP_PROTO, &[proto(meta.transport)]);
-            put(out, chunk::IPV6_SRC, &v6(s).octets());
-            put(out, chunk::IPV6_DST, &v6(d).octets());
+            f.put(chunk::IP_FAMILY, [AF_INET6]);
+            f.put(chunk::IP_PROTO, [proto(meta.transport)]);
+            f.put(chunk::IPV6_SRC, v6(s).octets());
+            f.put(chunk::IPV6_DST, v6(d).octets());
         }
     }
-    put(out, chunk::SRC_PORT, &meta.src.port().to_be_bytes());
-    put(out, chunk::DST_PORT, &meta.dst.port().to_be_bytes());
+    f.put(chunk::SRC_PORT, meta.src.port().to_be_bytes());
+    f.put(chunk::DST_PORT, meta.dst.port().to_be_bytes());
     let since = meta.at.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = u32::try_from(since.as_secs()).unwrap_or(u32::MAX);
-    put(out, chunk::TS_SEC, &secs.to_be_bytes());
-    put(out, chunk::TS_USEC, &since.subsec_micros().to_be_bytes());
-    put(out, chunk::PROTO_TYPE, &[PROTO_SIP]);
-    put(out, chunk::CAPTURE_ID, &meta.capture_id.to_be_bytes());
+    f.put(chunk::TS_SEC, secs.to_be_bytes());
+    f.put(chunk::TS_USEC, since.subsec_micros().to_be_bytes());
+    f.put(chunk::PROTO_TYPE, [PROTO_SIP]);
+    f.put(chunk::CAPTURE_ID, meta.capture_id.to_be_bytes());
+    out.reserve(f.len + 3 * (6 + 255) + 6 + payload.len());
+    out.extend_from_slice(&f.buf[..f.len]);
     if !key.is_empty() {
         put(out, chunk::AUTH_KEY, key);
     }
