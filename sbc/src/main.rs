@@ -78,6 +78,10 @@ struct RunArgs {
     /// Admin endpoint address (`/metrics`, `/healthz`, `/readyz`).
     #[arg(long = "admin", id = "admin_address", value_name = "IP:PORT")]
     admin: Option<std::net::SocketAddr>,
+    /// Bind the admin endpoint to this IP only, keeping the configured port (the operator
+    /// passes the pod IP in hostNetwork mode, so the endpoint is not on every node interface).
+    #[arg(long, value_name = "IP")]
+    admin_ip: Option<std::net::IpAddr>,
     /// Host[:port] written into Via and Record-Route instead of the bound address.
     #[arg(long)]
     advertise: Option<String>,
@@ -210,6 +214,7 @@ fn overrides(a: &RunArgs) -> anyhow::Result<Overrides> {
         probe_interval_ms: a.probe_interval_ms,
         reply_timeout_ms: a.reply_timeout_ms,
         admin: a.admin,
+        admin_ip: a.admin_ip,
         advertise: a.advertise.clone(),
         drain_grace_secs: a.drain_grace_secs,
         tls: a
