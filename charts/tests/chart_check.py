@@ -333,6 +333,48 @@ def main():
                                                   "serviceaccounts", "roles", "rolebindings"}, rule
     check("ClusterRole has no wildcards, deletes only what it renders, secrets read-only", least_privilege)
 
+    # With watchNamespace the operator's rules are a Role in that namespace, the same rules
+    # as the cluster-wide ClusterRole without it, and nothing is granted cluster-wide.
+    watching = render({"watchNamespace": "voip"})
+
+    def rbac_both_ways():
+        objs = objects(default)
+        cluster_role = next(o for o in objs if o["kind"] == "ClusterRole")
+        binding = next(o for o in objs if o["kind"] == "ClusterRoleBinding")
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                      "name": cluster_role["metadata"]["name"]}, binding
+        for rendered in (watching, nondefault):
+            objs = objects(rendered)
+            cluster_wide = [f"{o['kind']}/{o['metadata']['name']}" for o in objs
+                            if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+            assert cluster_wide == [], f"granted cluster-wide with watchNamespace: {cluster_wide}"
+            roles = {o["metadata"]["name"]: o for o in objs if o["kind"] == "Role"}
+            bindings = [o for o in objs if o["kind"] == "RoleBinding"]
+            ops = [b for b in bindings if b["metadata"]["namespace"] == "voip"]
+            assert len(ops) == 1, bindings
+            role = next(o for o in objs if o["kind"] == "Role" and o["metadata"]["namespace"] == "voip")
+            assert ops[0]["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                         "name": role["metadata"]["name"]}, ops[0]
+            account = ops[0]["subjects"][0]
+            assert account["kind"] == "ServiceAccount" and account["namespace"] == NAMESPACE, account
+            assert role["rules"] == cluster_role["rules"], "the Role and the ClusterRole differ"
+            # The Lease stays in the release namespace.
+            leader = next(r for r in roles.values() if r["metadata"]["name"].endswith("-leader"))
+            assert leader["metadata"]["namespace"] == NAMESPACE, leader
+    check("RBAC: a ClusterRole without watchNamespace, only a Role in that namespace with it", rbac_both_ways)
+
+    # The operator's tests authorize against both renderings: manifests/kubesbc.yaml (every
+    # namespace) and this fixture (namespace voip only).
+    fixture = ROOT / "operator" / "tests" / "fixtures" / "kubesbc-watch-voip.yaml"
+    want_fixture = manifest_text(watching).replace(
+        "with default values", "with watchNamespace=voip", 1).replace(
+        "CRDs are in crds.yaml.", "The operator's tests authorize against it.", 1)
+    if update:
+        fixture.parent.mkdir(parents=True, exist_ok=True)
+        fixture.write_text(want_fixture)
+    check("operator/tests/fixtures/kubesbc-watch-voip.yaml is not stale (run scripts/chart-check.sh --update)",
+          lambda: fixture.read_text() == want_fixture)
+
     # manifests/ is the chart rendered with default values, plus the CRDs.
     want = manifest_text(default)
     target = MANIFESTS / "kubesbc.yaml"

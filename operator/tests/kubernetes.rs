@@ -5,9 +5,14 @@
 mod support;
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use kube::Resource;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kubesbc_crds::{AccessList, DispatcherSet, SbcCluster};
+use kubesbc_operator::controller::{self, Context};
+use kubesbc_operator::leader::LeaderElector;
 use kubesbc_operator::render::PodDefaults;
 use serde_json::{Value, json};
 use support::rbac::{self, Authorizer};
@@ -117,10 +122,9 @@ async fn the_charts_rbac_permits_every_request_for_every_kind_the_operator_rende
     );
 }
 
-#[tokio::test]
-async fn pruning_is_permitted_too() {
-    // What an older spec or operator left: per-protocol Services, an HPA, a DaemonSet and the
-    // pods' identity under the cluster's bare name, all owned by the cluster.
+/// What an older spec or operator left: per-protocol Services, an HPA, a DaemonSet and the
+/// pods' identity under the cluster's bare name, all owned by the cluster.
+fn pruning_world() -> (World, SbcCluster) {
     let cluster: SbcCluster = example("sbccluster.yaml");
     let owner = json!([{"apiVersion": "kubesbc.io/v1alpha1", "kind": "SbcCluster", "name": "edge",
                         "uid": cluster.meta().uid, "controller": true}]);
@@ -167,6 +171,41 @@ async fn pruning_is_permitted_too() {
         }
         world.objects.insert(path.into(), obj);
     }
+    (world, cluster)
+}
+
+/// A cluster switched to hostNetwork, over the Deployment and PDB it had before.
+fn host_network_pruning_world() -> (World, SbcCluster) {
+    let mut cluster: SbcCluster = example("sbccluster.yaml");
+    cluster.spec.host_network = true;
+    cluster.spec.replicas = None;
+    let owner = json!([{"apiVersion": "kubesbc.io/v1alpha1", "kind": "SbcCluster", "name": "edge",
+                        "uid": cluster.meta().uid, "controller": true}]);
+    let mut world = World::standard();
+    for (path, api_version, kind) in [
+        (
+            "/apis/apps/v1/namespaces/voip/deployments/edge",
+            "apps/v1",
+            "Deployment",
+        ),
+        (
+            "/apis/policy/v1/namespaces/voip/poddisruptionbudgets/edge",
+            "policy/v1",
+            "PodDisruptionBudget",
+        ),
+    ] {
+        world.objects.insert(
+            path.into(),
+            json!({"apiVersion": api_version, "kind": kind,
+                   "metadata": {"name": "edge", "namespace": "voip", "ownerReferences": owner}}),
+        );
+    }
+    (world, cluster)
+}
+
+#[tokio::test]
+async fn pruning_is_permitted_too() {
+    let (world, cluster) = pruning_world();
     let (sent, result) = support::reconcile(world, cluster, None).await;
     assert!(result.is_ok(), "{result:?}");
     assert_eq!(forbidden(&sent), Vec::<String>::new());
@@ -618,4 +657,221 @@ async fn the_charts_image_defaults_reach_the_sbc_pods() {
         support::reconcile_with(World::standard(), cluster, None, PodDefaults::default()).await;
     let pod = &patches(&sent, "/deployments/edge")[0].body["spec"]["template"]["spec"];
     assert_eq!(pod["containers"][0]["image"], "mine:1");
+}
+
+/// The resources the operator watches (and lists first): its own kinds, the objects it owns,
+/// and Secrets by metadata.
+const WATCHED: [&str; 9] = [
+    "accesslists",
+    "configmaps",
+    "daemonsets",
+    "deployments",
+    "dispatchersets",
+    "sbcclusters",
+    "secrets",
+    "services",
+    "tenantthrottles",
+];
+
+fn watched(sent: &[Sent]) -> BTreeSet<String> {
+    sent.iter()
+        .filter_map(|s| rbac::attributes(&s.method, &s.path, &s.query))
+        .filter(|a| a.verb == "watch")
+        .map(|a| a.resource)
+        .collect()
+}
+
+/// Runs the whole operator (`controller::run`: every watch, then the reconciliation of the
+/// example cluster) against `world` until the cluster's status is written with every watch
+/// open; returns what it sent.
+async fn run_operator(world: World, namespace: Option<&str>) -> Vec<Sent> {
+    let fake = support::Fake::start(world);
+    let registry = prometheus::Registry::new();
+    let ctx = Arc::new(Context::new(fake.client.clone(), &registry).expect("metrics"));
+    let run = tokio::spawn(controller::run(ctx, namespace.map(str::to_owned)));
+    let want: BTreeSet<String> = WATCHED.map(str::to_owned).into_iter().collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let sent = fake.sent();
+        let status = sent
+            .iter()
+            .any(|s| s.method == "PATCH" && s.path.ends_with("/sbcclusters/edge/status"));
+        if status && watched(&sent) == want {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the operator did not reconcile with every watch open in 10 s: watches {:?}, refused {:?}",
+            watched(&sent),
+            forbidden(&sent)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    run.abort();
+    fake.sent()
+}
+
+#[tokio::test]
+async fn the_whole_operator_runs_on_the_charts_rbac_cluster_wide_and_in_one_namespace() {
+    // Every namespace: the ClusterRole.
+    let sent = run_operator(World::standard(), None).await;
+    assert_eq!(forbidden(&sent), Vec::<String>::new());
+    let cluster_wide: BTreeSet<String> = sent
+        .iter()
+        .filter_map(|s| rbac::attributes(&s.method, &s.path, &s.query))
+        .filter(|a| a.namespace.is_none() && a.verb == "watch")
+        .map(|a| a.resource)
+        .collect();
+    assert_eq!(cluster_wide.len(), WATCHED.len(), "{cluster_wide:?}");
+
+    // watchNamespace=voip: the chart renders Roles only, and the operator never asks for
+    // anything outside the namespace (a cluster-wide list or watch would be refused).
+    let mut world = World::standard();
+    world.authorizer = Authorizer::operator_watching_voip();
+    let sent = run_operator(world, Some("voip")).await;
+    assert_eq!(forbidden(&sent), Vec::<String>::new());
+    let elsewhere: Vec<String> = sent
+        .iter()
+        .flat_map(|s| s.checked.iter())
+        .filter(|a| a.namespace.as_deref() != Some("voip"))
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(elsewhere, Vec::<String>::new());
+
+    // The same run on the ClusterRole's grants but restricted to another namespace's Role
+    // is refused: the namespaced rendering really is what allows it.
+    let mut world = World::standard();
+    world.authorizer = Authorizer::operator_watching_voip();
+    for g in &mut world.authorizer.grants {
+        if g.namespace.as_deref() == Some("voip") {
+            g.namespace = Some("pbx".into());
+        }
+    }
+    let fake = support::Fake::start(world);
+    let registry = prometheus::Registry::new();
+    let ctx = Arc::new(Context::new(fake.client.clone(), &registry).expect("metrics"));
+    let run = tokio::spawn(controller::run(ctx, Some("voip".to_owned())));
+    let refused = wait_for_refusal(&fake).await;
+    run.abort();
+    assert!(
+        refused,
+        "a Role in another namespace allowed the operator's watches"
+    );
+}
+
+async fn wait_for_refusal(fake: &support::Fake) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if fake.sent().iter().any(Sent::forbidden) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// (API group, resource, verb) of each permission.
+fn triples<'a>(attrs: impl IntoIterator<Item = &'a rbac::Attributes>) -> BTreeSet<String> {
+    attrs
+        .into_iter()
+        .map(|a| {
+            let res = match &a.subresource {
+                Some(s) => format!("{}/{s}", a.resource),
+                None => a.resource.clone(),
+            };
+            let group = if a.group.is_empty() { "core" } else { &a.group };
+            format!("{group} {res} {}", a.verb)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_charts_rules_grant_exactly_what_the_operator_uses_both_ways() {
+    let mut used: Vec<rbac::Attributes> = Vec::new();
+    let mut take = |sent: &[Sent], what: &str| {
+        assert_eq!(forbidden(sent), Vec::<String>::new(), "{what}");
+        used.extend(sent.iter().flat_map(|s| s.checked.iter().cloned()));
+    };
+    // The whole operator, both ways.
+    take(&run_operator(World::standard(), None).await, "operator run");
+    let mut world = World::standard();
+    world.authorizer = Authorizer::operator_watching_voip();
+    take(
+        &run_operator(world, Some("voip")).await,
+        "operator run in voip",
+    );
+    // Every shape, created and updated; pruning.
+    for (shape, world, cluster) in every_shape() {
+        let (sent, _, world) = support::reconcile_in(world, cluster.clone(), None).await;
+        take(&sent, &shape);
+        let (sent, _, _) = support::reconcile_in(world, cluster, None).await;
+        take(&sent, &shape);
+    }
+    for (world, cluster) in [pruning_world(), host_network_pruning_world()] {
+        let (sent, _) = support::reconcile(world, cluster, None).await;
+        assert!(
+            sent.iter().any(|s| s.method == "DELETE"),
+            "something pruned"
+        );
+        take(&sent, "pruning");
+    }
+    // Leader election: create the Lease, then renew it.
+    let fake = support::Fake::start(World::default());
+    let elector = LeaderElector::new(
+        fake.client.clone(),
+        "kubesbc-system",
+        "kubesbc",
+        "me",
+        Duration::from_secs(15),
+    );
+    assert!(elector.try_lead().await.expect("lead"), "acquired");
+    assert!(elector.try_lead().await.expect("renew"), "renewed");
+    drop(elector);
+    let (sent, _) = fake.stop().await;
+    take(&sent, "leader election");
+    // An Event published twice: kube's Recorder patches the repeat into a series.
+    let fake = support::Fake::start(World::standard());
+    let recorder = Recorder::new(
+        fake.client.clone(),
+        Reporter {
+            controller: controller::MANAGER.into(),
+            instance: None,
+        },
+    );
+    let cluster: SbcCluster = example("sbccluster.yaml");
+    let ev = Event {
+        type_: EventType::Warning,
+        reason: "ApiError".into(),
+        note: Some("refused".into()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    for _ in 0..2 {
+        recorder
+            .publish(&ev, &cluster.object_ref(&()))
+            .await
+            .expect("published");
+    }
+    drop(recorder);
+    let (sent, _) = fake.stop().await;
+    take(&sent, "events");
+
+    let used = triples(&used);
+    for file in [
+        "../manifests/kubesbc.yaml",
+        "tests/fixtures/kubesbc-watch-voip.yaml",
+    ] {
+        let text = rbac::rendered(file);
+        let granted: Vec<rbac::Attributes> = rbac::roles_in(&text)
+            .into_iter()
+            .flat_map(|(_, ns, rules)| rbac::expand(ns.as_deref(), &rules))
+            .collect();
+        let granted = triples(&granted);
+        let unused: Vec<&String> = granted.difference(&used).collect();
+        let missing: Vec<&String> = used.difference(&granted).collect();
+        assert!(
+            unused.is_empty() && missing.is_empty(),
+            "{file}: granted but never used: {unused:?}; used but not granted: {missing:?}"
+        );
+    }
 }

@@ -423,6 +423,51 @@ fn host_network_runs_a_daemon_set_one_pod_per_node() {
     assert_eq!(r.workload.pod_spec(), Some(pod));
 }
 
+/// The container's args, and whether its probes name a host (they must not: the kubelet
+/// then probes the pod IP, which is where the admin endpoint listens).
+fn args_and_probe_hosts(pod: &k8s_openapi::api::core::v1::PodSpec) -> (Vec<String>, bool) {
+    let c = &pod.containers[0];
+    let hosts = [&c.readiness_probe, &c.liveness_probe]
+        .into_iter()
+        .flatten()
+        .any(|p| p.http_get.as_ref().is_some_and(|h| h.host.is_some()));
+    (c.args.clone().unwrap_or_default(), hosts)
+}
+
+#[test]
+fn host_network_binds_the_admin_endpoint_to_the_pod_ip_not_every_node_interface() {
+    let mut w = World::new();
+    w.cluster.spec.host_network = true;
+    w.cluster.spec.replicas = None;
+    let r = render::render(w.inputs()).expect("renders");
+    let pod = r.workload.pod_spec().expect("pod");
+    let (args, probe_hosts) = args_and_probe_hosts(pod);
+    let at = args
+        .iter()
+        .position(|a| a == "--admin-ip")
+        .expect("--admin-ip");
+    assert_eq!(args.get(at + 1).map(String::as_str), Some("$(POD_IP)"));
+    // $(POD_IP) expands only from a variable the container defines: status.podIP, which is
+    // the node's IP under hostNetwork.
+    let env = pod.containers[0].env.clone().unwrap_or_default();
+    let pod_ip = env.iter().find(|e| e.name == "POD_IP").expect("POD_IP");
+    let field = pod_ip
+        .value_from
+        .as_ref()
+        .and_then(|v| v.field_ref.as_ref())
+        .map(|f| f.field_path.as_str());
+    assert_eq!(field, Some("status.podIP"));
+    assert!(!probe_hosts, "probes must target the pod IP");
+
+    // On the pod network the pod's only interfaces are its own: all of them stay bound, so
+    // `kubectl exec ... sbc ctl` reaches 127.0.0.1.
+    let w = World::new();
+    let r = render::render(w.inputs()).expect("renders");
+    let (args, probe_hosts) = args_and_probe_hosts(r.workload.pod_spec().expect("pod"));
+    assert!(!args.iter().any(|a| a == "--admin-ip"), "{args:?}");
+    assert!(!probe_hosts);
+}
+
 #[test]
 fn autoscaling_with_host_network_is_refused_naming_the_field() {
     let mut w = World::new();

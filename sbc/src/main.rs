@@ -78,6 +78,10 @@ struct RunArgs {
     /// Admin endpoint address (`/metrics`, `/healthz`, `/readyz`).
     #[arg(long = "admin", id = "admin_address", value_name = "IP:PORT")]
     admin: Option<std::net::SocketAddr>,
+    /// Bind the admin endpoint to this IP only, keeping the configured port (the operator
+    /// passes the pod IP in hostNetwork mode, so the endpoint is not on every node interface).
+    #[arg(long, value_name = "IP")]
+    admin_ip: Option<std::net::IpAddr>,
     /// Host[:port] written into Via and Record-Route instead of the bound address.
     #[arg(long)]
     advertise: Option<String>,
@@ -210,6 +214,7 @@ fn overrides(a: &RunArgs) -> anyhow::Result<Overrides> {
         probe_interval_ms: a.probe_interval_ms,
         reply_timeout_ms: a.reply_timeout_ms,
         admin: a.admin,
+        admin_ip: a.admin_ip,
         advertise: a.advertise.clone(),
         drain_grace_secs: a.drain_grace_secs,
         tls: a
@@ -279,6 +284,7 @@ async fn run(
     let dispatcher = Arc::new(Dispatcher::new(&cfg.dispatcher)?);
     let grace = Duration::from_secs(cfg.drain.grace_period_secs);
     let admin_addr = cfg.admin.address;
+    let admin_ip = overrides.admin_ip;
     let metrics = Arc::new(Metrics::new()?);
     let relay = Relay::new(cfg.clone(), dispatcher.clone(), metrics.clone());
     let store = build_store(&cfg, &metrics)?;
@@ -359,6 +365,29 @@ async fn run(
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let server = AdminServer::bind(admin_addr).await?;
     tracing::info!("admin endpoint on http://{}", server.local_addr());
+    // With --admin-ip (the pod IP under hostNetwork) the endpoint leaves the other
+    // interfaces alone but keeps loopback, where `sbc ctl` inside the pod reaches it and
+    // where lifting a ban is accepted. Best effort: another process may hold that port.
+    let loopback = admin_ip
+        .map(|ip| {
+            let lo = if ip.is_ipv6() {
+                std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST)
+            } else {
+                std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST)
+            };
+            std::net::SocketAddr::new(lo, server.local_addr().port())
+        })
+        .filter(|lo| Some(lo.ip()) != admin_ip);
+    let local_task = match loopback {
+        Some(lo) => match AdminServer::bind(lo).await {
+            Ok(local) => Some(tokio::spawn(local.run(state.clone(), shutdown_rx.clone()))),
+            Err(e) => {
+                tracing::warn!(error = %e, "admin endpoint not on loopback: sbc ctl needs --admin");
+                None
+            }
+        },
+        None => None,
+    };
     let admin_task = tokio::spawn(server.run(state, shutdown_rx.clone()));
     let pinger: Arc<dyn sbc::dispatch::probe::Pinger> = relay.clone();
     tokio::spawn(sbc::dispatch::probe::run(
@@ -381,6 +410,9 @@ async fn run(
     }
     let _ = shutdown_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
+    if let Some(t) = local_task {
+        let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+    }
     drop(reloader);
     tracing::info!("stopped");
     Ok(())

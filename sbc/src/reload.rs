@@ -70,6 +70,8 @@ pub struct Overrides {
     pub reply_timeout_ms: Option<u64>,
     /// `--admin`.
     pub admin: Option<std::net::SocketAddr>,
+    /// `--admin-ip`: the admin endpoint's IP (the port stays); wins over `--admin`'s.
+    pub admin_ip: Option<std::net::IpAddr>,
     /// `--advertise` for every listener.
     pub advertise: Option<String>,
     /// `--drain-grace-secs`.
@@ -100,6 +102,9 @@ impl Overrides {
         }
         if let Some(admin) = self.admin {
             cfg.admin.address = admin;
+        }
+        if let Some(ip) = self.admin_ip {
+            cfg.admin.address.set_ip(ip);
         }
         if let Some(adv) = &self.advertise {
             for l in &mut cfg.listeners {

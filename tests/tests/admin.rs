@@ -1,9 +1,10 @@
 //! The admin endpoint (sbc only): `/healthz`, `/readyz`, `/metrics`, `/dispatcher`, and
 //! `sbc ctl dispatcher list` printing each destination's flags.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use kubesbc_e2e::{TempDir, Testbed, http, require_tool, sbc_only, wait_for};
+use kubesbc_e2e::{Proxy, TempDir, Testbed, free_port, http, require_tool, sbc_only, wait_for};
 
 #[test]
 fn admin_endpoint_reports_health_readiness_metrics_and_destinations() {
@@ -51,5 +52,41 @@ fn admin_endpoint_reports_health_readiness_metrics_and_destinations() {
             && body.contains(&dead.uri),
         "/dispatcher is not JSON naming both destinations:\n{}",
         ds.body
+    );
+}
+
+/// `--admin-ip` (what the operator passes in hostNetwork mode, with the pod IP): the admin
+/// endpoint answers on that IP and on loopback (for `sbc ctl` inside the pod, and lifting
+/// bans, which only loopback may), at the configured port, and on no other address.
+#[test]
+fn admin_ip_binds_the_admin_endpoint_to_that_address_and_loopback_only() {
+    if !sbc_only() {
+        return;
+    }
+    let dir = TempDir::new("admin-ip");
+    let sip = free_port();
+    let port = free_port();
+    let configured = SocketAddr::from(([127, 0, 0, 2], port));
+    let pod_ip = SocketAddr::from(([127, 0, 0, 3], port));
+    let local = SocketAddr::from(([127, 0, 0, 1], port));
+    let args: Vec<String> = [
+        "--listen",
+        &format!("udp:127.0.0.1:{sip}"),
+        "--admin",
+        &configured.to_string(),
+        "--admin-ip",
+        "127.0.0.3",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    // Waits for /healthz on the pod IP.
+    let _proxy = Proxy::start_sbc(&dir, &args, sip, pod_ip);
+    for addr in [pod_ip, local] {
+        let health = http::get(addr, "/healthz", Duration::from_secs(2));
+        assert_eq!(health.map(|r| r.status), Some(200), "/healthz on {addr}");
+    }
+    assert!(
+        http::get(configured, "/healthz", Duration::from_millis(500)).is_none(),
+        "the admin endpoint also answers on {configured}"
     );
 }

@@ -198,6 +198,13 @@ impl Objects<'_> {
         self.place(&mut pod, defaults)?;
         if spec.host_network {
             pod["hostNetwork"] = json!(true);
+            // The pod's network is the node's: the admin endpoint (with its write endpoints)
+            // binds the pod IP, which is the node's IP the kubelet probes, instead of every
+            // interface of the node. Kubernetes expands $(POD_IP) from the env above.
+            if let Some(args) = pod["containers"][0]["args"].as_array_mut() {
+                args.push(json!("--admin-ip"));
+                args.push(json!("$(POD_IP)"));
+            }
             // Without it a host-network pod resolves with the node's resolv.conf and cannot
             // reach the API server or Redis by their Service names.
             pod["dnsPolicy"] = json!("ClusterFirstWithHostNet");

@@ -30,6 +30,9 @@ pub struct Sent {
     pub content_type: String,
     /// The status code the fake answered.
     pub code: u16,
+    /// Every permission the fake's authorizer checked for it (the request's own, `create` for
+    /// an apply that creates, and each one a Role it writes grants: the escalation check).
+    pub checked: Vec<rbac::Attributes>,
 }
 
 impl Sent {
@@ -118,8 +121,15 @@ impl World {
 
     /// Authorizes, answers and (for writes) stores one request.
     pub fn serve(&mut self, sent: &Sent) -> (StatusCode, Value) {
-        if let Some(refusal) = self.authorize(sent) {
-            return (StatusCode::FORBIDDEN, refusal);
+        let (code, body, _) = self.serve_checked(sent);
+        (code, body)
+    }
+
+    /// [`World::serve`], also returning the permissions checked.
+    pub fn serve_checked(&mut self, sent: &Sent) -> (StatusCode, Value, Vec<rbac::Attributes>) {
+        let mut checked = Vec::new();
+        if let Some(refusal) = self.authorize(sent, &mut checked) {
+            return (StatusCode::FORBIDDEN, refusal, checked);
         }
         let (code, body) = self.answer(sent);
         if code.is_success() && sent.method == "PATCH" {
@@ -128,15 +138,27 @@ impl World {
                 body.clone(),
             );
         }
+        if code.is_success() && sent.method == "PUT" {
+            self.objects.insert(sent.path.clone(), body.clone());
+        }
+        if code.is_success()
+            && sent.method == "POST"
+            && let Some(name) = body["metadata"]["name"].as_str()
+        {
+            self.objects
+                .insert(format!("{}/{name}", sent.path), body.clone());
+        }
         if code.is_success() && sent.method == "DELETE" {
             self.objects.remove(&sent.path);
         }
-        (code, body)
+        (code, body, checked)
     }
 
-    /// What kube-apiserver's RBAC authorizer (and its escalation check) would refuse.
-    fn authorize(&self, sent: &Sent) -> Option<Value> {
+    /// What kube-apiserver's RBAC authorizer (and its escalation check) would refuse; every
+    /// permission looked at goes into `checked`.
+    fn authorize(&self, sent: &Sent, checked: &mut Vec<rbac::Attributes>) -> Option<Value> {
         let a = rbac::attributes(&sent.method, &sent.path, &sent.query)?;
+        checked.push(a.clone());
         if !self.authorizer.allows(&a) {
             return Some(rbac::forbidden(&a, "not granted by the operator's roles"));
         }
@@ -148,6 +170,7 @@ impl World {
                 verb: "create".into(),
                 ..a.clone()
             };
+            checked.push(create.clone());
             if !self.authorizer.allows(&create) {
                 return Some(rbac::forbidden(
                     &create,
@@ -174,6 +197,7 @@ impl World {
                         name: Some(role.to_owned()),
                     };
                     if self.authorizer.allows(&bind) {
+                        checked.push(bind);
                         None
                     } else {
                         // Binding a Role that does not exist grants nothing yet; one that
@@ -183,13 +207,16 @@ impl World {
                 }
                 _ => None,
             };
-            if let Some(rules) = granted
-                && let Err(missing) = self.authorizer.covers(ns, &rules)
-            {
-                return Some(rbac::forbidden(
-                    &a,
-                    &format!("attempting to grant RBAC permissions not currently held: {missing}"),
-                ));
+            if let Some(rules) = granted {
+                checked.extend(rbac::expand(ns, &rules));
+                if let Err(missing) = self.authorizer.covers(ns, &rules) {
+                    return Some(rbac::forbidden(
+                        &a,
+                        &format!(
+                            "attempting to grant RBAC permissions not currently held: {missing}"
+                        ),
+                    ));
+                }
             }
         }
         None
@@ -204,16 +231,25 @@ impl World {
                 if let Some(obj) = self.objects.get(&sent.path) {
                     return (StatusCode::OK, obj.clone());
                 }
-                let prefix = format!("{}/", sent.path);
+                let asked = rbac::attributes("GET", &sent.path, "");
+                let Some(asked) = asked.filter(|a| a.name.is_none()) else {
+                    return (StatusCode::NOT_FOUND, not_found);
+                };
+                // A collection, in one namespace or (no namespace in the path) in all.
                 let items: Vec<Value> = self
                     .objects
                     .iter()
-                    .filter(|(k, _)| k.starts_with(&prefix) && !k[prefix.len()..].contains('/'))
+                    .filter(|(k, _)| {
+                        rbac::attributes("GET", k, "").is_some_and(|o| {
+                            o.name.is_some()
+                                && o.subresource.is_none()
+                                && o.group == asked.group
+                                && o.resource == asked.resource
+                                && (asked.namespace.is_none() || o.namespace == asked.namespace)
+                        })
+                    })
                     .map(|(_, v)| v.clone())
                     .collect();
-                if items.is_empty() && !sent.path.starts_with("/apis/kubesbc.io") {
-                    return (StatusCode::NOT_FOUND, not_found);
-                }
                 (
                     StatusCode::OK,
                     json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": items}),
@@ -245,6 +281,7 @@ impl World {
                 (StatusCode::OK, obj)
             }
             "POST" => (StatusCode::CREATED, sent.body.clone()),
+            "PUT" => (StatusCode::OK, sent.body.clone()),
             "DELETE" if self.objects.contains_key(&sent.path) => (
                 StatusCode::OK,
                 json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200}),
@@ -293,9 +330,6 @@ pub async fn reconcile_with(
     Result<kube::runtime::controller::Action, controller::Error>,
     World,
 ) {
-    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let sent = Arc::new(Mutex::new(Vec::new()));
-    let log = sent.clone();
     let mut world = world;
     // The API server holds the cluster being reconciled.
     let cluster_path = format!(
@@ -306,37 +340,9 @@ pub async fn reconcile_with(
     if !world.objects.contains_key(&cluster_path) {
         world.put(&cluster);
     }
-    let server = tokio::spawn(async move {
-        while let Some((req, reply)) = handle.next_request().await {
-            let (parts, body) = req.into_parts();
-            let bytes = body.collect_bytes().await.expect("request body");
-            let mut s = Sent {
-                method: parts.method.to_string(),
-                path: parts.uri.path().to_owned(),
-                query: parts.uri.query().unwrap_or_default().to_owned(),
-                body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-                content_type: parts
-                    .headers
-                    .get(http::header::CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default()
-                    .to_owned(),
-                code: 0,
-            };
-            let (code, answer) = world.serve(&s);
-            s.code = code.as_u16();
-            log.lock().expect("log").push(s);
-            let resp = Response::builder()
-                .status(code)
-                .body(Body::from(serde_json::to_vec(&answer).expect("json")))
-                .expect("response");
-            reply.send_response(resp);
-        }
-        world
-    });
-    let client = Client::new(service, "default");
+    let fake = Fake::start(world);
     let registry = prometheus::Registry::new();
-    let mut ctx = Context::new(client, &registry)
+    let mut ctx = Context::new(fake.client.clone(), &registry)
         .expect("metrics")
         .with_defaults(defaults);
     if let Some(p) = probe {
@@ -349,10 +355,90 @@ pub async fn reconcile_with(
     )
     .await
     .expect("reconcile finishes within 5 s");
-    let world = tokio::time::timeout(Duration::from_secs(5), server)
-        .await
-        .expect("fake API server stops")
-        .expect("fake API server did not panic");
-    let sent = sent.lock().expect("log").clone();
+    let (sent, world) = fake.stop().await;
     (sent, result, world)
+}
+
+/// The fake API server, serving [`World`] to the kube `Client` it hands out. A watch request
+/// is never answered (a watch with no events), so a controller run against it lists, then
+/// waits, as against a quiet cluster.
+pub struct Fake {
+    /// A client of this server.
+    pub client: Client,
+    log: Arc<Mutex<Vec<Sent>>>,
+    server: tokio::task::JoinHandle<World>,
+}
+
+impl Fake {
+    /// Starts serving `world`.
+    pub fn start(world: World) -> Fake {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let seen = log.clone();
+        let mut world = world;
+        let server = tokio::spawn(async move {
+            let mut watches = Vec::new();
+            while let Some((req, reply)) = handle.next_request().await {
+                let (parts, body) = req.into_parts();
+                let bytes = body.collect_bytes().await.expect("request body");
+                let mut s = Sent {
+                    method: parts.method.to_string(),
+                    path: parts.uri.path().to_owned(),
+                    query: parts.uri.query().unwrap_or_default().to_owned(),
+                    body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+                    content_type: parts
+                        .headers
+                        .get(http::header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned(),
+                    code: 0,
+                    checked: Vec::new(),
+                };
+                let watch = rbac::attributes(&s.method, &s.path, &s.query)
+                    .is_some_and(|a| a.verb == "watch");
+                let (code, answer, checked) = world.serve_checked(&s);
+                s.code = code.as_u16();
+                s.checked = checked;
+                seen.lock().expect("log").push(s);
+                if watch && code.is_success() {
+                    watches.push(reply);
+                    continue;
+                }
+                let resp = Response::builder()
+                    .status(code)
+                    .body(Body::from(serde_json::to_vec(&answer).expect("json")))
+                    .expect("response");
+                reply.send_response(resp);
+            }
+            world
+        });
+        Fake {
+            client: Client::new(service, "default"),
+            log,
+            server,
+        }
+    }
+
+    /// What was sent so far.
+    pub fn sent(&self) -> Vec<Sent> {
+        self.log.lock().expect("log").clone()
+    }
+
+    /// Stops the server once every client is dropped; what was sent and the world as the
+    /// requests left it.
+    pub async fn stop(self) -> (Vec<Sent>, World) {
+        let Fake {
+            client,
+            log,
+            server,
+        } = self;
+        drop(client);
+        let world = tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("fake API server stops")
+            .expect("fake API server did not panic");
+        let sent = log.lock().expect("log").clone();
+        (sent, world)
+    }
 }

@@ -203,8 +203,20 @@ impl Authorizer {
     /// The operator's permissions as the chart grants them (manifests/kubesbc.yaml: the
     /// ClusterRole bound cluster-wide and the Roles bound in the release namespace).
     pub fn operator() -> Authorizer {
-        let path = format!("{}/../manifests/kubesbc.yaml", env!("CARGO_MANIFEST_DIR"));
-        let text = std::fs::read_to_string(&path).expect("manifests/kubesbc.yaml");
+        Authorizer::installed("../manifests/kubesbc.yaml")
+    }
+
+    /// The operator's permissions as the chart grants them with `watchNamespace: voip`
+    /// (tests/fixtures/kubesbc-watch-voip.yaml, which scripts/chart-check.sh keeps equal to
+    /// the chart): Roles only, in `voip` and in the release namespace.
+    pub fn operator_watching_voip() -> Authorizer {
+        Authorizer::installed("tests/fixtures/kubesbc-watch-voip.yaml")
+    }
+
+    /// The permissions of the operator's ServiceAccount in a rendering of the chart (`file`
+    /// relative to the operator crate).
+    pub fn installed(file: &str) -> Authorizer {
+        let text = rendered(file);
         // The account the operator's Deployment runs as.
         let account = text
             .split("\n---")
@@ -276,41 +288,16 @@ impl Authorizer {
     /// The escalation check: every permission `rules` grant in `namespace` must be one this
     /// subject holds. Returns the first that is not.
     pub fn covers(&self, namespace: Option<&str>, rules: &[Rule]) -> Result<(), String> {
-        for r in rules {
-            let names: Vec<Option<String>> = if r.resource_names.is_empty() {
-                vec![None]
+        for a in expand(namespace, rules) {
+            // A rule without names grants every name: the granter needs it for every name,
+            // which an unnamed check asks.
+            let held = if a.name.is_none() {
+                self.allows_all_names(&a)
             } else {
-                r.resource_names.iter().cloned().map(Some).collect()
+                self.allows(&a)
             };
-            for g in &r.api_groups {
-                for res in &r.resources {
-                    let (resource, subresource) = match res.split_once('/') {
-                        Some((a, b)) => (a.to_owned(), Some(b.to_owned())),
-                        None => (res.clone(), None),
-                    };
-                    for v in &r.verbs {
-                        for n in &names {
-                            let a = Attributes {
-                                verb: v.clone(),
-                                group: g.clone(),
-                                resource: resource.clone(),
-                                subresource: subresource.clone(),
-                                namespace: namespace.map(str::to_owned),
-                                name: n.clone(),
-                            };
-                            // A rule without names grants every name: the granter needs it
-                            // for every name, which an unnamed check asks.
-                            let held = if n.is_none() {
-                                self.allows_all_names(&a)
-                            } else {
-                                self.allows(&a)
-                            };
-                            if !held {
-                                return Err(a.to_string());
-                            }
-                        }
-                    }
-                }
+            if !held {
+                return Err(a.to_string());
             }
         }
         Ok(())
@@ -331,12 +318,66 @@ impl Authorizer {
     }
 }
 
+/// Each permission `rules` grant in `namespace`, one per group, resource, verb and name.
+pub fn expand(namespace: Option<&str>, rules: &[Rule]) -> Vec<Attributes> {
+    let mut out = Vec::new();
+    for r in rules {
+        let names: Vec<Option<String>> = if r.resource_names.is_empty() {
+            vec![None]
+        } else {
+            r.resource_names.iter().cloned().map(Some).collect()
+        };
+        for g in &r.api_groups {
+            for res in &r.resources {
+                let (resource, subresource) = match res.split_once('/') {
+                    Some((a, b)) => (a.to_owned(), Some(b.to_owned())),
+                    None => (res.clone(), None),
+                };
+                for v in &r.verbs {
+                    for n in &names {
+                        out.push(Attributes {
+                            verb: v.clone(),
+                            group: g.clone(),
+                            resource: resource.clone(),
+                            subresource: subresource.clone(),
+                            namespace: namespace.map(str::to_owned),
+                            name: n.clone(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 /// The rules of a Role or ClusterRole object.
 pub fn rules_of(role: &Value) -> Vec<Rule> {
     role["rules"]
         .as_array()
         .map(|a| a.iter().map(Rule::from_value).collect())
         .unwrap_or_default()
+}
+
+/// The text of a rendering of the chart (`file` relative to the operator crate).
+pub fn rendered(file: &str) -> String {
+    let path = format!("{}/{file}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// Every Role and ClusterRole in a rendering, as (kind, namespace, rules).
+pub fn roles_in(text: &str) -> Vec<(String, Option<String>, Vec<Rule>)> {
+    text.split("\n---")
+        .filter_map(|d| serde_saphyr::from_str::<Value>(d).ok())
+        .filter(|d| d["kind"] == "Role" || d["kind"] == "ClusterRole")
+        .map(|d| {
+            (
+                d["kind"].as_str().unwrap_or_default().to_owned(),
+                d["metadata"]["namespace"].as_str().map(str::to_owned),
+                rules_of(&d),
+            )
+        })
+        .collect()
 }
 
 /// The 403 the API server answers.
