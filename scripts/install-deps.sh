@@ -15,8 +15,9 @@ set -euo pipefail
 # themselves, in userspace on loopback); kamailio with its TLS module and openssl for the TLS
 # tests (Kamailio as a TLS backend and client, a PKI made by the test, s_client for mTLS), and
 # for bench/compare.sh and KUBESBC_E2E_PROXY=kamailio; sngrep (its HEP listener) and tshark
-# for the HEP test.
-packages=(sip-tester redis-server redis-sentinel jq sysstat iproute2 util-linux procps python3 build-essential pkg-config ca-certificates rtpengine-daemon shellcheck kamailio kamailio-tls-modules openssl sngrep tshark)
+# for the HEP test; chromium for the browser call test (driven by playwright-core, which never
+# downloads a browser of its own).
+packages=(sip-tester redis-server redis-sentinel jq sysstat iproute2 util-linux procps python3 build-essential pkg-config ca-certificates rtpengine-daemon chromium shellcheck kamailio kamailio-tls-modules openssl sngrep tshark)
 # Node and npm for the WebSocket client tests (JsSIP, sip.js): only when missing, since a
 # Node installed from elsewhere (with its own npm) conflicts with Debian's npm package.
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then

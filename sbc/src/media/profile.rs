@@ -71,15 +71,18 @@ pub struct Profile {
 
 impl Profile {
     /// Towards a browser: `UDP/TLS/RTP/SAVPF` (RTP/SAVPF over DTLS, what JSEP writes),
-    /// `ICE=force`, `DTLS=passive` in answers (the browser, as offerer or not, starts the
-    /// handshake with `actpass`/`active`), `rtcp-mux: [require]` (browsers refuse separate
-    /// RTCP ports) and `SDES-off` (browsers do DTLS-SRTP only; no `a=crypto` lines).
+    /// `ICE=force`, `rtcp-mux: [require]` (browsers refuse separate RTCP ports) and
+    /// `SDES-off` (browsers do DTLS-SRTP only; no `a=crypto` lines). The DTLS role is left
+    /// to rtpengine both ways: given a browser's `actpass` offer it takes `active` and sends
+    /// its ClientHello as soon as ICE connects, which can be before the answer; forcing
+    /// `passive` in the answer then flipped the role under a handshake already started and
+    /// chromium's DTLS never connected (tests/tests/browser.rs showed it).
     pub fn webrtc() -> Profile {
         Profile {
             transport_protocol: TransportProtocol::UdpTlsRtpSavpf,
             ice: Ice::Force,
             dtls_offer: None,
-            dtls_answer: Some(Dtls::Passive),
+            dtls_answer: None,
             rtcp_mux: vec![RtcpMux::Require],
             codec: CodecOptions::default(),
             flags: vec!["SDES-off".to_owned()],
@@ -195,10 +198,10 @@ mod tests {
         );
         assert_eq!(answer.flags, vec!["SDES-off".to_owned()]);
         assert_eq!(answer.ice, Some(Ice::Force));
-        assert_eq!(answer.dtls, Some(Dtls::Passive));
+        assert_eq!(answer.dtls, None, "rtpengine keeps the role it took");
         assert_eq!(answer.rtcp_mux, vec![RtcpMux::Require]);
         assert!(answer.replace_origin && answer.replace_session_connection);
-        // An offer to a browser leaves the DTLS role to rtpengine (actpass).
+        // An offer to a browser leaves the DTLS role to rtpengine too (actpass).
         assert_eq!(p.flags_towards(browser, SdpRole::Offer).dtls, None);
     }
 }
