@@ -793,6 +793,16 @@ pub struct TopologyConfig {
     #[serde(default = "default_call_id_prefix")]
     #[schemars(length(max = 32))]
     pub call_id_prefix: String,
+    /// A file of keys, one a line (at least 16 characters each), that authenticate the
+    /// parameters carrying hidden values: the first signs, every one verifies (rotation: add
+    /// the new key on top, drop the old one once no dialog carries it). Every replica must
+    /// read the same file (a Secret). Absent: a random key per process, so only the replica
+    /// that hid a value can restore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<String>,
+    /// The keys read from `keyFile` (never written back).
+    #[serde(skip)]
+    pub keys: Vec<String>,
 }
 
 impl Default for TopologyConfig {
@@ -800,7 +810,38 @@ impl Default for TopologyConfig {
         TopologyConfig {
             hide: true,
             call_id_prefix: default_call_id_prefix(),
+            key_file: None,
+            keys: Vec::new(),
         }
+    }
+}
+
+impl TopologyConfig {
+    /// Reads `keyFile` into `keys`.
+    fn read_keys(&mut self) -> Result<(), ConfigError> {
+        let Some(file) = &self.key_file else {
+            return Ok(());
+        };
+        let p = "relay.topology.keyFile";
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| ConfigError::field(p, format!("{file}: {e}")))?;
+        let keys: Vec<String> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if keys.is_empty() {
+            return Err(ConfigError::field(p, format!("{file}: no key in the file")));
+        }
+        if let Some(i) = keys.iter().position(|k| k.len() < 16) {
+            return Err(ConfigError::field(
+                p,
+                format!("{file}: key {} is shorter than 16 characters", i + 1),
+            ));
+        }
+        self.keys = keys;
+        Ok(())
     }
 }
 
@@ -923,6 +964,9 @@ impl SbcConfig {
     pub fn read_secret_files(&mut self) -> Result<(), ConfigError> {
         if let Some(a) = &mut self.auth {
             crate::policy::read_nonce_secret(a, "auth")?;
+        }
+        if let Some(t) = &mut self.relay.topology {
+            t.read_keys()?;
         }
         Ok(())
     }
@@ -1070,9 +1114,10 @@ impl RelayConfig {
             }
         }
         if self.topology.is_some() {
+            // sbc::topology has the rewrite; the relay does not run it yet.
             return Err(ConfigError::field(
                 "relay.topology",
-                "topology hiding is not implemented yet",
+                "topology hiding is not wired into the relay yet",
             ));
         }
         if let Some(t) = &self.topology {

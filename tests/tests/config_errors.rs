@@ -142,6 +142,11 @@ fn config_errors_name_the_field_path() {
             vec![r#"relay.inside.networks[0]: "10.0.0.0/33" is not a CIDR"#],
         ),
         (
+            "relay.topology, not wired into the relay yet",
+            format!("{good}relay: {{inside: {{address: \"sbc.voice.svc\", networks: [\"10.0.0.0/8\"]}}, topology: {{hide: true}}}}\n"),
+            vec!["relay.topology: topology hiding is not wired into the relay yet"],
+        ),
+        (
             "unknown field of relay.inside",
             format!("{good}relay: {{inside: {{address: \"sbc.voice.svc\", networks: [\"10.0.0.0/8\"], port: 5060}}}}\n"),
             vec!["relay.inside", "port"],
