@@ -754,6 +754,99 @@ pub struct RelayConfig {
     /// NAT detection and Contact fixing for clients behind NAT.
     #[serde(default)]
     pub nat: NatConfig,
+    /// The inside of the border: the backends' networks and the shared address the sbc pods
+    /// have there. Absent: one address on both sides (docs/topology.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inside: Option<InsideConfig>,
+    /// Topology hiding towards outside peers (Kamailio's topoh). Absent: nothing is hidden.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology: Option<TopologyConfig>,
+}
+
+/// The inside of the border (issue 13 item 1): requests to these networks get the pod's own
+/// address in Via and `address` in Record-Route; everything else is outside.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InsideConfig {
+    /// The shared inside address, `host[:port]`: the cluster Service of the sbc pods
+    /// (`sbc.voice.svc.cluster.local:5060`). Required in sbc.yaml; an SbcCluster's operator
+    /// fills it from the Service it creates when it is not given. Without a port, each
+    /// listener's own port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub address: Option<String>,
+    /// The inside networks (the backends), as CIDRs (`10.0.0.0/8`, `fd00::/8`).
+    #[schemars(length(min = 1))]
+    pub networks: Vec<String>,
+}
+
+/// Topology hiding (issue 13 item 3, Kamailio's topoh): outside peers see no inside address,
+/// and the Call-ID towards inside peers carries a prefix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TopologyConfig {
+    /// Hide the inside: Via, Record-Route and Contact towards outside peers name only the sbc.
+    #[serde(default = "yes")]
+    pub hide: bool,
+    /// The prefix of Call-IDs towards inside peers (`CF-`): added to a call from outside,
+    /// removed on the way back. Empty: the Call-ID is not rewritten.
+    #[serde(default = "default_call_id_prefix")]
+    #[schemars(length(max = 32))]
+    pub call_id_prefix: String,
+    /// A file of keys, one a line (at least 16 characters each), that authenticate the
+    /// parameters carrying hidden values: the first signs, every one verifies (rotation: add
+    /// the new key on top, drop the old one once no dialog carries it). Every replica must
+    /// read the same file (a Secret). Absent: a random key per process, so only the replica
+    /// that hid a value can restore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<String>,
+    /// The keys read from `keyFile` (never written back).
+    #[serde(skip)]
+    pub keys: Vec<String>,
+}
+
+impl Default for TopologyConfig {
+    fn default() -> Self {
+        TopologyConfig {
+            hide: true,
+            call_id_prefix: default_call_id_prefix(),
+            key_file: None,
+            keys: Vec::new(),
+        }
+    }
+}
+
+impl TopologyConfig {
+    /// Reads `keyFile` into `keys`.
+    fn read_keys(&mut self) -> Result<(), ConfigError> {
+        let Some(file) = &self.key_file else {
+            return Ok(());
+        };
+        let p = "relay.topology.keyFile";
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| ConfigError::field(p, format!("{file}: {e}")))?;
+        let keys: Vec<String> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if keys.is_empty() {
+            return Err(ConfigError::field(p, format!("{file}: no key in the file")));
+        }
+        if let Some(i) = keys.iter().position(|k| k.len() < 16) {
+            return Err(ConfigError::field(
+                p,
+                format!("{file}: key {} is shorter than 16 characters", i + 1),
+            ));
+        }
+        self.keys = keys;
+        Ok(())
+    }
+}
+
+fn default_call_id_prefix() -> String {
+    "CF-".to_owned()
 }
 
 impl Default for RelayConfig {
@@ -764,6 +857,8 @@ impl Default for RelayConfig {
             invite_timeout_ms: default_invite_timeout_ms(),
             record_route: true,
             nat: NatConfig::default(),
+            inside: None,
+            topology: None,
         }
     }
 }
@@ -870,6 +965,9 @@ impl SbcConfig {
         if let Some(a) = &mut self.auth {
             crate::policy::read_nonce_secret(a, "auth")?;
         }
+        if let Some(t) = &mut self.relay.topology {
+            t.read_keys()?;
+        }
         Ok(())
     }
 
@@ -937,6 +1035,7 @@ impl SbcConfig {
                 ),
             ));
         }
+        self.relay.validate_border()?;
         for (i, a) in self.access_lists.iter().enumerate() {
             a.validate(&format!("accessLists[{i}]"))?;
         }
@@ -977,6 +1076,98 @@ impl SbcConfig {
         }
         Ok(())
     }
+}
+
+impl RelayConfig {
+    /// Checks `inside` and `topology`: an address that is a host[:port], CIDR networks, a
+    /// Call-ID prefix of token characters, and topology hiding only with an inside to hide.
+    fn validate_border(&self) -> Result<(), ConfigError> {
+        if let Some(inside) = &self.inside {
+            match &inside.address {
+                None => {
+                    return Err(ConfigError::field(
+                        "relay.inside.address",
+                        "required: the shared inside address (the sbc Service), host[:port]",
+                    ));
+                }
+                Some(a) if !is_host_port(a) => {
+                    return Err(ConfigError::field(
+                        "relay.inside.address",
+                        format!("{a:?} is not a host or host:port"),
+                    ));
+                }
+                Some(_) => {}
+            }
+            if inside.networks.is_empty() {
+                return Err(ConfigError::field(
+                    "relay.inside.networks",
+                    "at least one network is required",
+                ));
+            }
+            for (i, n) in inside.networks.iter().enumerate() {
+                if !crate::policy::is_cidr(n) {
+                    return Err(ConfigError::field(
+                        format!("relay.inside.networks[{i}]"),
+                        format!("{n:?} is not a CIDR"),
+                    ));
+                }
+            }
+        }
+        if self.topology.is_some() {
+            // sbc::topology has the rewrite; the relay does not run it yet.
+            return Err(ConfigError::field(
+                "relay.topology",
+                "topology hiding is not wired into the relay yet",
+            ));
+        }
+        if let Some(t) = &self.topology {
+            let p = &t.call_id_prefix;
+            // Call-ID is `word [@ word]`: the prefix keeps it one, and cannot hold '@'.
+            if p.len() > 32 || !p.bytes().all(is_call_id_word_char) {
+                return Err(ConfigError::field(
+                    "relay.topology.callIdPrefix",
+                    format!(
+                        "{p:?} must be at most 32 of the characters A-Z a-z 0-9 - . ! % * _ + ~"
+                    ),
+                ));
+            }
+            if t.hide && self.inside.is_none() {
+                return Err(ConfigError::field(
+                    "relay.topology.hide",
+                    "needs relay.inside: what is hidden is the inside",
+                ));
+            }
+            if !p.is_empty() && self.inside.is_none() {
+                return Err(ConfigError::field(
+                    "relay.topology.callIdPrefix",
+                    "needs relay.inside: the prefix is for Call-IDs towards inside peers",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `s` is a host or host:port (a name, an IPv4 address or a bracketed IPv6 one).
+fn is_host_port(s: &str) -> bool {
+    let (host, port) = match s.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') || h.ends_with(']') => (h, Some(p)),
+        _ => (s, None),
+    };
+    let host_ok = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        v6.parse::<std::net::Ipv6Addr>().is_ok()
+    } else {
+        !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+    };
+    host_ok && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p != 0))
+}
+
+/// The plain characters of a Call-ID `word` (RFC 3261 section 25.1): no '@', no quoting.
+fn is_call_id_word_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-.!%*_+~".contains(&b)
 }
 
 impl Listener {

@@ -913,3 +913,41 @@ fn observability_is_rendered_as_is_and_a_bad_collector_is_refused_naming_the_fie
     });
     assert_eq!(e.field, "sbc.yaml observability.hep.collectors[0]");
 }
+
+#[test]
+fn relay_inside_gets_the_sbc_service_address_and_its_networks() {
+    let mut w = World::new();
+    let mut relay = kubesbc_crds::config::RelayConfig {
+        inside: Some(kubesbc_crds::config::InsideConfig {
+            address: None,
+            networks: vec!["10.0.0.0/8".into()],
+        }),
+        ..Default::default()
+    };
+    w.cluster.spec.relay = Some(relay.clone());
+    // The example's listeners use 5060 and 8080: each keeps its own port.
+    let out = render::render(w.inputs()).unwrap();
+    let inside = out.config.relay.inside.expect("an inside");
+    assert_eq!(
+        inside.address.as_deref(),
+        Some("edge.voip.svc.cluster.local")
+    );
+    assert_eq!(inside.networks, ["10.0.0.0/8"]);
+    w.cluster.spec.listeners.retain(|l| l.port == 5060);
+    let out = render::render(w.inputs()).unwrap();
+    let inside = out.config.relay.inside.expect("an inside");
+    assert_eq!(
+        inside.address.as_deref(),
+        Some("edge.voip.svc.cluster.local:5060")
+    );
+    relay.inside = Some(kubesbc_crds::config::InsideConfig {
+        address: None,
+        networks: vec!["10.0.0.0/33".into()],
+    });
+    w.cluster.spec.relay = Some(relay);
+    let e = render::render(w.inputs()).unwrap_err();
+    assert_eq!(
+        (e.reason, e.field.as_str()),
+        ("InvalidConfig", "spec.relay.inside.networks[0]")
+    );
+}

@@ -24,4 +24,5 @@ pub mod sip;
 pub mod store;
 pub mod telemetry;
 pub mod throttle;
+pub mod topology;
 pub mod transport;

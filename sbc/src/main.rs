@@ -302,6 +302,7 @@ async fn run(
                 .with_metrics(guard_metrics.clone())
                 .with_scanners(&c.scanners)
                 .with_register_auth(sbc::auth::authenticates(c, "REGISTER"))
+                .with_own_hosts(sbc::guard::own_hosts(c))
                 .start();
             // The guard runs first; auth and throttle follow it.
             let mut stages: Vec<Arc<dyn sbc::pipeline::Stage>> = vec![Arc::new(guard)];

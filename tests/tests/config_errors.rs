@@ -121,6 +121,36 @@ fn config_errors_name_the_field_path() {
             ),
             vec![r#"routing.rules[0].target: "sip:10.0.0.1;transport=sctp" is not an IP-literal SIP URI"#],
         ),
+        (
+            "relay.inside without its address",
+            format!("{good}relay: {{inside: {{networks: [\"10.0.0.0/8\"]}}}}\n"),
+            vec!["relay.inside.address: required"],
+        ),
+        (
+            "relay.inside address that is not a host:port",
+            format!("{good}relay: {{inside: {{address: \"sbc svc:5060\", networks: [\"10.0.0.0/8\"]}}}}\n"),
+            vec![r#"relay.inside.address: "sbc svc:5060" is not a host or host:port"#],
+        ),
+        (
+            "relay.inside without networks",
+            format!("{good}relay: {{inside: {{address: \"sbc.voice.svc:5060\", networks: []}}}}\n"),
+            vec!["relay.inside.networks: at least one network is required"],
+        ),
+        (
+            "relay.inside network that is not a CIDR",
+            format!("{good}relay: {{inside: {{address: \"sbc.voice.svc\", networks: [\"10.0.0.0/33\"]}}}}\n"),
+            vec![r#"relay.inside.networks[0]: "10.0.0.0/33" is not a CIDR"#],
+        ),
+        (
+            "relay.topology, not wired into the relay yet",
+            format!("{good}relay: {{inside: {{address: \"sbc.voice.svc\", networks: [\"10.0.0.0/8\"]}}, topology: {{hide: true}}}}\n"),
+            vec!["relay.topology: topology hiding is not wired into the relay yet"],
+        ),
+        (
+            "unknown field of relay.inside",
+            format!("{good}relay: {{inside: {{address: \"sbc.voice.svc\", networks: [\"10.0.0.0/8\"], port: 5060}}}}\n"),
+            vec!["relay.inside", "port"],
+        ),
     ];
     for (what, yaml, needles) in cases {
         assert_ne!(yaml, good, "{what}: the test did not change the config");

@@ -412,6 +412,23 @@ pub fn render_config(inputs: Inputs<'_>) -> Result<SbcConfig, RenderError> {
         Some(m)
     };
     let admin_port = spec.admin_port.unwrap_or(DEFAULT_ADMIN_PORT);
+    let mut relay = spec.relay.clone().unwrap_or_default();
+    // spec.relay.inside without an address: the Service the operator creates for the pods
+    // (its cluster DNS name), the port when every listener shares one.
+    if let Some(inside) = &mut relay.inside
+        && inside.address.is_none()
+    {
+        let ns = cluster.namespace().unwrap_or_default();
+        let mut a = format!("{name}.{ns}.svc.cluster.local");
+        if let Some(first) = listeners.first()
+            && listeners
+                .iter()
+                .all(|l| l.address.port() == first.address.port())
+        {
+            a.push_str(&format!(":{}", first.address.port()));
+        }
+        inside.address = Some(a);
+    }
     let config = SbcConfig {
         listeners,
         dispatcher: DispatcherConfig { default_set, sets },
@@ -420,7 +437,7 @@ pub fn render_config(inputs: Inputs<'_>) -> Result<SbcConfig, RenderError> {
             address: std::net::SocketAddr::from(([0, 0, 0, 0], admin_port)),
         },
         limits: spec.limits.clone().unwrap_or_default(),
-        relay: spec.relay.clone().unwrap_or_default(),
+        relay,
         drain: spec.drain.clone().unwrap_or_default(),
         store,
         access_lists,
@@ -442,12 +459,13 @@ pub fn render_config(inputs: Inputs<'_>) -> Result<SbcConfig, RenderError> {
             kubesbc_crds::config::ConfigError::Field { path, message } => (path, message),
             other => ("sbc.yaml".to_owned(), other.to_string()),
         };
-        err(
-            cluster,
-            "InvalidConfig",
-            format!("sbc.yaml {field}"),
-            message,
-        )
+        // spec.relay is rendered as is: its errors are the spec's.
+        let field = if field.starts_with("relay.") {
+            format!("spec.{field}")
+        } else {
+            format!("sbc.yaml {field}")
+        };
+        err(cluster, "InvalidConfig", field, message)
     })?;
     Ok(config)
 }

@@ -137,6 +137,9 @@ pub struct Guard {
     scanners: scanners::Scanners,
     /// The auth stage authenticates REGISTER and counts REGISTER floods per user itself.
     register_auth: bool,
+    /// Host names that are the sbc itself (its inside Service name, `*.svc.cluster.local`):
+    /// a Route naming one is the sbc's own Record-Route coming back, not a target.
+    own_hosts: Vec<String>,
 }
 
 impl std::fmt::Debug for Guard {
@@ -147,6 +150,21 @@ impl std::fmt::Debug for Guard {
             .field("register_flood", &self.register_flood)
             .finish_non_exhaustive()
     }
+}
+
+/// The host names in `cfg` that are the sbc itself: the inside address and the advertised
+/// names, written into Record-Route and so found in Route headers coming back.
+pub fn own_hosts(cfg: &kubesbc_crds::config::SbcConfig) -> Vec<String> {
+    let inside = cfg.relay.inside.as_ref().and_then(|i| i.address.as_deref());
+    let advertised = cfg.listeners.iter().filter_map(|l| l.advertise.as_deref());
+    inside
+        .into_iter()
+        .chain(advertised)
+        .map(|a| match crate::sip::uri::split_host_port(a.as_bytes()) {
+            Some((h, _)) => String::from_utf8_lossy(h).into_owned(),
+            None => a.to_owned(),
+        })
+        .collect()
 }
 
 impl Guard {
@@ -170,7 +188,15 @@ impl Guard {
             metrics: None,
             scanners: scanners::Scanners::default(),
             register_auth: false,
+            own_hosts: Vec::new(),
         }
+    }
+
+    /// Names `hosts` as the sbc's own (see [`own_hosts`]): Route entries naming them are not
+    /// checked as targets.
+    pub fn with_own_hosts(mut self, hosts: Vec<String>) -> Guard {
+        self.own_hosts = hosts;
+        self
     }
 
     /// Applies the scanner defence `cfg` (the default is on, dropping).
@@ -304,7 +330,7 @@ impl Guard {
             };
         }
 
-        if let Some(bad) = rules::bad_target(req) {
+        if let Some(bad) = rules::bad_target(req, &self.own_hosts) {
             self.count(Refused::Target);
             return Verdict::Reply(Refusal::new(403, bad.reason()));
         }

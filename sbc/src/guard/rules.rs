@@ -267,14 +267,20 @@ pub fn bad_host(host: &[u8]) -> Option<BadTarget> {
     }
 }
 
-/// The first refused target among the Request-URI and the Route URIs.
-pub fn bad_target(req: &Message) -> Option<BadTarget> {
+/// The first refused target among the Request-URI and the Route URIs; a Route naming one of
+/// `own` (the sbc's own host names) is the sbc itself, not a target.
+pub fn bad_target(req: &Message, own: &[String]) -> Option<BadTarget> {
     if let Some(u) = Uri::parse(req.request_uri())
         && let Some(b) = bad_host(u.host)
     {
         return Some(b);
     }
     req.values(HeaderName::Route).find_map(|span| {
-        Uri::parse(uri::name_addr_uri(req.slice(span))).and_then(|u| bad_host(u.host))
+        Uri::parse(uri::name_addr_uri(req.slice(span)))
+            .filter(|u| {
+                !own.iter()
+                    .any(|h| h.as_bytes().eq_ignore_ascii_case(u.host))
+            })
+            .and_then(|u| bad_host(u.host))
     })
 }

@@ -333,6 +333,21 @@ async fn multicast_link_local_and_mdns_targets() {
     }
 }
 
+/// The sbc's own inside Service name (`*.svc.cluster.local`) in a Route is its Record-Route
+/// coming back, not an mDNS target; another `.local` Route still is.
+#[tokio::test]
+async fn the_sbcs_own_cluster_local_name_in_a_route_is_not_an_mdns_target() {
+    let g = guard(vec![]).with_own_hosts(vec!["sbc.voice.svc.cluster.local".into()]);
+    let ours =
+        req("BYE").h("Route: <sip:sbc.voice.svc.cluster.local:5060;lr>, <sip:203.0.113.9;lr>");
+    assert_eq!(verdict(&g, &ours, "192.0.2.1").await, Verdict::Continue);
+    let other = req("BYE").h("Route: <sip:other.voice.svc.cluster.local:5060;lr>");
+    assert_eq!(
+        verdict(&g, &other, "192.0.2.1").await,
+        refused(403, "Forbidden (mDNS .local target)")
+    );
+}
+
 fn flood_list(requests: u32) -> AccessListConfig {
     let mut l = list(vec![]);
     l.flood = Some(FloodLimit {

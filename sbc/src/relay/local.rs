@@ -1,12 +1,30 @@
 //! The addresses that are the sbc itself, and what it writes into Via and Record-Route.
+//!
+//! With `relay.inside` the sbc has two sides (docs/topology.md): towards an inside peer (an
+//! address in `relay.inside.networks`) its Via carries the pod's own address, so responses
+//! come back to the replica that owns the transaction, and its Record-Route the shared inside
+//! address; towards everyone else both carry the outside (`advertise`) address.
 
 use std::net::{IpAddr, SocketAddr};
 
 use kubesbc_crds::config::{SbcConfig, Transport};
 
+use crate::cidr::Cidr;
 use crate::flow::FlowKey;
 use crate::sip::build;
 use crate::sip::uri;
+use crate::transport::Peer;
+
+/// The inside of the border: its networks and the shared address the sbc has there.
+#[derive(Debug, Clone, Default)]
+pub struct Inside {
+    /// The shared inside host (the sbc Service's name or address).
+    pub host: String,
+    /// Its port; None: the port of the listener a message goes out of.
+    pub port: Option<u16>,
+    /// The inside networks.
+    pub networks: Vec<Cidr>,
+}
 
 /// The addresses that are the sbc itself, and what it writes into Via and Record-Route.
 #[derive(Debug, Clone, Default)]
@@ -17,6 +35,11 @@ pub struct Local {
     pub sent_by: Vec<(Transport, String, u16)>,
     /// Every (host, port) that means "this sbc".
     pub aliases: Vec<(String, u16)>,
+    /// Per transport: the pod's own host and port (POD_IP or the bound address), written into
+    /// Via towards inside peers.
+    pub pod: Vec<(Transport, String, u16)>,
+    /// The inside, when `relay.inside` is configured.
+    pub inside: Option<Inside>,
 }
 
 impl Local {
@@ -63,11 +86,78 @@ impl Local {
             };
             if !local.sent_by.iter().any(|(tt, _, _)| tt == t) {
                 local.sent_by.push((*t, host.clone(), port));
+                let pod = match (addr.ip().is_unspecified(), pod_ip) {
+                    (true, Some(ip)) => host_string(ip),
+                    (true, None) => "127.0.0.1".to_owned(),
+                    (false, _) => host_string(addr.ip()),
+                };
+                local.pod.push((*t, pod, addr.port()));
             }
             local.aliases.push((host, port));
             local.aliases.push((addr.ip().to_string(), addr.port()));
         }
+        if let Some(cfg) = &config.relay.inside
+            && let Some(a) = &cfg.address
+        {
+            let (host, port) = match uri::split_host_port(a.as_bytes()) {
+                Some((h, p)) => (String::from_utf8_lossy(h).into_owned(), p),
+                None => (a.clone(), None),
+            };
+            match port {
+                Some(p) => local.aliases.push((host.clone(), p)),
+                None => {
+                    for (_, addr) in bound {
+                        local.aliases.push((host.clone(), addr.port()));
+                    }
+                }
+            }
+            local.inside = Some(Inside {
+                host,
+                port,
+                // Validated with the configuration: a network that does not parse is absent.
+                networks: cfg.networks.iter().filter_map(|n| Cidr::parse(n)).collect(),
+            });
+        }
         local
+    }
+
+    /// Whether `ip` is on the inside (false without `relay.inside`).
+    pub fn is_inside(&self, ip: IpAddr) -> bool {
+        self.inside
+            .as_ref()
+            .is_some_and(|i| i.networks.iter().any(|n| n.contains(ip)))
+    }
+
+    /// The host and port the sbc's Via carries towards `to`: the pod's own towards an inside
+    /// peer (its responses must come back to this replica), else the outside one.
+    pub fn via_host(&self, to: &Peer) -> (&str, u16) {
+        if self.is_inside(to.addr.ip())
+            && let Some((_, h, p)) = self
+                .pod
+                .iter()
+                .find(|(t, _, _)| *t == to.transport)
+                .or_else(|| self.pod.first())
+        {
+            return (h.as_str(), *p);
+        }
+        self.sent_by(to.transport)
+    }
+
+    /// The host and port the sbc's Record-Route (and Path) carries on the side of `peer`:
+    /// the shared inside address towards an inside peer, else the outside one.
+    pub fn route_host(&self, peer: &Peer) -> (&str, u16) {
+        let (h, p) = self.sent_by(peer.transport);
+        match &self.inside {
+            Some(i) if self.is_inside(peer.addr.ip()) => {
+                let listener = self
+                    .pod
+                    .iter()
+                    .find(|(t, _, _)| *t == peer.transport)
+                    .map_or(p, |(_, _, port)| *port);
+                (i.host.as_str(), i.port.unwrap_or(listener))
+            }
+            _ => (h, p),
+        }
     }
 
     /// The host and port written into messages sent over `t`.
@@ -95,9 +185,10 @@ impl Local {
         })
     }
 
-    /// Our Via value for a request sent over `t` with `branch`.
-    pub fn via_value(&self, t: Transport, branch: &[u8]) -> Vec<u8> {
-        let (host, port) = self.sent_by(t);
+    /// Our Via value for a request sent to `to` with `branch`.
+    pub fn via_value(&self, to: &Peer, branch: &[u8]) -> Vec<u8> {
+        let t = to.transport;
+        let (host, port) = self.via_host(to);
         let mut v = Vec::with_capacity(48 + branch.len());
         v.extend_from_slice(b"SIP/2.0/");
         v.extend_from_slice(t.via_name().as_bytes());
@@ -110,9 +201,10 @@ impl Local {
         v
     }
 
-    /// Our Record-Route value for a dialog whose caller reached us over `t`.
-    pub fn record_route_value(&self, t: Transport) -> Vec<u8> {
-        let (host, port) = self.sent_by(t);
+    /// Our Record-Route value for a dialog whose caller is `peer`, both sides on its side.
+    pub fn record_route_value(&self, peer: &Peer) -> Vec<u8> {
+        let t = peer.transport;
+        let (host, port) = self.route_host(peer);
         let mut v = Vec::with_capacity(48);
         v.extend_from_slice(b"<sip:");
         v.extend_from_slice(host.as_bytes());
@@ -153,5 +245,37 @@ mod tests {
         let l = Local::new(&adv, &bound, Some("10.1.2.3".parse().unwrap()));
         assert_eq!(l.sent_by(Transport::Udp), ("203.0.113.9", 5080));
         assert!(l.is_us(b"203.0.113.9", Some(5080)) && l.is_us(b"10.1.2.3", Some(5060)));
+    }
+
+    #[test]
+    fn an_inside_peer_gets_the_pod_in_via_and_the_inside_address_in_record_route() {
+        let mut cfg = crate::config::from_listeners(vec![
+            crate::config::parse_listen("udp:0.0.0.0:5060").unwrap(),
+        ])
+        .unwrap();
+        cfg.listeners[0].advertise = Some("203.0.113.9".into());
+        cfg.relay.inside = Some(kubesbc_crds::config::InsideConfig {
+            address: Some("sbc.voice.svc.cluster.local".into()),
+            networks: vec!["10.0.0.0/8".into()],
+        });
+        let bound = [(Transport::Udp, "0.0.0.0:5060".parse().unwrap())];
+        let l = Local::new(&cfg, &bound, Some("10.1.2.3".parse().unwrap()));
+        let peer = |a: &str| Peer {
+            transport: Transport::Udp,
+            addr: a.parse().unwrap(),
+            flow: None,
+        };
+        let (inside, outside) = (peer("10.9.0.1:5060"), peer("198.51.100.7:5060"));
+        assert_eq!(l.via_host(&inside), ("10.1.2.3", 5060));
+        assert_eq!(l.via_host(&outside), ("203.0.113.9", 5060));
+        assert_eq!(l.route_host(&inside), ("sbc.voice.svc.cluster.local", 5060));
+        assert_eq!(l.route_host(&outside), ("203.0.113.9", 5060));
+        // Without a port the inside address takes the listener's.
+        assert!(l.is_us(b"sbc.voice.svc.cluster.local", Some(5060)));
+        assert!(!l.is_us(b"sbc.voice.svc.cluster.local", Some(5070)));
+        assert_eq!(
+            l.record_route_value(&inside),
+            b"<sip:sbc.voice.svc.cluster.local:5060;lr>"
+        );
     }
 }

@@ -40,7 +40,7 @@ impl Core {
         };
         let Some(req) = stx.req.clone() else { return };
         let branch = self.new_branch(stx.loop_hash);
-        let via = env.local.via_value(target.transport, &branch);
+        let via = env.local.via_value(&target, &branch);
         let (rr, extra) = flow_headers(env, stx, &target);
         let fixed = stx.contact_fix.map(|(a, b)| {
             let with = nat::source_hostport(stx.peer.addr);
@@ -107,7 +107,7 @@ impl Core {
         let stx = ctx.server.as_ref().and_then(|k| st.server.get(k));
         let data = match stx.and_then(|s| Some((s, s.req.as_ref()?))) {
             Some((stx, req)) => {
-                let via = env.local.via_value(ctx.to.transport, branch);
+                let via = env.local.via_value(&ctx.to, branch);
                 relayed(stx, req, &via).cancel()
             }
             None => {
@@ -241,7 +241,7 @@ impl Core {
                 let stx = ctx.server.as_ref().and_then(|k| st.server.get(k));
                 let ack = match stx.and_then(|s| Some((s, s.req.as_ref()?))) {
                     Some((stx, req)) => {
-                        let via = env.local.via_value(ctx.to.transport, &key);
+                        let via = env.local.via_value(&ctx.to, &key);
                         Some(relayed(stx, req, &via).ack(&msg))
                     }
                     // The caller already has its answer (timer C): read back what we sent.
@@ -511,7 +511,7 @@ impl Core {
             flow: None,
         };
         let branch = self.new_branch(0);
-        let via = env.local.via_value(to.transport, &branch);
+        let via = env.local.via_value(&to, &branch);
         let ruri = dest.uri.as_str();
         let n = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let data = format!(
@@ -553,18 +553,20 @@ fn relayed<'a>(stx: &'a ServerTx, req: &'a Message, via: &'a [u8]) -> build::Rel
 }
 
 /// Our Record-Route and the extra header lines for a request of `stx` relayed to `target`
-/// (docs/architecture.md, "Flows"). A dialog between a stream client and another transport
-/// gets two Record-Route entries, one per side, the one on a client's side carrying its flow
-/// token so in-dialog requests from the far end come back over that connection; a REGISTER
-/// from a stream client gets `Path` with its token and `Supported: path` (RFC 3327). UDP to
-/// UDP allocates nothing here beyond the single Record-Route it always had.
+/// (docs/architecture.md, "Flows"; docs/topology.md). A dialog between a stream client and
+/// another transport, or between the inside and the outside (`relay.inside`), gets two
+/// Record-Route entries, one per side: the one on a client's side carries its flow token so
+/// in-dialog requests from the far end come back over that connection, the one on the inside
+/// the shared inside address so a backend's requests reach any replica. A REGISTER from a
+/// stream client gets `Path` with its token and `Supported: path` (RFC 3327). UDP to UDP on
+/// one side allocates nothing here beyond the single Record-Route it always had.
 fn flow_headers(env: &Env<'_>, stx: &ServerTx, target: &Peer) -> (Option<Vec<u8>>, Vec<u8>) {
     let mut extra = Vec::new();
     let key = &env.local.flow_key;
     let client = key.token(&stx.peer);
     let register = stx.cx.method == Method::Register;
     if register && let Some(tok) = &client {
-        let (h, p) = env.local.sent_by(target.transport);
+        let (h, p) = env.local.route_host(target);
         extra.extend_from_slice(b"Path: ");
         extra.extend_from_slice(&flow::sbc_uri(Some(tok), h, p, target.transport, true));
         extra.extend_from_slice(b"\r\nSupported: path\r\n");
@@ -573,18 +575,22 @@ fn flow_headers(env: &Env<'_>, stx: &ServerTx, target: &Peer) -> (Option<Vec<u8>
         return (None, extra);
     }
     let far = key.token(target);
-    let two =
-        !register && (client.is_some() || far.is_some() || stx.peer.transport != target.transport);
+    let (near_host, far_host) = (
+        env.local.route_host(&stx.peer),
+        env.local.route_host(target),
+    );
+    let two = !register
+        && (client.is_some()
+            || far.is_some()
+            || stx.peer.transport != target.transport
+            || near_host != far_host);
     if !two {
-        return (
-            Some(env.local.record_route_value(stx.peer.transport)),
-            extra,
-        );
+        return (Some(env.local.record_route_value(&stx.peer)), extra);
     }
     // The top entry faces the next hop, the second the previous one (RFC 3261 16.6 item 4).
-    let (h, p) = env.local.sent_by(target.transport);
+    let (h, p) = far_host;
     let top = flow::sbc_uri(far.as_deref(), h, p, target.transport, false);
-    let (h, p) = env.local.sent_by(stx.peer.transport);
+    let (h, p) = near_host;
     extra.extend_from_slice(b"Record-Route: ");
     extra.extend_from_slice(&flow::sbc_uri(
         client.as_deref(),

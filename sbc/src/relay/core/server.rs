@@ -395,7 +395,7 @@ impl Core {
         // The same ACK always gets the same branch (stateless, RFC 3261 section 16.11).
         let incoming = via.branch().map(|b| branch::fnv(0, &[b])).unwrap_or(0);
         let branch = branch::new_branch(loop_hash, incoming);
-        let our_via = env.local.via_value(target.transport, &branch);
+        let our_via = env.local.via_value(&target, &branch);
         let params = nat::received_params(via, peer.addr);
         let data = build::relay_request(
             msg,

@@ -2,6 +2,7 @@
 //! holds the core, a fake clock and the armed timers; every test sends messages in and
 //! asserts on the messages that come out (status lines, where they went, how many).
 
+mod border;
 mod cancel;
 mod failover;
 mod flows;
