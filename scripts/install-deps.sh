@@ -48,9 +48,12 @@ done
 npm_ci() {
   local js
   js="$(dirname "$(readlink -f "$0")")/../tests/js"
-  if [[ ! -f "$js/node_modules/.package-lock.json" ]]; then
+  # The stamp is the lock file node_modules was installed from (tests/src/node.rs checks it
+  # too): a node_modules older than the lock file is installed again.
+  if ! cmp -s "$js/package-lock.json" "$js/node_modules/.kubesbc-package-lock.json"; then
     echo "install-deps: npm ci in tests/js"
-    (cd "$js" && npm ci --no-audit --no-fund)
+    (cd "$js" && npm ci --no-audit --no-fund) &&
+      cp "$js/package-lock.json" "$js/node_modules/.kubesbc-package-lock.json"
   fi
 }
 

@@ -62,11 +62,16 @@ step "cargo build (binaries)" cargo build --workspace --bins
 # Skipped e2e tests (tool missing outside CI, or sbc-only tests under Kamailio) are listed here.
 skips_log="target/debug/e2e-skips.log"
 rm -f "$skips_log"
+# The test output is also kept, so the summary (the part of a CI log that is read) can name the
+# tests that failed.
+tests_log="target/debug/tests.log"
+rm -f "$tests_log"
+run_logged() { "$@" 2>&1 | tee "$tests_log"; return "${PIPESTATUS[0]}"; }
 # shellcheck disable=SC2086
 if cargo nextest --version >/dev/null 2>&1; then
-  step "tests (cargo nextest)" cargo nextest run --workspace --no-fail-fast ${CARGO_TEST_ARGS:-}
+  step "tests (cargo nextest)" run_logged cargo nextest run --workspace --no-fail-fast ${CARGO_TEST_ARGS:-}
 else
-  step "tests (cargo test)" cargo test --workspace --no-fail-fast ${CARGO_TEST_ARGS:-}
+  step "tests (cargo test)" run_logged cargo test --workspace --no-fail-fast ${CARGO_TEST_ARGS:-}
 fi
 
 # Each fuzz target for about a minute (FUZZ_SECS); fails on a crash.
@@ -85,6 +90,11 @@ echo "==================== summary ===================="
 for i in "${!names[@]}"; do
   printf '  %-28s %-8s %s\n' "${names[$i]}" "${times[$i]}" "${results[$i]}"
 done
+if [[ -s "$tests_log" ]] && grep -qE '^ *(FAIL|TIMEOUT|SIGSEGV|SIGABRT) \[|^test .* FAILED$' "$tests_log"; then
+  echo
+  echo "  failed tests:"
+  grep -E '^ *(FAIL|TIMEOUT|SIGSEGV|SIGABRT) \[|^test .* FAILED$' "$tests_log" | sed 's/^ */    /' | sort -u
+fi
 if [[ -s "$skips_log" ]]; then
   echo
   echo "  skipped e2e tests:"

@@ -24,10 +24,19 @@ pub fn tools() -> bool {
     true
 }
 
+/// The copy of `package-lock.json` written into `node_modules` after a successful `npm ci`
+/// (here or by scripts/install-deps.sh): a `node_modules` left from an older lock file (a package
+/// added since) is installed again instead of failing with "Cannot find module".
+const STAMP: &str = ".kubesbc-package-lock.json";
+
 fn installed(dir: &Path) -> bool {
-    dir.join("node_modules")
-        .join(".package-lock.json")
-        .is_file()
+    match (
+        std::fs::read(dir.join("package-lock.json")),
+        std::fs::read(dir.join("node_modules").join(STAMP)),
+    ) {
+        (Ok(lock), Ok(stamp)) => lock == stamp,
+        _ => false,
+    }
 }
 
 /// Runs `npm ci` once: test processes run in parallel, so a lock directory (mkdir is atomic)
@@ -43,9 +52,22 @@ fn ensure_installed() {
             .args(["ci", "--no-audit", "--no-fund"])
             .current_dir(&dir)
             .output();
+        // The stamp only after a successful install, and before the lock goes, so a waiting
+        // test never sees a half-installed node_modules as installed.
+        let stamped = match &out {
+            Ok(o) if o.status.success() => Some(std::fs::copy(
+                dir.join("package-lock.json"),
+                dir.join("node_modules").join(STAMP),
+            )),
+            _ => None,
+        };
         let _ = std::fs::remove_dir(&lock);
         match out {
-            Ok(o) if o.status.success() => {}
+            Ok(o) if o.status.success() => {
+                if let Some(Err(e)) = stamped {
+                    panic!("cannot write {STAMP} in {}: {e}", dir.display());
+                }
+            }
             Ok(o) => panic!(
                 "npm ci in {} failed:\n{}{}",
                 dir.display(),
