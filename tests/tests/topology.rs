@@ -2,10 +2,13 @@
 //! and a sipp callee inside (127.0.0.5, `relay.inside.networks: [127.0.0.5/32]`); the sbc is
 //! the "pod" 127.0.0.3, its outside address `sbc.example.com`, its shared inside address
 //! `sbc.voice.svc.cluster.local`. sbc only: the border comes from the configuration file.
+//! With `relay.topology` the caller sees none of those inside names (docs/topology.md).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use kubesbc_e2e::sip::{RequestBuilder, SipClient};
+use kubesbc_e2e::sipp::LoggedMessage;
 use kubesbc_e2e::{
     MessageLog, Proxy, Sipp, SippTransport, TempDir, UacOptions, e2e_tools, free_port, loopback,
     sbc_only, scenario,
@@ -116,6 +119,166 @@ fn the_backend_sees_the_pod_in_via_and_the_inside_address_and_its_bye_reaches_th
             && m.status() == Some(200)
             && m.header_values("CSeq").iter().any(|c| c.ends_with("BYE"))),
         "the backend got no 200 for its BYE"
+    );
+    drop(s);
+}
+
+const HIDE: &str = "  topology: {hide: true, callIdPrefix: \"CF-\"}\n";
+
+/// What of the inside a message the caller received names, in its start line or headers
+/// (the SDP body is the media's business, not topology hiding's). The pod's own address
+/// counts only where the sbc writes itself: the caller addressed its To and Request-URI to
+/// it (in a cluster, a load balancer's address).
+fn leaks(m: &LoggedMessage, port: u16) -> Vec<String> {
+    let inside = [BACKEND.to_string(), INSIDE.to_owned(), "CF-".to_owned()];
+    let pod = format!("{POD}:{port}");
+    let sbc_written = ["Via", "v", "Record-Route", "Contact", "m"];
+    std::iter::once(("", m.start_line.as_str()))
+        .chain(m.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())))
+        .filter(|(n, v)| {
+            inside.iter().any(|i| v.contains(i.as_str()))
+                || (sbc_written.iter().any(|h| n.eq_ignore_ascii_case(h)) && v.contains(&pod))
+        })
+        .map(|(n, v)| format!("{n}: {v}"))
+        .collect()
+}
+
+fn assert_nothing_leaks(log: &MessageLog, port: u16) {
+    let received: Vec<&LoggedMessage> = log.messages.iter().filter(|m| m.received).collect();
+    assert!(!received.is_empty(), "the caller received nothing");
+    for m in received {
+        let l = leaks(m, port);
+        assert!(l.is_empty(), "{} shows the inside: {l:?}", m.start_line);
+    }
+}
+
+/// The caller hangs up. Its ACK and BYE go to the hidden Contact along the hidden route
+/// set, and reach the backend at its real Contact with the prefixed Call-ID.
+#[test]
+fn with_topology_hidden_the_caller_sees_only_the_sbc_and_its_bye_reaches_the_backend() {
+    if !e2e_tools() || !sbc_only() {
+        return;
+    }
+    let dir = TempDir::new("topology-hide");
+    let s = start(&dir, "uas.xml", HIDE);
+    let port = s.sip.port();
+    let (exit, log) = one_call(&dir, &s, "caller", "uac.xml");
+    assert_eq!(exit, 0, "the call did not complete");
+    assert_nothing_leaks(&log, port);
+    let ok = log
+        .messages
+        .iter()
+        .find(|m| m.received && m.status() == Some(200))
+        .expect("a 200");
+    let rr = ok.header_values("Record-Route");
+    assert_eq!(rr.len(), 1, "one hop, the sbc: {rr:?}");
+    assert!(
+        rr[0].starts_with(&format!("<sip:{OUTSIDE}:{port};lr;kth=")),
+        "{rr:?}"
+    );
+    let contact = ok.header_values("Contact");
+    assert!(
+        contact[0].starts_with(&format!("<sip:{OUTSIDE}:{port};kth=")),
+        "{contact:?}"
+    );
+    let sent = log.sent_requests("INVITE").next().expect("INVITE sent");
+    let caller_id = sent.call_id().expect("Call-ID").to_owned();
+    assert_eq!(ok.call_id(), Some(caller_id.as_str()));
+
+    let backend = s.backend.messages();
+    let invite = backend
+        .received_requests("INVITE")
+        .next()
+        .expect("INVITE at the backend");
+    assert_eq!(invite.call_id(), Some(format!("CF-{caller_id}").as_str()));
+    let bye = backend
+        .received_requests("BYE")
+        .next()
+        .expect("the caller's BYE reached the backend");
+    assert!(
+        bye.start_line.starts_with("BYE sip:") && bye.start_line.contains(&BACKEND.to_string()),
+        "the BYE's Request-URI is the backend's own Contact again: {}",
+        bye.start_line
+    );
+    assert_eq!(bye.call_id(), Some(format!("CF-{caller_id}").as_str()));
+    drop(s);
+}
+
+/// The backend hangs up: its BYE reaches the caller with the caller's Call-ID and nothing
+/// of the inside, and the caller's 200 reaches the backend.
+#[test]
+fn with_topology_hidden_the_backends_bye_reaches_the_caller_as_the_sbcs() {
+    if !e2e_tools() || !sbc_only() {
+        return;
+    }
+    let dir = TempDir::new("topology-hide-bye");
+    let s = start(&dir, "ws_uas_bye.xml", HIDE);
+    let port = s.sip.port();
+    let (exit, log) = one_call(&dir, &s, "caller", "uac_callee_bye.xml");
+    assert_eq!(
+        exit, 0,
+        "the caller did not get the backend's BYE in its dialog"
+    );
+    assert_nothing_leaks(&log, port);
+    let bye = log
+        .received_requests("BYE")
+        .next()
+        .expect("BYE at the caller");
+    let vias = bye.header_values("Via");
+    assert_eq!(
+        vias.len(),
+        1,
+        "the backend's Via is sealed in the sbc's: {vias:?}"
+    );
+    let backend = s.backend.messages();
+    assert!(
+        backend.messages.iter().any(|m| m.received
+            && m.status() == Some(200)
+            && m.header_values("CSeq").iter().any(|c| c.ends_with("BYE"))),
+        "the backend got no 200 for its BYE"
+    );
+    drop(s);
+}
+
+/// A hidden value that does not verify is refused with 403, never decoded into a target.
+#[test]
+fn a_forged_topology_parameter_gets_403() {
+    if !e2e_tools() || !sbc_only() {
+        return;
+    }
+    let dir = TempDir::new("topology-forged");
+    let s = start(&dir, "uas.xml", HIDE);
+    let port = s.sip.port();
+    let mut client = SipClient::udp(s.sip);
+    // Some hex, a "tag" that no key made: a phone guessing at an inside host.
+    let forged = format!("sip:{OUTSIDE}:{port};kth=31302e392e302e3130303a353036300011223344556677");
+    let bye = RequestBuilder::new("BYE", &forged, &client)
+        .set("To", "<sip:b@example.com>;tag=x1")
+        .build();
+    let r = client
+        .request(&bye, Duration::from_secs(5))
+        .expect("an answer");
+    assert_eq!(
+        r.status_line,
+        "SIP/2.0 403 Forbidden (bad topology parameter)"
+    );
+    // The same in a Route of an in-dialog request.
+    let route = format!("<sip:{OUTSIDE}:{port};lr;kth=61aabbccddeeff0011223344>");
+    let bye = RequestBuilder::new("BYE", "sip:b@198.51.100.9", &client)
+        .set("To", "<sip:b@example.com>;tag=x2")
+        .set("Route", &route)
+        .build();
+    let r = client
+        .request(&bye, Duration::from_secs(5))
+        .expect("an answer");
+    assert_eq!(r.code, 403, "{}", r.status_line);
+    assert!(
+        s.backend
+            .messages()
+            .received_requests("BYE")
+            .next()
+            .is_none(),
+        "a forged request reached the backend"
     );
     drop(s);
 }
