@@ -10,8 +10,10 @@
 //! - **Contact**: replaced by the sbc's own outside address, the real URI carried in the
 //!   URI's `kth` parameter; a request from outside whose Request-URI is such a Contact gets
 //!   the real URI back.
-//! - **Record-Route**: entries that are not the sbc's are dropped (the outside's in-dialog
-//!   requests come to the sbc, which sends them to the real Contact).
+//! - **Record-Route**: the sbc's outside entry carries, in its `kth`, the entries on its
+//!   inside (the sbc's inside entry and whatever the inside recorded), so the outside sees one
+//!   hop; a Route (request) or Record-Route (response) from outside naming that entry gets
+//!   them back, in the order its side needs.
 //! - **Call-ID**: a call from outside carries `prefix + Call-ID` inside; a call started inside
 //!   is seen outside as [`INSIDE_MARK`] followed by its Call-ID in hex. Both map back.
 //!
