@@ -39,11 +39,21 @@ fn start(dir: &TempDir, uas_scenario: &str, extra: &str) -> Scene {
         SippTransport::Udp,
     );
     let port = free_port();
+    let proxy = replica(dir, POD, port, &backend, extra);
+    Scene {
+        _proxy: proxy,
+        backend,
+        sip: SocketAddr::from((POD, port)),
+    }
+}
+
+/// One sbc pod at `pod:port`, its outside address `OUTSIDE:port`, in front of `backend`.
+fn replica(dir: &TempDir, pod: Ipv4Addr, port: u16, backend: &Sipp, extra: &str) -> Proxy {
     let dest = format!("sip:{BACKEND}:{}", backend.port());
     let config = format!(
         r#"
 listeners:
-  - {{transport: udp, address: "{POD}:{port}", advertise: "{OUTSIDE}:{port}"}}
+  - {{transport: udp, address: "{pod}:{port}", advertise: "{OUTSIDE}:{port}"}}
 dispatcher:
   sets:
     - id: 1
@@ -63,11 +73,7 @@ relay:
     ];
     let proxy = Proxy::start_sbc(dir, &args, port, admin);
     proxy.wait_destination(&dest, true, Duration::from_secs(10));
-    Scene {
-        _proxy: proxy,
-        backend,
-        sip: SocketAddr::from((POD, port)),
-    }
+    proxy
 }
 
 fn one_call(dir: &TempDir, s: &Scene, name: &str, file: &str) -> (i32, MessageLog) {
@@ -281,4 +287,138 @@ fn a_forged_topology_parameter_gets_403() {
         "a forged request reached the backend"
     );
     drop(s);
+}
+
+/// The caller gives up on a ringing call: its CANCEL (the Call-ID it knows) reaches the
+/// backend's ringing INVITE, and the 487 and its ACK complete through the border.
+#[test]
+fn with_topology_hidden_a_cancel_reaches_the_ringing_backend() {
+    if !e2e_tools() || !sbc_only() {
+        return;
+    }
+    let dir = TempDir::new("topology-cancel");
+    let s = start(&dir, "uas_ring.xml", HIDE);
+    let port = s.sip.port();
+    let (exit, log) = one_call(&dir, &s, "caller", "uac_cancel.xml");
+    assert_eq!(exit, 0, "the caller did not get its 200 and 487");
+    assert_nothing_leaks(&log, port);
+    let backend = s.backend.messages();
+    let cancel = backend
+        .received_requests("CANCEL")
+        .next()
+        .expect("the CANCEL reached the backend");
+    let caller_id = log
+        .sent_requests("INVITE")
+        .next()
+        .and_then(|m| m.call_id())
+        .expect("Call-ID")
+        .to_owned();
+    assert_eq!(cancel.call_id(), Some(format!("CF-{caller_id}").as_str()));
+    assert!(
+        backend.received_requests("ACK").next().is_some(),
+        "the 487's ACK did not reach the backend"
+    );
+    drop(s);
+}
+
+/// Two replicas reading one key file (in a cluster, the Secret of `topologyKeySecretRef`):
+/// a call set up through one is hung up through the other, which restores the hidden
+/// Contact and route set the first one wrote.
+#[test]
+fn with_a_shared_key_any_replica_restores_what_another_hid() {
+    if !e2e_tools() || !sbc_only() {
+        return;
+    }
+    let dir = TempDir::new("topology-replicas");
+    let keys = dir.write("topology.keys", "a-key-every-replica-shares-0123\n");
+    let extra = format!(
+        "  topology: {{hide: true, callIdPrefix: \"CF-\", keyFile: \"{}\"}}\n",
+        keys.display()
+    );
+    let backend = Sipp::uas_on(
+        &dir,
+        "backend",
+        &scenario("uas.xml"),
+        BACKEND,
+        free_port(),
+        SippTransport::Udp,
+    );
+    let port = free_port();
+    let dir_b = TempDir::new("topology-replica-b");
+    let pod_b = Ipv4Addr::new(127, 0, 0, 4);
+    let a = replica(&dir, POD, port, &backend, &extra);
+    let b = replica(&dir_b, pod_b, port, &backend, &extra);
+
+    let mut caller = SipClient::udp(SocketAddr::from((POD, port)));
+    let invite = RequestBuilder::invite(&format!("sip:service@{OUTSIDE}:{port}"), &caller);
+    caller.send(&invite.build());
+    let ok = caller
+        .recv_final(Duration::from_secs(10))
+        .expect("a final answer through replica A");
+    assert_eq!(ok.code, 200, "{}", ok.status_line);
+    let contact = ok.header("Contact").expect("Contact").to_owned();
+    let target = contact
+        .trim_start_matches('<')
+        .split('>')
+        .next()
+        .expect("a URI")
+        .to_owned();
+    assert!(
+        target.contains(";kth="),
+        "the backend's Contact is hidden: {contact}"
+    );
+    let route = ok.header("Record-Route").expect("Record-Route").to_owned();
+    let to = ok.header("To").expect("To").to_owned();
+
+    // The rest of the dialog through replica B.
+    let mut via_b = SipClient::udp(SocketAddr::from((pod_b, port)));
+    let in_dialog = |method: &str, cseq: &str, client: &SipClient| {
+        let mut r = RequestBuilder::new(method, &target, client)
+            .set("Route", &route)
+            .set("To", &to)
+            .set("CSeq", cseq)
+            .remove("Contact");
+        for h in ["Call-ID", "From"] {
+            r = r.set(h, invite.get(h).expect("header"));
+        }
+        r
+    };
+    via_b.send(&in_dialog("ACK", "1 ACK", &via_b).build());
+    via_b.send(&in_dialog("BYE", "2 BYE", &via_b).build());
+    // What B restored reaches the backend. (The backend's 200 is not waited for: sipp sends
+    // its responses to the address that opened the call, replica A, not to the Via.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let log = loop {
+        let log = backend.messages();
+        if log.received_requests("BYE").next().is_some() || std::time::Instant::now() > deadline {
+            break log;
+        }
+        if let Some(r) = via_b.recv(Duration::from_millis(200)) {
+            assert!(
+                r.code < 300,
+                "replica B refused the dialog: {}",
+                r.status_line
+            );
+        }
+    };
+    for method in ["ACK", "BYE"] {
+        let m = log
+            .received_requests(method)
+            .next()
+            .unwrap_or_else(|| panic!("the {method} through replica B did not reach the backend"));
+        assert!(
+            m.start_line
+                .contains(&format!("{BACKEND}:{}", backend.port())),
+            "{method} went to the backend's own Contact: {}",
+            m.start_line
+        );
+        assert!(
+            m.header_values("Via")
+                .first()
+                .is_some_and(|v| v.contains(&format!("{pod_b}:{port}"))),
+            "the {method} came through replica B: {:?}",
+            m.header_values("Via")
+        );
+    }
+    drop((a, b, backend));
 }
