@@ -133,9 +133,16 @@ pub struct SbcClusterSpec {
     /// Size and connection limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<Limits>,
-    /// Transaction timers.
+    /// Transaction timers, the border (`inside`) and topology hiding (`topology`; its
+    /// keys come from `topologyKeySecretRef`, not `keyFile`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relay: Option<RelayConfig>,
+    /// Secret key holding the keys that authenticate topology hiding's hidden values (one a
+    /// line, at least 16 characters; the first signs, every one verifies), mounted into
+    /// every pod so any replica restores what another hid. Required with
+    /// `relay.topology.hide`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology_key_secret_ref: Option<SecretKeyRef>,
     /// HEPv3 to Homer, CDRs and registration events (the sbc.yaml `observability` section,
     /// rendered as is; the records' Redis stream defaults to `spec.redis`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1113,13 +1113,6 @@ impl RelayConfig {
                 }
             }
         }
-        if self.topology.is_some() {
-            // sbc::topology has the rewrite; the relay does not run it yet.
-            return Err(ConfigError::field(
-                "relay.topology",
-                "topology hiding is not wired into the relay yet",
-            ));
-        }
         if let Some(t) = &self.topology {
             let p = &t.call_id_prefix;
             // Call-ID is `word [@ word]`: the prefix keeps it one, and cannot hold '@'.

@@ -951,3 +951,94 @@ fn relay_inside_gets_the_sbc_service_address_and_its_networks() {
         ("InvalidConfig", "spec.relay.inside.networks[0]")
     );
 }
+
+#[test]
+fn topology_hiding_takes_its_keys_from_a_secret_every_pod_mounts() {
+    let mut w = World::new();
+    w.lookups.secrets.insert(
+        ("voip".into(), "topology-keys".into()),
+        BTreeSet::from(["keys".to_owned()]),
+    );
+    let relay: kubesbc_crds::config::RelayConfig = serde_saphyr::from_str(
+        "inside: {networks: [\"10.0.0.0/8\"]}\ntopology: {hide: true, callIdPrefix: \"CF-\"}\n",
+    )
+    .expect("relay parses");
+    w.cluster.spec.relay = Some(relay);
+    w.cluster.spec.topology_key_secret_ref = Some(kubesbc_crds::status::SecretKeyRef {
+        name: "topology-keys".into(),
+        key: "keys".into(),
+    });
+    let out = render::render(w.inputs()).expect("renders");
+    let t = out.config.relay.topology.clone().expect("topology");
+    let file = t.key_file.expect("a key file");
+    assert!(file.ends_with("/keys"), "{file}");
+    let mounts = serde_json::to_string(&deployment(&out).spec).expect("json");
+    let dir = file.trim_end_matches("/keys");
+    assert!(
+        mounts.contains(&format!("\"mountPath\":\"{dir}\"")),
+        "the pods mount {dir}"
+    );
+    assert!(
+        mounts.contains("\"secretName\":\"topology-keys\""),
+        "the Secret is a volume"
+    );
+
+    // Hiding without the Secret: each pod would sign with a key of its own.
+    let mut no_secret = w.cluster.clone();
+    no_secret.spec.topology_key_secret_ref = None;
+    let e = render_cluster(&w, no_secret);
+    assert_eq!(
+        (e.reason, e.field.as_str()),
+        ("InvalidTopology", "spec.topologyKeySecretRef")
+    );
+    assert!(
+        e.message.contains("required with spec.relay.topology.hide"),
+        "{}",
+        e.message
+    );
+    // keyFile names a file no pod has.
+    let mut key_file = w.cluster.clone();
+    if let Some(t) = key_file
+        .spec
+        .relay
+        .as_mut()
+        .and_then(|r| r.topology.as_mut())
+    {
+        t.key_file = Some("/etc/keys".into());
+    }
+    let e = render_cluster(&w, key_file);
+    assert_eq!(
+        (e.reason, e.field.as_str()),
+        ("InvalidTopology", "spec.relay.topology.keyFile")
+    );
+    // The Secret with nothing to sign.
+    let mut unused = w.cluster.clone();
+    if let Some(r) = unused.spec.relay.as_mut() {
+        r.topology = None;
+    }
+    let e = render_cluster(&w, unused);
+    assert_eq!(
+        (e.reason, e.field.as_str()),
+        ("InvalidTopology", "spec.topologyKeySecretRef")
+    );
+    // A Secret that is not there.
+    let mut missing = w.cluster.clone();
+    missing.spec.topology_key_secret_ref = Some(kubesbc_crds::status::SecretKeyRef {
+        name: "nope".into(),
+        key: "keys".into(),
+    });
+    let e = render_cluster(&w, missing);
+    assert_eq!(
+        (e.reason, e.field.as_str()),
+        ("SecretNotFound", "spec.topologyKeySecretRef.name")
+    );
+}
+
+/// Why `cluster`, in the world `w` otherwise, does not render.
+fn render_cluster(w: &World, cluster: SbcCluster) -> RenderError {
+    let inputs = Inputs {
+        cluster: &cluster,
+        ..w.inputs()
+    };
+    render::render(inputs).expect_err("refused")
+}

@@ -142,9 +142,19 @@ fn config_errors_name_the_field_path() {
             vec![r#"relay.inside.networks[0]: "10.0.0.0/33" is not a CIDR"#],
         ),
         (
-            "relay.topology, not wired into the relay yet",
-            format!("{good}relay: {{inside: {{address: \"sbc.voice.svc\", networks: [\"10.0.0.0/8\"]}}, topology: {{hide: true}}}}\n"),
-            vec!["relay.topology: topology hiding is not wired into the relay yet"],
+            "relay.topology without relay.inside",
+            format!("{good}relay: {{topology: {{hide: true}}}}\n"),
+            vec!["relay.topology.hide: needs relay.inside: what is hidden is the inside"],
+        ),
+        (
+            "relay.topology Call-ID prefix with an @",
+            format!("{good}relay: {{inside: {{address: \"sbc.voice.svc\", networks: [\"10.0.0.0/8\"]}}, topology: {{callIdPrefix: \"a@b\"}}}}\n"),
+            vec!["relay.topology.callIdPrefix", "at most 32"],
+        ),
+        (
+            "relay.topology keyFile that does not exist",
+            format!("{good}relay: {{inside: {{address: \"sbc.voice.svc\", networks: [\"10.0.0.0/8\"]}}, topology: {{keyFile: \"/nonexistent/kth.keys\"}}}}\n"),
+            vec!["relay.topology.keyFile: /nonexistent/kth.keys"],
         ),
         (
             "unknown field of relay.inside",

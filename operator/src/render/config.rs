@@ -429,6 +429,7 @@ pub fn render_config(inputs: Inputs<'_>) -> Result<SbcConfig, RenderError> {
         }
         inside.address = Some(a);
     }
+    topology_keys(cluster, inputs.lookups, &mut relay)?;
     let config = SbcConfig {
         listeners,
         dispatcher: DispatcherConfig { default_set, sets },
@@ -468,4 +469,48 @@ pub fn render_config(inputs: Inputs<'_>) -> Result<SbcConfig, RenderError> {
         err(cluster, "InvalidConfig", field, message)
     })?;
     Ok(config)
+}
+
+/// `spec.relay.topology`'s keys: from `spec.topologyKeySecretRef`, mounted in every pod
+/// (`keyFile` names a file the pods do not have). Hiding needs them: with a key per pod, a
+/// replica could not restore what another hid, nor a pod what it hid before a restart.
+fn topology_keys(
+    cluster: &SbcCluster,
+    lookups: &Lookups,
+    relay: &mut kubesbc_crds::config::RelayConfig,
+) -> Result<(), RenderError> {
+    let field = "spec.topologyKeySecretRef";
+    let secret = cluster.spec.topology_key_secret_ref.as_ref();
+    let Some(t) = &mut relay.topology else {
+        return match secret {
+            Some(_) => Err(err(
+                cluster,
+                "InvalidTopology",
+                field,
+                "set without spec.relay.topology: there is nothing for the keys to sign",
+            )),
+            None => Ok(()),
+        };
+    };
+    if t.key_file.is_some() {
+        return Err(err(
+            cluster,
+            "InvalidTopology",
+            "spec.relay.topology.keyFile",
+            "a file in the pod, which an SbcCluster cannot provide: put the keys in a Secret and name it in spec.topologyKeySecretRef",
+        ));
+    }
+    match secret {
+        Some(k) => {
+            t.key_file = Some(secret_file(cluster, lookups, field, &k.name, &k.key)?);
+            Ok(())
+        }
+        None if t.hide => Err(err(
+            cluster,
+            "InvalidTopology",
+            field,
+            "required with spec.relay.topology.hide: every replica must verify the values another hid",
+        )),
+        None => Ok(()),
+    }
 }

@@ -83,8 +83,8 @@ pub fn without_password(url: &str) -> String {
 }
 
 /// The Secrets (in the cluster's namespace) a cluster's rendered config refers to and its
-/// pods mount: the Redis URL, the nonce key of `auth` and the required-header values of the
-/// selected AccessLists. A change to any of them re-renders the cluster.
+/// pods mount: the Redis URL, the nonce key of `auth`, the topology keys and the
+/// required-header values of the selected AccessLists. A change to any of them re-renders the cluster.
 pub fn mounted_secrets<'a>(
     cluster: &SbcCluster,
     access_lists: impl IntoIterator<Item = &'a AccessList>,
@@ -100,6 +100,9 @@ pub fn mounted_secrets<'a>(
     }
     if let Some(a) = &cluster.spec.auth {
         out.insert(a.nonce_secret_ref.name.clone());
+    }
+    if let Some(k) = &cluster.spec.topology_key_secret_ref {
+        out.insert(k.name.clone());
     }
     out
 }

@@ -3,7 +3,9 @@
 //! tried (failover attempts); the final response sent back closes an attempt, or a 2xx makes
 //! it a call that the 200 to its BYE (or a timeout) closes.
 //!
-//! Keyed by Call-ID: the relay does not rewrite it today. Bounded: at most `max_calls` calls
+//! Keyed by the inside view of the Call-ID: with topology hiding's Call-ID prefix
+//! ([`Border`]), the caller's `abc` and the backend's `CF-abc` are one call, whose record
+//! carries the Call-ID the caller used. Bounded: at most `max_calls` calls
 //! are followed; one more is counted in [`CdrTracker::overflow`] and gets no record.
 
 use std::collections::HashMap;
@@ -105,6 +107,8 @@ pub struct DialogEntry {
 }
 
 struct Call {
+    /// The Call-ID as the caller sent it.
+    call_id: String,
     from_tag: Option<String>,
     to_tag: Option<String>,
     caller: String,
@@ -131,6 +135,39 @@ pub struct Effects {
     pub setup: Option<Duration>,
 }
 
+/// The border of topology hiding (`relay.inside`, `relay.topology.callIdPrefix`): a Call-ID
+/// seen on the wire with a peer outside it is mapped to the inside view, as the relay maps it.
+#[derive(Debug, Clone, Default)]
+pub struct Border {
+    /// The Call-ID prefix towards inside peers.
+    pub prefix: Vec<u8>,
+    /// The inside networks.
+    pub inside: Vec<crate::cidr::Cidr>,
+}
+
+impl Border {
+    /// The border of `cfg`; None when the Call-ID is not rewritten.
+    pub fn of(cfg: &kubesbc_crds::config::SbcConfig) -> Option<Border> {
+        let t = cfg.relay.topology.as_ref()?;
+        let inside = cfg.relay.inside.as_ref()?;
+        (!t.call_id_prefix.is_empty()).then(|| Border {
+            prefix: t.call_id_prefix.as_bytes().to_vec(),
+            inside: inside
+                .networks
+                .iter()
+                .filter_map(|n| crate::cidr::Cidr::parse(n))
+                .collect(),
+        })
+    }
+
+    fn key<'a>(&self, wire: &'a [u8], peer: &Peer) -> std::borrow::Cow<'a, [u8]> {
+        if self.inside.iter().any(|n| n.contains(peer.addr.ip())) {
+            return std::borrow::Cow::Borrowed(wire);
+        }
+        crate::topology::inside_call_id(&self.prefix, wire)
+    }
+}
+
 /// Follows calls and closes their records.
 pub struct CdrTracker {
     /// Keyed by the Call-ID's bytes, so a lookup allocates nothing.
@@ -140,6 +177,7 @@ pub struct CdrTracker {
     tenant_headers: Vec<String>,
     replica: String,
     destination_of: DestinationOf,
+    border: Option<Border>,
     /// Calls that got no record because `max_calls` were followed already.
     pub overflow: u64,
 }
@@ -160,8 +198,15 @@ impl CdrTracker {
             tenant_headers,
             replica,
             destination_of,
+            border: None,
             overflow: 0,
         }
+    }
+
+    /// Follows calls across topology hiding's border (see [`Border`]).
+    pub fn with_border(mut self, border: Option<Border>) -> CdrTracker {
+        self.border = border;
+        self
     }
 
     /// Calls answered and not ended.
@@ -173,9 +218,9 @@ impl CdrTracker {
     pub fn dialogs(&self, now: SystemTime) -> Vec<DialogEntry> {
         let mut v: Vec<DialogEntry> = self
             .calls
-            .iter()
-            .map(|(id, c)| DialogEntry {
-                call_id: lossy(id),
+            .values()
+            .map(|c| DialogEntry {
+                call_id: c.call_id.clone(),
                 state: if c.answer.is_some() {
                     "confirmed"
                 } else {
@@ -205,10 +250,15 @@ impl CdrTracker {
     pub fn on_message(&mut self, s: &Seen<'_>) -> Effects {
         let m = s.sniff;
         // Bounded like the records: a huge Call-ID does not make a huge key.
-        let call_id = &m.call_id[..m.call_id.len().min(512)];
-        if call_id.is_empty() {
+        let wire = &m.call_id[..m.call_id.len().min(512)];
+        if wire.is_empty() {
             return Effects::default();
         }
+        let key = match &self.border {
+            Some(b) => b.key(wire, &s.peer),
+            None => std::borrow::Cow::Borrowed(wire),
+        };
+        let call_id: &[u8] = &key;
         match m.first {
             First::Request { method, uri } => {
                 let initial = uri::tag(m.to).is_none();
@@ -229,6 +279,7 @@ impl CdrTracker {
                         self.calls.insert(
                             call_id.into(),
                             Call {
+                                call_id: lossy(wire),
                                 from_tag: uri::tag(m.from).map(lossy),
                                 to_tag: None,
                                 caller: lossy(uri::name_addr_uri(m.from)),
@@ -277,10 +328,10 @@ impl CdrTracker {
                         .calls
                         .get(call_id)
                         .is_some_and(|c| c.bye.is_some() && (200..300).contains(&code));
-                    if closes && let Some((id, c)) = self.calls.remove_entry(call_id) {
+                    if closes && let Some(c) = self.calls.remove(call_id) {
                         let by = c.bye.map(|b| b.1);
                         return Effects {
-                            cdr: Some(self.close(&id, c, s.at, by)),
+                            cdr: Some(self.close(c, s.at, by)),
                             setup: None,
                         };
                     }
@@ -309,8 +360,8 @@ impl CdrTracker {
                     c.answer = Some(s.at);
                     return fx;
                 }
-                if let Some((id, c)) = self.calls.remove_entry(call_id) {
-                    fx.cdr = Some(self.close(&id, c, s.at, None));
+                if let Some(c) = self.calls.remove(call_id) {
+                    fx.cdr = Some(self.close(c, s.at, None));
                 }
                 fx
             }
@@ -342,13 +393,13 @@ impl CdrTracker {
                     None => None,
                 };
                 let end = c.bye.map_or(now, |b| b.0);
-                out.push(self.close(&id, c, end, by));
+                out.push(self.close(c, end, by));
             }
         }
         out
     }
 
-    fn close(&self, call_id: &[u8], c: Call, end: SystemTime, by: Option<&'static str>) -> Cdr {
+    fn close(&self, c: Call, end: SystemTime, by: Option<&'static str>) -> Cdr {
         let answered = c.answer.is_some();
         let disposition = if answered {
             if by == Some("timeout") {
@@ -370,7 +421,7 @@ impl CdrTracker {
             kind: "cdr",
             record_type: if answered { "call" } else { "attempt" },
             method: "INVITE",
-            call_id: lossy(call_id),
+            call_id: c.call_id,
             from_tag: c.from_tag,
             to_tag: c.to_tag,
             caller: c.caller,

@@ -243,3 +243,34 @@ fn register_outcomes_and_bindings() {
     feed(Direction::Out, &reg_response(200, 3, 0));
     assert!(r.bindings(t0()).is_empty());
 }
+
+#[test]
+fn across_topology_hidings_border_the_backends_call_id_is_the_same_call() {
+    let mut f = Feed::new();
+    f.t = std::mem::replace(&mut f.t, Feed::new().t).with_border(Some(Border {
+        prefix: b"CF-".to_vec(),
+        inside: vec![crate::cidr::Cidr::parse("127.0.0.0/8").expect("cidr")],
+    }));
+    let inside = |s: String| s.replace("Call-ID: call-1", "Call-ID: CF-call-1");
+    f.msg(Direction::In, CALLER, &invite(""));
+    f.msg(Direction::Out, B2, &inside(invite("")));
+    f.msg(Direction::In, B2, &inside(response(200, "OK", "INVITE")));
+    f.at(1000)
+        .msg(Direction::Out, CALLER, &response(200, "OK", "INVITE"));
+    assert_eq!(f.t.dialogs(f.now)[0].call_id, "call-1");
+    // The backend hangs up: its BYE (inside view) and the caller's 200 are the same call.
+    let bye = inside(bye()).replace(
+        "192.0.2.10:5090;branch=z9hG4bK2",
+        "127.0.0.1:5072;branch=z9hG4bK9",
+    );
+    f.at(5000).msg(Direction::In, B2, &bye);
+    let cdr = f
+        .at(5010)
+        .msg(Direction::In, CALLER, &response(200, "OK", "BYE"))
+        .cdr
+        .expect("record at the 200 to the BYE");
+    assert_eq!(cdr.call_id, "call-1", "the Call-ID the caller used");
+    assert_eq!(cdr.backend.as_deref(), Some("sip:127.0.0.1:5072"));
+    assert_eq!(cdr.ended_by, Some("callee"));
+    assert_eq!(cdr.duration_secs, 4.01);
+}

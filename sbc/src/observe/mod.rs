@@ -219,13 +219,16 @@ pub fn start(cfg: &SbcConfig, registry: &Registry, ctx: Context) -> Result<Start
     // metrics and `sbc ctl dialogs/registrations` work.
     let tenant_headers = cfg.throttles.iter().map(|t| t.header.clone()).collect();
     let trackers = Arc::new(Mutex::new(Trackers {
-        cdr: Some(CdrTracker::new(
-            max_calls,
-            max_call,
-            tenant_headers,
-            node.clone(),
-            ctx.destination_of,
-        )),
+        cdr: Some(
+            CdrTracker::new(
+                max_calls,
+                max_call,
+                tenant_headers,
+                node.clone(),
+                ctx.destination_of,
+            )
+            .with_border(cdr::Border::of(cfg)),
+        ),
         reg: Some(RegistrationTracker::new(max_calls, node.clone())),
     }));
     let (tx, rx) = mpsc::channel(o.queue_size);

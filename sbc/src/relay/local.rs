@@ -177,6 +177,15 @@ impl Local {
             .any(|(h, p)| *p == port && h.as_bytes().eq_ignore_ascii_case(host))
     }
 
+    /// Whether `host:port` is the sbc's outside address (what it writes towards outside
+    /// peers), not its inside or pod address.
+    pub fn is_outside_us(&self, host: &[u8], port: Option<u16>) -> bool {
+        let port = port.unwrap_or(5060);
+        self.sent_by
+            .iter()
+            .any(|(_, h, p)| *p == port && h.as_bytes().eq_ignore_ascii_case(host))
+    }
+
     /// Whether the address `ip:port` is this sbc.
     pub fn is_addr_us(&self, addr: SocketAddr) -> bool {
         self.aliases.iter().any(|(h, port)| {

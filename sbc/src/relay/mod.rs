@@ -27,7 +27,10 @@ use crate::pipeline::{Admission, Pipeline, Verdict};
 use crate::routing::rules::Rules;
 use crate::sip::build;
 use crate::sip::{Message, Method, ParseError};
-use crate::telemetry::{Direction, DropReason, Metrics, ParseErrorKind, ResponseOrigin};
+use crate::telemetry::{
+    Direction, DropReason, InternalError, Metrics, ParseErrorKind, ResponseOrigin,
+};
+use crate::topology::{self, Topology};
 use crate::transport::{Inbound, Peer, Transports};
 pub use core::{Action, Core, Env, Incoming};
 pub use local::Local;
@@ -48,6 +51,12 @@ pub struct Relay {
     pipeline: ArcSwap<Pipeline>,
     /// The media stage, when a `media` section is configured: every message sent passes it.
     media: ArcSwapOption<MediaStage>,
+    /// Topology hiding (`relay.topology`), when it does something: run on every message
+    /// from an outside peer before the core, and on every one to an outside peer last.
+    topology: ArcSwapOption<Topology>,
+    /// The key hidden values are signed with when `relay.topology` has no `keyFile`: one
+    /// per process, kept across reloads so dialogs set up before one still verify.
+    own_key: Vec<u8>,
     /// Probes of the sbc's own waiting for their outcome, by id.
     probes: Mutex<HashMap<u64, oneshot::Sender<PingOutcome>>>,
     next_probe: AtomicU64,
@@ -61,6 +70,8 @@ impl Relay {
         metrics: Arc<Metrics>,
     ) -> Arc<Relay> {
         let rules = compile_rules(&config).unwrap_or_default();
+        let own_key = topology::random_key();
+        let top = Topology::from_config(&config, &own_key).map(Arc::new);
         let r = Arc::new(Relay {
             config: ArcSwap::from_pointee(config),
             rules: ArcSwap::from_pointee(rules),
@@ -78,6 +89,8 @@ impl Relay {
             metrics,
             pipeline: ArcSwap::from_pointee(Pipeline::default()),
             media: ArcSwapOption::empty(),
+            topology: ArcSwapOption::new(top),
+            own_key,
             probes: Mutex::new(HashMap::new()),
             next_probe: AtomicU64::new(0),
         });
@@ -131,6 +144,8 @@ impl Relay {
         if let Some(rules) = compile_rules(&config) {
             self.rules.store(Arc::new(rules));
         }
+        self.topology
+            .store(Topology::from_config(&config, &self.own_key).map(Arc::new));
         self.config.store(Arc::new(config));
     }
 
@@ -234,7 +249,7 @@ impl Relay {
                         );
                         continue;
                     }
-                    self.send_now(
+                    self.send_out(
                         t,
                         inb,
                         Outgoing {
@@ -267,6 +282,36 @@ impl Relay {
         }
     }
 
+    /// Sends a message the core (or the media stage) wrote: towards an outside peer, with
+    /// the inside hidden.
+    fn send_out(&self, t: &Transports, inb: &Arc<dyn Inbound>, mut s: Outgoing) {
+        if let Some(top) = self.topology.load().as_deref()
+            && let Some(data) = self.hide(top, &s)
+        {
+            s.data = data;
+        }
+        self.send_now(t, inb, s)
+    }
+
+    /// The outside view of an outgoing message; None: unchanged (an inside peer, or
+    /// nothing to hide).
+    fn hide(&self, top: &Topology, s: &Outgoing) -> Option<Bytes> {
+        let local = self.local.load();
+        if local.is_inside(s.to.addr.ip()) {
+            return None;
+        }
+        // The core wrote it; a message it cannot read back is sent as it is (and counted).
+        match Message::parse(s.data.clone(), usize::MAX) {
+            Ok(msg) => top.outbound(&msg, &s.to, &local).map(Bytes::from),
+            Err(e) => {
+                self.metrics.internal_error(InternalError::Topology);
+                tracing::warn!(error = %e, "topology: an outgoing message does not parse; sent as is");
+                None
+            }
+        }
+    }
+
+    /// Sends `s` as it is.
     fn send_now(&self, t: &Transports, inb: &Arc<dyn Inbound>, s: Outgoing) {
         self.metrics
             .transport_message(s.to.transport, Direction::Out, s.data.len());
@@ -285,7 +330,7 @@ impl Relay {
         };
         if job.is_delete() {
             if let (Some(t), Some(inb)) = (self.transports.get(), self.inbound()) {
-                self.send_now(t, &inb, s);
+                self.send_out(t, &inb, s);
             }
             tokio::spawn(async move { m.delete(&job).await });
             return;
@@ -295,7 +340,7 @@ impl Relay {
                 return;
             };
             match m.run(job).await {
-                Outcome::Send(data) => me.send_now(t, &inb, Outgoing { data, ..s }),
+                Outcome::Send(data) => me.send_out(t, &inb, Outgoing { data, ..s }),
                 Outcome::Refuse {
                     status,
                     reason,
@@ -392,13 +437,49 @@ impl Relay {
         if data.starts_with(b"SIP/") || data.starts_with(b"ACK ") {
             return;
         }
-        let mut out = vec![Action::Send {
+        // Answered as it came: it never reached the inside view, so topology has nothing to
+        // map back.
+        self.reply_raw(data, code, reason, peer);
+    }
+
+    /// Answers the request in `data` with `code` as it is, past the stages and topology.
+    fn reply_raw(&self, data: &[u8], code: u16, reason: &str, peer: Peer) {
+        let (Some(t), Some(inb)) = (self.transports.get(), self.inbound()) else {
+            return;
+        };
+        let s = Outgoing {
             to: peer,
             data: Bytes::from(build::raw_response(data, code, reason)),
             token: None,
             resp: (ResponseOrigin::Local, code),
-        }];
-        self.apply(&mut out);
+        };
+        self.send_now(t, &inb, s);
+    }
+
+    /// The inside view of a message from `peer` (see [`Topology::inbound`]); None: refused
+    /// (answered with 403, or dropped if a response or an ACK).
+    fn reveal(&self, top: &Topology, msg: Message, data: &Bytes, peer: &Peer) -> Option<Message> {
+        let local = self.local.load();
+        match top.inbound(&msg, peer, &local) {
+            Ok(None) => Some(msg),
+            Ok(Some(inside)) => match Message::parse(Bytes::from(inside), usize::MAX) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    self.metrics.internal_error(InternalError::Topology);
+                    tracing::warn!(from = %peer.addr, error = %e, "topology: the inside view does not parse; dropped");
+                    None
+                }
+            },
+            Err(refused) => {
+                tracing::debug!(from = %peer.addr, error = %refused, "topology: hidden value refused");
+                if msg.is_request() && msg.method() != Some(Method::Ack) {
+                    self.reply_raw(data, refused.code(), refused.reason(), *peer);
+                } else {
+                    self.metrics.dropped(DropReason::Topology);
+                }
+                None
+            }
+        }
     }
 
     /// Sends an OPTIONS probe from the sbc itself and waits for the reply.
@@ -428,7 +509,17 @@ impl Inbound for Relay {
         self.metrics
             .transport_message(peer.transport, Direction::In, data.len());
         let max = self.config.load().limits.max_message_bytes;
-        match Message::parse(data.clone(), max) {
+        let msg = match Message::parse(data.clone(), max) {
+            Ok(msg) => match self.topology.load().as_deref() {
+                Some(top) => match self.reveal(top, msg, &data, &peer) {
+                    Some(m) => Ok(m),
+                    None => return,
+                },
+                None => Ok(msg),
+            },
+            Err(e) => Err(e),
+        };
+        match msg {
             Ok(msg) if msg.is_request() => {
                 self.metrics
                     .request_received(msg.method().unwrap_or(Method::Other));

@@ -59,16 +59,21 @@ impl ParseErrorKind {
 pub enum InternalError {
     /// A request we relayed could not be read back to write its CANCEL or ACK.
     OwnRequestUnreadable,
+    /// Topology hiding could not read a message back (one the core wrote, or its own
+    /// inside view of one from outside).
+    Topology,
 }
 
 impl InternalError {
     /// Every error, in label order.
-    pub const ALL: [InternalError; 1] = [InternalError::OwnRequestUnreadable];
+    pub const ALL: [InternalError; 2] =
+        [InternalError::OwnRequestUnreadable, InternalError::Topology];
 
     /// The value of the `error` label.
     pub fn label(self) -> &'static str {
         match self {
             InternalError::OwnRequestUnreadable => "own_request_unreadable",
+            InternalError::Topology => "topology",
         }
     }
 }
@@ -98,11 +103,13 @@ pub enum DropReason {
     WsNoConnection,
     /// A WebSocket connection's send queue was full.
     WsQueueFull,
+    /// A response or an ACK from outside whose topology-hiding parameter does not verify.
+    Topology,
 }
 
 impl DropReason {
     /// Every reason, in label order.
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::Unparsable,
         DropReason::Stray,
         DropReason::TooLarge,
@@ -114,6 +121,7 @@ impl DropReason {
         DropReason::TlsHandshake,
         DropReason::WsNoConnection,
         DropReason::WsQueueFull,
+        DropReason::Topology,
     ];
 
     /// The value of the `reason` label.
@@ -130,6 +138,7 @@ impl DropReason {
             DropReason::TlsHandshake => "tls_handshake",
             DropReason::WsNoConnection => "ws_no_connection",
             DropReason::WsQueueFull => "ws_queue_full",
+            DropReason::Topology => "topology",
         }
     }
 }

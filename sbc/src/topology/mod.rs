@@ -10,8 +10,10 @@
 //! - **Contact**: replaced by the sbc's own outside address, the real URI carried in the
 //!   URI's `kth` parameter; a request from outside whose Request-URI is such a Contact gets
 //!   the real URI back.
-//! - **Record-Route**: entries that are not the sbc's are dropped (the outside's in-dialog
-//!   requests come to the sbc, which sends them to the real Contact).
+//! - **Record-Route**: the sbc's outside entry carries, in its `kth`, the entries on its
+//!   inside (the sbc's inside entry and whatever the inside recorded), so the outside sees one
+//!   hop; a Route (request) or Record-Route (response) from outside naming that entry gets
+//!   them back, in the order its side needs.
 //! - **Call-ID**: a call from outside carries `prefix + Call-ID` inside; a call started inside
 //!   is seen outside as [`INSIDE_MARK`] followed by its Call-ID in hex. Both map back.
 //!
@@ -24,6 +26,7 @@ use kubesbc_crds::config::{SbcConfig, TopologyConfig, Transport};
 use sha2::Sha256;
 
 use crate::relay::Local;
+use crate::sip::parse::Span;
 use crate::sip::uri::{self, Uri, Via};
 use crate::sip::{HeaderName, Message, Method, StartLine};
 use crate::transport::Peer;
@@ -38,6 +41,7 @@ const MAC_LEN: usize = 8;
 /// The kind byte signed with a value: a Via token cannot stand in for a Contact.
 const KIND_VIA: u8 = b'v';
 const KIND_CONTACT: u8 = b'c';
+const KIND_ROUTE: u8 = b'r';
 
 /// Why a message from outside is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -77,28 +81,34 @@ impl std::fmt::Debug for Topology {
     }
 }
 
-/// Maps a Call-ID seen on the wire back to the caller's original: strips `prefix` (a call
-/// from outside, as a backend sees it). For the CDR tracker, which keys calls by the Call-ID
-/// of the caller's INVITE.
-pub fn original_call_id<'a>(prefix: &[u8], wire: &'a [u8]) -> &'a [u8] {
+/// The inside view of a Call-ID that an outside peer sent (or was sent): a call started
+/// inside comes back from its [`INSIDE_MARK`] form, any other gets `prefix`. The relay maps
+/// every message from outside with this, and the CDR tracker keys calls by it, so both sides
+/// of one call are one call.
+pub fn inside_call_id<'a>(prefix: &[u8], outside: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
+    use std::borrow::Cow;
     if prefix.is_empty() {
-        return wire;
+        return Cow::Borrowed(outside);
     }
-    wire.strip_prefix(prefix).unwrap_or(wire)
+    match outside.strip_prefix(INSIDE_MARK).and_then(unhex) {
+        Some(orig) => Cow::Owned(orig),
+        None => Cow::Owned([prefix, outside].concat()),
+    }
 }
 
+/// Which side of the sbc's outside Record-Route entry the hidden entries were on.
+const SIDE_AFTER: u8 = b'a';
+const SIDE_BEFORE: u8 = b'b';
+
 impl Topology {
-    /// The stage for `cfg.relay.topology`; None when it is absent or does nothing.
-    pub fn from_config(cfg: &SbcConfig) -> Option<Topology> {
+    /// The stage for `cfg.relay.topology`; None when it is absent or does nothing. Without a
+    /// `keyFile` the values are signed with `own_key` (the process's own, kept across
+    /// reloads so dialogs set up before a reload still verify).
+    pub fn from_config(cfg: &SbcConfig, own_key: &[u8]) -> Option<Topology> {
         let t = cfg.relay.topology.as_ref()?;
         cfg.relay.inside.as_ref()?;
         let keys = if t.keys.is_empty() {
-            if t.hide {
-                tracing::warn!(
-                    "relay.topology.keyFile not set: hidden values verify on this replica only"
-                );
-            }
-            vec![random_key()]
+            vec![own_key.to_vec()]
         } else {
             t.keys.iter().map(|k| k.as_bytes().to_vec()).collect()
         };
@@ -121,7 +131,8 @@ impl Topology {
     }
 
     /// A message arrived from `from`: from an outside peer it gets the inside view (Call-ID
-    /// prefixed, hidden Request-URI or Vias restored). None: nothing to change.
+    /// prefixed; hidden Request-URI, Route, Record-Route and Vias restored). None: nothing
+    /// to change. A hidden value that does not verify refuses the message.
     pub fn inbound(
         &self,
         msg: &Message,
@@ -131,6 +142,7 @@ impl Topology {
         if local.is_inside(from.addr.ip()) {
             return Ok(None);
         }
+        let request = msg.is_request();
         let mut start = None;
         if self.hide
             && let StartLine::Request { .. } = msg.start
@@ -154,19 +166,13 @@ impl Topology {
         for h in &msg.headers {
             match h.name {
                 HeaderName::CallId if !self.prefix.is_empty() => {
-                    let id = msg.slice(h.value);
-                    let inside = match id.strip_prefix(INSIDE_MARK).and_then(unhex) {
-                        Some(orig) => orig,
-                        None => [self.prefix.as_slice(), id].concat(),
-                    };
-                    out.replace(h, &[inside]);
+                    let id = inside_call_id(&self.prefix, msg.slice(h.value));
+                    out.replace(h, &[id]);
                 }
-                HeaderName::Via if self.hide && !msg.is_request() && !top_done => {
+                HeaderName::Via if self.hide && !request && !top_done => {
                     top_done = true;
                     let mut vals: Vec<Vec<u8>> = Vec::new();
-                    for (i, span) in
-                        crate::sip::parse::split_values(msg.bytes(), h.value).enumerate()
-                    {
+                    for (i, span) in values(msg, h).enumerate() {
                         let v = msg.slice(span);
                         if i == 0
                             && let Some(p) = Via::parse(v)
@@ -181,10 +187,59 @@ impl Topology {
                     }
                     out.replace(h, &vals);
                 }
+                // A Route of an in-dialog request, or the Record-Route of a response to a
+                // request the sbc sent out: the entries hidden in the sbc's own come back.
+                HeaderName::Route | HeaderName::RecordRoute
+                    if self.hide && (request == (h.name == HeaderName::Route)) =>
+                {
+                    let mut vals: Vec<Vec<u8>> = Vec::new();
+                    for span in values(msg, h) {
+                        let v = msg.slice(span);
+                        match self.route_token(v, local) {
+                            Some(tok) => {
+                                let packed = self.open(KIND_ROUTE, tok)?;
+                                let (side, hidden) =
+                                    packed.split_first().ok_or(Refused::BadToken)?;
+                                let mut hidden: Vec<Vec<u8>> =
+                                    split_list(hidden).map(<[u8]>::to_vec).collect();
+                                let own = without_uri_param(v, PARAM);
+                                match (*side, request) {
+                                    // A Route is the Record-Route reversed by a caller
+                                    // that got it in a response (entries that were before).
+                                    (SIDE_BEFORE, true) => {
+                                        hidden.reverse();
+                                        vals.push(own);
+                                        vals.extend(hidden);
+                                    }
+                                    (SIDE_AFTER, _) => {
+                                        vals.push(own);
+                                        vals.extend(hidden);
+                                    }
+                                    (SIDE_BEFORE, false) => {
+                                        vals.extend(hidden);
+                                        vals.push(own);
+                                    }
+                                    _ => return Err(Refused::BadToken),
+                                }
+                            }
+                            None => vals.push(v.to_vec()),
+                        }
+                    }
+                    out.replace(h, &vals);
+                }
                 _ => out.keep(h),
             }
         }
         Ok(out.finish())
+    }
+
+    /// The `kth` of a Route or Record-Route value that is the sbc's.
+    fn route_token<'v>(&self, v: &'v [u8], local: &Local) -> Option<&'v [u8]> {
+        let u = Uri::parse(uri::name_addr_uri(v))?;
+        if !local.is_us(u.host, u.port) {
+            return None;
+        }
+        Some(u.param(PARAM)?.unwrap_or(b""))
     }
 
     /// A message leaves for `to`: towards an outside peer, the inside is hidden and the
@@ -198,9 +253,28 @@ impl Topology {
             || msg
                 .cseq()
                 .is_some_and(|(_, m)| m.eq_ignore_ascii_case(b"REGISTER"));
+        // Via and Record-Route are rewritten as lists (across their header lines), written
+        // where their first line was.
+        let (vias, rrs) = if self.hide {
+            let vias: Vec<Vec<u8>> = if request {
+                self.pack_vias(
+                    &msg.values(HeaderName::Via)
+                        .map(|s| msg.slice(s))
+                        .collect::<Vec<_>>(),
+                )
+            } else {
+                Vec::new()
+            };
+            let rr: Vec<&[u8]> = msg
+                .values(HeaderName::RecordRoute)
+                .map(|s| msg.slice(s))
+                .collect();
+            (vias, self.pack_record_route(&rr, local))
+        } else {
+            (Vec::new(), None)
+        };
         let mut out = Rebuild::new(msg, None);
-        let mut vias: Vec<&[u8]> = Vec::new();
-        let mut via_header = None;
+        let (mut via_done, mut rr_done) = (false, false);
         for h in &msg.headers {
             match h.name {
                 HeaderName::CallId if !self.prefix.is_empty() => {
@@ -212,30 +286,23 @@ impl Topology {
                     out.replace(h, &[outside]);
                 }
                 HeaderName::Via if self.hide && request => {
-                    // Gathered, then written where the first Via line was.
-                    vias.extend(
-                        crate::sip::parse::split_values(msg.bytes(), h.value).map(|s| msg.slice(s)),
-                    );
-                    if via_header.is_none() {
-                        via_header = Some(h);
-                        out.placeholder(h);
-                    } else {
+                    if via_done {
                         out.drop(h);
+                    } else {
+                        via_done = true;
+                        out.replace(h, &vias);
                     }
                 }
-                HeaderName::RecordRoute if self.hide => {
-                    let ours: Vec<Vec<u8>> = crate::sip::parse::split_values(msg.bytes(), h.value)
-                        .map(|s| msg.slice(s))
-                        .filter(|v| {
-                            Uri::parse(uri::name_addr_uri(v))
-                                .is_some_and(|u| local.is_us(u.host, u.port))
-                        })
-                        .map(<[u8]>::to_vec)
-                        .collect();
-                    out.replace(h, &ours);
+                HeaderName::RecordRoute if rrs.is_some() => {
+                    if rr_done {
+                        out.drop(h);
+                    } else if let Some(vals) = &rrs {
+                        rr_done = true;
+                        out.replace(h, vals);
+                    }
                 }
                 HeaderName::Contact if self.hide && !register => {
-                    let vals: Vec<Vec<u8>> = crate::sip::parse::split_values(msg.bytes(), h.value)
+                    let vals: Vec<Vec<u8>> = values(msg, h)
                         .map(|s| self.hide_contact(msg.slice(s), to.transport, local))
                         .collect();
                     out.replace(h, &vals);
@@ -243,21 +310,67 @@ impl Topology {
                 _ => out.keep(h),
             }
         }
-        if let Some(h) = via_header {
-            let mut vals = Vec::with_capacity(1);
-            if let Some((top, rest)) = vias.split_first() {
-                let mut v = top.to_vec();
-                if !rest.is_empty() {
-                    v.extend_from_slice(b";");
-                    v.extend_from_slice(PARAM.as_bytes());
-                    v.push(b'=');
-                    v.extend_from_slice(&self.seal(KIND_VIA, &rest.join(&b", "[..])));
-                }
-                vals.push(v);
-            }
-            out.fill(h, &vals);
-        }
         out.finish()
+    }
+
+    /// The Vias of a request going out: the sbc's own (the top one) carrying the rest.
+    fn pack_vias(&self, vias: &[&[u8]]) -> Vec<Vec<u8>> {
+        let Some((top, rest)) = vias.split_first() else {
+            return Vec::new();
+        };
+        let mut v = top.to_vec();
+        if !rest.is_empty() {
+            v.extend_from_slice(b";");
+            v.extend_from_slice(PARAM.as_bytes());
+            v.push(b'=');
+            v.extend_from_slice(&self.seal(KIND_VIA, &rest.join(&b", "[..])));
+        }
+        vec![v]
+    }
+
+    /// The Record-Route an outside peer sees: the sbc's outside entry carries the entries on
+    /// its inside (the sbc's inside entry and whatever the inside added), so the outside
+    /// sees one hop and the inside gets its route set back intact. None: nothing to change.
+    fn pack_record_route(&self, rr: &[&[u8]], local: &Local) -> Option<Vec<Vec<u8>>> {
+        let ours = |v: &[u8]| {
+            Uri::parse(uri::name_addr_uri(v)).map(|u| {
+                (
+                    local.is_us(u.host, u.port),
+                    local.is_outside_us(u.host, u.port),
+                )
+            })
+        };
+        let marks: Vec<(bool, bool)> = rr
+            .iter()
+            .map(|v| ours(v).unwrap_or((false, false)))
+            .collect();
+        let k = marks.iter().position(|(_, outside)| *outside)?;
+        let (side, hidden, kept): (u8, &[&[u8]], Vec<&[u8]>) =
+            if marks.get(k + 1).is_some_and(|(us, _)| *us) {
+                (SIDE_AFTER, &rr[k + 1..], rr[..=k].to_vec())
+            } else if k > 0 && marks[k - 1].0 {
+                (SIDE_BEFORE, &rr[..k], rr[k..].to_vec())
+            } else {
+                // One entry of ours: nothing of the inside is in this list.
+                return None;
+            };
+        let mut data = Vec::with_capacity(1 + hidden.iter().map(|v| v.len() + 2).sum::<usize>());
+        data.push(side);
+        data.extend_from_slice(&hidden.join(&b", "[..]));
+        let token = self.seal(KIND_ROUTE, &data);
+        let at = if side == SIDE_AFTER { k } else { 0 };
+        Some(
+            kept.iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    if i == at {
+                        with_uri_param(v, PARAM, &token)
+                    } else {
+                        v.to_vec()
+                    }
+                })
+                .collect(),
+        )
     }
 
     /// The sbc's own outside Contact standing for `value` (a Contact header value).
@@ -330,10 +443,72 @@ impl Topology {
     }
 }
 
-fn random_key() -> Vec<u8> {
-    (0..4)
-        .flat_map(|_| fastrand::u64(..).to_le_bytes())
-        .collect()
+/// A fresh 32-byte key from the operating system's generator (ring's, as rustls uses it).
+/// Should that fail, a fastrand key, logged: the values still verify on this replica, they
+/// are only easier to forge.
+pub fn random_key() -> Vec<u8> {
+    let mut key = vec![0u8; 32];
+    let provider = rustls::crypto::ring::default_provider();
+    if provider.secure_random.fill(&mut key).is_err() {
+        tracing::warn!("relay.topology: the system random generator failed; using fastrand");
+        key.iter_mut().for_each(|b| *b = fastrand::u8(..));
+    }
+    key
+}
+
+/// The values of header `h`, split at top-level commas.
+fn values<'m>(msg: &'m Message, h: &crate::sip::Header) -> impl Iterator<Item = Span> + 'm {
+    crate::sip::parse::split_values(msg.bytes(), h.value)
+}
+
+/// The values of a `, `-joined list that [`Topology::seal`] carried.
+fn split_list(list: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let span = Span {
+        start: 0,
+        end: u32::try_from(list.len()).unwrap_or(u32::MAX),
+    };
+    crate::sip::parse::split_values(list, span).map(move |s| &list[s.range()])
+}
+
+/// A name-addr (or addr-spec) with `;name=value` added as the last URI parameter.
+fn with_uri_param(v: &[u8], name: &str, value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(v.len() + name.len() + value.len() + 2);
+    let param = |out: &mut Vec<u8>| {
+        out.push(b';');
+        out.extend_from_slice(name.as_bytes());
+        out.push(b'=');
+        out.extend_from_slice(value);
+    };
+    match (memchr::memchr(b'<', v), memchr::memchr(b'>', v)) {
+        (Some(lt), Some(gt)) if lt < gt => {
+            out.extend_from_slice(&v[..gt]);
+            param(&mut out);
+            out.extend_from_slice(&v[gt..]);
+        }
+        _ => {
+            // An addr-spec: its own parameters are the URI's.
+            out.extend_from_slice(v);
+            param(&mut out);
+        }
+    }
+    out
+}
+
+/// A name-addr without its URI parameter `name` (as [`with_uri_param`] wrote it).
+fn without_uri_param(v: &[u8], name: &str) -> Vec<u8> {
+    let mut needle = Vec::with_capacity(name.len() + 2);
+    needle.push(b';');
+    needle.extend_from_slice(name.as_bytes());
+    needle.push(b'=');
+    let Some(at) = memchr::memmem::find(v, &needle) else {
+        return v.to_vec();
+    };
+    let rest = &v[at + needle.len()..];
+    let end = rest
+        .iter()
+        .position(|c| matches!(c, b';' | b'>' | b',' | b'?'))
+        .map_or(v.len(), |i| at + needle.len() + i);
+    [&v[..at], &v[end..]].concat()
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -383,8 +558,6 @@ struct Rebuild<'a> {
     msg: &'a Message,
     out: Vec<u8>,
     changed: bool,
-    /// Where the placeholder of a header to be filled later is, and its name.
-    hole: Option<(usize, &'a crate::sip::Header)>,
 }
 
 impl<'a> Rebuild<'a> {
@@ -395,12 +568,7 @@ impl<'a> Rebuild<'a> {
             Some(line) => out.extend_from_slice(&line),
             None => out.extend_from_slice(msg.slice(msg.start_line)),
         }
-        Rebuild {
-            msg,
-            out,
-            changed,
-            hole: None,
-        }
+        Rebuild { msg, out, changed }
     }
 
     fn keep(&mut self, h: &crate::sip::Header) {
@@ -432,27 +600,6 @@ impl<'a> Rebuild<'a> {
         self.out.extend_from_slice(b"\r\n");
     }
 
-    fn placeholder(&mut self, h: &'a crate::sip::Header) {
-        self.hole = Some((self.out.len(), h));
-    }
-
-    /// Writes `h` with `values` at its placeholder.
-    fn fill(&mut self, h: &crate::sip::Header, values: &[Vec<u8>]) {
-        let Some((at, _)) = self.hole.take() else {
-            return;
-        };
-        let tail = self.out.split_off(at);
-        let before = self.out.len();
-        self.replace(h, values);
-        // A lone Via value equal to the original line is no change; anything else is.
-        if self.out.len() - before != self.msg.slice(h.line).len()
-            || self.out[before..] != *self.msg.slice(h.line)
-        {
-            self.changed = true;
-        }
-        self.out.extend_from_slice(&tail);
-    }
-
     fn finish(mut self) -> Option<Vec<u8>> {
         if !self.changed {
             return None;
@@ -462,3 +609,6 @@ impl<'a> Rebuild<'a> {
         Some(self.out)
     }
 }
+
+#[cfg(test)]
+mod tests;
