@@ -16,7 +16,7 @@
 #   SKIP_INSTALL=1           do not run install-deps.sh (ignored under CI=true)
 #   CARGO_TEST_ARGS          extra arguments for the test runner (e.g. a test name filter)
 set -uo pipefail
-cd "$(dirname "$(readlink -f "$0")")/.."
+cd "$(dirname "$(readlink -f "$0")")/.." || exit 1
 export CI="${CI:-false}"
 ci() { [[ "$CI" == "true" || "$CI" == "1" ]]; }
 
