@@ -5,6 +5,7 @@
 # Reads `--name VALUE` pairs into the shell variables of the same name (dashes become
 # underscores), for the names listed in BENCH_OPTIONS only; `--` ends the options and leaves
 # what follows in the array BENCH_REST. Anything else exits 2.
+# shellcheck disable=SC2034  # BENCH_REST is for the scripts that source this file
 bench_parse_options() {
   BENCH_REST=()
   while [[ $# -gt 0 ]]; do
@@ -51,6 +52,7 @@ bench_check_free() {
 # of LOGFILE (and removes PIDFILE) if the process dies on the way.
 bench_started() {
   local pid=$! name="$1" port="$2" logfile="$3" pidfile="$4" tries="$5"
+  # shellcheck disable=SC2034  # BENCH_PID is for the scripts that source this file
   BENCH_PID=$pid
   echo "$pid" > "$pidfile"
   for _ in $(seq 1 "$tries"); do
@@ -71,7 +73,7 @@ bench_stop() {
   if kill -0 "$pid" 2>/dev/null; then
     kill -TERM "$pid" || true
     for _ in $(seq 1 "$tries"); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" || true
+    if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" || true; fi
   fi
   rm -f "$pidfile"
   echo "stopped $name pid $pid"

@@ -54,6 +54,7 @@ fi
 WORK="$(mktemp -d /tmp/kubesbc-demo.XXXXXX)"
 pids=()
 kamailio_started=""
+# shellcheck disable=SC2317  # run by the EXIT trap, which shellcheck does not follow
 cleanup() {
   trap - INT TERM EXIT
   echo

@@ -3,9 +3,9 @@
 #
 #   ./scripts/test.sh
 #
-# Steps: system packages (scripts/install-deps.sh), cargo fmt --check, cargo clippy -D warnings,
-# build every binary (the e2e tests start target/debug/sbc), the whole test suite (cargo
-# nextest if installed, else cargo test), then scripts/chart-check.sh when it exists.
+# Steps: system packages (scripts/install-deps.sh), shellcheck, cargo fmt --check, cargo clippy
+# -D warnings, build every binary (the e2e tests start target/debug/sbc), the whole test suite
+# (cargo nextest if installed, else cargo test), then scripts/chart-check.sh when it exists.
 # Every step runs even if an earlier one failed; a summary comes at the end; the exit code is
 # non-zero if any step failed.
 #
@@ -16,7 +16,7 @@
 #   SKIP_INSTALL=1           do not run install-deps.sh (ignored under CI=true)
 #   CARGO_TEST_ARGS          extra arguments for the test runner (e.g. a test name filter)
 set -uo pipefail
-cd "$(dirname "$(readlink -f "$0")")/.."
+cd "$(dirname "$(readlink -f "$0")")/.." || exit 1
 export CI="${CI:-false}"
 ci() { [[ "$CI" == "true" || "$CI" == "1" ]]; }
 
@@ -34,6 +34,8 @@ step() {
   return 0
 }
 note() { names+=("$1"); results+=("$2"); times+=("-"); }
+# A step for a tool that is missing under CI=true: it fails, with MESSAGE.
+missing() { echo "test.sh: $*" >&2; return 1; }
 
 # Disk left, at the start and in the summary: a full disk once failed a CI run mid-way.
 df -h . 2>/dev/null | tail -1 | awk '{print "disk: " $4 " free of " $2}'
@@ -54,6 +56,24 @@ for comp in rustfmt clippy; do
     rustup component add "$comp" || true
   fi
 done
+
+# Every shell script git tracks (scripts/, .ci/run, bench/, and any under docker/ or tests/),
+# sourced files followed. Deliberate exclusions are inline `# shellcheck disable=...` lines with
+# a reason; there is no .shellcheckrc.
+shellcheck_all() {
+  local -a files=()
+  mapfile -d '' files < <(git ls-files -z '*.sh' .ci/run)
+  [[ ${#files[@]} -gt 0 ]] || { echo "shellcheck: no shell scripts found (git ls-files)" >&2; return 1; }
+  echo "shellcheck: ${#files[@]} files"
+  shellcheck -x "${files[@]}"
+}
+if command -v shellcheck >/dev/null && command -v git >/dev/null; then
+  step "shellcheck" shellcheck_all
+elif ci; then
+  step "shellcheck" missing "shellcheck (or git) is not installed (scripts/install-deps.sh)"
+else
+  note "shellcheck" "skipped (shellcheck not installed; a failure under CI=true)"
+fi
 
 step "cargo fmt --check" cargo fmt --all --check
 step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
