@@ -7,7 +7,8 @@
 #   bench/callgrind-per-call.sh BIN [CONFIG]        # prints "<Ir per call> <Ir long> <Ir short>"
 #   KEEP=1 bench/callgrind-per-call.sh BIN CONFIG   # and keeps cg-*.out for callgrind_annotate
 #   bench/callgrind-per-call.sh kamailio[:CFG]       # Kamailio instead (CFG: dispatcher, the
-#                                                    # default, observe or seed; see kamailio/)
+#                                                    # default, observe, topoh or seed; see kamailio/)
+#   BACKEND_IP=127.0.0.5 bench/callgrind-per-call.sh BIN bench/topology.yaml   # topology hiding
 #
 # Kamailio forks its workers: callgrind follows them (--trace-children) and the count is the
 # sum over every process, so the two are compared instruction for instruction. With
@@ -30,7 +31,11 @@ CONFIG="${2:-}"
 RATE="${RATE:-100}"; LONG="${LONG:-30}"; SHORT="${SHORT:-10}"; PORT="${PORT:-5060}"
 command -v valgrind >/dev/null || { echo "valgrind is required" >&2; exit 2; }
 work="$(mktemp -d /tmp/kubesbc-callgrind.XXXXXX)"
-printf '1 sip:127.0.0.1:5071\n1 sip:127.0.0.1:5072\n' >"$work/list"
+# BACKEND_IP: where the sipp backends listen (another loopback address, such as 127.0.0.5,
+# lets an sbc config tell them apart from the caller: relay.inside for topology hiding).
+# Kamailio's list stays at 127.0.0.1.
+BACKEND_IP="${BACKEND_IP:-127.0.0.1}"
+printf '1 sip:%s:5071\n1 sip:%s:5072\n' "$BACKEND_IP" "$BACKEND_IP" >"$work/list"
 if [[ -z "$CONFIG" ]]; then
   printf 'listeners: [{transport: udp, address: "127.0.0.1:%s"}]\n' "$PORT" >"$work/sbc.yaml"
   CONFIG="$work/sbc.yaml"
@@ -59,7 +64,10 @@ one() { # one <seconds> -> total Ir
   kill -0 "$vpid" 2>/dev/null || { echo "the proxy exited at start: $work" >&2; exit 1; }
   # sip-cps's own pass rule (retransmissions, setup rate) is for load runs; under valgrind
   # every call completing is what counts.
+  local backends="127.0.0.1:5071,127.0.0.1:5072"
+  [[ -n "$KCFG" ]] || backends="$BACKEND_IP:5071,$BACKEND_IP:5072"
   "$HERE/sip-cps.sh" --proxy "127.0.0.1:$PORT" --rate "$RATE" --duration "$secs" --probe-rate 0 \
+      --backends "$backends" \
       --proxy-pid "$vpid" >"$work/run-$secs.json" || true
   if ! python3 -c 'import json,sys; u=json.load(open(sys.argv[1]))["uac"]; sys.exit(0 if u["created"] > 0 and u["successful"] == u["created"] else 1)' "$work/run-$secs.json"; then
     echo "calls failed at $secs s: $work/run-$secs.json" >&2

@@ -137,9 +137,9 @@ pub struct SbcClusterSpec {
     /// keys come from `topologyKeySecretRef`, not `keyFile`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relay: Option<RelayConfig>,
-    /// Secret key holding the keys that authenticate topology hiding's hidden values (one a
-    /// line, at least 16 characters; the first signs, every one verifies), mounted into
-    /// every pod so any replica restores what another hid. Required with
+    /// Secret key holding the keys that encrypt and authenticate topology hiding's hidden
+    /// values (one a line, at least 16 characters; the first seals, every one opens),
+    /// mounted into every pod so any replica restores what another hid. Required with
     /// `relay.topology.hide`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topology_key_secret_ref: Option<SecretKeyRef>,

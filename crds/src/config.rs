@@ -793,8 +793,8 @@ pub struct TopologyConfig {
     #[serde(default = "default_call_id_prefix")]
     #[schemars(length(max = 32))]
     pub call_id_prefix: String,
-    /// A file of keys, one a line (at least 16 characters each), that authenticate the
-    /// parameters carrying hidden values: the first signs, every one verifies (rotation: add
+    /// A file of keys, one a line (at least 16 characters each), that encrypt and authenticate the
+    /// parameters carrying hidden values: the first seals, every one opens (rotation: add
     /// the new key on top, drop the old one once no dialog carries it). Every replica must
     /// read the same file (a Secret). Absent: a random key per process, so only the replica
     /// that hid a value can restore it.

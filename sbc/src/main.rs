@@ -340,6 +340,7 @@ async fn run(
         &dispatcher,
         &transports,
         cfg.store.is_some().then(|| store.clone()),
+        Some(relay.call_id_map()),
     )?;
     let reloader = live_sources(&cfg, source, overrides, api, &relay, &metrics).await?;
     let r = relay.clone();

@@ -3,8 +3,8 @@
 //! tried (failover attempts); the final response sent back closes an attempt, or a 2xx makes
 //! it a call that the 200 to its BYE (or a timeout) closes.
 //!
-//! Keyed by the inside view of the Call-ID: with topology hiding's Call-ID prefix
-//! ([`Border`]), the caller's `abc` and the backend's `CF-abc` are one call, whose record
+//! Keyed by the inside view of the Call-ID: with topology hiding's Call-ID mapping
+//! ([`CallIdMap`]), the caller's `abc` and the backend's `CF-abc` are one call, whose record
 //! carries the Call-ID the caller used. Bounded: at most `max_calls` calls
 //! are followed; one more is counted in [`CdrTracker::overflow`] and gets no record.
 
@@ -135,38 +135,9 @@ pub struct Effects {
     pub setup: Option<Duration>,
 }
 
-/// The border of topology hiding (`relay.inside`, `relay.topology.callIdPrefix`): a Call-ID
-/// seen on the wire with a peer outside it is mapped to the inside view, as the relay maps it.
-#[derive(Debug, Clone, Default)]
-pub struct Border {
-    /// The Call-ID prefix towards inside peers.
-    pub prefix: Vec<u8>,
-    /// The inside networks.
-    pub inside: Vec<crate::cidr::Cidr>,
-}
-
-impl Border {
-    /// The border of `cfg`; None when the Call-ID is not rewritten.
-    pub fn of(cfg: &kubesbc_crds::config::SbcConfig) -> Option<Border> {
-        let t = cfg.relay.topology.as_ref()?;
-        let inside = cfg.relay.inside.as_ref()?;
-        (!t.call_id_prefix.is_empty()).then(|| Border {
-            prefix: t.call_id_prefix.as_bytes().to_vec(),
-            inside: inside
-                .networks
-                .iter()
-                .filter_map(|n| crate::cidr::Cidr::parse(n))
-                .collect(),
-        })
-    }
-
-    fn key<'a>(&self, wire: &'a [u8], peer: &Peer) -> std::borrow::Cow<'a, [u8]> {
-        if self.inside.iter().any(|n| n.contains(peer.addr.ip())) {
-            return std::borrow::Cow::Borrowed(wire);
-        }
-        crate::topology::inside_call_id(&self.prefix, wire)
-    }
-}
+/// Topology hiding's Call-ID mapping ([`crate::relay::Relay::call_id_map`]): the inside
+/// view of a Call-ID seen on the wire with a peer, None when it is the same.
+pub type CallIdMap = Arc<dyn Fn(&[u8], &Peer) -> Option<Vec<u8>> + Send + Sync>;
 
 /// Follows calls and closes their records.
 pub struct CdrTracker {
@@ -177,7 +148,7 @@ pub struct CdrTracker {
     tenant_headers: Vec<String>,
     replica: String,
     destination_of: DestinationOf,
-    border: Option<Border>,
+    call_ids: Option<CallIdMap>,
     /// Calls that got no record because `max_calls` were followed already.
     pub overflow: u64,
 }
@@ -198,14 +169,14 @@ impl CdrTracker {
             tenant_headers,
             replica,
             destination_of,
-            border: None,
+            call_ids: None,
             overflow: 0,
         }
     }
 
-    /// Follows calls across topology hiding's border (see [`Border`]).
-    pub fn with_border(mut self, border: Option<Border>) -> CdrTracker {
-        self.border = border;
+    /// Follows calls across topology hiding's border (see [`CallIdMap`]).
+    pub fn with_call_ids(mut self, call_ids: Option<CallIdMap>) -> CdrTracker {
+        self.call_ids = call_ids;
         self
     }
 
@@ -254,8 +225,8 @@ impl CdrTracker {
         if wire.is_empty() {
             return Effects::default();
         }
-        let key = match &self.border {
-            Some(b) => b.key(wire, &s.peer),
+        let key = match self.call_ids.as_ref().and_then(|f| f(wire, &s.peer)) {
+            Some(inside) => std::borrow::Cow::Owned(inside),
             None => std::borrow::Cow::Borrowed(wire),
         };
         let call_id: &[u8] = &key;

@@ -247,10 +247,11 @@ fn register_outcomes_and_bindings() {
 #[test]
 fn across_topology_hidings_border_the_backends_call_id_is_the_same_call() {
     let mut f = Feed::new();
-    f.t = std::mem::replace(&mut f.t, Feed::new().t).with_border(Some(Border {
-        prefix: b"CF-".to_vec(),
-        inside: vec![crate::cidr::Cidr::parse("127.0.0.0/8").expect("cidr")],
-    }));
+    // The relay's mapping, as it is with callIdPrefix "CF-" and the backends inside.
+    let map: CallIdMap = Arc::new(|wire: &[u8], p: &Peer| {
+        (!p.addr.ip().is_loopback()).then(|| [&b"CF-"[..], wire].concat())
+    });
+    f.t = std::mem::replace(&mut f.t, Feed::new().t).with_call_ids(Some(map));
     let inside = |s: String| s.replace("Call-ID: call-1", "Call-ID: CF-call-1");
     f.msg(Direction::In, CALLER, &invite(""));
     f.msg(Direction::Out, B2, &inside(invite("")));

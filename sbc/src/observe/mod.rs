@@ -151,6 +151,8 @@ pub struct Context {
     pub locals: Vec<(Transport, SocketAddr)>,
     /// The shared store (with `store` configured), where the replicas' dialog counts meet.
     pub store: Option<Arc<dyn crate::store::Store>>,
+    /// Topology hiding's Call-ID mapping (the relay's), so both sides of a call are one.
+    pub call_ids: Option<cdr::CallIdMap>,
 }
 
 /// This replica's name: the configured one, else `POD_NAME`, else `HOSTNAME`, else the host
@@ -227,7 +229,7 @@ pub fn start(cfg: &SbcConfig, registry: &Registry, ctx: Context) -> Result<Start
                 node.clone(),
                 ctx.destination_of,
             )
-            .with_border(cdr::Border::of(cfg)),
+            .with_call_ids(ctx.call_ids),
         ),
         reg: Some(RegistrationTracker::new(max_calls, node.clone())),
     }));
@@ -531,6 +533,7 @@ pub fn wire(
     dispatcher: &Arc<crate::dispatch::Dispatcher>,
     transports: &Arc<crate::transport::Transports>,
     store: Option<Arc<dyn crate::store::Store>>,
+    call_ids: Option<cdr::CallIdMap>,
 ) -> Result<Option<Arc<ObserveView>>, ObserveError> {
     let registry = metrics.registry();
     registry.register(Box::new(
@@ -555,6 +558,7 @@ pub fn wire(
             destination_of,
             locals: transports.local_addrs(),
             store,
+            call_ids,
         },
     )?;
     transports.set_tap(Some(Box::new(started.tap)));

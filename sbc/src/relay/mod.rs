@@ -70,7 +70,7 @@ impl Relay {
         metrics: Arc<Metrics>,
     ) -> Arc<Relay> {
         let rules = compile_rules(&config).unwrap_or_default();
-        let own_key = topology::random_key();
+        let own_key = topology::random_key().to_vec();
         let top = Topology::from_config(&config, &own_key).map(Arc::new);
         let r = Arc::new(Relay {
             config: ArcSwap::from_pointee(config),
@@ -153,6 +153,23 @@ impl Relay {
     /// they admitted keep reporting their end to them.
     pub fn set_pipeline(&self, pipeline: Pipeline) {
         self.pipeline.store(Arc::new(pipeline));
+    }
+
+    /// Topology hiding's Call-ID mapping for observers (the CDR tracker): the inside view of
+    /// a Call-ID seen on the wire with `peer`, under the configuration in force.
+    pub fn call_id_map(self: &Arc<Self>) -> crate::observe::cdr::CallIdMap {
+        let me = Arc::downgrade(self);
+        Arc::new(move |wire: &[u8], peer: &Peer| {
+            let r = me.upgrade()?;
+            let top = r.topology.load_full()?;
+            if r.local.load().is_inside(peer.addr.ip()) {
+                return None;
+            }
+            match top.inside_call_id(wire) {
+                std::borrow::Cow::Owned(v) => Some(v),
+                std::borrow::Cow::Borrowed(_) => None,
+            }
+        })
     }
 
     /// Installs the media stage (rtpengine anchoring): every message the relay sends from

@@ -15,15 +15,22 @@
 //!   hop; a Route (request) or Record-Route (response) from outside naming that entry gets
 //!   them back, in the order its side needs.
 //! - **Call-ID**: a call from outside carries `prefix + Call-ID` inside; a call started inside
-//!   is seen outside as [`INSIDE_MARK`] followed by its Call-ID in hex. Both map back.
+//!   is seen outside as [`INSIDE_MARK`] followed by its Call-ID sealed (deterministically:
+//!   one Call-ID, one outside form, as a dialog needs). Both map back.
 //!
-//! Hidden values are authenticated (HMAC-SHA256, 8-byte tag, with the first key of
-//! `keyFile`; every key verifies): a `kth` value that does not verify is refused (403 for a
-//! request, a dropped response), never decoded into a target.
+//! Hidden values are encrypted and authenticated (AES-256-GCM under a key derived from the
+//! first key of `keyFile`; every key's opens): outside peers cannot read them, and a `kth`
+//! value that does not open is refused (403 for a request, a dropped response), never
+//! decoded into a target.
+
+use std::sync::OnceLock;
 
 use hmac::{Hmac, Mac};
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use kubesbc_crds::config::{SbcConfig, TopologyConfig, Transport};
-use sha2::Sha256;
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use sha2::{Digest, Sha256};
 
 use crate::relay::Local;
 use crate::sip::parse::Span;
@@ -34,19 +41,21 @@ use crate::transport::Peer;
 /// The parameter (of a Via, or of the sbc's Contact URI) that carries a hidden value.
 pub const PARAM: &str = "kth";
 
-/// What a Call-ID of a call started inside starts with outside: the rest is its hex.
+/// What a Call-ID of a call started inside starts with outside: the rest is it, sealed.
 pub const INSIDE_MARK: &[u8] = b"kTh-";
 
-const MAC_LEN: usize = 8;
-/// The kind byte signed with a value: a Via token cannot stand in for a Contact.
+/// The AEAD tag's length.
+const TAG_LEN: usize = 16;
+/// The kind byte authenticated with a value: a Via token cannot stand in for a Contact.
 const KIND_VIA: u8 = b'v';
 const KIND_CONTACT: u8 = b'c';
 const KIND_ROUTE: u8 = b'r';
+const KIND_CALL_ID: u8 = b'i';
 
 /// Why a message from outside is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
-    /// A `kth` value that does not verify with any key, or does not decode.
+    /// A `kth` value that does not open with any key, or does not decode.
     #[error("Forbidden (bad topology parameter)")]
     BadToken,
 }
@@ -67,8 +76,10 @@ impl Refused {
 pub struct Topology {
     hide: bool,
     prefix: Vec<u8>,
-    /// The first signs, every one verifies.
-    keys: Vec<Vec<u8>>,
+    /// The first seals, every one opens.
+    keys: Vec<LessSafeKey>,
+    /// The key that derives the nonce of a deterministic seal (a Call-ID) from its value.
+    siv_key: Vec<u8>,
 }
 
 impl std::fmt::Debug for Topology {
@@ -78,21 +89,6 @@ impl std::fmt::Debug for Topology {
             .field("prefix", &String::from_utf8_lossy(&self.prefix))
             .field("keys", &self.keys.len())
             .finish()
-    }
-}
-
-/// The inside view of a Call-ID that an outside peer sent (or was sent): a call started
-/// inside comes back from its [`INSIDE_MARK`] form, any other gets `prefix`. The relay maps
-/// every message from outside with this, and the CDR tracker keys calls by it, so both sides
-/// of one call are one call.
-pub fn inside_call_id<'a>(prefix: &[u8], outside: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
-    use std::borrow::Cow;
-    if prefix.is_empty() {
-        return Cow::Borrowed(outside);
-    }
-    match outside.strip_prefix(INSIDE_MARK).and_then(unhex) {
-        Some(orig) => Cow::Owned(orig),
-        None => Cow::Owned([prefix, outside].concat()),
     }
 }
 
@@ -116,12 +112,52 @@ impl Topology {
         (top.hide || !top.prefix.is_empty()).then_some(top)
     }
 
-    /// A stage with `cfg`'s settings and `keys` (the first signs).
+    /// A stage with `cfg`'s settings and `keys` (the first seals, every one opens).
     pub fn new(cfg: &TopologyConfig, keys: Vec<Vec<u8>>) -> Topology {
         Topology {
             hide: cfg.hide,
             prefix: cfg.call_id_prefix.as_bytes().to_vec(),
-            keys,
+            keys: keys.iter().filter_map(|k| aead_key(k)).collect(),
+            siv_key: keys.first().map_or_else(Vec::new, |k| {
+                let mut h = Sha256::new();
+                h.update(b"kubesbc relay.topology nonce v1\0");
+                h.update(k);
+                h.finalize().to_vec()
+            }),
+        }
+    }
+
+    /// The inside view of a Call-ID an outside peer sent (or was sent): a call started
+    /// inside comes back from its [`INSIDE_MARK`] form, any other gets the prefix. The relay
+    /// maps every message from outside with this, and the CDR tracker keys calls by it, so
+    /// both sides of one call are one call.
+    pub fn inside_call_id<'a>(&self, outside: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
+        use std::borrow::Cow;
+        if self.prefix.is_empty() {
+            return Cow::Borrowed(outside);
+        }
+        match outside
+            .strip_prefix(INSIDE_MARK)
+            .and_then(|t| self.open(KIND_CALL_ID, t).ok())
+        {
+            Some(orig) => Cow::Owned(orig),
+            None => Cow::Owned([&self.prefix, outside].concat()),
+        }
+    }
+
+    /// The outside view of an inside Call-ID.
+    fn outside_call_id(&self, id: &[u8]) -> Vec<u8> {
+        match id.strip_prefix(self.prefix.as_slice()) {
+            Some(orig) => orig.to_vec(),
+            None => {
+                let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&self.siv_key)
+                    .expect("HMAC takes keys of any length");
+                m.update(id);
+                let full = m.finalize().into_bytes();
+                let mut nonce = [0u8; NONCE_LEN];
+                nonce.copy_from_slice(&full[..NONCE_LEN]);
+                [INSIDE_MARK, &self.seal_with(KIND_CALL_ID, id, nonce)].concat()
+            }
         }
     }
 
@@ -166,7 +202,7 @@ impl Topology {
         for h in &msg.headers {
             match h.name {
                 HeaderName::CallId if !self.prefix.is_empty() => {
-                    let id = inside_call_id(&self.prefix, msg.slice(h.value));
+                    let id = self.inside_call_id(msg.slice(h.value));
                     out.replace(h, &[id]);
                 }
                 HeaderName::Via if self.hide && !request && !top_done => {
@@ -278,11 +314,7 @@ impl Topology {
         for h in &msg.headers {
             match h.name {
                 HeaderName::CallId if !self.prefix.is_empty() => {
-                    let id = msg.slice(h.value);
-                    let outside = match id.strip_prefix(self.prefix.as_slice()) {
-                        Some(orig) => orig.to_vec(),
-                        None => [INSIDE_MARK, &hex(id)].concat(),
-                    };
+                    let outside = self.outside_call_id(msg.slice(h.value));
                     out.replace(h, &[outside]);
                 }
                 HeaderName::Via if self.hide && request => {
@@ -404,50 +436,95 @@ impl Topology {
         v
     }
 
-    fn mac(key: &[u8], kind: u8, data: &[u8]) -> [u8; MAC_LEN] {
-        let mut m =
-            <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts keys of any length");
-        m.update(&[kind]);
-        m.update(data);
-        let full = m.finalize().into_bytes();
-        let mut out = [0u8; MAC_LEN];
-        out.copy_from_slice(&full[..MAC_LEN]);
+    /// `data` encrypted with its tag, after its nonce, in hex (a token: fits a URI or Via
+    /// parameter as is).
+    fn seal(&self, kind: u8, data: &[u8]) -> Vec<u8> {
+        self.seal_with(kind, data, next_nonce())
+    }
+
+    /// [`Topology::seal`] with `nonce`, which must never seal another value under this key.
+    fn seal_with(&self, kind: u8, data: &[u8], nonce: [u8; NONCE_LEN]) -> Vec<u8> {
+        let mut body = Vec::with_capacity(data.len() + TAG_LEN);
+        body.extend_from_slice(data);
+        let sealed = self.keys.first().is_some_and(|k| {
+            k.seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from([kind]),
+                &mut body,
+            )
+            .is_ok()
+        });
+        if !sealed {
+            // No key, or ring refused (a value over GCM's 64 GiB): a token nothing opens.
+            tracing::warn!("relay.topology: a value could not be sealed");
+            return hex(&nonce);
+        }
+        let mut out = hex(&nonce);
+        out.extend_from_slice(&hex(&body));
         out
     }
 
-    /// `data` and its tag, in hex (a token: fits a URI or Via parameter as is).
-    fn seal(&self, kind: u8, data: &[u8]) -> Vec<u8> {
-        let key = self.keys.first().map_or(&[][..], Vec::as_slice);
-        let mut raw = Vec::with_capacity(data.len() + MAC_LEN);
-        raw.extend_from_slice(data);
-        raw.extend_from_slice(&Self::mac(key, kind, data));
-        hex(&raw)
-    }
-
-    /// The value a token carries, if some key verifies it.
+    /// The value a token carries, if some key opens it.
     fn open(&self, kind: u8, token: &[u8]) -> Result<Vec<u8>, Refused> {
         let raw = unhex(token).ok_or(Refused::BadToken)?;
-        let n = raw.len().checked_sub(MAC_LEN).ok_or(Refused::BadToken)?;
-        let (data, tag) = raw.split_at(n);
-        let ok = self.keys.iter().any(|k| {
-            Self::mac(k, kind, data)
-                .iter()
-                .zip(tag)
-                .fold(0, |a, (x, y)| a | (x ^ y))
-                == 0
-        });
-        if !ok {
+        if raw.len() < NONCE_LEN + TAG_LEN {
             return Err(Refused::BadToken);
         }
-        Ok(data.to_vec())
+        let (nonce, sealed) = raw.split_at(NONCE_LEN);
+        let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| Refused::BadToken)?;
+        for k in &self.keys {
+            let mut buf = sealed.to_vec();
+            if let Ok(plain) = k.open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from([kind]),
+                &mut buf,
+            ) {
+                let n = plain.len();
+                buf.truncate(n);
+                return Ok(buf);
+            }
+        }
+        Err(Refused::BadToken)
     }
+}
+
+/// The AES-256 key of a configured key (any length; `keyFile` asks for 16 characters).
+fn aead_key(secret: &[u8]) -> Option<LessSafeKey> {
+    let mut h = Sha256::new();
+    h.update(b"kubesbc relay.topology v1\0");
+    h.update(secret);
+    // A SHA-256 digest is 32 bytes, AES-256's key length: ring takes it.
+    match UnboundKey::new(&AES_256_GCM, &h.finalize()) {
+        Ok(k) => Some(LessSafeKey::new(k)),
+        Err(_) => {
+            tracing::error!("relay.topology: a key was refused by the cipher; skipped");
+            None
+        }
+    }
+}
+
+/// A nonce not used before under a key: 96 random bits drawn once per process (replicas
+/// sharing a key start far apart), then counted up.
+fn next_nonce() -> [u8; NONCE_LEN] {
+    static START: OnceLock<([u8; 4], AtomicU64)> = OnceLock::new();
+    let (prefix, counter) = START.get_or_init(|| {
+        let k = random_key();
+        let [a, b, c, d, e, f, g, h, i, j, l, m, ..] = k;
+        let start = u64::from_be_bytes([e, f, g, h, i, j, l, m]);
+        ([a, b, c, d], AtomicU64::new(start))
+    });
+    let n = counter.fetch_add(1, Ordering::Relaxed);
+    let mut out = [0u8; NONCE_LEN];
+    out[..4].copy_from_slice(prefix);
+    out[4..].copy_from_slice(&n.to_be_bytes());
+    out
 }
 
 /// A fresh 32-byte key from the operating system's generator (ring's, as rustls uses it).
 /// Should that fail, a fastrand key, logged: the values still verify on this replica, they
 /// are only easier to forge.
-pub fn random_key() -> Vec<u8> {
-    let mut key = vec![0u8; 32];
+pub fn random_key() -> [u8; 32] {
+    let mut key = [0u8; 32];
     let provider = rustls::crypto::ring::default_provider();
     if provider.secure_random.fill(&mut key).is_err() {
         tracing::warn!("relay.topology: the system random generator failed; using fastrand");

@@ -178,9 +178,26 @@ fn a_request_to_a_trunk_carries_the_inside_sealed() {
     let via = all(&m, HeaderName::Via);
     assert_eq!(via.len(), 1, "{via:?}");
     assert!(via[0].starts_with("SIP/2.0/UDP 203.0.113.9:5060;branch=z9hG4bKsbc1;kth="));
-    assert_eq!(
-        m.call_id(),
-        Some(&[INSIDE_MARK, &hex(b"77@10.9.0.1")].concat()[..])
+    let cid = m.call_id().expect("Call-ID");
+    assert!(
+        cid.starts_with(INSIDE_MARK),
+        "{}",
+        String::from_utf8_lossy(cid)
+    );
+    // Sealed, not encoded: the inside address is not in it, even as hex.
+    assert!(
+        !t.contains(&String::from_utf8_lossy(&hex(b"10.9.0.1")).into_owned()),
+        "{t}"
+    );
+    // One Call-ID, one outside form: every message of the dialog carries the same.
+    let again = reparse(
+        top.outbound(&msg(INVITE_TO_TRUNK), &trunk, &l)
+            .expect("hidden"),
+    );
+    assert_eq!(again.call_id(), Some(cid));
+    assert_ne!(
+        again.header_value(HeaderName::Via),
+        m.header_value(HeaderName::Via)
     );
     assert_eq!(all(&m, HeaderName::RecordRoute).len(), 1);
     assert_eq!(m.request_uri(), b"sip:+15551234@198.51.100.20");
@@ -425,13 +442,24 @@ Content-Length: 0
 
 #[test]
 fn call_ids_map_both_ways() {
-    assert_eq!(&*inside_call_id(b"CF-", b"abc"), b"CF-abc");
-    // A call started inside comes back from its outside form.
-    let outside = [INSIDE_MARK, &hex(b"77@10.9.0.1")].concat();
-    assert_eq!(&*inside_call_id(b"CF-", &outside), b"77@10.9.0.1");
-    // The mark without hex after it is an outside Call-ID like any other.
-    assert_eq!(&*inside_call_id(b"CF-", b"kTh-xyz"), b"CF-kTh-xyz");
-    assert_eq!(&*inside_call_id(b"", b"abc"), b"abc");
+    let top = stage(&[KEY]);
+    assert_eq!(&*top.inside_call_id(b"abc"), b"CF-abc");
+    assert_eq!(top.outside_call_id(b"CF-abc"), b"abc");
+    // A call started inside comes back from its outside form, under any key.
+    let outside = top.outside_call_id(b"77@10.9.0.1");
+    assert_eq!(&*top.inside_call_id(&outside), b"77@10.9.0.1");
+    let rotated = stage(&["the-new-key-0123456789", KEY]);
+    assert_eq!(&*rotated.inside_call_id(&outside), b"77@10.9.0.1");
+    // The mark with something no key sealed is an outside Call-ID like any other.
+    assert_eq!(&*top.inside_call_id(b"kTh-xyz"), b"CF-kTh-xyz");
+    let no_prefix = Topology::new(
+        &TopologyConfig {
+            call_id_prefix: String::new(),
+            ..TopologyConfig::default()
+        },
+        vec![KEY.as_bytes().to_vec()],
+    );
+    assert_eq!(&*no_prefix.inside_call_id(b"abc"), b"abc");
 }
 
 #[test]
