@@ -28,6 +28,8 @@ case "$ARG" in
   *) BIN="$(readlink -f "$ARG")";;
 esac
 CONFIG="${2:-}"
+# The proxy runs in its own directory: the config by its absolute path.
+[[ -z "$CONFIG" ]] || CONFIG="$(readlink -f "$CONFIG")"
 RATE="${RATE:-100}"; LONG="${LONG:-30}"; SHORT="${SHORT:-10}"; PORT="${PORT:-5060}"
 command -v valgrind >/dev/null || { echo "valgrind is required" >&2; exit 2; }
 work="$(mktemp -d /tmp/kubesbc-callgrind.XXXXXX)"
