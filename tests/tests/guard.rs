@@ -202,9 +202,11 @@ fn a_burst_from_one_source_is_banned_while_another_source_still_calls() {
     let flooder = Ipv4Addr::new(127, 0, 0, 3);
     let mut client = SipClient::udp_from(flooder, target);
 
+    // 20 requests per (fixed) window pass, then nothing: 20, or up to 40 when the burst
+    // straddles a window's end.
     let answered = options_burst(&mut client, 60, Duration::from_millis(1500));
     assert!(
-        (1..=20).contains(&answered),
+        (1..=40).contains(&answered),
         "20 requests per window pass, then nothing: {answered} of 60 answered"
     );
     // Banned: no answer at all, even in a later window.

@@ -39,13 +39,15 @@ fn burst(source: u8, proxy: &Proxy, n: usize, wait: Duration) -> usize {
     options_burst(&mut client, n, wait)
 }
 
-/// A burst from 127.0.0.`source` through replica `a` passes the flood limit (100 of 150 at
-/// most are answered) and bans the source; replica `b` enforces that ban (no answer).
+/// A burst from 127.0.0.`source` through replica `a` passes the flood limit and bans the
+/// source; replica `b` enforces that ban (no answer). The window is fixed: a burst that
+/// straddles a window's end gets up to the limit in each, so 250 requests pass at most 200
+/// (and 100 when the burst falls in one window).
 fn assert_ban_shared(source: u8, a: &Proxy, b: &Proxy) {
-    let answered = burst(source, a, 150, Duration::from_millis(1500));
+    let answered = burst(source, a, 250, Duration::from_millis(1500));
     assert!(
-        (1..=100).contains(&answered),
-        "{answered} of 150 answered by A"
+        (1..=200).contains(&answered),
+        "{answered} of 250 answered by A"
     );
     assert_eq!(
         burst(source, b, 3, Duration::from_secs(1)),

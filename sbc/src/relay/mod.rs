@@ -317,8 +317,9 @@ impl Relay {
         if local.is_inside(s.to.addr.ip()) {
             return None;
         }
-        // The core wrote it; a message it cannot read back is sent as it is (and counted).
-        match Message::parse(s.data.clone(), usize::MAX) {
+        // The core wrote it (from values checked on the way in): read back without the
+        // per-value checks. One it cannot read is sent as it is (and counted).
+        match Message::parse_checked(s.data.clone(), usize::MAX) {
             Ok(msg) => top.outbound(&msg, &s.to, &local).map(Bytes::from),
             Err(e) => {
                 self.metrics.internal_error(InternalError::Topology);
@@ -479,7 +480,9 @@ impl Relay {
         let local = self.local.load();
         match top.inbound(&msg, peer, &local) {
             Ok(None) => Some(msg),
-            Ok(Some(inside)) => match Message::parse(Bytes::from(inside), usize::MAX) {
+            // The message was checked as it came; what topology put back it sealed itself
+            // from values checked on their way out.
+            Ok(Some(inside)) => match Message::parse_checked(Bytes::from(inside), usize::MAX) {
                 Ok(m) => Some(m),
                 Err(e) => {
                     self.metrics.internal_error(InternalError::Topology);
