@@ -123,14 +123,10 @@ fn is_executable(p: &Path) -> bool {
 /// Ports already handed out by this process, so two guards never get the same one.
 static TAKEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
 
-/// A loopback port on which both UDP and TCP are free right now.
-///
-/// Ports are drawn from 20000..32000, below Linux's ephemeral range (32768..60999), so the
-/// kernel never hands one of them to an outgoing connection of a parallel test; the start
-/// point depends on the PID and time so parallel test processes spread out.
-pub fn free_port() -> u16 {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let seed = std::process::id()
+/// Where a search for free ports starts: from the PID, the time and `counter` (advanced by
+/// `step`), so parallel test processes, and calls within one, spread out.
+pub(crate) fn port_seed(counter: &AtomicU32, step: u32) -> u32 {
+    std::process::id()
         .wrapping_mul(2_654_435_761)
         .wrapping_add(
             SystemTime::now()
@@ -138,7 +134,17 @@ pub fn free_port() -> u16 {
                 .map(|d| d.subsec_nanos())
                 .unwrap_or(0),
         )
-        .wrapping_add(COUNTER.fetch_add(7919, Ordering::Relaxed));
+        .wrapping_add(counter.fetch_add(step, Ordering::Relaxed))
+}
+
+/// A loopback port on which both UDP and TCP are free right now.
+///
+/// Ports are drawn from 20000..32000, below Linux's ephemeral range (32768..60999), so the
+/// kernel never hands one of them to an outgoing connection of a parallel test; the start
+/// point depends on the PID and time so parallel test processes spread out.
+pub fn free_port() -> u16 {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let seed = port_seed(&COUNTER, 7919);
     let mut guard = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
     let taken = guard.get_or_insert_with(HashSet::new);
     for i in 0..12_000u32 {
@@ -154,6 +160,36 @@ pub fn free_port() -> u16 {
         }
     }
     panic!("no free loopback port in 20000..32000");
+}
+
+/// The first of four consecutive loopback UDP ports free right now, for sipp's media
+/// (`-mp`: audio RTP and RTCP, then video RTP and RTCP at +2 and +3, bound even without
+/// RTP). Drawn from 61000..65536, above Linux's ephemeral range and apart from
+/// [`free_port`]'s 20000..32000 and rtpengine's 10000..20000, so one test's SIP port cannot
+/// land on another's video socket.
+pub fn free_media_ports() -> u16 {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let seed = port_seed(&COUNTER, 7919);
+    let mut guard = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
+    let taken = guard.get_or_insert_with(HashSet::new);
+    const BLOCKS: u32 = (65_536 - 61_000) / 4;
+    for i in 0..BLOCKS {
+        let base = 61_000 + ((seed.wrapping_add(i.wrapping_mul(13))) % BLOCKS) as u16 * 4;
+        let ports = base..base + 4;
+        if ports.clone().any(|p| taken.contains(&p)) {
+            continue;
+        }
+        // Held together while checking, so the four are free at the same moment.
+        let bound: Vec<_> = ports
+            .clone()
+            .map(|p| UdpSocket::bind((LOOPBACK, p)))
+            .collect();
+        if bound.iter().all(Result::is_ok) {
+            taken.extend(ports);
+            return base;
+        }
+    }
+    panic!("no four free loopback ports in 61000..65536");
 }
 
 /// `127.0.0.1:port`.

@@ -14,8 +14,8 @@ use std::net::{SocketAddr, UdpSocket};
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::AtomicU32;
+use std::time::{Duration, Instant};
 
 use crate::{LOOPBACK, TempDir, free_port, loopback, tail_file};
 
@@ -34,15 +34,7 @@ pub struct Rtpengine {
 /// A block of `BLOCK` loopback UDP ports in 10000..20000 that are free right now.
 fn port_block() -> RangeInclusive<u16> {
     static N: AtomicU32 = AtomicU32::new(0);
-    let seed = std::process::id()
-        .wrapping_mul(2_654_435_761)
-        .wrapping_add(
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.subsec_nanos())
-                .unwrap_or(0),
-        )
-        .wrapping_add(N.fetch_add(1, Ordering::Relaxed).wrapping_mul(37));
+    let seed = crate::port_seed(&N, 37);
     let blocks = (20_000 - 10_000) / u32::from(BLOCK);
     for i in 0..blocks {
         let base = 10_000 + ((seed.wrapping_add(i)) % blocks) as u16 * BLOCK;

@@ -227,9 +227,9 @@ impl Sipp {
             .arg(scenario)
             .args(["-i", &ip.to_string(), "-p", &port.to_string()])
             .args(["-t", transport.flag()])
-            // Media ports: sipp binds them even without RTP; keep them off the defaults
-            // shared by every sipp on the box.
-            .args(["-mp", &crate::free_port().to_string()])
+            // Media ports: sipp binds four even without RTP; keep them off the defaults
+            // shared by every sipp on the box, and off the SIP ports of other tests.
+            .args(["-mp", &crate::free_media_ports().to_string()])
             .args([
                 "-nostdin",
                 "-trace_stat",
