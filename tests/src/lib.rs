@@ -162,12 +162,12 @@ pub fn free_port() -> u16 {
     panic!("no free loopback port in 20000..32000");
 }
 
-/// The first of four consecutive loopback UDP ports free right now, for sipp's media
-/// (`-mp`: audio RTP and RTCP, then video RTP and RTCP at +2 and +3, bound even without
-/// RTP). Drawn from 61000..65536, above Linux's ephemeral range and apart from
+/// The first of four consecutive UDP ports free right now on `ip` and on 127.0.0.1, for the
+/// media of a sipp bound to `ip` (`-mp`: it binds audio at the port and video at +2, even
+/// without RTP; +1 and +3 are kept for their RTCP). Drawn from 61000..65536, above Linux's ephemeral range and apart from
 /// [`free_port`]'s 20000..32000 and rtpengine's 10000..20000, so one test's SIP port cannot
 /// land on another's video socket.
-pub fn free_media_ports() -> u16 {
+pub fn free_media_ports(ip: Ipv4Addr) -> u16 {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let seed = port_seed(&COUNTER, 7919);
     let mut guard = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
@@ -179,10 +179,16 @@ pub fn free_media_ports() -> u16 {
         if ports.clone().any(|p| taken.contains(&p)) {
             continue;
         }
-        // Held together while checking, so the four are free at the same moment.
+        // Held together while checking, so the four are free at the same moment, on the
+        // address sipp takes and on the one most tests use.
         let bound: Vec<_> = ports
             .clone()
-            .map(|p| UdpSocket::bind((LOOPBACK, p)))
+            .flat_map(|p| {
+                let also = (ip != LOOPBACK).then_some(LOOPBACK);
+                std::iter::once(ip)
+                    .chain(also)
+                    .map(move |a| UdpSocket::bind((a, p)))
+            })
             .collect();
         if bound.iter().all(Result::is_ok) {
             taken.extend(ports);

@@ -229,7 +229,7 @@ impl Sipp {
             .args(["-t", transport.flag()])
             // Media ports: sipp binds four even without RTP; keep them off the defaults
             // shared by every sipp on the box, and off the SIP ports of other tests.
-            .args(["-mp", &crate::free_media_ports().to_string()])
+            .args(["-mp", &crate::free_media_ports(ip).to_string()])
             .args([
                 "-nostdin",
                 "-trace_stat",

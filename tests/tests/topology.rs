@@ -158,6 +158,32 @@ fn assert_nothing_leaks(log: &MessageLog, port: u16) {
     }
 }
 
+/// One call with topology hidden, checked to complete and to show the caller nothing of
+/// the inside.
+struct Hidden {
+    // Dropped first: the processes, then their directory. Bind `_dir` when destructuring:
+    // `..` would drop (and delete) the directory at once.
+    scene: Scene,
+    log: MessageLog,
+    port: u16,
+    _dir: TempDir,
+}
+
+fn hidden_call(name: &str, uas: &str, uac: &str, failed: &str) -> Hidden {
+    let dir = TempDir::new(name);
+    let scene = start(&dir, uas, HIDE);
+    let port = scene.sip.port();
+    let (exit, log) = one_call(&dir, &scene, "caller", uac);
+    assert_eq!(exit, 0, "{failed}");
+    assert_nothing_leaks(&log, port);
+    Hidden {
+        scene,
+        log,
+        port,
+        _dir: dir,
+    }
+}
+
 /// The caller hangs up. Its ACK and BYE go to the hidden Contact along the hidden route
 /// set, and reach the backend at its real Contact with the prefixed Call-ID.
 #[test]
@@ -165,12 +191,17 @@ fn with_topology_hidden_the_caller_sees_only_the_sbc_and_its_bye_reaches_the_bac
     if !e2e_tools() || !sbc_only() {
         return;
     }
-    let dir = TempDir::new("topology-hide");
-    let s = start(&dir, "uas.xml", HIDE);
-    let port = s.sip.port();
-    let (exit, log) = one_call(&dir, &s, "caller", "uac.xml");
-    assert_eq!(exit, 0, "the call did not complete");
-    assert_nothing_leaks(&log, port);
+    let Hidden {
+        scene: s,
+        log,
+        port,
+        _dir,
+    } = hidden_call(
+        "topology-hide",
+        "uas.xml",
+        "uac.xml",
+        "the call did not complete",
+    );
     let ok = log
         .messages
         .iter()
@@ -217,15 +248,17 @@ fn with_topology_hidden_the_backends_bye_reaches_the_caller_as_the_sbcs() {
     if !e2e_tools() || !sbc_only() {
         return;
     }
-    let dir = TempDir::new("topology-hide-bye");
-    let s = start(&dir, "ws_uas_bye.xml", HIDE);
-    let port = s.sip.port();
-    let (exit, log) = one_call(&dir, &s, "caller", "uac_callee_bye.xml");
-    assert_eq!(
-        exit, 0,
-        "the caller did not get the backend's BYE in its dialog"
+    let Hidden {
+        scene: s,
+        log,
+        _dir,
+        ..
+    } = hidden_call(
+        "topology-hide-bye",
+        "ws_uas_bye.xml",
+        "uac_callee_bye.xml",
+        "the caller did not get the backend's BYE in its dialog",
     );
-    assert_nothing_leaks(&log, port);
     let bye = log
         .received_requests("BYE")
         .next()
@@ -296,12 +329,17 @@ fn with_topology_hidden_a_cancel_reaches_the_ringing_backend() {
     if !e2e_tools() || !sbc_only() {
         return;
     }
-    let dir = TempDir::new("topology-cancel");
-    let s = start(&dir, "uas_ring.xml", HIDE);
-    let port = s.sip.port();
-    let (exit, log) = one_call(&dir, &s, "caller", "uac_cancel.xml");
-    assert_eq!(exit, 0, "the caller did not get its 200 and 487");
-    assert_nothing_leaks(&log, port);
+    let Hidden {
+        scene: s,
+        log,
+        _dir,
+        ..
+    } = hidden_call(
+        "topology-cancel",
+        "uas_ring.xml",
+        "uac_cancel.xml",
+        "the caller did not get its 200 and 487",
+    );
     let backend = s.backend.messages();
     let cancel = backend
         .received_requests("CANCEL")

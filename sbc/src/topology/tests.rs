@@ -57,6 +57,35 @@ fn text(m: &Message) -> String {
     String::from_utf8_lossy(m.bytes()).into_owned()
 }
 
+/// The URI of the first Contact of `m` (where the peer sends its in-dialog requests).
+fn contact_target(m: &Message) -> String {
+    let contact = all(m, HeaderName::Contact).remove(0);
+    contact
+        .trim_start_matches('<')
+        .split('>')
+        .next()
+        .expect("a URI")
+        .to_owned()
+}
+
+/// The trunk, and [`INVITE_TO_TRUNK`] as it gets it through `top`.
+fn trunk_sees_invite(top: &Topology, l: &Local) -> (Peer, Message) {
+    let trunk = peer("198.51.100.20:5060");
+    let inv = reparse(
+        top.outbound(&msg(INVITE_TO_TRUNK), &trunk, l)
+            .expect("hidden"),
+    );
+    (trunk, inv)
+}
+
+/// [`OK_TO_PHONE`] as the phone gets it through `top`.
+fn phone_sees_ok(top: &Topology, l: &Local) -> Message {
+    reparse(
+        top.outbound(&msg(OK_TO_PHONE), &peer(PHONE), l)
+            .expect("hidden"),
+    )
+}
+
 /// What the core writes towards the phone: the 200 of a call from outside.
 const OK_TO_PHONE: &str = "SIP/2.0 200 OK
 Via: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKphone1;rport=5060
@@ -102,16 +131,8 @@ fn a_response_to_an_outside_caller_names_only_the_sbc() {
 #[test]
 fn the_callers_in_dialog_request_reaches_the_inside_as_the_inside_wrote_it() {
     let (top, l) = (stage(&[KEY]), local());
-    let ok = reparse(
-        top.outbound(&msg(OK_TO_PHONE), &peer(PHONE), &l)
-            .expect("hidden"),
-    );
-    let contact = all(&ok, HeaderName::Contact).remove(0);
-    let target = contact
-        .trim_start_matches('<')
-        .split('>')
-        .next()
-        .expect("uri");
+    let ok = phone_sees_ok(&top, &l);
+    let target = contact_target(&ok);
     let route = all(&ok, HeaderName::RecordRoute).remove(0);
     let bye = format!(
         "BYE {target} SIP/2.0
@@ -206,11 +227,7 @@ fn a_request_to_a_trunk_carries_the_inside_sealed() {
 #[test]
 fn the_trunks_answer_and_bye_come_back_whole() {
     let (top, l) = (stage(&[KEY]), local());
-    let trunk = peer("198.51.100.20:5060");
-    let inv = reparse(
-        top.outbound(&msg(INVITE_TO_TRUNK), &trunk, &l)
-            .expect("hidden"),
-    );
+    let (trunk, inv) = trunk_sees_invite(&top, &l);
     let via = all(&inv, HeaderName::Via).remove(0);
     let rr = all(&inv, HeaderName::RecordRoute).remove(0);
     let cid = String::from_utf8_lossy(inv.call_id().expect("Call-ID")).into_owned();
@@ -250,12 +267,7 @@ Content-Length: 0
     assert_eq!(inside.call_id(), Some(&b"77@10.9.0.1"[..]));
 
     // The trunk hangs up: its Route is the Record-Route as it got it in the INVITE.
-    let contact = all(&inv, HeaderName::Contact).remove(0);
-    let target = contact
-        .trim_start_matches('<')
-        .split('>')
-        .next()
-        .expect("uri");
+    let target = contact_target(&inv);
     let bye = format!(
         "BYE {target} SIP/2.0
 Via: SIP/2.0/UDP 198.51.100.20:5060;branch=z9hG4bKgw9
@@ -298,17 +310,7 @@ Content-Length: 0
 #[test]
 fn a_forged_or_tampered_value_is_refused() {
     let (top, l) = (stage(&[KEY]), local());
-    let ok = reparse(
-        top.outbound(&msg(OK_TO_PHONE), &peer(PHONE), &l)
-            .expect("hidden"),
-    );
-    let contact = all(&ok, HeaderName::Contact).remove(0);
-    let target = contact
-        .trim_start_matches('<')
-        .split('>')
-        .next()
-        .expect("uri")
-        .to_owned();
+    let target = contact_target(&phone_sees_ok(&top, &l));
     // One hex digit changed in the sealed target (a phone aiming at another inside host).
     let at = target.find("kth=").expect("kth") + 6;
     let mut bytes = target.into_bytes();
@@ -333,19 +335,9 @@ fn a_forged_or_tampered_value_is_refused() {
     }
     // A value signed with another key.
     let other = stage(&["another-key-0123456789"]);
-    let ok = reparse(
-        other
-            .outbound(&msg(OK_TO_PHONE), &peer(PHONE), &l)
-            .expect("hidden"),
-    );
-    let contact = all(&ok, HeaderName::Contact).remove(0);
-    let target = contact
-        .trim_start_matches('<')
-        .split('>')
-        .next()
-        .expect("uri");
+    let target = contact_target(&phone_sees_ok(&other, &l));
     assert_eq!(
-        top.inbound(&msg(&bye_to(target)), &peer(PHONE), &l),
+        top.inbound(&msg(&bye_to(&target)), &peer(PHONE), &l),
         Err(Refused::BadToken)
     );
 }
@@ -353,11 +345,7 @@ fn a_forged_or_tampered_value_is_refused() {
 #[test]
 fn a_via_value_cannot_stand_in_for_a_contact() {
     let (top, l) = (stage(&[KEY]), local());
-    let trunk = peer("198.51.100.20:5060");
-    let inv = reparse(
-        top.outbound(&msg(INVITE_TO_TRUNK), &trunk, &l)
-            .expect("hidden"),
-    );
+    let (trunk, inv) = trunk_sees_invite(&top, &l);
     let via = all(&inv, HeaderName::Via).remove(0);
     let tok = via.split("kth=").nth(1).expect("kth");
     let target = format!("sip:203.0.113.9:5060;kth={tok}");
@@ -375,19 +363,7 @@ fn keys_rotate_the_new_one_signs_and_the_old_one_still_verifies() {
         stage(&["the-new-key-0123456789", KEY]),
         stage(&["the-new-key-0123456789"]),
     );
-    let target_of = |top: &Topology| {
-        let ok = reparse(
-            top.outbound(&msg(OK_TO_PHONE), &peer(PHONE), &l)
-                .expect("hidden"),
-        );
-        let contact = all(&ok, HeaderName::Contact).remove(0);
-        contact
-            .trim_start_matches('<')
-            .split('>')
-            .next()
-            .expect("uri")
-            .to_owned()
-    };
+    let target_of = |top: &Topology| contact_target(&phone_sees_ok(top, &l));
     // A dialog set up before the rotation goes on after it.
     let before = target_of(&old);
     assert!(
