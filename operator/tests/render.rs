@@ -1042,3 +1042,76 @@ fn render_cluster(w: &World, cluster: SbcCluster) -> RenderError {
     };
     render::render(inputs).expect_err("refused")
 }
+
+#[test]
+fn placement_fields_reach_the_pods_and_defaults_fill_what_the_spec_leaves_out() {
+    // The example sets no placement and no resources: the defaults.
+    let w = World::new();
+    let r = render::render(w.inputs()).expect("renders");
+    let pod = serde_json::to_value(&deployment(&r).spec).expect("json")["template"]["spec"].clone();
+    assert_eq!(
+        pod["topologySpreadConstraints"][0]["topologyKey"], "kubernetes.io/hostname",
+        "pods spread across nodes by default: {pod}"
+    );
+    assert_eq!(pod["topologySpreadConstraints"][0]["maxSkew"], 1);
+    let sbc = &pod["containers"][0];
+    assert_eq!(sbc["resources"]["requests"]["cpu"], "100m", "{sbc}");
+    assert_eq!(sbc["resources"]["limits"]["memory"], "512Mi", "{sbc}");
+    for absent in [
+        "nodeSelector",
+        "tolerations",
+        "affinity",
+        "priorityClassName",
+    ] {
+        assert!(
+            pod.get(absent).is_none(),
+            "{absent} without a spec field: {pod}"
+        );
+    }
+
+    // Every field set: each reaches the pod template as written.
+    let mut w = World::new();
+    w.cluster.spec.placement = serde_saphyr::from_str(
+        r#"
+nodeSelector: {voice: "edge"}
+tolerations: [{key: voice, operator: Exists, effect: NoSchedule}]
+affinity:
+  nodeAffinity:
+    requiredDuringSchedulingIgnoredDuringExecution:
+      nodeSelectorTerms: [{matchExpressions: [{key: zone, operator: In, values: [a]}]}]
+topologySpreadConstraints:
+  - {maxSkew: 2, topologyKey: topology.kubernetes.io/zone, whenUnsatisfiable: DoNotSchedule}
+priorityClassName: voice-critical
+podLabels: {team: voice, app.kubernetes.io/name: not-kubesbc}
+podAnnotations: {example.com/owner: voice}
+imagePullSecrets: [{name: regcred}]
+"#,
+    )
+    .expect("placement parses");
+    let r = render::render(w.inputs()).expect("renders");
+    let spec = serde_json::to_value(&deployment(&r).spec).expect("json");
+    let (meta, pod) = (&spec["template"]["metadata"], &spec["template"]["spec"]);
+    assert_eq!(pod["nodeSelector"]["voice"], "edge", "{pod}");
+    assert_eq!(pod["tolerations"][0]["key"], "voice");
+    assert_eq!(
+        pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+            [0]["matchExpressions"][0]["key"],
+        "zone"
+    );
+    assert_eq!(
+        pod["topologySpreadConstraints"],
+        serde_json::json!([{"maxSkew": 2, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule"}]),
+        "the spec's spread replaces the default"
+    );
+    assert_eq!(pod["priorityClassName"], "voice-critical");
+    assert_eq!(
+        pod["imagePullSecrets"],
+        serde_json::json!([{"name": "regcred"}])
+    );
+    assert_eq!(meta["labels"]["team"], "voice");
+    assert_eq!(
+        meta["labels"]["app.kubernetes.io/name"], "kubesbc",
+        "the operator's labels win: the Service selects the pods by them"
+    );
+    assert_eq!(meta["annotations"]["example.com/owner"], "voice");
+}

@@ -14,6 +14,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use hmac::{Hmac, Mac};
 use kubesbc_crds::config::Transport;
 use sha2::Sha256;
+use subtle::ConstantTimeEq;
 
 use crate::sip::build;
 use crate::transport::Peer;
@@ -102,14 +103,7 @@ impl FlowKey {
         }
         let ip_len = n.checked_sub(11 + MAC_LEN)?;
         let (body, mac) = raw[..n].split_at(n - MAC_LEN);
-        // Constant-time enough for an 8-byte tag compared once per request.
-        if self
-            .mac(body)
-            .iter()
-            .zip(mac)
-            .fold(0, |a, (x, y)| a | (x ^ y))
-            != 0
-        {
+        if !bool::from(self.mac(body).as_slice().ct_eq(mac)) {
             return None;
         }
         let transport = *TRANSPORTS.get(body[0] as usize)?;

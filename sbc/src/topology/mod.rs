@@ -23,20 +23,19 @@
 //! value that does not open is refused (403 for a request, a dropped response), never
 //! decoded into a target.
 
-use std::sync::OnceLock;
-
-use hmac::{Hmac, Mac};
-use std::sync::atomic::{AtomicU64, Ordering};
+mod seal;
 
 use kubesbc_crds::config::{SbcConfig, TopologyConfig, Transport};
-use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
-use sha2::{Digest, Sha256};
 
 use crate::relay::Local;
 use crate::sip::parse::Span;
 use crate::sip::uri::{self, Uri, Via};
 use crate::sip::{HeaderName, Message, Method, StartLine};
 use crate::transport::Peer;
+use seal::Sealer;
+#[cfg(test)]
+use seal::hex;
+pub use seal::random_key;
 
 /// The parameter (of a Via, or of the sbc's Contact URI) that carries a hidden value.
 pub const PARAM: &str = "kth";
@@ -44,8 +43,6 @@ pub const PARAM: &str = "kth";
 /// What a Call-ID of a call started inside starts with outside: the rest is it, sealed.
 pub const INSIDE_MARK: &[u8] = b"kTh-";
 
-/// The AEAD tag's length.
-const TAG_LEN: usize = 16;
 /// The kind byte authenticated with a value: a Via token cannot stand in for a Contact.
 const KIND_VIA: u8 = b'v';
 const KIND_CONTACT: u8 = b'c';
@@ -76,10 +73,8 @@ impl Refused {
 pub struct Topology {
     hide: bool,
     prefix: Vec<u8>,
-    /// The first seals, every one opens.
-    keys: Vec<LessSafeKey>,
-    /// The key that derives the nonce of a deterministic seal (a Call-ID) from its value.
-    siv_key: Vec<u8>,
+    /// Seals and opens the hidden values.
+    sealer: Sealer,
 }
 
 impl std::fmt::Debug for Topology {
@@ -87,7 +82,7 @@ impl std::fmt::Debug for Topology {
         f.debug_struct("Topology")
             .field("hide", &self.hide)
             .field("prefix", &String::from_utf8_lossy(&self.prefix))
-            .field("keys", &self.keys.len())
+            .field("keys", &self.sealer.keys())
             .finish()
     }
 }
@@ -117,13 +112,7 @@ impl Topology {
         Topology {
             hide: cfg.hide,
             prefix: cfg.call_id_prefix.as_bytes().to_vec(),
-            keys: keys.iter().filter_map(|k| aead_key(k)).collect(),
-            siv_key: keys.first().map_or_else(Vec::new, |k| {
-                let mut h = Sha256::new();
-                h.update(b"kubesbc relay.topology nonce v1\0");
-                h.update(k);
-                h.finalize().to_vec()
-            }),
+            sealer: Sealer::new(&keys),
         }
     }
 
@@ -138,7 +127,7 @@ impl Topology {
         }
         match outside
             .strip_prefix(INSIDE_MARK)
-            .and_then(|t| self.open(KIND_CALL_ID, t).ok())
+            .and_then(|t| self.sealer.open(KIND_CALL_ID, t).ok())
         {
             Some(orig) => Cow::Owned(orig),
             None => Cow::Owned([&self.prefix, outside].concat()),
@@ -149,15 +138,7 @@ impl Topology {
     fn outside_call_id(&self, id: &[u8]) -> Vec<u8> {
         match id.strip_prefix(self.prefix.as_slice()) {
             Some(orig) => orig.to_vec(),
-            None => {
-                let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&self.siv_key)
-                    .expect("HMAC takes keys of any length");
-                m.update(id);
-                let full = m.finalize().into_bytes();
-                let mut nonce = [0u8; NONCE_LEN];
-                nonce.copy_from_slice(&full[..NONCE_LEN]);
-                [INSIDE_MARK, &self.seal_with(KIND_CALL_ID, id, nonce)].concat()
-            }
+            None => [INSIDE_MARK, &self.sealer.seal_fixed(KIND_CALL_ID, id)].concat(),
         }
     }
 
@@ -188,7 +169,7 @@ impl Topology {
                 && local.is_us(u.host, u.port)
                 && let Some(v) = u.param(PARAM)
             {
-                let real = self.open(KIND_CONTACT, v.unwrap_or(b""))?;
+                let real = self.sealer.open(KIND_CONTACT, v.unwrap_or(b""))?;
                 let mut line = Vec::with_capacity(real.len() + 32);
                 line.extend_from_slice(msg.method_token());
                 line.push(b' ');
@@ -214,7 +195,7 @@ impl Topology {
                             && let Some(p) = Via::parse(v)
                             && let Some(tok) = p.param(PARAM)
                         {
-                            let packed = self.open(KIND_VIA, tok.unwrap_or(b""))?;
+                            let packed = self.sealer.open(KIND_VIA, tok.unwrap_or(b""))?;
                             vals.push(without_param(v, PARAM));
                             vals.push(packed);
                         } else {
@@ -233,7 +214,7 @@ impl Topology {
                         let v = msg.slice(span);
                         match self.route_token(v, local) {
                             Some(tok) => {
-                                let packed = self.open(KIND_ROUTE, tok)?;
+                                let packed = self.sealer.open(KIND_ROUTE, tok)?;
                                 let (side, hidden) =
                                     packed.split_first().ok_or(Refused::BadToken)?;
                                 let mut hidden: Vec<Vec<u8>> =
@@ -355,7 +336,7 @@ impl Topology {
             v.extend_from_slice(b";");
             v.extend_from_slice(PARAM.as_bytes());
             v.push(b'=');
-            v.extend_from_slice(&self.seal(KIND_VIA, &rest.join(&b", "[..])));
+            v.extend_from_slice(&self.sealer.seal(KIND_VIA, &rest.join(&b", "[..])));
         }
         vec![v]
     }
@@ -389,7 +370,7 @@ impl Topology {
         let mut data = Vec::with_capacity(1 + hidden.iter().map(|v| v.len() + 2).sum::<usize>());
         data.push(side);
         data.extend_from_slice(&hidden.join(&b", "[..]));
-        let token = self.seal(KIND_ROUTE, &data);
+        let token = self.sealer.seal(KIND_ROUTE, &data);
         let at = if side == SIDE_AFTER { k } else { 0 };
         Some(
             kept.iter()
@@ -427,7 +408,7 @@ impl Topology {
         v.push(b';');
         v.extend_from_slice(PARAM.as_bytes());
         v.push(b'=');
-        v.extend_from_slice(&self.seal(KIND_CONTACT, real));
+        v.extend_from_slice(&self.sealer.seal(KIND_CONTACT, real));
         v.push(b'>');
         if !params.is_empty() {
             v.push(b';');
@@ -435,102 +416,6 @@ impl Topology {
         }
         v
     }
-
-    /// `data` encrypted with its tag, after its nonce, in hex (a token: fits a URI or Via
-    /// parameter as is).
-    fn seal(&self, kind: u8, data: &[u8]) -> Vec<u8> {
-        self.seal_with(kind, data, next_nonce())
-    }
-
-    /// [`Topology::seal`] with `nonce`, which must never seal another value under this key.
-    fn seal_with(&self, kind: u8, data: &[u8], nonce: [u8; NONCE_LEN]) -> Vec<u8> {
-        let mut body = Vec::with_capacity(data.len() + TAG_LEN);
-        body.extend_from_slice(data);
-        let sealed = self.keys.first().is_some_and(|k| {
-            k.seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from([kind]),
-                &mut body,
-            )
-            .is_ok()
-        });
-        if !sealed {
-            // No key, or ring refused (a value over GCM's 64 GiB): a token nothing opens.
-            tracing::warn!("relay.topology: a value could not be sealed");
-            return hex(&nonce);
-        }
-        let mut out = hex(&nonce);
-        out.extend_from_slice(&hex(&body));
-        out
-    }
-
-    /// The value a token carries, if some key opens it.
-    fn open(&self, kind: u8, token: &[u8]) -> Result<Vec<u8>, Refused> {
-        let raw = unhex(token).ok_or(Refused::BadToken)?;
-        if raw.len() < NONCE_LEN + TAG_LEN {
-            return Err(Refused::BadToken);
-        }
-        let (nonce, sealed) = raw.split_at(NONCE_LEN);
-        let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| Refused::BadToken)?;
-        for k in &self.keys {
-            let mut buf = sealed.to_vec();
-            if let Ok(plain) = k.open_in_place(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from([kind]),
-                &mut buf,
-            ) {
-                let n = plain.len();
-                buf.truncate(n);
-                return Ok(buf);
-            }
-        }
-        Err(Refused::BadToken)
-    }
-}
-
-/// The AES-256 key of a configured key (any length; `keyFile` asks for 16 characters).
-fn aead_key(secret: &[u8]) -> Option<LessSafeKey> {
-    let mut h = Sha256::new();
-    h.update(b"kubesbc relay.topology v1\0");
-    h.update(secret);
-    // A SHA-256 digest is 32 bytes, AES-256's key length: ring takes it.
-    match UnboundKey::new(&AES_256_GCM, &h.finalize()) {
-        Ok(k) => Some(LessSafeKey::new(k)),
-        Err(_) => {
-            tracing::error!("relay.topology: a key was refused by the cipher; skipped");
-            None
-        }
-    }
-}
-
-/// A nonce not used before under a key: 96 random bits drawn once per process (replicas
-/// sharing a key start far apart), then counted up.
-fn next_nonce() -> [u8; NONCE_LEN] {
-    static START: OnceLock<([u8; 4], AtomicU64)> = OnceLock::new();
-    let (prefix, counter) = START.get_or_init(|| {
-        let k = random_key();
-        let [a, b, c, d, e, f, g, h, i, j, l, m, ..] = k;
-        let start = u64::from_be_bytes([e, f, g, h, i, j, l, m]);
-        ([a, b, c, d], AtomicU64::new(start))
-    });
-    let n = counter.fetch_add(1, Ordering::Relaxed);
-    let mut out = [0u8; NONCE_LEN];
-    out[..4].copy_from_slice(prefix);
-    out[4..].copy_from_slice(&n.to_be_bytes());
-    out
-}
-
-/// A fresh 32-byte key from the operating system's generator (ring's, as rustls uses it).
-/// Should that fail, a fastrand key, logged: the values still verify on this replica, they
-/// are only easier to forge.
-pub fn random_key() -> [u8; 32] {
-    let mut key = [0u8; 32];
-    let provider = rustls::crypto::ring::default_provider();
-    if provider.secure_random.fill(&mut key).is_err() {
-        tracing::warn!("relay.topology: the system random generator failed; using fastrand");
-        key.iter_mut().for_each(|b| *b = fastrand::u8(..));
-    }
-    key
 }
 
 /// The values of header `h`, split at top-level commas.
@@ -586,32 +471,6 @@ fn without_uri_param(v: &[u8], name: &str) -> Vec<u8> {
         .position(|c| matches!(c, b';' | b'>' | b',' | b'?'))
         .map_or(v.len(), |i| at + needle.len() + i);
     [&v[..at], &v[end..]].concat()
-}
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
-fn hex(b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(b.len() * 2);
-    for c in b {
-        out.push(HEX[(c >> 4) as usize]);
-        out.push(HEX[(c & 15) as usize]);
-    }
-    out
-}
-
-fn unhex(h: &[u8]) -> Option<Vec<u8>> {
-    if !h.len().is_multiple_of(2) {
-        return None;
-    }
-    let nib = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    };
-    h.chunks(2)
-        .map(|p| Some((nib(p[0])? << 4) | nib(p[1])?))
-        .collect()
 }
 
 /// A Via value without its `;name=...` parameter.
