@@ -162,9 +162,18 @@ pub fn free_port() -> u16 {
     panic!("no free loopback port in 20000..32000");
 }
 
+/// Blocks of four media ports: 61000..65532, above Linux's ephemeral range (the last one
+/// ends at 65531, so `base + 4` is still a u16).
+const MEDIA_BLOCKS: u32 = (65_532 - 61_000) / 4;
+
+/// The first port of media block `n` (taken modulo [`MEDIA_BLOCKS`]).
+fn media_block(n: u32) -> u16 {
+    61_000 + u16::try_from(n % MEDIA_BLOCKS).unwrap_or(0) * 4
+}
+
 /// The first of four consecutive UDP ports free right now on `ip` and on 127.0.0.1, for the
 /// media of a sipp bound to `ip` (`-mp`: it binds audio at the port and video at +2, even
-/// without RTP; +1 and +3 are kept for their RTCP). Drawn from 61000..65536, above Linux's ephemeral range and apart from
+/// without RTP; +1 and +3 are kept for their RTCP). From [`MEDIA_BLOCKS`], apart from
 /// [`free_port`]'s 20000..32000 and rtpengine's 10000..20000, so one test's SIP port cannot
 /// land on another's video socket.
 pub fn free_media_ports(ip: Ipv4Addr) -> u16 {
@@ -172,9 +181,8 @@ pub fn free_media_ports(ip: Ipv4Addr) -> u16 {
     let seed = port_seed(&COUNTER, 7919);
     let mut guard = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
     let taken = guard.get_or_insert_with(HashSet::new);
-    const BLOCKS: u32 = (65_536 - 61_000) / 4;
-    for i in 0..BLOCKS {
-        let base = 61_000 + ((seed.wrapping_add(i.wrapping_mul(13))) % BLOCKS) as u16 * 4;
+    for i in 0..MEDIA_BLOCKS {
+        let base = media_block(seed.wrapping_add(i.wrapping_mul(13)));
         let ports = base..base + 4;
         if ports.clone().any(|p| taken.contains(&p)) {
             continue;
@@ -195,7 +203,7 @@ pub fn free_media_ports(ip: Ipv4Addr) -> u16 {
             return base;
         }
     }
-    panic!("no four free loopback ports in 61000..65536");
+    panic!("no four free loopback ports in 61000..65532");
 }
 
 /// `127.0.0.1:port`.
@@ -303,4 +311,29 @@ pub fn md5_hex(s: &str) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_media_block_fits_below_65536_and_none_overlaps_the_next() {
+        let bases: Vec<u16> = (0..MEDIA_BLOCKS).map(media_block).collect();
+        for w in bases.windows(2) {
+            assert_eq!(w[1], w[0] + 4);
+        }
+        assert_eq!(bases[0], 61_000);
+        let last = *bases.last().expect("blocks");
+        assert!(
+            last.checked_add(4).is_some(),
+            "the last block is {last}..{}",
+            u32::from(last) + 4
+        );
+        // Any seed lands on a block.
+        assert_eq!(
+            media_block(u32::MAX),
+            bases[(u32::MAX % MEDIA_BLOCKS) as usize]
+        );
+    }
 }
