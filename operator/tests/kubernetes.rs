@@ -502,6 +502,42 @@ async fn ready_is_false_in_the_middle_of_a_rollout() {
     );
 }
 
+/// `kubectl scale` and an HPA count the pods through the scale subresource, which reads
+/// `status.replicas` and `status.selector`: the selector must pick the Deployment's pods.
+#[tokio::test]
+async fn the_scale_subresource_sees_the_pods_through_status_selector() {
+    let mut world = World::standard();
+    world.objects.insert(
+        "/apis/apps/v1/namespaces/voip/deployments/edge".into(),
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": owned("edge"),
+               "status": {"replicas": 2, "readyReplicas": 2, "updatedReplicas": 2}}),
+    );
+    let (sent, result) = support::reconcile(world, example("sbccluster.yaml"), None).await;
+    assert!(result.is_ok(), "{result:?}");
+    let status = &patches(&sent, "/sbcclusters/edge/status")[0].body["status"];
+    assert_eq!(status["replicas"], 2, "{status}");
+    let selector = status["selector"].as_str().expect("status.selector");
+    let dep = &patches(&sent, "/deployments/edge")[0].body;
+    let labels = &dep["spec"]["template"]["metadata"]["labels"];
+    assert!(!selector.is_empty());
+    for pair in selector.split(',') {
+        let (k, v) = pair.split_once('=').expect("key=value");
+        assert_eq!(
+            labels[k], v,
+            "{k} of {selector} is not on the pods: {labels}"
+        );
+    }
+    // The same as the Deployment's own selector: no other pods counted.
+    let own = dep["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .expect("matchLabels");
+    assert_eq!(
+        own.len(),
+        selector.split(',').count(),
+        "{own:?} vs {selector}"
+    );
+}
+
 fn owned(name: &str) -> Value {
     json!({"name": name, "namespace": "voip",
            "ownerReferences": [{"apiVersion": "kubesbc.io/v1alpha1", "kind": "SbcCluster", "name": "edge", "uid": "uid-sbccluster.yaml", "controller": true}]})

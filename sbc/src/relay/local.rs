@@ -212,19 +212,8 @@ impl Local {
 
     /// Our Record-Route value for a dialog whose caller is `peer`, both sides on its side.
     pub fn record_route_value(&self, peer: &Peer) -> Vec<u8> {
-        let t = peer.transport;
         let (host, port) = self.route_host(peer);
-        let mut v = Vec::with_capacity(48);
-        v.extend_from_slice(b"<sip:");
-        v.extend_from_slice(host.as_bytes());
-        v.push(b':');
-        v.extend_from_slice(&build::itoa(port));
-        if t != Transport::Udp {
-            v.extend_from_slice(b";transport=");
-            v.extend_from_slice(t.name().as_bytes());
-        }
-        v.extend_from_slice(b";lr>");
-        v
+        crate::flow::sbc_uri(None, host, port, peer.transport, false)
     }
 }
 
