@@ -161,7 +161,8 @@ impl Relay {
         let me = Arc::downgrade(self);
         Arc::new(move |wire: &[u8], peer: &Peer| {
             let r = me.upgrade()?;
-            let top = r.topology.load_full()?;
+            let top = r.topology.load();
+            let top = top.as_deref()?;
             if r.local.load().is_inside(peer.addr.ip()) {
                 return None;
             }
@@ -476,7 +477,7 @@ impl Relay {
 
     /// The inside view of a message from `peer` (see [`Topology::inbound`]); None: refused
     /// (answered with 403, or dropped if a response or an ACK).
-    fn reveal(&self, top: &Topology, msg: Message, data: &Bytes, peer: &Peer) -> Option<Message> {
+    fn reveal(&self, top: &Topology, msg: Message, peer: &Peer) -> Option<Message> {
         let local = self.local.load();
         match top.inbound(&msg, peer, &local) {
             Ok(None) => Some(msg),
@@ -493,7 +494,7 @@ impl Relay {
             Err(refused) => {
                 tracing::debug!(from = %peer.addr, error = %refused, "topology: hidden value refused");
                 if msg.is_request() && msg.method() != Some(Method::Ack) {
-                    self.reply_raw(data, refused.code(), refused.reason(), *peer);
+                    self.reply_raw(msg.bytes(), refused.code(), refused.reason(), *peer);
                 } else {
                     self.metrics.dropped(DropReason::Topology);
                 }
@@ -530,23 +531,22 @@ impl Inbound for Relay {
             .transport_message(peer.transport, Direction::In, data.len());
         let max = self.config.load().limits.max_message_bytes;
         let msg = match Message::parse(data.clone(), max) {
-            Ok(msg) => match self.topology.load().as_deref() {
-                Some(top) => match self.reveal(top, msg, &data, &peer) {
-                    Some(m) => Ok(m),
-                    None => return,
-                },
-                None => Ok(msg),
-            },
-            Err(e) => Err(e),
+            Ok(msg) => msg,
+            Err(e) => return self.on_parse_error(&data, e, peer),
         };
-        match msg {
-            Ok(msg) if msg.is_request() => {
-                self.metrics
-                    .request_received(msg.method().unwrap_or(Method::Other));
-                self.on_request(msg, peer)
-            }
-            Ok(msg) => self.on_response(msg),
-            Err(e) => self.on_parse_error(&data, e, peer),
+        let msg = match self.topology.load().as_deref() {
+            Some(top) => match self.reveal(top, msg, &peer) {
+                Some(m) => m,
+                None => return,
+            },
+            None => msg,
+        };
+        if msg.is_request() {
+            self.metrics
+                .request_received(msg.method().unwrap_or(Method::Other));
+            self.on_request(msg, peer)
+        } else {
+            self.on_response(msg)
         }
     }
 

@@ -138,13 +138,12 @@ fn next_nonce() -> [u8; NONCE_LEN] {
     out
 }
 
-/// A fresh 32-byte key from the operating system's generator (ring's, as rustls uses it).
+/// A fresh 32-byte key from the operating system's generator (ring's `SystemRandom`).
 /// Should that fail, a fastrand key, logged: the values still verify on this replica, they
 /// are only easier to forge.
 pub fn random_key() -> [u8; 32] {
     let mut key = [0u8; 32];
-    let provider = rustls::crypto::ring::default_provider();
-    if provider.secure_random.fill(&mut key).is_err() {
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key).is_err() {
         tracing::warn!("relay.topology: the system random generator failed; using fastrand");
         key.iter_mut().for_each(|b| *b = fastrand::u8(..));
     }
