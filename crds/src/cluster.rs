@@ -114,6 +114,12 @@ pub struct SbcClusterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 65535))]
     pub default_set: Option<u32>,
+    /// Seconds an answered call keeps counting against its destination's `maxload` and the
+    /// `call-load` algorithm when no BYE is seen, on every replica (sbc.yaml
+    /// `dispatcher.dialogTimeoutSecs`). Absent: 4 hours.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 60, max = 604800))]
+    pub dialog_timeout_secs: Option<u32>,
     /// Routing rules: which selected DispatcherSet (by set id) or fixed target an initial
     /// request goes to, first match wins; no match: `defaultSet`. Rendered into sbc.yaml
     /// `routing`; a rule naming a set id no selected DispatcherSet has is refused

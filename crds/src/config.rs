@@ -246,6 +246,11 @@ pub struct DispatcherConfig {
     /// The sets, each with a unique id.
     #[serde(default)]
     pub sets: Vec<DispatcherSetConfig>,
+    /// Seconds an answered call keeps counting against its destination's `maxload` and the
+    /// `call-load` algorithm when no BYE is seen (a lost BYE cannot hold capacity for ever).
+    #[serde(default = "crate::policy::default_dialog_timeout_secs")]
+    #[schemars(range(min = 60, max = 604800))]
+    pub dialog_timeout_secs: u32,
 }
 
 impl Default for DispatcherConfig {
@@ -253,6 +258,7 @@ impl Default for DispatcherConfig {
         DispatcherConfig {
             default_set: default_set_id(),
             sets: Vec::new(),
+            dialog_timeout_secs: crate::policy::default_dialog_timeout_secs(),
         }
     }
 }
@@ -999,6 +1005,15 @@ impl SbcConfig {
                 ));
             }
         }
+        if !(60..=604_800).contains(&self.dispatcher.dialog_timeout_secs) {
+            return Err(ConfigError::field(
+                "dispatcher.dialogTimeoutSecs",
+                format!(
+                    "{} is out of range 60..=604800",
+                    self.dispatcher.dialog_timeout_secs
+                ),
+            ));
+        }
         for (i, set) in self.dispatcher.sets.iter().enumerate() {
             let p = format!("dispatcher.sets[{i}]");
             if self.dispatcher.sets[..i].iter().any(|o| o.id == set.id) {
@@ -1411,6 +1426,10 @@ dispatcher:
             (
                 GOOD.replace("intervalMs: 1000", "intervalMs: 5"),
                 "dispatcher.sets[0].probing.intervalMs: 5 is below the minimum of 100",
+            ),
+            (
+                GOOD.replace("dispatcher:\n", "dispatcher:\n  dialogTimeoutSecs: 5\n"),
+                "dispatcher.dialogTimeoutSecs: 5 is out of range 60..=604800",
             ),
             (
                 GOOD.replace(

@@ -90,6 +90,11 @@ fn examples_render_a_config_the_sbc_accepts() {
     assert_eq!(sets[1].algorithm, Algorithm::Weight);
     assert_eq!(sets[1].destinations[0].weight, Some(70));
     assert_eq!(parsed.dispatcher.default_set, 1);
+    assert_eq!(
+        parsed.dispatcher.dialog_timeout_secs,
+        4 * 3600,
+        "the default"
+    );
 
     let acl = &parsed.access_lists[0];
     assert_eq!(acl.name, "voip/edge-guard");
@@ -107,6 +112,16 @@ fn examples_render_a_config_the_sbc_accepts() {
     // The ws listener's path reaches the sbc (an upgrade elsewhere gets 404).
     assert_eq!(parsed.listeners[2].path.as_deref(), Some("/ws"));
     assert_eq!(parsed.admin.address.port(), 9090);
+}
+
+#[test]
+fn the_dialog_timeout_of_the_call_load_reaches_the_sbc_config() {
+    let mut w = World::new();
+    w.cluster.spec.dialog_timeout_secs = Some(900);
+    let r = render::render(w.inputs()).expect("renders");
+    let yaml = r.config_map.data.as_ref().expect("data")["sbc.yaml"].clone();
+    let parsed = SbcConfig::from_yaml(&yaml).expect("the sbc reads what the operator writes");
+    assert_eq!(parsed.dispatcher.dialog_timeout_secs, 900);
 }
 
 #[test]

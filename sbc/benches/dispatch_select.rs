@@ -26,6 +26,7 @@ fn main() {
             })
             .collect();
         let cfg = DispatcherConfig {
+            dialog_timeout_secs: kubesbc_crds::policy::default_dialog_timeout_secs(),
             default_set: 1,
             sets: vec![DispatcherSetConfig {
                 id: 1,

@@ -311,6 +311,13 @@ async fn run(
         }
     };
     relay.set_pipeline(build_pipeline(&cfg));
+    let call_load = Arc::new(sbc::dispatch::load::CallLoad::start(
+        dispatcher.clone(),
+        store.clone(),
+        sbc::throttle::Clock::new(),
+        cfg.dispatcher.dialog_timeout_secs,
+    ));
+    relay.set_call_load(call_load.clone());
     if let Some(m) = &cfg.media {
         let anchor = sbc::media::Anchor::start(m).await?;
         let stage =
@@ -345,6 +352,9 @@ async fn run(
     let reloader = live_sources(&cfg, source, overrides, api, &relay, &metrics).await?;
     let r = relay.clone();
     reloader.on_change(Box::new(move |c| r.set_pipeline(build_pipeline(c))));
+    reloader.on_change(Box::new(move |c| {
+        call_load.set_timeout(c.dispatcher.dialog_timeout_secs);
+    }));
     let t = transports.clone();
     reloader.on_change(Box::new(move |c| {
         t.set_tls(c.tls.as_ref(), c.backend_tls.as_ref());

@@ -432,7 +432,13 @@ pub fn render_config(inputs: Inputs<'_>) -> Result<SbcConfig, RenderError> {
     topology_keys(cluster, inputs.lookups, &mut relay)?;
     let config = SbcConfig {
         listeners,
-        dispatcher: DispatcherConfig { default_set, sets },
+        dispatcher: DispatcherConfig {
+            default_set,
+            sets,
+            dialog_timeout_secs: spec
+                .dialog_timeout_secs
+                .unwrap_or_else(kubesbc_crds::policy::default_dialog_timeout_secs),
+        },
         routing: spec.routing.clone(),
         admin: AdminConfig {
             address: std::net::SocketAddr::from(([0, 0, 0, 0], admin_port)),

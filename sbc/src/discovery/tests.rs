@@ -22,6 +22,7 @@ const STATIC: &str = "sip:127.0.0.1:5999";
 
 fn config() -> DispatcherConfig {
     DispatcherConfig {
+        dialog_timeout_secs: kubesbc_crds::policy::default_dialog_timeout_secs(),
         default_set: 1,
         sets: vec![DispatcherSetConfig {
             id: 1,

@@ -122,7 +122,13 @@ pub(crate) struct Health {
     flags: AtomicU32,
     probe_failures: AtomicU32,
     probe_successes: AtomicU32,
+    /// Calls sent here by this replica and not answered yet (they end on this replica).
     active_calls: AtomicU32,
+    /// Answered calls of every replica, as the store counted them at the last refresh
+    /// (see [`super::load`]).
+    answered_shared: AtomicU32,
+    /// Calls this replica saw answered since that refresh read the store.
+    answered_here: AtomicU32,
     requests: AtomicU64,
     failures: AtomicU64,
     /// Failed requests since the destination last answered a probe (outlier detection).
@@ -152,6 +158,8 @@ impl Health {
             probe_failures: AtomicU32::new(0),
             probe_successes: AtomicU32::new(0),
             active_calls: AtomicU32::new(0),
+            answered_shared: AtomicU32::new(0),
+            answered_here: AtomicU32::new(0),
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             request_failures: AtomicU32::new(0),
@@ -210,6 +218,9 @@ pub struct Destination {
     failure_threshold: u32,
     /// Why the host did not resolve, when it did not.
     unresolved: Option<String>,
+    /// Whether its answered calls are counted through the store: its set uses the
+    /// call-load algorithm or it has a `maxload`.
+    pub(crate) counts_load: bool,
     pub(crate) health: Arc<Health>,
 }
 
@@ -260,6 +271,7 @@ impl Destination {
                 ),
             },
         };
+        let counts_load = config.maxload.is_some_and(|m| m > 0);
         Ok(Destination {
             uri: config.uri.clone(),
             target: Target {
@@ -271,6 +283,7 @@ impl Destination {
             set_probes,
             failure_threshold: failure_threshold.max(1),
             unresolved,
+            counts_load,
             health,
         })
     }
@@ -412,7 +425,8 @@ impl Destination {
         saturating_inc(&self.health.active_calls);
     }
 
-    /// A call to this destination ended. Never goes below zero.
+    /// A call sent by this replica got its final response: it no longer rings. Never goes
+    /// below zero.
     pub fn call_ended(&self) {
         let _ = self
             .health
@@ -420,9 +434,44 @@ impl Destination {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
     }
 
-    /// Calls in progress.
+    /// Whether its answered calls count through the store ([`super::load`]).
+    pub fn counts_load(&self) -> bool {
+        self.counts_load
+    }
+
+    /// A call sent here was answered on this replica; it counts until the next refresh
+    /// reads it back from the store.
+    pub(crate) fn call_answered(&self) {
+        saturating_inc(&self.health.answered_here);
+    }
+
+    /// Takes what a refresh read: `answered` calls of every replica, which include the
+    /// `seen_here` answered here that the refresh started after.
+    pub(crate) fn set_answered(&self, answered: u32, seen_here: u32) {
+        self.health
+            .answered_shared
+            .store(answered, Ordering::Release);
+        let _ = self
+            .health
+            .answered_here
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(n.saturating_sub(seen_here))
+            });
+    }
+
+    /// Calls answered here since the last refresh.
+    pub(crate) fn answered_here(&self) -> u32 {
+        self.health.answered_here.load(Ordering::Acquire)
+    }
+
+    /// Calls in progress: ringing through this replica, plus answered calls of every
+    /// replica until their BYE (when [`Destination::counts_load`]).
     pub fn active_calls(&self) -> u32 {
-        self.health.active_calls.load(Ordering::Acquire)
+        let h = &self.health;
+        h.active_calls
+            .load(Ordering::Acquire)
+            .saturating_add(h.answered_shared.load(Ordering::Acquire))
+            .saturating_add(h.answered_here.load(Ordering::Acquire))
     }
 
     /// Whether the call-load algorithm may still pick it (`maxload` not reached).

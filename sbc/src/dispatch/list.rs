@@ -72,7 +72,11 @@ pub fn dispatcher_config(sets: Vec<DispatcherSetConfig>) -> DispatcherConfig {
     } else {
         sets.iter().map(|s| s.id).min().unwrap_or(1)
     };
-    DispatcherConfig { default_set, sets }
+    DispatcherConfig {
+        default_set,
+        sets,
+        ..DispatcherConfig::default()
+    }
 }
 
 /// Parses a list held in memory; `name` is used in errors (`name:LINE: reason`).

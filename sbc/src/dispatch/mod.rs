@@ -9,6 +9,7 @@
 pub mod destination;
 pub mod hash;
 pub mod list;
+pub mod load;
 pub mod probe;
 mod set;
 mod snapshot;

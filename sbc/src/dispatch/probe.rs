@@ -274,6 +274,7 @@ mod tests {
         failure_codes: Vec<u16>,
     ) -> DispatcherConfig {
         DispatcherConfig {
+            dialog_timeout_secs: kubesbc_crds::policy::default_dialog_timeout_secs(),
             default_set: 1,
             sets: vec![DispatcherSetConfig {
                 id: 1,

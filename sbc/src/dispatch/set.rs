@@ -102,7 +102,7 @@ impl DispatchSet {
                     Arc::clone(wake),
                 )),
             };
-            let d = Destination::build(
+            let mut d = Destination::build(
                 cfg.id,
                 cfg.probing.enabled,
                 cfg.failover.failure_threshold,
@@ -124,6 +124,7 @@ impl DispatchSet {
                     RESOLVE_INTERVAL.as_secs()
                 );
             }
+            d.counts_load |= cfg.algorithm == Algorithm::CallLoad;
             dests.push(Arc::new(d));
         }
         let set = DispatchSet {

@@ -54,6 +54,7 @@ fn set(id: u32, algorithm: Algorithm, destinations: Vec<DestinationConfig>) -> D
 
 fn dispatcher(algorithm: Algorithm, destinations: Vec<DestinationConfig>) -> Dispatcher {
     let cfg = DispatcherConfig {
+        dialog_timeout_secs: kubesbc_crds::policy::default_dialog_timeout_secs(),
         default_set: 1,
         sets: vec![set(1, algorithm, destinations)],
     };
@@ -371,6 +372,7 @@ fn call_load_prefers_fewest_calls_and_respects_maxload() {
 fn no_destination_up_means_none_without_panic_routing() {
     for alg in Algorithm::ALL {
         let mut cfg = DispatcherConfig {
+            dialog_timeout_secs: kubesbc_crds::policy::default_dialog_timeout_secs(),
             default_set: 1,
             sets: vec![set(1, alg, vec![dc(A), dc(B), dc(C), dc(D)])],
         };
@@ -426,6 +428,7 @@ fn update_keeps_state_of_unchanged_uris() {
     let sent = old_b.requests_sent();
 
     let cfg = DispatcherConfig {
+        dialog_timeout_secs: kubesbc_crds::policy::default_dialog_timeout_secs(),
         default_set: 1,
         sets: vec![set(
             1,
@@ -486,6 +489,7 @@ fn update_keeps_state_of_unchanged_uris() {
 #[test]
 fn bad_configurations_are_refused() {
     let cfg = DispatcherConfig {
+        dialog_timeout_secs: kubesbc_crds::policy::default_dialog_timeout_secs(),
         default_set: 1,
         sets: vec![
             set(1, Algorithm::RoundRobin, vec![]),
@@ -500,6 +504,7 @@ fn bad_configurations_are_refused() {
         Some("dispatcher.sets[1].id: set id 1 is used twice")
     );
     let cfg = DispatcherConfig {
+        dialog_timeout_secs: kubesbc_crds::policy::default_dialog_timeout_secs(),
         default_set: 1,
         sets: vec![set(
             7,
@@ -535,6 +540,7 @@ fn an_unresolved_host_comes_up_when_it_resolves() {
         }
     });
     let cfg = DispatcherConfig {
+        dialog_timeout_secs: kubesbc_crds::policy::default_dialog_timeout_secs(),
         default_set: 1,
         sets: vec![set(
             1,
@@ -568,6 +574,7 @@ fn an_unresolved_host_comes_up_when_it_resolves() {
 #[test]
 fn panic_routing_tries_down_destinations_in_order_but_never_disabled_ones() {
     let mut cfg = DispatcherConfig {
+        dialog_timeout_secs: kubesbc_crds::policy::default_dialog_timeout_secs(),
         default_set: 1,
         sets: vec![set(1, Algorithm::RoundRobin, vec![dc(A), dc(B), dc(C)])],
     };
@@ -598,6 +605,7 @@ fn panic_routing_tries_down_destinations_in_order_but_never_disabled_ones() {
 #[test]
 fn snapshot_lists_flags_like_kamcmd() {
     let mut cfg = DispatcherConfig {
+        dialog_timeout_secs: kubesbc_crds::policy::default_dialog_timeout_secs(),
         default_set: 1,
         sets: vec![
             set(

@@ -20,6 +20,7 @@ use bytes::Bytes;
 use kubesbc_crds::config::SbcConfig;
 use tokio::sync::oneshot;
 
+use crate::dispatch::load::CallLoad;
 use crate::dispatch::probe::{PingOutcome, Pinger};
 use crate::dispatch::{Destination, Dispatcher};
 use crate::media::stage::{Job, MediaStage, Outcome};
@@ -57,6 +58,8 @@ pub struct Relay {
     /// The key hidden values are signed with when `relay.topology` has no `keyFile`: one
     /// per process, kept across reloads so dialogs set up before one still verify.
     own_key: Vec<u8>,
+    /// The call load shared with the other replicas, once [`Relay::set_call_load`] gave it.
+    call_load: OnceLock<Arc<CallLoad>>,
     /// Probes of the sbc's own waiting for their outcome, by id.
     probes: Mutex<HashMap<u64, oneshot::Sender<PingOutcome>>>,
     next_probe: AtomicU64,
@@ -91,6 +94,7 @@ impl Relay {
             media: ArcSwapOption::empty(),
             topology: ArcSwapOption::new(top),
             own_key,
+            call_load: OnceLock::new(),
             probes: Mutex::new(HashMap::new()),
             next_probe: AtomicU64::new(0),
         });
@@ -130,6 +134,11 @@ impl Relay {
             }
         });
         Ok(t)
+    }
+
+    /// Counts answered calls through `load` from now on (once; later calls are ignored).
+    pub fn set_call_load(&self, load: Arc<CallLoad>) {
+        let _ = self.call_load.set(load);
     }
 
     /// The dispatcher the relay routes initial requests with.
@@ -285,7 +294,17 @@ impl Relay {
                     cx,
                     code,
                 } => pipeline.final_response(&req, &cx, code),
-                Action::DialogEnd { pipeline, req, cx } => pipeline.dialog_end(&req, &cx),
+                Action::DialogEnd { pipeline, req, cx } => {
+                    pipeline.dialog_end(&req, &cx);
+                    if let (Some(load), Some(call_id)) = (self.call_load.get(), req.call_id()) {
+                        load.ended(call_id);
+                    }
+                }
+                Action::Answered { dest, call_id } => {
+                    if let Some(load) = self.call_load.get() {
+                        load.answered(&dest, &call_id);
+                    }
+                }
                 Action::Probed { id, outcome } => {
                     let waiter = self
                         .probes

@@ -79,6 +79,16 @@ pub fn throttle_calls(prefix: &str, name: &str) -> String {
     format!("{prefix}thr:{{{name}}}:cc:")
 }
 
+/// The counters of answered calls per destination (the dispatcher's call load), before
+/// `<set>/<uri>:<bucket>`. Every call-load key carries the tag `{calls}`: the release script
+/// reads a call's record and decrements its counter in one slot.
+pub const LOAD_COUNTERS: &str = "load:{calls}:cc:";
+
+/// The record of one answered call of the call load: `load:{calls}:dlg:<Call-ID>`.
+pub fn load_dialog(call_id: &[u8]) -> String {
+    format!("load:{{calls}}:dlg:{}", String::from_utf8_lossy(call_id))
+}
+
 /// `prefix` + `{address}`, formatted on the stack (no allocation per request).
 pub(crate) struct IpKey {
     buf: [u8; 64],

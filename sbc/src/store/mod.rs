@@ -18,6 +18,7 @@ mod fallback;
 pub mod keys;
 mod memory;
 mod redis;
+mod release;
 #[cfg(test)]
 pub(crate) mod testing;
 
@@ -25,6 +26,15 @@ pub use self::redis::{RedisStore, RedisStoreError, Target as RedisTarget};
 pub use coalesce::Coalescing;
 pub use fallback::{FallbackStore, StoreMetrics};
 pub use memory::{DEFAULT_MAX_ENTRIES, MemoryStore};
+pub use release::{BUCKETS, DialogBuckets, Release, Releaser};
+
+/// A counter's value as read with [`Op::Get`]: 0 when it is not a number or is negative.
+pub fn parse_count(v: &[u8]) -> u64 {
+    std::str::from_utf8(v)
+        .ok()
+        .and_then(|s| s.parse::<i64>().ok())
+        .map_or(0, |n| u64::try_from(n).unwrap_or(0))
+}
 
 /// What a store operation can fail with.
 #[derive(Debug, Error)]

@@ -17,7 +17,6 @@
 //!   then, even while the tenant keeps calling.
 
 mod clock;
-mod release;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,15 +26,14 @@ use kubesbc_crds::policy::{MissingTenant, TenantLimit, ThrottleConfig};
 
 use crate::pipeline::{Admission, BoxFuture, Refusal, RequestContext, Stage, Verdict};
 use crate::sip::{Message, Method};
-use crate::store::{Op, OpResult, Store, StoreError, keys};
-use release::{Release, Releaser};
+use crate::store::{
+    DialogBuckets, Op, OpResult, Release, Releaser, Store, StoreError, keys, parse_count,
+};
 
 pub use clock::Clock;
 
 /// Longest tenant id accepted (it becomes part of store keys).
 const MAX_TENANT: usize = 64;
-/// Concurrency buckets per dialog timeout.
-const BUCKETS: u64 = 4;
 /// Life of a calls-per-second counter: its second and the next.
 const CPS_WINDOW: Duration = Duration::from_secs(2);
 
@@ -58,6 +56,8 @@ impl std::fmt::Debug for ThrottleStage {
 
 struct Throttle {
     cfg: ThrottleConfig,
+    /// The concurrency buckets of its `dialogTimeoutSecs`.
+    buckets: DialogBuckets,
     retry_after: Vec<u8>,
     /// Whether any tenant (or the default) limits open calls: BYEs need a look-up then.
     counts_calls: bool,
@@ -115,6 +115,7 @@ impl ThrottleStage {
         let throttles = throttles
             .iter()
             .map(|cfg| Throttle {
+                buckets: DialogBuckets::new(cfg.dialog_timeout_secs),
                 retry_after: cfg.response.retry_after_secs.to_string().into_bytes(),
                 counts_calls: cfg
                     .tenants
@@ -161,21 +162,6 @@ impl ThrottleStage {
         }
     }
 
-    /// Bucket length and number of the concurrency bucket of `now_ms`.
-    fn bucket(t: &Throttle, now_ms: u64) -> (u64, u64) {
-        let len_ms = (u64::from(t.cfg.dialog_timeout_secs) * 1000)
-            .div_ceil(BUCKETS)
-            .max(1);
-        (len_ms, now_ms / len_ms)
-    }
-
-    /// TTL of bucket `b`: it lives a dialog timeout past its end.
-    fn bucket_ttl(t: &Throttle, len_ms: u64, b: u64, now_ms: u64) -> Duration {
-        let end = (b + 1).saturating_mul(len_ms);
-        let expire = end.saturating_add(u64::from(t.cfg.dialog_timeout_secs) * 1000);
-        Duration::from_millis(expire.saturating_sub(now_ms).max(1))
-    }
-
     /// Appends the counter operations of one throttle for a request to `ops`.
     #[allow(clippy::too_many_arguments)]
     fn plan(
@@ -215,16 +201,16 @@ impl ThrottleStage {
             .filter(|_| new_call)
             .and_then(|n| Some((n, req.call_id()?)))
         {
-            let (len_ms, b) = Self::bucket(t, now_ms);
+            let b = t.buckets.current(now_ms);
             let cur = self.key(t, "cc", seg, b);
-            let ttl = Self::bucket_ttl(t, len_ms, b, now_ms);
+            let ttl = t.buckets.ttl(b, now_ms);
             let dlg = self.dialog_key(t, call_id);
             let at = ops.len();
             ops.push(Op::IncrBy(cur.clone(), 1, ttl));
             let before = ops.len();
             ops.extend(
-                (1..=BUCKETS)
-                    .filter_map(|i| b.checked_sub(i))
+                t.buckets
+                    .older(b)
                     .map(|ob| Op::Get(self.key(t, "cc", seg, ob))),
             );
             let older = ops.len() - before;
@@ -302,27 +288,17 @@ impl ThrottleStage {
             .iter()
             .filter(|t| t.counts_calls)
             .map(|t| {
-                let timeout_ms = u64::from(t.cfg.dialog_timeout_secs) * 1000;
-                Release {
-                    dialog_key: self.dialog_key(t, call_id),
-                    counter_prefix: keys::throttle_calls(&self.prefix, &t.cfg.name),
-                    bucket_ms: timeout_ms.div_ceil(BUCKETS).max(1),
-                    timeout_ms,
+                t.buckets.release(
+                    self.dialog_key(t, call_id),
+                    keys::throttle_calls(&self.prefix, &t.cfg.name),
                     now_ms,
-                }
+                )
             })
             .collect();
         if !jobs.is_empty() {
             self.releaser.send(jobs);
         }
     }
-}
-
-fn parse_count(v: &[u8]) -> u64 {
-    std::str::from_utf8(v)
-        .ok()
-        .and_then(|s| s.parse::<i64>().ok())
-        .map_or(0, |n| u64::try_from(n).unwrap_or(0))
 }
 
 impl Stage for ThrottleStage {

@@ -233,9 +233,18 @@ impl Core {
         let server = ctx.server.clone();
         if ctx.invite {
             if let Some((d, _)) = &dest {
-                // Call-load counts ringing calls; a connected call ends its count here too
-                // (dialog-long tracking needs the dialog module: see docs/dispatcher.md).
+                // It no longer rings here; an answered call counts on until its BYE, on
+                // every replica, through the shared call load.
                 d.call_ended();
+                if (200..300).contains(&code)
+                    && d.counts_load()
+                    && let Some(call_id) = msg.call_id()
+                {
+                    out.push(Action::Answered {
+                        dest: d.clone(),
+                        call_id: Bytes::copy_from_slice(call_id),
+                    });
+                }
             }
             if code >= 300 {
                 let stx = ctx.server.as_ref().and_then(|k| st.server.get(k));

@@ -87,6 +87,15 @@ pub enum Action {
         /// Its context.
         cx: RequestContext,
     },
+    /// An initial INVITE sent to `dest` was answered (a 2xx): it counts against the
+    /// destination until its BYE ([`crate::dispatch::load`]). Only for destinations that
+    /// count their load.
+    Answered {
+        /// The destination that answered.
+        dest: Arc<crate::dispatch::Destination>,
+        /// The call's Call-ID (as the backends see it).
+        call_id: Bytes,
+    },
     /// A probe of the sbc's own ([`Core::probe`]) ended.
     Probed {
         /// The id the probe was started with.

@@ -236,3 +236,45 @@ fn timer_c_cancels_an_invite_that_rings_too_long() {
     assert_eq!(o.only_to(A).line(), "CANCEL sip:bob@127.0.0.1:5060 SIP/2.0");
     assert_eq!(o.only_to(CALLER).line(), "SIP/2.0 408 Request Timeout");
 }
+
+#[test]
+fn an_answered_call_to_a_destination_with_maxload_counts_until_its_bye() {
+    let mut h = Harness::new();
+    h.cfg.dispatcher.sets[0].destinations[0].maxload = Some(5);
+    h.core
+        .dispatcher()
+        .update(&h.cfg.dispatcher)
+        .expect("update");
+    let fwd = h.request(INVITE).only_to(A).clone();
+    assert!(
+        h.answer(&fwd, 180, "Ringing", Some("t1"))
+            .answered
+            .is_empty()
+    );
+    let o = h.answer(&fwd, 200, "OK", Some("t1"));
+    assert_eq!(o.answered, vec!["sip:127.0.0.1:5071".to_owned()]);
+    // A retransmitted 2xx is the same call.
+    assert!(h.answer(&fwd, 200, "OK", Some("t1")).answered.is_empty());
+}
+
+#[test]
+fn a_refused_call_or_an_uncounted_destination_reports_no_answered_call() {
+    let mut h = Harness::new();
+    let fwd = h.request(INVITE).only_to(A).clone();
+    assert!(h.answer(&fwd, 200, "OK", Some("t1")).answered.is_empty());
+    h.cfg.dispatcher.sets[0].destinations[1].maxload = Some(5);
+    h.cfg.dispatcher.sets[0].destinations[0].maxload = Some(5);
+    h.core
+        .dispatcher()
+        .update(&h.cfg.dispatcher)
+        .expect("update");
+    let second = INVITE
+        .replace("Call-ID: ", "Call-ID: other-")
+        .replace("z9hG4bKb1", "z9hG4bKb2");
+    let fwd = h.request(&second).only_to(A).clone();
+    assert!(
+        h.answer(&fwd, 486, "Busy Here", Some("t2"))
+            .answered
+            .is_empty()
+    );
+}

@@ -78,6 +78,8 @@ pub struct Out {
     pub armed: Vec<Timer>,
     /// Probes that ended: id and outcome.
     pub probed: Vec<(u64, PingOutcome)>,
+    /// Destinations whose call was answered (call load counted until BYE).
+    pub answered: Vec<String>,
 }
 
 impl Out {
@@ -151,6 +153,7 @@ impl Harness {
             })
             .collect();
         cfg.dispatcher = DispatcherConfig {
+            dialog_timeout_secs: kubesbc_crds::policy::default_dialog_timeout_secs(),
             default_set: 1,
             sets: vec![DispatcherSetConfig {
                 id: 1,
@@ -208,6 +211,7 @@ impl Harness {
                     out.dialog_ends += 1;
                 }
                 Action::Probed { id, outcome } => out.probed.push((id, outcome)),
+                Action::Answered { dest, .. } => out.answered.push(dest.uri.clone()),
             }
         }
         out
