@@ -21,6 +21,7 @@ pub mod rtpengine;
 pub mod sip;
 pub mod sipp;
 pub mod testbed;
+pub mod uas;
 pub mod ws;
 
 use std::collections::HashSet;

@@ -172,6 +172,50 @@ impl SipClient {
         }
     }
 
+    /// Reads the next request within `timeout` (responses that arrive are skipped), as text.
+    pub fn recv_request(&mut self, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            let msg = self.recv_message(left.max(Duration::from_millis(1)))?;
+            if !msg.starts_with(b"SIP/2.0 ") {
+                return Some(String::from_utf8_lossy(&msg).into_owned());
+            }
+        }
+    }
+
+    /// Reads responses until the final one of the transaction `call_id` + `cseq` (such as
+    /// `2 BYE`) arrives within `timeout`; other responses are skipped.
+    pub fn recv_final_of(
+        &mut self,
+        call_id: &str,
+        cseq: &str,
+        timeout: Duration,
+    ) -> Option<SipResponse> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            let r = self.recv(left)?;
+            if r.code >= 200
+                && r.header("Call-ID") == Some(call_id)
+                && r.header("CSeq") == Some(cseq)
+            {
+                return Some(r);
+            }
+        }
+    }
+
+    /// Sends raw bytes to `to` rather than the target (UDP only: a response to a request
+    /// goes to its top Via).
+    pub fn send_to(&mut self, bytes: &[u8], to: SocketAddr) {
+        match self {
+            SipClient::Udp { socket, .. } => {
+                socket.send_to(bytes, to).expect("udp send");
+            }
+            SipClient::Tcp { .. } => panic!("send_to is for UDP clients"),
+        }
+    }
+
     /// Sends `bytes` and waits for the final response.
     pub fn request(&mut self, bytes: &[u8], timeout: Duration) -> Option<SipResponse> {
         self.send(bytes);
@@ -358,6 +402,74 @@ impl RequestBuilder {
         s.push_str(&self.body);
         s.into_bytes()
     }
+}
+
+/// The values of header `name` in the message text `msg`, in order (one per header line;
+/// full names only).
+pub fn header_values<'a>(msg: &'a str, name: &str) -> Vec<&'a str> {
+    msg.split("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .split("\r\n")
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim())
+        .collect()
+}
+
+/// The first value of header `name` in `msg`.
+pub fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
+    header_values(msg, name).into_iter().next()
+}
+
+/// Where a response to `req` goes: the sent-by of its top Via (RFC 3261 section 18.2.2,
+/// IP literals only), its `rport` value when it has one.
+pub fn top_via_addr(req: &str) -> Option<SocketAddr> {
+    let via = header(req, "Via")?;
+    let via = via.split(',').next()?;
+    let (_, rest) = via.trim().split_once(' ')?;
+    let mut parts = rest.split(';');
+    let mut addr: SocketAddr = parts.next()?.trim().parse().ok()?;
+    for p in parts {
+        if let Some(port) = p.trim().strip_prefix("rport=").and_then(|v| v.parse().ok()) {
+            addr.set_port(port);
+        }
+    }
+    Some(addr)
+}
+
+/// A response to the request `req`: its Vias, Record-Routes, From, Call-ID and CSeq copied,
+/// To with `to_tag` added unless it has a tag, and `contact` when given.
+pub fn response_to(
+    req: &str,
+    code: u16,
+    reason: &str,
+    to_tag: &str,
+    contact: Option<&str>,
+) -> String {
+    let mut s = format!("SIP/2.0 {code} {reason}\r\n");
+    for name in ["Via", "Record-Route"] {
+        for v in header_values(req, name) {
+            s.push_str(&format!("{name}: {v}\r\n"));
+        }
+    }
+    for name in ["From", "Call-ID", "CSeq"] {
+        if let Some(v) = header(req, name) {
+            s.push_str(&format!("{name}: {v}\r\n"));
+        }
+    }
+    let to = header(req, "To").unwrap_or_default();
+    if to.contains(";tag=") {
+        s.push_str(&format!("To: {to}\r\n"));
+    } else {
+        s.push_str(&format!("To: {to};tag={to_tag}\r\n"));
+    }
+    if let Some(c) = contact {
+        s.push_str(&format!("Contact: {c}\r\n"));
+    }
+    s.push_str("Content-Length: 0\r\n\r\n");
+    s
 }
 
 /// A minimal SDP offer for INVITEs.
