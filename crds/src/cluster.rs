@@ -146,7 +146,9 @@ pub struct SbcClusterSpec {
     /// Secret key holding the keys that encrypt and authenticate topology hiding's hidden
     /// values (one a line, at least 16 characters; the first seals, every one opens),
     /// mounted into every pod so any replica restores what another hid. Required with
-    /// `relay.topology.hide`.
+    /// `relay.topology.hide`. The same keys sign flow tokens, so a request for a TCP, TLS or
+    /// WebSocket client's connection that reaches another replica is forwarded to the one
+    /// holding it (with `hide: false` too).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topology_key_secret_ref: Option<SecretKeyRef>,
     /// HEPv3 to Homer, CDRs and registration events (the sbc.yaml `observability` section,

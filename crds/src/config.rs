@@ -803,7 +803,8 @@ pub struct TopologyConfig {
     /// parameters carrying hidden values: the first seals, every one opens (rotation: add
     /// the new key on top, drop the old one once no dialog carries it). Every replica must
     /// read the same file (a Secret). Absent: a random key per process, so only the replica
-    /// that hid a value can restore it.
+    /// that hid a value can restore it. The keys also sign flow tokens, so any replica
+    /// forwards a request for a stream client's connection to the replica holding it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_file: Option<String>,
     /// The keys read from `keyFile` (never written back).

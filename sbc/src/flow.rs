@@ -4,15 +4,19 @@
 //! with the token on its side; a request whose consumed Route carries a token goes over that
 //! connection, or gets 430 Flow Failed when it is closed. See docs/architecture.md, "Flows".
 //!
-//! The token is the connection's [`Peer`] (transport, address, connection id) and an
-//! HMAC-SHA256 of it under a key random to this process, hex-encoded: the sbc recognises its
-//! own tokens without a table, and a token cannot be made up to reach another client's
-//! connection. Only stream clients get one, so UDP requests pay nothing here.
+//! The token is the connection's [`Peer`] (transport, address, connection id), the address of
+//! the replica holding it (its pod address on the inside, when the pod is on the inside), and
+//! an HMAC-SHA256 of them, hex-encoded: the sbc recognises its own tokens without a table, and
+//! a token cannot be made up to reach another client's connection. The key is random to the
+//! process, or, with `relay.topology.keyFile`, derived from the keys every replica shares: then
+//! any replica reads any replica's tokens and forwards a request for a connection it does not
+//! hold to the replica that does (docs/architecture.md, "Flows"). Only stream clients get a
+//! token, so UDP requests pay nothing here.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use hmac::{Hmac, Mac};
-use kubesbc_crds::config::Transport;
+use kubesbc_crds::config::{SbcConfig, Transport};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
@@ -23,6 +27,8 @@ use crate::transport::Peer;
 const PREFIX: &[u8] = b"kf";
 /// Bytes of the MAC kept in a token.
 const MAC_LEN: usize = 8;
+/// The longest token body: kind, connection id, two ports and two IPv6 addresses.
+const MAX_BODY: usize = 1 + 8 + 2 + 16 + 2 + 16;
 const TRANSPORTS: [Transport; 5] = [
     Transport::Udp,
     Transport::Tcp,
@@ -30,10 +36,19 @@ const TRANSPORTS: [Transport; 5] = [
     Transport::Ws,
     Transport::Wss,
 ];
+/// Bits of the kind byte above the transport's index.
+const PEER_V6: u8 = 0x10;
+const OWNER: u8 = 0x20;
+const OWNER_V6: u8 = 0x40;
+/// What a shared key is derived with: a token key never equals a topology key.
+const DERIVE: &[u8] = b"kubesbc flow token key v1";
 
-/// The key flow tokens are signed with (random by default).
+/// The keys flow tokens are signed with: the first signs, every one verifies.
 #[derive(Clone)]
-pub struct FlowKey([u8; 32]);
+pub struct FlowKey {
+    keys: Vec<[u8; 32]>,
+    shared: bool,
+}
 
 impl Default for FlowKey {
     fn default() -> FlowKey {
@@ -43,8 +58,22 @@ impl Default for FlowKey {
 
 impl std::fmt::Debug for FlowKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("FlowKey(..)")
+        write!(
+            f,
+            "FlowKey({} keys, shared: {})",
+            self.keys.len(),
+            self.shared
+        )
     }
+}
+
+/// What a token names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flow {
+    /// The client's connection.
+    pub peer: Peer,
+    /// The replica holding it, when the token says (keys shared by every replica).
+    pub owner: Option<SocketAddr>,
 }
 
 impl FlowKey {
@@ -54,12 +83,44 @@ impl FlowKey {
         for c in k.chunks_mut(8) {
             c.copy_from_slice(&fastrand::u64(..).to_le_bytes());
         }
-        FlowKey(k)
+        FlowKey {
+            keys: vec![k],
+            shared: false,
+        }
     }
 
-    fn mac(&self, data: &[u8]) -> [u8; MAC_LEN] {
-        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&self.0)
-            .expect("HMAC accepts keys of any length");
+    /// Keys derived from the keys every replica reads (`relay.topology.keyFile`), in order:
+    /// the first signs. None when `keys` is empty.
+    pub fn shared<K: AsRef<[u8]>>(keys: &[K]) -> Option<FlowKey> {
+        let keys: Vec<[u8; 32]> = keys
+            .iter()
+            .map(|k| {
+                let mut m = <Hmac<Sha256> as Mac>::new_from_slice(k.as_ref())
+                    .expect("HMAC accepts keys of any length");
+                m.update(DERIVE);
+                m.finalize().into_bytes().into()
+            })
+            .collect();
+        (!keys.is_empty()).then_some(FlowKey { keys, shared: true })
+    }
+
+    /// The key for `cfg`: shared when `relay.topology` has keys, else `own` (the process's).
+    pub fn for_config(cfg: &SbcConfig, own: &FlowKey) -> FlowKey {
+        cfg.relay
+            .topology
+            .as_ref()
+            .and_then(|t| FlowKey::shared(&t.keys))
+            .unwrap_or_else(|| own.clone())
+    }
+
+    /// Whether every replica reads these tokens.
+    pub fn is_shared(&self) -> bool {
+        self.shared
+    }
+
+    fn mac(key: &[u8; 32], data: &[u8]) -> [u8; MAC_LEN] {
+        let mut m =
+            <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts keys of any length");
         m.update(data);
         let full = m.finalize().into_bytes();
         let mut out = [0u8; MAC_LEN];
@@ -67,19 +128,28 @@ impl FlowKey {
         out
     }
 
-    /// The token naming the connection `peer`; None for UDP (no connection to name).
-    pub fn token(&self, peer: &Peer) -> Option<Vec<u8>> {
+    /// The token naming the connection `peer` held by the replica at `owner` (written only
+    /// with shared keys); None for UDP (no connection to name).
+    pub fn token(&self, peer: &Peer, owner: Option<SocketAddr>) -> Option<Vec<u8>> {
         let flow = peer.flow?;
-        let t = TRANSPORTS.iter().position(|t| *t == peer.transport)? as u8;
-        let mut raw = Vec::with_capacity(27 + MAC_LEN);
-        raw.push(t);
-        raw.extend_from_slice(&flow.to_be_bytes());
-        raw.extend_from_slice(&peer.addr.port().to_be_bytes());
-        match peer.addr.ip() {
-            IpAddr::V4(v4) => raw.extend_from_slice(&v4.octets()),
-            IpAddr::V6(v6) => raw.extend_from_slice(&v6.octets()),
+        let owner = owner.filter(|_| self.shared);
+        let mut kind = TRANSPORTS.iter().position(|t| *t == peer.transport)? as u8;
+        if peer.addr.is_ipv6() {
+            kind |= PEER_V6;
         }
-        let mac = self.mac(&raw);
+        match owner {
+            Some(o) if o.is_ipv6() => kind |= OWNER | OWNER_V6,
+            Some(_) => kind |= OWNER,
+            None => {}
+        }
+        let mut raw = Vec::with_capacity(MAX_BODY + MAC_LEN);
+        raw.push(kind);
+        raw.extend_from_slice(&flow.to_be_bytes());
+        push_addr(&mut raw, peer.addr);
+        if let Some(o) = owner {
+            push_addr(&mut raw, o);
+        }
+        let mac = Self::mac(self.keys.first()?, &raw);
         raw.extend_from_slice(&mac);
         let mut out = Vec::with_capacity(PREFIX.len() + raw.len() * 2);
         out.extend_from_slice(PREFIX);
@@ -92,8 +162,13 @@ impl FlowKey {
 
     /// The connection a token names, if it is one of ours and intact.
     pub fn peer(&self, token: &[u8]) -> Option<Peer> {
+        self.open(token).map(|f| f.peer)
+    }
+
+    /// What a token names, if it is one of ours (under any of the keys) and intact.
+    pub fn open(&self, token: &[u8]) -> Option<Flow> {
         let hex = token.strip_prefix(PREFIX)?;
-        let mut raw = [0u8; 27 + MAC_LEN];
+        let mut raw = [0u8; MAX_BODY + MAC_LEN];
         if hex.len() % 2 != 0 || hex.len() / 2 > raw.len() {
             return None;
         }
@@ -101,25 +176,57 @@ impl FlowKey {
         for (i, pair) in hex.chunks(2).enumerate() {
             raw[i] = (nibble(pair[0])? << 4) | nibble(pair[1])?;
         }
-        let ip_len = n.checked_sub(11 + MAC_LEN)?;
-        let (body, mac) = raw[..n].split_at(n - MAC_LEN);
-        if !bool::from(self.mac(body).as_slice().ct_eq(mac)) {
+        let (body, mac) = raw[..n].split_at(n.checked_sub(MAC_LEN)?);
+        if !self
+            .keys
+            .iter()
+            .any(|k| bool::from(Self::mac(k, body).as_slice().ct_eq(mac)))
+        {
             return None;
         }
-        let transport = *TRANSPORTS.get(body[0] as usize)?;
-        let flow = u64::from_be_bytes(body[1..9].try_into().ok()?);
-        let port = u16::from_be_bytes([body[9], body[10]]);
-        let ip = match ip_len {
-            4 => IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(&body[11..15]).ok()?)),
-            16 => IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&body[11..27]).ok()?)),
-            _ => return None,
+        let kind = *body.first()?;
+        let transport = *TRANSPORTS.get(usize::from(kind & 0x0f))?;
+        let flow = u64::from_be_bytes(body.get(1..9)?.try_into().ok()?);
+        let (addr, rest) = read_addr(body.get(9..)?, kind & PEER_V6 != 0)?;
+        let (owner, rest) = if kind & OWNER != 0 {
+            let (o, rest) = read_addr(rest, kind & OWNER_V6 != 0)?;
+            (Some(o), rest)
+        } else {
+            (None, rest)
         };
-        Some(Peer {
-            transport,
-            addr: SocketAddr::new(ip, port),
-            flow: Some(flow),
+        if !rest.is_empty() {
+            return None;
+        }
+        Some(Flow {
+            peer: Peer {
+                transport,
+                addr,
+                flow: Some(flow),
+            },
+            owner,
         })
     }
+}
+
+fn push_addr(raw: &mut Vec<u8>, a: SocketAddr) {
+    raw.extend_from_slice(&a.port().to_be_bytes());
+    match a.ip() {
+        IpAddr::V4(v4) => raw.extend_from_slice(&v4.octets()),
+        IpAddr::V6(v6) => raw.extend_from_slice(&v6.octets()),
+    }
+}
+
+/// A port and an address of the given family from the front of `b`, and what follows.
+fn read_addr(b: &[u8], v6: bool) -> Option<(SocketAddr, &[u8])> {
+    let port = u16::from_be_bytes([*b.first()?, *b.get(1)?]);
+    let len = if v6 { 16 } else { 4 };
+    let ip_bytes = b.get(2..2 + len)?;
+    let ip = if v6 {
+        IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(ip_bytes).ok()?))
+    } else {
+        IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(ip_bytes).ok()?))
+    };
+    Some((SocketAddr::new(ip, port), b.get(2 + len..)?))
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -173,7 +280,7 @@ mod tests {
     fn a_token_names_its_connection_and_only_its_key_reads_it() {
         let key = FlowKey::random();
         for p in [ws("127.0.0.1:40000", 7), ws("[2001:db8::1]:443", u64::MAX)] {
-            let t = key.token(&p).unwrap();
+            let t = key.token(&p, None).unwrap();
             assert!(t.starts_with(b"kf") && t.iter().all(u8::is_ascii_alphanumeric));
             assert_eq!(key.peer(&t), Some(p));
             assert_eq!(FlowKey::random().peer(&t), None, "another process's key");
@@ -183,13 +290,72 @@ mod tests {
             transport: Transport::Udp,
             ..ws("127.0.0.1:5060", 1)
         };
-        assert_eq!(key.token(&udp), None);
+        assert_eq!(key.token(&udp, None), None);
+    }
+
+    #[test]
+    fn with_shared_keys_every_replica_reads_the_owner_and_rotation_keeps_old_tokens() {
+        let a = FlowKey::shared(&["the-shared-key-of-the-cluster"]).unwrap();
+        let b = FlowKey::shared(&["the-shared-key-of-the-cluster"]).unwrap();
+        for (peer, owner) in [
+            (ws("127.0.0.1:40000", 7), "10.0.0.3:5060"),
+            (ws("[2001:db8::1]:443", 9), "10.0.0.4:5060"),
+            (ws("127.0.0.1:40000", 7), "[fd00::4]:5060"),
+        ] {
+            let owner: SocketAddr = owner.parse().unwrap();
+            let t = a.token(&peer, Some(owner)).unwrap();
+            assert_eq!(
+                b.open(&t),
+                Some(Flow {
+                    peer,
+                    owner: Some(owner)
+                }),
+                "another replica reads it"
+            );
+        }
+        let t = a.token(
+            &ws("127.0.0.1:40000", 7),
+            Some("10.0.0.3:5060".parse().unwrap()),
+        );
+        let t = t.unwrap();
+        // A new key on top: tokens of the old one still open; a stranger's key does not.
+        let rotated = FlowKey::shared(&[
+            "a-newer-key-of-the-cluster",
+            "the-shared-key-of-the-cluster",
+        ]);
+        assert!(rotated.unwrap().open(&t).is_some());
+        let other = FlowKey::shared(&["some-other-cluster-key"]).unwrap();
+        assert_eq!(other.open(&t), None);
+        // A process key writes no owner: only its own replica holds the connection.
+        let own = FlowKey::random();
+        let t = own.token(
+            &ws("127.0.0.1:40000", 7),
+            Some("10.0.0.3:5060".parse().unwrap()),
+        );
+        assert_eq!(own.open(&t.unwrap()).unwrap().owner, None);
+        assert!(FlowKey::shared::<&str>(&[]).is_none());
+    }
+
+    #[test]
+    fn a_token_pointing_its_owner_elsewhere_is_refused() {
+        let key = FlowKey::shared(&["the-shared-key-of-the-cluster"]).unwrap();
+        let t = key
+            .token(
+                &ws("127.0.0.1:40000", 7),
+                Some("10.0.0.3:5060".parse().unwrap()),
+            )
+            .unwrap();
+        // The last hex digit of the owner's address, before the MAC.
+        let mut forged = t.clone();
+        let i = t.len() - 2 * MAC_LEN - 1;
+        forged[i] = if forged[i] == b'4' { b'5' } else { b'4' };
+        assert_eq!(key.open(&forged), None);
     }
 
     #[test]
     fn a_forged_or_damaged_token_is_refused() {
         let key = FlowKey::random();
-        let t = key.token(&ws("127.0.0.1:40000", 7)).unwrap();
+        let t = key.token(&ws("127.0.0.1:40000", 7), None).unwrap();
         // Another connection id with the old MAC.
         let mut forged = t.clone();
         let i = 2 + 2 * 8; // a hex digit of the connection id

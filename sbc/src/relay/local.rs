@@ -40,6 +40,10 @@ pub struct Local {
     pub pod: Vec<(Transport, String, u16)>,
     /// The inside, when `relay.inside` is configured.
     pub inside: Option<Inside>,
+    /// Where the other replicas reach this one: its UDP listener at the pod's address, when
+    /// that address is on the inside. Written into flow tokens (with keys every replica
+    /// shares) so that a replica not holding a client's connection forwards to this one.
+    pub owner: Option<SocketAddr>,
 }
 
 impl Local {
@@ -118,7 +122,25 @@ impl Local {
                 networks: cfg.networks.iter().filter_map(|n| Cidr::parse(n)).collect(),
             });
         }
+        local.owner = bound
+            .iter()
+            .find(|(t, _)| *t == Transport::Udp)
+            .and_then(|(_, a)| {
+                let ip = match (a.ip().is_unspecified(), pod_ip) {
+                    (true, Some(ip)) => ip,
+                    (true, None) => return None,
+                    (false, _) => a.ip(),
+                };
+                Some(SocketAddr::new(ip, a.port()))
+            })
+            .filter(|a| local.is_inside(a.ip()));
         local
+    }
+
+    /// A flow token naming the connection `peer` and, when every replica reads the tokens,
+    /// this replica as the one holding it.
+    pub fn flow_token(&self, peer: &Peer) -> Option<Vec<u8>> {
+        self.flow_key.token(peer, self.owner)
     }
 
     /// Whether `ip` is on the inside (false without `relay.inside`).
@@ -243,6 +265,29 @@ mod tests {
         let l = Local::new(&adv, &bound, Some("10.1.2.3".parse().unwrap()));
         assert_eq!(l.sent_by(Transport::Udp), ("203.0.113.9", 5080));
         assert!(l.is_us(b"203.0.113.9", Some(5080)) && l.is_us(b"10.1.2.3", Some(5060)));
+    }
+
+    #[test]
+    fn the_owner_in_flow_tokens_is_the_pods_udp_listener_when_the_pod_is_inside() {
+        let mut cfg = crate::config::from_listeners(vec![
+            crate::config::parse_listen("udp:0.0.0.0:5060").unwrap(),
+            crate::config::parse_listen("tcp:0.0.0.0:5060").unwrap(),
+        ])
+        .unwrap();
+        let bound = [
+            (Transport::Udp, "0.0.0.0:5060".parse().unwrap()),
+            (Transport::Tcp, "0.0.0.0:5060".parse().unwrap()),
+        ];
+        let pod = Some("10.1.2.3".parse().unwrap());
+        assert_eq!(Local::new(&cfg, &bound, pod).owner, None, "no inside");
+        cfg.relay.inside = Some(kubesbc_crds::config::InsideConfig {
+            address: Some("sbc.voice.svc.cluster.local".into()),
+            networks: vec!["10.0.0.0/8".into()],
+        });
+        let l = Local::new(&cfg, &bound, pod);
+        assert_eq!(l.owner, Some("10.1.2.3:5060".parse().unwrap()));
+        let outside_pod = Some("192.0.2.3".parse().unwrap());
+        assert_eq!(Local::new(&cfg, &bound, outside_pod).owner, None);
     }
 
     #[test]

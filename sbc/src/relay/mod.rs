@@ -58,6 +58,9 @@ pub struct Relay {
     /// The key hidden values are signed with when `relay.topology` has no `keyFile`: one
     /// per process, kept across reloads so dialogs set up before one still verify.
     own_key: Vec<u8>,
+    /// The key flow tokens are signed with without shared keys: one per process, kept across
+    /// reloads (the connections it names live as long as the process).
+    own_flow_key: crate::flow::FlowKey,
     /// The call load shared with the other replicas, once [`Relay::set_call_load`] gave it.
     call_load: OnceLock<Arc<CallLoad>>,
     /// Probes of the sbc's own waiting for their outcome, by id.
@@ -94,6 +97,7 @@ impl Relay {
             media: ArcSwapOption::empty(),
             topology: ArcSwapOption::new(top),
             own_key,
+            own_flow_key: crate::flow::FlowKey::random(),
             call_load: OnceLock::new(),
             probes: Mutex::new(HashMap::new()),
             next_probe: AtomicU64::new(0),
@@ -112,9 +116,7 @@ impl Relay {
         let (tls, btls) = (cfg.tls.as_ref(), cfg.backend_tls.as_ref());
         let t = Transports::bind_with_tls(&cfg.listeners, &cfg.limits, workers, inbound, tls, btls)
             .await?;
-        let pod_ip = std::env::var("POD_IP").ok().and_then(|v| v.parse().ok());
-        self.local
-            .store(Arc::new(Local::new(&cfg, &t.local_addrs(), pod_ip)));
+        self.local.store(Arc::new(self.build_local(&cfg, &t)));
         let _ = self.transports.set(t.clone());
         let me = Arc::downgrade(self);
         tokio::spawn(async move {
@@ -155,7 +157,20 @@ impl Relay {
         }
         self.topology
             .store(Topology::from_config(&config, &self.own_key).map(Arc::new));
+        // Advertise and inside addresses and the flow keys follow the configuration; the
+        // listeners stay bound as they are.
+        if let Some(t) = self.transports.get() {
+            self.local.store(Arc::new(self.build_local(&config, t)));
+        }
         self.config.store(Arc::new(config));
+    }
+
+    /// The sbc's identity under `cfg` over the bound transports `t`.
+    fn build_local(&self, cfg: &SbcConfig, t: &Transports) -> Local {
+        let pod_ip = std::env::var("POD_IP").ok().and_then(|v| v.parse().ok());
+        let mut local = Local::new(cfg, &t.local_addrs(), pod_ip);
+        local.flow_key = crate::flow::FlowKey::for_config(cfg, &self.own_flow_key);
+        local
     }
 
     /// Installs the policy stages (guard, auth, throttle) run before routing. Transactions

@@ -27,6 +27,9 @@ pub struct Routes {
     /// The connection named by a flow token in one of ours (Path, Record-Route), unless
     /// the request came over that very connection (then it is on its way out of it).
     pub flow: Option<Peer>,
+    /// The replica holding that connection, when its token names one that is not us: a
+    /// request for a connection not open here is forwarded there.
+    pub flow_owner: Option<std::net::SocketAddr>,
 }
 
 /// Reads the leading Route values that name us, the next hop, and a flow token in ours.
@@ -38,10 +41,17 @@ pub fn inspect_routes(msg: &Message, local: &Local, from: &Peer) -> Routes {
             Some(p) if local.is_us(p.host, p.port) => {
                 r.ours += 1;
                 if r.flow.is_none()
-                    && let Some(f) = p.user.and_then(|user| local.flow_key.peer(user))
-                    && !(f.flow == from.flow && f.transport == from.transport)
+                    && let Some(f) = p.user.and_then(|user| local.flow_key.open(user))
                 {
-                    r.flow = Some(f);
+                    // Connection ids are per replica: one held elsewhere is never looked up
+                    // here, and the request cannot have come over it.
+                    let elsewhere = f.owner.filter(|o| !local.is_addr_us(*o));
+                    let came_over_it =
+                        f.peer.flow == from.flow && f.peer.transport == from.transport;
+                    if elsewhere.is_some() || !came_over_it {
+                        r.flow = Some(f.peer);
+                        r.flow_owner = elsewhere;
+                    }
                 }
             }
             _ => {

@@ -571,8 +571,7 @@ fn relayed<'a>(stx: &'a ServerTx, req: &'a Message, via: &'a [u8]) -> build::Rel
 /// one side allocates nothing here beyond the single Record-Route it always had.
 fn flow_headers(env: &Env<'_>, stx: &ServerTx, target: &Peer) -> (Option<Vec<u8>>, Vec<u8>) {
     let mut extra = Vec::new();
-    let key = &env.local.flow_key;
-    let client = key.token(&stx.peer);
+    let client = env.local.flow_token(&stx.peer);
     let register = stx.cx.method == Method::Register;
     if register && let Some(tok) = &client {
         let (h, p) = env.local.route_host(target);
@@ -583,7 +582,7 @@ fn flow_headers(env: &Env<'_>, stx: &ServerTx, target: &Peer) -> (Option<Vec<u8>
     if stx.cx.in_dialog || !env.cfg.relay.record_route {
         return (None, extra);
     }
-    let far = key.token(target);
+    let far = env.local.flow_token(target);
     let (near_host, far_host) = (
         env.local.route_host(&stx.peer),
         env.local.route_host(target),

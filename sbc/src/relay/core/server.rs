@@ -227,14 +227,25 @@ impl Core {
         };
         // A flow token in our Route (Path, Record-Route) sends the request over the client's
         // connection, dialog or not; a closed one is 430 Flow Failed (RFC 5626 section 5.3).
+        // A token naming a connection another replica holds (keys every replica shares):
+        // the request goes to that replica with the Route set intact, which sends it over
+        // the connection (or answers 430); its Via names this pod, so the answer comes back.
         if routes.flow.is_some() || cx.in_dialog {
-            let target = match routes.flow {
-                Some(f) if !(env.open)(&f) => {
+            let target = match (routes.flow, routes.flow_owner) {
+                (Some(_), Some(owner)) => {
+                    tx.drop_routes = 0;
+                    Peer {
+                        transport: Transport::Udp,
+                        addr: owner,
+                        flow: None,
+                    }
+                }
+                (Some(f), None) if !(env.open)(&f) => {
                     drop(st);
                     return refuse(Answer::new(430, "Flow Failed"), out);
                 }
-                Some(f) => f,
-                None => {
+                (Some(f), None) => f,
+                (None, _) => {
                     let Some(target) = routing::next_hop(&msg, routes.next.as_deref()) else {
                         drop(st);
                         return refuse(Answer::new(478, "Unresolvable Destination"), out);

@@ -162,3 +162,49 @@ fn an_invite_from_the_backend_over_the_path_is_record_routed_with_the_clients_to
     );
     assert_eq!(rr[1], "<sip:127.0.0.1:5060;lr>");
 }
+
+/// The Path another replica (at `owner`) would have written for the client, with keys
+/// every replica shares.
+fn path_held_by(h: &mut Harness, owner: &str) -> String {
+    h.local.flow_key = crate::flow::FlowKey::shared(&["the-key-every-replica-reads"]).unwrap();
+    let token = h
+        .local
+        .flow_key
+        .token(&client(), Some(owner.parse().unwrap()))
+        .unwrap();
+    format!(
+        "<sip:{}@127.0.0.1:5060;lr;ob>",
+        String::from_utf8(token).unwrap()
+    )
+}
+
+#[test]
+fn a_request_for_a_connection_another_replica_holds_is_forwarded_there_with_its_route() {
+    let mut h = Harness::new();
+    let path = path_held_by(&mut h, "127.0.0.9:5060");
+    // The same connection id is open here too, for someone else: it must not get it.
+    h.open = Box::new(|_| true);
+    let o = h.request_from(&message_from_backend(&path), udp(A));
+    assert!(o.to(CLIENT).is_empty(), "{:#?}", o.sent);
+    let fwd = o.only_to("127.0.0.9:5060").clone();
+    assert_eq!(fwd.to.transport, Transport::Udp);
+    assert!(fwd.line().starts_with("MESSAGE sip:alice@10.0.0.9:40100"));
+    assert_eq!(
+        fwd.header("Route"),
+        Some(path.as_str()),
+        "the owner needs the token"
+    );
+    assert_eq!(fwd.header("Max-Forwards"), Some("69"));
+    // The owner's answer comes back through this replica's transaction.
+    let ok = h.answer(&fwd, 200, "OK", Some("c1"));
+    assert_eq!(ok.only_to(A).line(), "SIP/2.0 200 OK");
+}
+
+#[test]
+fn a_token_naming_this_replica_whose_connection_closed_answers_430() {
+    let mut h = Harness::new();
+    let path = path_held_by(&mut h, "127.0.0.1:5060");
+    h.open = Box::new(|p| p.flow != Some(3));
+    let o = h.request_from(&message_from_backend(&path), udp(A));
+    assert_eq!(o.lines(), vec!["SIP/2.0 430 Flow Failed"]);
+}
