@@ -5,7 +5,10 @@
 #   bench/ab-cpu.sh OLD_BIN NEW_BIN                       # udp, 3000 CPS, 20 s, 3 rounds
 #   RATE=3000 DURATION=20 ROUNDS=3 TRANSPORT=udp bench/ab-cpu.sh A B
 #   A_ARGS="--config off.yaml" B_ARGS="--config on.yaml" bench/ab-cpu.sh BIN BIN
-#   KAMAILIO=seed bench/ab-cpu.sh A B                     # adds Kamailio (seed|dispatcher) per round
+#   KAMAILIO=seed bench/ab-cpu.sh A B                     # adds Kamailio (seed|dispatcher|topoh) per round
+#   BACKENDS=127.0.0.5:5071,127.0.0.5:5072 ...            # the sbc sides' backends elsewhere
+#                                                         # (border.yaml/topology.yaml); Kamailio
+#                                                         # keeps its list's 127.0.0.1 ones
 #
 # Each round runs A, then B (then Kamailio when asked), each with bench/run-kubesbc.sh (or
 # run-kamailio.sh) and one bench/sip-cps.sh run, so slow drifts of the machine hit both sides.
@@ -21,18 +24,19 @@ mkdir -p "$out"
 failed=0
 
 run_one() { # run_one <tag> <round>
-  local tag="$1" round="$2" pidfile
+  local tag="$1" round="$2" pidfile backends=()
+  [[ -n "${BACKENDS:-}" && "$tag" != k ]] && backends=(--backends "$BACKENDS")
   case "$tag" in
     a) # shellcheck disable=SC2086
-       "$HERE/run-kubesbc.sh" start --transport "$TRANSPORT" --port "$PORT" --bin "$A" -- ${A_ARGS:-} >/dev/null
+       "$HERE/run-kubesbc.sh" start --transport "$TRANSPORT" --port "$PORT" --bin "$A" "${backends[@]}" -- ${A_ARGS:-} >/dev/null
        pidfile="/tmp/kubesbc-bench-$PORT.pid";;
     b) # shellcheck disable=SC2086
-       "$HERE/run-kubesbc.sh" start --transport "$TRANSPORT" --port "$PORT" --bin "$B" -- ${B_ARGS:-} >/dev/null
+       "$HERE/run-kubesbc.sh" start --transport "$TRANSPORT" --port "$PORT" --bin "$B" "${backends[@]}" -- ${B_ARGS:-} >/dev/null
        pidfile="/tmp/kubesbc-bench-$PORT.pid";;
     k) "$HERE/kamailio/run-kamailio.sh" start --cfg "$KAMAILIO" --transport "$TRANSPORT" --port "$PORT" >/dev/null
        pidfile="/tmp/kamailio-bench-$PORT.pid";;
   esac
-  "$HERE/sip-cps.sh" --proxy "127.0.0.1:$PORT" --transport "$TRANSPORT" --rate "$RATE" \
+  "$HERE/sip-cps.sh" --proxy "127.0.0.1:$PORT" --transport "$TRANSPORT" --rate "$RATE" "${backends[@]}" \
     --duration "$DURATION" --proxy-pidfile "$pidfile" --label "$tag-$round" >"$out/$tag-$round.json" || failed=1
   if [[ "$tag" == k ]]; then "$HERE/kamailio/run-kamailio.sh" stop --port "$PORT" >/dev/null
   else "$HERE/run-kubesbc.sh" stop --port "$PORT" >/dev/null; fi
