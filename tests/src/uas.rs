@@ -1,4 +1,4 @@
-//! A PBX written for the tests, over UDP: it answers OPTIONS probes, INVITEs (200 with its
+//! A PBX written for the tests, over UDP: it answers the sbc's OPTIONS probes, INVITEs (200 with its
 //! Contact and the Record-Route set copied), BYEs and other requests (200) on its own thread,
 //! answers each to its top Via (so a response goes back through the replica that relayed the
 //! request, wherever the INVITE came from), and hands every message it received to the test.
@@ -57,7 +57,7 @@ impl Pbx {
         self.socket.send_to(bytes, to).expect("udp send");
     }
 
-    /// The next message received (OPTIONS probes excepted) for which `want` holds, within
+    /// The next message received (the sbc's probes excepted) for which `want` holds, within
     /// `timeout`; the others before it are dropped.
     pub fn next(&self, timeout: Duration, want: impl Fn(&str) -> bool) -> Option<String> {
         let deadline = Instant::now() + timeout;
@@ -70,7 +70,7 @@ impl Pbx {
         }
     }
 
-    /// Every message received so far (OPTIONS probes excepted), without waiting.
+    /// Every message received so far (the sbc's probes excepted), without waiting.
     pub fn drain(&self) -> Vec<String> {
         self.rx.try_iter().map(|(m, _)| m).collect()
     }
@@ -84,6 +84,9 @@ impl Drop for Pbx {
         }
     }
 }
+
+/// How the sbc's OPTIONS probes' Call-IDs begin: those are answered and not handed on.
+const PROBE_CALL_ID: &str = "kSprobe.";
 
 fn serve(socket: &UdpSocket, tx: &Sender<(String, SocketAddr)>, stop: &AtomicBool) {
     let mut buf = vec![0u8; 65_536];
@@ -108,7 +111,9 @@ fn serve(socket: &UdpSocket, tx: &Sender<(String, SocketAddr)>, stop: &AtomicBoo
         });
         // Handed to the test before the answer leaves: whoever got the answer finds the
         // request here.
-        if method != "OPTIONS" {
+        let probe = method == "OPTIONS"
+            && header(&msg, "Call-ID").is_some_and(|c| c.starts_with(PROBE_CALL_ID));
+        if !probe {
             let _ = tx.send((msg, from));
         }
         if let Some((resp, to)) = answer {

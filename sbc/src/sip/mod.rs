@@ -7,7 +7,7 @@ pub mod build;
 mod conformance;
 mod header;
 pub mod parse;
-#[cfg(test)]
+#[cfg(any(test, feature = "torture"))]
 pub mod torture;
 pub mod uri;
 
