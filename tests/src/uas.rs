@@ -25,6 +25,12 @@ pub struct Pbx {
 impl Pbx {
     /// A PBX on `ip` (a loopback address) and a free port.
     pub fn start(ip: Ipv4Addr) -> Pbx {
+        Pbx::start_ignoring(ip, |_| false)
+    }
+
+    /// A PBX that receives, but never answers, the requests for which `ignore` holds (a
+    /// backend that lost one INVITE).
+    pub fn start_ignoring(ip: Ipv4Addr, ignore: fn(&str) -> bool) -> Pbx {
         assert!(ip.is_loopback(), "only loopback addresses");
         let socket = UdpSocket::bind((ip, crate::free_port())).expect("bind the test PBX");
         socket
@@ -33,7 +39,7 @@ impl Pbx {
         let (tx, rx) = channel();
         let stop = Arc::new(AtomicBool::new(false));
         let (s, st) = (socket.try_clone().expect("clone socket"), stop.clone());
-        let thread = std::thread::spawn(move || serve(&s, &tx, &st));
+        let thread = std::thread::spawn(move || serve(&s, &tx, &st, ignore));
         Pbx {
             socket,
             rx,
@@ -88,7 +94,12 @@ impl Drop for Pbx {
 /// How the sbc's OPTIONS probes' Call-IDs begin: those are answered and not handed on.
 const PROBE_CALL_ID: &str = "kSprobe.";
 
-fn serve(socket: &UdpSocket, tx: &Sender<(String, SocketAddr)>, stop: &AtomicBool) {
+fn serve(
+    socket: &UdpSocket,
+    tx: &Sender<(String, SocketAddr)>,
+    stop: &AtomicBool,
+    ignore: fn(&str) -> bool,
+) {
     let mut buf = vec![0u8; 65_536];
     let contact = format!("<sip:pbx@{}>", socket.local_addr().expect("local addr"));
     while !stop.load(Ordering::Relaxed) {
@@ -101,7 +112,7 @@ fn serve(socket: &UdpSocket, tx: &Sender<(String, SocketAddr)>, stop: &AtomicBoo
             continue;
         }
         let method = msg.split(' ').next().unwrap_or_default().to_owned();
-        let answer = (method != "ACK").then(|| {
+        let answer = (method != "ACK" && !ignore(&msg)).then(|| {
             let tag = header(&msg, "Call-ID").map_or_else(|| "pbx".to_owned(), tag_of);
             let with_contact = (method == "INVITE").then_some(contact.as_str());
             (

@@ -596,6 +596,23 @@ impl Inbound for Relay {
         self.metrics.dropped(drop_reason(reason));
         tracing::debug!(reason, "message dropped");
     }
+
+    fn on_framing_lost(&self, head: Bytes, reason: &'static str, peer: Peer) {
+        self.on_dropped(reason);
+        let (code, phrase) = match reason {
+            "missing_content_length" => (400, "Missing Content-Length"),
+            "bad_content_length" => (400, "Bad Content-Length"),
+            "too_large" => (513, "Message Too Large"),
+            _ => return,
+        };
+        // A request gets its answer; a response or an ACK never does.
+        let request = head.first().is_some_and(u8::is_ascii_alphabetic)
+            && !head.starts_with(b"SIP/")
+            && !head.starts_with(b"ACK ");
+        if request {
+            self.reply_raw(&head, code, phrase, peer);
+        }
+    }
 }
 
 /// The metric label of a transport's drop reason. A reason the transports add without a

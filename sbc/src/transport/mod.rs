@@ -45,6 +45,10 @@ pub trait Inbound: Send + Sync + 'static {
     fn on_send_error(&self, token: Vec<u8>);
     /// A message was dropped before parsing (too large, framing error), for the metrics.
     fn on_dropped(&self, reason: &'static str);
+    /// A stream connection lost its framing (RFC 3261 section 18.3: a message without or
+    /// with a bad Content-Length, or over the size limit) and is about to be closed; `head`
+    /// is what was buffered, so the request can be answered first. Counts the drop too.
+    fn on_framing_lost(&self, head: Bytes, reason: &'static str, peer: Peer);
 }
 
 /// One message as it crossed the border, for an observer (HEP, CDRs).
@@ -110,6 +114,9 @@ impl Inbound for TapInbound {
             t.tls_handshake_failed();
         }
         self.inner.on_dropped(reason);
+    }
+    fn on_framing_lost(&self, head: Bytes, reason: &'static str, peer: Peer) {
+        self.inner.on_framing_lost(head, reason, peer);
     }
 }
 

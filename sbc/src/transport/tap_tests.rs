@@ -11,6 +11,7 @@ impl Inbound for Sink {
     fn on_message(&self, _: Bytes, _: Peer) {}
     fn on_send_error(&self, _: Vec<u8>) {}
     fn on_dropped(&self, _: &'static str) {}
+    fn on_framing_lost(&self, _: Bytes, _: &'static str, _: Peer) {}
 }
 
 struct Collect(Arc<Mutex<Vec<TapEvent>>>);

@@ -253,8 +253,15 @@ impl TcpSide {
                     }
                     Frame::NeedMore => break,
                     Frame::Invalid(reason) => {
-                        inbound.on_dropped(reason);
                         tracing::info!(%remote, transport = %self.transport, reason, "closing connection: framing lost");
+                        // Answered before the close: the writer sends what is queued, then
+                        // the connection goes when this reader returns.
+                        let peer = Peer {
+                            transport: self.transport,
+                            addr: remote,
+                            flow: Some(id),
+                        };
+                        inbound.on_framing_lost(buf.split().freeze(), reason, peer);
                         return;
                     }
                 }
