@@ -120,6 +120,22 @@ impl SipClient {
         }
     }
 
+    /// A TCP client connected to `target` from `local_ip` (another loopback address: another
+    /// source for the proxy's per-source limits).
+    pub fn tcp_from(local_ip: std::net::Ipv4Addr, target: SocketAddr) -> SipClient {
+        assert!(local_ip.is_loopback(), "only loopback sources");
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("tcp socket");
+        sock.bind(&SocketAddr::from((local_ip, 0)).into())
+            .expect("bind tcp client");
+        sock.connect_timeout(&target.into(), Duration::from_secs(3))
+            .unwrap_or_else(|e| panic!("connect tcp {target} from {local_ip}: {e}"));
+        SipClient::Tcp {
+            stream: sock.into(),
+            pending: Vec::new(),
+        }
+    }
+
     /// Our local address (`127.0.0.1:PORT`), to put in Via and Contact.
     pub fn local_addr(&self) -> SocketAddr {
         match self {

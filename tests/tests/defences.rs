@@ -15,12 +15,18 @@ const PBX: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 5);
 
 /// An sbc on 127.0.0.1 (UDP and TCP, one port) in front of `pbx`, with `extra` sections.
 fn sbc(dir: &TempDir, pbx: &Pbx, extra: &str) -> (Proxy, SocketAddr) {
+    sbc_with(dir, pbx, "", extra)
+}
+
+/// As [`sbc`], with more `listeners` entries (YAML list items).
+fn sbc_with(dir: &TempDir, pbx: &Pbx, listeners: &str, extra: &str) -> (Proxy, SocketAddr) {
     let port = free_port();
     let config = format!(
         r#"
 listeners:
   - {{transport: udp, address: "127.0.0.1:{port}"}}
   - {{transport: tcp, address: "127.0.0.1:{port}"}}
+{listeners}
 dispatcher:
   sets:
     - id: 1
@@ -248,4 +254,103 @@ fn a_stream_that_loses_its_framing_gets_its_answer_and_is_closed() {
         pbx.drain().iter().all(|m| !m.starts_with("INVITE ")),
         "nothing unframed reached the PBX"
     );
+}
+
+/// How many of `streams` the sbc still holds open (a read would block), once it has had
+/// `settle` to close the ones over its limit.
+fn still_open(streams: &[TcpStream], settle: Duration) -> usize {
+    std::thread::sleep(settle);
+    streams
+        .iter()
+        .filter(|s| {
+            s.set_nonblocking(true).expect("nonblocking");
+            let mut b = [0u8; 64];
+            let mut s = *s;
+            matches!(s.read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        })
+        .count()
+}
+
+/// 1,000 idle TCP connections and 1,000 half-open WebSocket upgrades from one source: the
+/// sbc keeps `maxConnectionsPerSource` of each and closes the rest, and a client from
+/// another address still places its call over TCP and upgrades over WS.
+#[test]
+fn a_thousand_idle_connections_from_one_source_leave_other_clients_served() {
+    if !e2e_tools() || !sbc_only() {
+        return;
+    }
+    const PER_SOURCE: usize = 100;
+    const FLOOD: usize = 1000;
+    let dir = TempDir::new("defence-conns");
+    let pbx = Pbx::start(PBX);
+    let ws = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+    let (proxy, addr) = sbc_with(
+        &dir,
+        &pbx,
+        &format!("  - {{transport: ws, address: \"{ws}\"}}"),
+        &format!("limits: {{maxConnectionsPerSource: {PER_SOURCE}}}\n"),
+    );
+    let port = addr.port();
+    // Idle TCP connections.
+    let idle: Vec<TcpStream> = (0..FLOOD)
+        .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok())
+        .collect();
+    let open = still_open(&idle, Duration::from_millis(500));
+    assert_eq!(
+        open, PER_SOURCE,
+        "the sbc keeps its per-source limit of idle connections"
+    );
+    // Another source is served.
+    let mut caller = kubesbc_e2e::sip::SipClient::tcp_from(Ipv4Addr::new(127, 0, 0, 2), addr);
+    let r = invite("bob", &caller, port);
+    caller.send(&r.build());
+    let answer = caller
+        .recv_final(Duration::from_secs(5))
+        .expect("a call from another source is answered");
+    assert_eq!(answer.code, 200, "{}", answer.status_line);
+    assert!(
+        proxy
+            .metric("sbc_messages_dropped_total{reason=\"limit\"}")
+            .is_some_and(|n| n >= (FLOOD - PER_SOURCE) as f64),
+        "refused connections are counted"
+    );
+    drop(idle);
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Half-open WebSocket upgrades: the request head never ends.
+    let half: Vec<TcpStream> = (0..FLOOD)
+        .filter_map(|_| {
+            let mut s = TcpStream::connect_timeout(&ws, Duration::from_secs(2)).ok()?;
+            let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: sbc\r\nUpgrade: websocket\r\n");
+            Some(s)
+        })
+        .collect();
+    let open = still_open(&half, Duration::from_millis(500));
+    // The handshake timeout (10 s) has not struck yet: the limit is what closed the rest.
+    assert_eq!(open, PER_SOURCE, "the per-source limit of upgrades wait");
+    // A browser elsewhere still upgrades.
+    let mut browser = kubesbc_e2e::sip::SipClient::tcp_from(Ipv4Addr::new(127, 0, 0, 2), ws);
+    let key = "dGhlIHNhbXBsZSBub25jZQ==";
+    browser.send(
+        format!(
+            "GET / HTTP/1.1\r\nHost: sbc\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Protocol: sip\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    let SipClient::Tcp { stream, .. } = &mut browser else {
+        unreachable!("a TCP client")
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut buf = [0u8; 512];
+    let n = stream.read(&mut buf).expect("an answer to the upgrade");
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(
+        head.starts_with("HTTP/1.1 101"),
+        "another source upgrades: {head}"
+    );
+    drop(half);
 }
