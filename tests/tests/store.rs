@@ -124,8 +124,9 @@ fn replicas_share_bans_and_calls_keep_flowing_while_redis_is_down() {
         .unwrap_or(0.0);
     assert!(synced >= 1.0, "flood_sync round trips: {synced}");
 
-    // Redis stops in the middle of a call run: every call still completes.
-    let opts = UacOptions::new(60, 20);
+    // Redis is killed and comes back in the middle of a call run: every call completes,
+    // decided locally while it is gone, and both replicas return to it.
+    let opts = UacOptions::new(100, 20);
     let uac = start_calls_from(
         &dir,
         "uac",
@@ -137,15 +138,20 @@ fn replicas_share_bans_and_calls_keep_flowing_while_redis_is_down() {
     );
     std::thread::sleep(Duration::from_secs(1));
     redis.stop();
-    CallRun::finish(uac, &opts).assert_all_succeeded(60);
-    assert_eq!(a.metric("sbc_store_backend_up"), Some(0.0));
-    let fallbacks = a.metric("sbc_store_fallbacks_total").unwrap_or(0.0);
-    assert!(fallbacks > 0.0, "calls were decided locally: {fallbacks}");
+    assert!(
+        wait_for(Duration::from_secs(3), || {
+            (a.metric("sbc_store_backend_up") == Some(0.0)).then_some(())
+        })
+        .is_some(),
+        "A saw Redis go"
+    );
     // Locally, A still answers (the ban of 127.0.0.3 lived in Redis and is gone with it).
     assert_answers(5, a);
-
-    // Redis is back (empty: no persistence): both replicas return to it and share again.
+    // Back (empty: no persistence) while the calls go on.
     redis.restart();
+    CallRun::finish(uac, &opts).assert_all_succeeded(100);
+    let fallbacks = a.metric("sbc_store_fallbacks_total").unwrap_or(0.0);
+    assert!(fallbacks > 0.0, "calls were decided locally: {fallbacks}");
     assert_answers(5, b);
     for (name, p) in [("A", a), ("B", b)] {
         assert!(
