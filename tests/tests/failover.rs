@@ -32,6 +32,7 @@ fn backend_stopped_mid_run_calls_fail_over_and_it_comes_back() {
     // Let a dozen calls through both backends, then kill backend 2 without a word.
     std::thread::sleep(Duration::from_millis(1500));
     bed.backends[1].kill();
+    let killed = std::time::Instant::now();
     let log2 = bed.backend(1).messages();
     let before_kill = log2.calls_received("INVITE");
     assert!(
@@ -44,9 +45,18 @@ fn backend_stopped_mid_run_calls_fail_over_and_it_comes_back() {
         .cloned()
         .collect();
 
-    // The listing shows it down within a few probe intervals.
+    // The listing shows it down within a few probe intervals; the sbc within one probe
+    // interval and the probe's timeout (the reply timeout, 1 s), plus a little polling.
     bed.proxy
         .wait_destination(&d2, false, probe * 4 + Duration::from_secs(5));
+    let took = killed.elapsed();
+    eprintln!("backend 2 seen down {took:?} after the kill");
+    if bed.proxy.kind() == kubesbc_e2e::ProxyKind::Sbc {
+        assert!(
+            took <= probe + Duration::from_millis(1000) + Duration::from_millis(700),
+            "the sbc took {took:?} to take backend 2 out"
+        );
+    }
 
     // Exit code 1 when a stranded call failed; the counts below decide.
     uac.wait(Duration::from_secs(90));
