@@ -375,6 +375,47 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn failed_requests_trigger_a_probe_at_once_and_the_probe_decides() {
+        // Probes every 10 s, two failed probes to go out; failover's threshold is 3.
+        let d = Arc::new(Dispatcher::new(&config(10_000, 2, vec![])).unwrap());
+        let p = Arc::new(FakePinger::default());
+        let l = start(&d, &p);
+        advance(50).await;
+        assert_eq!(p.pings(A), 1, "probed at once");
+        let a = || {
+            d.table()
+                .set(1)
+                .unwrap()
+                .destinations()
+                .iter()
+                .find(|x| x.uri == A)
+                .unwrap()
+                .clone()
+        };
+        // Two failed requests: below the threshold, no probe, still in.
+        a().request_failed();
+        a().request_failed();
+        advance(100).await;
+        assert_eq!(p.pings(A), 1);
+        // The third asks for a probe now; A answers it, so A stays in.
+        a().request_failed();
+        advance(100).await;
+        assert_eq!(p.pings(A), 2, "an immediate probe, not the next interval");
+        assert_eq!(state(&d, A), DestState::Active);
+        // Again, with A really gone: that one probe takes it out, whatever the probes'
+        // own threshold.
+        p.set_dead(A, true);
+        for _ in 0..3 {
+            a().request_failed();
+        }
+        advance(400).await;
+        assert_eq!(p.pings(A), 3);
+        assert_eq!(state(&d, A), DestState::Inactive);
+        assert_eq!(state(&d, B), DestState::Active, "B is not touched");
+        l.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn thresholds_and_failure_codes_apply() {
         let d = Arc::new(Dispatcher::new(&config(1000, 2, vec![503])).unwrap());
         let p = Arc::new(FakePinger::default());

@@ -341,10 +341,13 @@ impl Core {
                 if let Some((d, _)) = dest
                     && failover.mark_down_on_timeout
                 {
-                    if d.is_up() {
-                        tracing::warn!(dest = %d.uri, "destination did not answer, marked down");
+                    // Counted towards failover.failureThreshold; at the threshold a probe
+                    // decides whether it goes out.
+                    if d.mark_down() {
+                        tracing::warn!(dest = %d.uri, "destination did not answer: failure threshold reached, probing it now");
+                    } else {
+                        tracing::info!(dest = %d.uri, "destination did not answer");
                     }
-                    d.mark_down();
                 }
                 if !may_move {
                     return false;

@@ -17,7 +17,8 @@ pub enum Fault {
     #[error("backend answered {0}")]
     Backend(u16),
     /// The backend's: no answer in time, or the request could not be sent. The call moves
-    /// on; with `markDownOnTimeout` the destination is marked down.
+    /// on; with `markDownOnTimeout` it counts towards the destination's failure threshold
+    /// (an immediate probe then decides).
     #[error("backend did not answer")]
     Timeout,
     /// Ours: the caller gets 500 and `sbc_internal_errors_total{error}` counts it.
