@@ -281,14 +281,19 @@ def main():
         alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
         assert alerts == {"KubesbcDestinationDown", "KubesbcNoDestinationUp", "KubesbcRedisFallback",
                           "KubesbcHigh5xxRate", "KubesbcBanRate"}, alerts
-        sbc = next(o for o in objs if o["kind"] == "NetworkPolicy" and o["metadata"]["name"].endswith("-sbc"))
-        admin_rule = sbc["spec"]["ingress"][1]
-        assert admin_rule["ports"] == [{"protocol": "TCP", "port": 9090}], admin_rule
-        open_ports = sbc["spec"]["ingress"][0]["ports"]
-        assert all(not (p["protocol"] == "TCP" and p["port"] <= 9090 <= p.get("endPort", p["port"]))
-                   for p in open_ports), open_ports
+        # The sbc pods' policies come from the operator (one per SbcCluster, with its admin
+        # port): the chart tells it who may reach the admin port.
+        assert not any(o["kind"] == "NetworkPolicy" and o["metadata"]["name"].endswith("-sbc") for o in objs)
+        d = next(o for o in objs if o["kind"] == "Deployment"
+                 and o["spec"]["template"]["spec"]["containers"][0]["name"] == "operator")
+        env = {e["name"]: e.get("value") for e in d["spec"]["template"]["spec"]["containers"][0]["env"]}
+        peers = json.loads(env["KUBESBC_NETWORK_POLICY"])
+        assert peers["operatorPodLabels"]["app.kubernetes.io/component"] == "operator", peers
+        assert peers["prometheusNamespaceSelector"] and peers["prometheusPodSelector"], peers
+        assert set(peers) == {"operatorNamespace", "operatorPodLabels", "prometheusNamespaceSelector",
+                              "prometheusPodSelector"}, peers
         assert not any(o["kind"] in ("PodMonitor", "PrometheusRule", "NetworkPolicy") for o in objects(default))
-    check("monitoring and NetworkPolicies: admin port closed but to the operator and Prometheus", monitoring_and_policies)
+    check("monitoring, and NetworkPolicies: the operator told who reaches the admin port", monitoring_and_policies)
 
     def grafana_dashboard():
         cms = [o for o in objects(nondefault) if o["kind"] == "ConfigMap"
@@ -330,7 +335,8 @@ def main():
             if "delete" in rule["verbs"]:
                 assert set(rule["resources"]) <= {"services", "horizontalpodautoscalers",
                                                   "deployments", "daemonsets", "poddisruptionbudgets",
-                                                  "serviceaccounts", "roles", "rolebindings"}, rule
+                                                  "serviceaccounts", "roles", "rolebindings",
+                                                  "networkpolicies"}, rule
     check("ClusterRole has no wildcards, deletes only what it renders, secrets read-only", least_privilege)
 
     # With watchNamespace the operator's rules are a Role in that namespace, the same rules

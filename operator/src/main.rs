@@ -47,7 +47,8 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("no Kubernetes configuration (in-cluster or kubeconfig)")?;
     let registry = prometheus::Registry::new();
-    let ctx = Arc::new(Context::new(client.clone(), &registry)?);
+    let defaults = kubesbc_operator::render::PodDefaults::from_env().map_err(anyhow::Error::msg)?;
+    let ctx = Arc::new(Context::new(client.clone(), &registry)?.with_defaults(defaults));
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
         .with_context(|| format!("cannot listen on {}", args.metrics_addr))?;

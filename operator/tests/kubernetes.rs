@@ -664,12 +664,56 @@ async fn listeners_advertise_the_load_balancers_address() {
     assert_eq!(protocols, BTreeSet::from(["TCP", "UDP"]));
 }
 
+/// An operator installed with `networkPolicy.enabled` (what the chart passes it).
+fn with_network_policies() -> PodDefaults {
+    let peers: kubesbc_operator::render::PolicyPeers = serde_json::from_value(json!({
+        "operatorNamespace": "kubesbc-system",
+        "operatorPodLabels": {"app.kubernetes.io/name": "kubesbc", "app.kubernetes.io/component": "operator"},
+        "prometheusNamespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+        "prometheusPodSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+    }))
+    .expect("peers");
+    PodDefaults {
+        network_policy: Some(peers),
+        ..PodDefaults::default()
+    }
+}
+
+#[tokio::test]
+async fn with_network_policies_on_each_cluster_gets_one_the_charts_role_permits() {
+    let (sent, result, _) = support::reconcile_with(
+        World::standard(),
+        example("sbccluster.yaml"),
+        None,
+        with_network_policies(),
+    )
+    .await;
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(forbidden(&sent), Vec::<String>::new());
+    let np = &patches(&sent, "/networkpolicies/edge")[0].body;
+    assert_eq!(
+        np["metadata"]["namespace"], "voip",
+        "in the cluster's namespace"
+    );
+    assert_eq!(
+        np["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/instance"],
+        "edge"
+    );
+    let admin = &np["spec"]["ingress"][1];
+    assert_eq!(admin["ports"], json!([{"protocol": "TCP", "port": 9090}]));
+    assert_eq!(
+        admin["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "kubesbc-system"
+    );
+}
+
 #[tokio::test]
 async fn the_charts_image_defaults_reach_the_sbc_pods() {
     let defaults = PodDefaults {
         image: Some("registry.example.com/kubesbc/sbc:1.2.3".into()),
         pull_policy: Some("Always".into()),
         pull_secrets: vec!["regcred".into()],
+        network_policy: None,
     };
     let (sent, result, _) = support::reconcile_with(
         World::standard(),
@@ -851,6 +895,26 @@ async fn the_charts_rules_grant_exactly_what_the_operator_uses_both_ways() {
         );
         take(&sent, "pruning");
     }
+    // NetworkPolicies: created, updated, and deleted once the installation turns them off.
+    let cluster: SbcCluster = example("sbccluster.yaml");
+    let (sent, _, world) = support::reconcile_with(
+        World::standard(),
+        cluster.clone(),
+        None,
+        with_network_policies(),
+    )
+    .await;
+    take(&sent, "network policy created");
+    let (sent, _, world) =
+        support::reconcile_with(world, cluster.clone(), None, with_network_policies()).await;
+    take(&sent, "network policy updated");
+    let (sent, _, _) = support::reconcile_with(world, cluster, None, PodDefaults::default()).await;
+    assert!(
+        sent.iter()
+            .any(|s| s.method == "DELETE" && s.path.ends_with("/networkpolicies/edge")),
+        "the policy goes when policies are off"
+    );
+    take(&sent, "network policy pruned");
     // Leader election: create the Lease, then renew it.
     let fake = support::Fake::start(World::default());
     let elector = LeaderElector::new(

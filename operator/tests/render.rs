@@ -125,6 +125,51 @@ fn the_dialog_timeout_of_the_call_load_reaches_the_sbc_config() {
 }
 
 #[test]
+fn a_network_policy_opens_sip_and_keeps_the_admin_port_for_the_operator_and_prometheus() {
+    let mut w = World::new();
+    let r = render::render(w.inputs()).expect("renders");
+    assert!(r.network_policy.is_none(), "off unless installed with it");
+    w.lookups.defaults.network_policy = Some(
+        serde_json::from_value(serde_json::json!({
+            "operatorNamespace": "kubesbc-system",
+            "operatorPodLabels": {"app.kubernetes.io/component": "operator"},
+            "prometheusNamespaceSelector": {"matchLabels": {"team": "obs"}},
+            "prometheusPodSelector": {},
+        }))
+        .expect("peers"),
+    );
+    w.cluster.spec.admin_port = Some(9443);
+    let r = render::render(w.inputs()).expect("renders");
+    let np = serde_json::to_value(r.network_policy.expect("a policy")).expect("json");
+    let open = &np["spec"]["ingress"][0]["ports"];
+    assert_eq!(
+        open,
+        &serde_json::json!([
+            {"protocol": "UDP", "port": 1, "endPort": 65535},
+            {"protocol": "TCP", "port": 1, "endPort": 9442},
+            {"protocol": "TCP", "port": 9444, "endPort": 65535},
+        ]),
+        "everything but the admin port from anywhere"
+    );
+    let admin = &np["spec"]["ingress"][1];
+    assert_eq!(
+        admin["ports"],
+        serde_json::json!([{"protocol": "TCP", "port": 9443}])
+    );
+    assert_eq!(
+        admin["from"][1]["namespaceSelector"]["matchLabels"]["team"],
+        "obs"
+    );
+    w.cluster.spec.host_network = true;
+    w.cluster.spec.replicas = None;
+    let r = render::render(w.inputs()).expect("renders");
+    assert!(
+        r.network_policy.is_none(),
+        "policies do not apply to host-network pods"
+    );
+}
+
+#[test]
 fn objects_are_owned_labelled_and_locked_down() {
     let w = World::new();
     let r = render::render(w.inputs()).expect("renders");

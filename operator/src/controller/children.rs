@@ -293,6 +293,9 @@ pub(super) async fn prune(
     if rendered.pdb.is_none() {
         delete_if_owned::<PodDisruptionBudget>(ctx, cluster, ns, &name).await?;
     }
+    if rendered.network_policy.is_none() {
+        delete_if_owned::<NetworkPolicy>(ctx, cluster, ns, &name).await?;
+    }
     // The pods' identity used to be named like the cluster.
     if render::pod_identity(cluster) != name {
         delete_if_owned::<RoleBinding>(ctx, cluster, ns, &name).await?;

@@ -92,6 +92,9 @@ pub(super) async fn claim_all(
     if let Some(hpa) = &r.hpa {
         claim!(HorizontalPodAutoscaler, name(&hpa.metadata));
     }
+    if let Some(np) = &r.network_policy {
+        claim!(NetworkPolicy, name(&np.metadata));
+    }
     Ok(Ok(Live {
         config_map,
         template_secrets,

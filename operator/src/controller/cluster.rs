@@ -125,6 +125,9 @@ pub(super) async fn reconcile_cluster(
     if let Some(hpa) = &rendered.hpa {
         apply::<HorizontalPodAutoscaler>(client, &ns, hpa).await?;
     }
+    if let Some(np) = &rendered.network_policy {
+        apply::<NetworkPolicy>(client, &ns, np).await?;
+    }
     prune(ctx, cluster, &ns, &rendered).await?;
 
     let (desired, ready) = (counts.desired, counts.ready);

@@ -20,6 +20,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -129,7 +130,8 @@ pub struct Context {
 }
 
 impl Context {
-    /// A context with a fresh metrics registry.
+    /// A context with a fresh metrics registry and no pod defaults ([`Context::with_defaults`]
+    /// gives the installation's, read with [`PodDefaults::from_env`]).
     pub fn new(client: Client, registry: &Registry) -> Result<Context, prometheus::Error> {
         let reporter = Reporter {
             controller: MANAGER.into(),
@@ -140,7 +142,7 @@ impl Context {
             metrics: Metrics::new(registry)?,
             client,
             probe: Arc::new(HttpProbe),
-            defaults: PodDefaults::from_env(),
+            defaults: PodDefaults::default(),
         })
     }
 

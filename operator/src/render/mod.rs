@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, PodSpec, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
@@ -86,7 +87,7 @@ pub struct Lookups {
 }
 
 /// Defaults of the sbc pods, from the operator's environment (the chart's `sbcImage` values).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct PodDefaults {
     /// Image when `spec.image` is absent; absent here: [`kubesbc_crds::cluster::DEFAULT_IMAGE`].
     pub image: Option<String>,
@@ -94,14 +95,41 @@ pub struct PodDefaults {
     pub pull_policy: Option<String>,
     /// `imagePullSecrets` when `spec.imagePullSecrets` is empty.
     pub pull_secrets: Vec<String>,
+    /// A NetworkPolicy for every cluster's pods (the chart's `networkPolicy.enabled`).
+    pub network_policy: Option<PolicyPeers>,
+}
+
+/// Who may reach the sbc pods' admin port (everyone reaches SIP): the operator's pods and
+/// Prometheus, from `KUBESBC_NETWORK_POLICY` (JSON with these camelCase fields).
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PolicyPeers {
+    /// The operator's namespace.
+    pub operator_namespace: String,
+    /// Labels of the operator's pods.
+    pub operator_pod_labels: BTreeMap<String, String>,
+    /// Namespaces of the Prometheus that scrapes `/metrics` (a LabelSelector).
+    pub prometheus_namespace_selector: LabelSelector,
+    /// Its pods (a LabelSelector).
+    pub prometheus_pod_selector: LabelSelector,
 }
 
 impl PodDefaults {
-    /// Reads `KUBESBC_SBC_IMAGE`, `KUBESBC_SBC_IMAGE_PULL_POLICY` and
-    /// `KUBESBC_SBC_IMAGE_PULL_SECRETS` (comma-separated names); empty values count as unset.
-    pub fn from_env() -> PodDefaults {
+    /// Reads `KUBESBC_SBC_IMAGE`, `KUBESBC_SBC_IMAGE_PULL_POLICY`,
+    /// `KUBESBC_SBC_IMAGE_PULL_SECRETS` (comma-separated names) and `KUBESBC_NETWORK_POLICY`
+    /// ([`PolicyPeers`] as JSON); empty values count as unset. A policy that does not parse
+    /// is an error naming the variable: the operator does not start without the isolation
+    /// it was installed with.
+    pub fn from_env() -> Result<PodDefaults, String> {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-        PodDefaults {
+        let network_policy = var("KUBESBC_NETWORK_POLICY")
+            .map(|v| {
+                serde_json::from_str::<PolicyPeers>(&v)
+                    .map_err(|e| format!("KUBESBC_NETWORK_POLICY: {e}"))
+            })
+            .transpose()?;
+        Ok(PodDefaults {
+            network_policy,
             image: var("KUBESBC_SBC_IMAGE"),
             pull_policy: var("KUBESBC_SBC_IMAGE_PULL_POLICY"),
             pull_secrets: var("KUBESBC_SBC_IMAGE_PULL_SECRETS")
@@ -113,7 +141,7 @@ impl PodDefaults {
                         .collect()
                 })
                 .unwrap_or_default(),
-        }
+        })
     }
 }
 
@@ -159,6 +187,10 @@ pub struct Rendered {
     pub pdb: Option<PodDisruptionBudget>,
     /// Present when the cluster autoscales.
     pub hpa: Option<HorizontalPodAutoscaler>,
+    /// SIP from anywhere, the admin port only from the operator and Prometheus; when the
+    /// operator was installed with `networkPolicy.enabled`. None with `hostNetwork`:
+    /// NetworkPolicies do not apply to pods on the node's network.
+    pub network_policy: Option<NetworkPolicy>,
 }
 
 fn id<K: Resource<DynamicType = ()>>(obj: &K) -> String {

@@ -55,6 +55,12 @@ pub fn render(inputs: Inputs<'_>) -> Result<Rendered, RenderError> {
             Some(objects.pdb()?)
         },
         hpa: objects.hpa()?,
+        network_policy: match &inputs.lookups.defaults.network_policy {
+            Some(peers) if !cluster.spec.host_network => {
+                Some(objects.network_policy(peers, config.admin.address.port())?)
+            }
+            _ => None,
+        },
         config,
         config_hash,
     })
@@ -400,6 +406,47 @@ impl Objects<'_> {
                 "selector": {"matchLabels": pod_selector(self.cluster)},
             }}),
             "PodDisruptionBudget",
+            &self.name,
+        )
+    }
+
+    /// Every UDP port and every TCP port but the admin one from anywhere (SIP, WebSocket,
+    /// and the replicas forwarding to each other); the admin port from the operator's pods
+    /// and Prometheus only.
+    fn network_policy(
+        &self,
+        peers: &PolicyPeers,
+        admin: u16,
+    ) -> Result<NetworkPolicy, RenderError> {
+        let mut open = vec![json!({"protocol": "UDP", "port": 1, "endPort": 65535})];
+        if admin > 1 {
+            open.push(json!({"protocol": "TCP", "port": 1, "endPort": admin - 1}));
+        }
+        if admin < 65535 {
+            open.push(json!({"protocol": "TCP", "port": admin + 1, "endPort": 65535}));
+        }
+        self.typed(
+            json!({"spec": {
+                "podSelector": {"matchLabels": pod_selector(self.cluster)},
+                "policyTypes": ["Ingress"],
+                "ingress": [
+                    {"ports": open},
+                    {
+                        "from": [
+                            {
+                                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": peers.operator_namespace}},
+                                "podSelector": {"matchLabels": peers.operator_pod_labels},
+                            },
+                            {
+                                "namespaceSelector": peers.prometheus_namespace_selector,
+                                "podSelector": peers.prometheus_pod_selector,
+                            },
+                        ],
+                        "ports": [{"protocol": "TCP", "port": admin}],
+                    },
+                ],
+            }}),
+            "NetworkPolicy",
             &self.name,
         )
     }
