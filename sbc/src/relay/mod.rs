@@ -520,8 +520,12 @@ impl Relay {
             Ok(Some(inside)) => match Message::parse_checked(Bytes::from(inside), usize::MAX) {
                 Ok(m) => Some(m),
                 Err(e) => {
+                    // Our fault, not the caller's: a request gets 500 rather than silence.
                     self.metrics.internal_error(InternalError::Topology);
-                    tracing::warn!(from = %peer.addr, error = %e, "topology: the inside view does not parse; dropped");
+                    tracing::warn!(from = %peer.addr, error = %e, "topology: the inside view does not parse");
+                    if msg.is_request() && msg.method() != Some(Method::Ack) {
+                        self.reply_raw(msg.bytes(), 500, "Server Internal Error", *peer);
+                    }
                     None
                 }
             },

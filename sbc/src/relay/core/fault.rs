@@ -21,7 +21,10 @@ pub enum Fault {
     /// (an immediate probe then decides).
     #[error("backend did not answer")]
     Timeout,
-    /// Ours: the caller gets 500 and `sbc_internal_errors_total{error}` counts it.
+    /// Ours: `sbc_internal_errors_total{error}` counts it and it is logged. The core meets
+    /// one only once the caller has its answer (reading back its own request to write a
+    /// CANCEL or an ACK); a request the relay cannot carry on for its own reason (topology's
+    /// inside view) gets 500.
     #[error("internal: {0:?}")]
     Internal(InternalError),
 }
