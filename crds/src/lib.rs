@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod cidr;
 pub mod cluster;
 pub mod config;
 pub mod dispatcher;

@@ -6,7 +6,6 @@
 //! (the CRD names the Secret, the rendered config carries the value).
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -801,18 +800,7 @@ pub struct BackendTlsConfig {
 
 /// Whether `s` is an IPv4/IPv6 CIDR (`10.0.0.0/8`) or a bare address.
 pub fn is_cidr(s: &str) -> bool {
-    let (addr, len) = match s.split_once('/') {
-        Some((a, l)) => (a, Some(l)),
-        None => (s, None),
-    };
-    let Ok(ip) = addr.parse::<IpAddr>() else {
-        return false;
-    };
-    let max = if ip.is_ipv4() { 32 } else { 128 };
-    match len {
-        None => true,
-        Some(l) => l.parse::<u8>().is_ok_and(|l| l <= max),
-    }
+    crate::cidr::Cidr::parse(s).is_some()
 }
 
 /// Whether `m` looks like a SIP method token (`INVITE`).

@@ -6,7 +6,7 @@
 
 pub mod admin;
 pub mod auth;
-pub mod cidr;
+pub use kubesbc_crds::cidr;
 pub mod config;
 pub mod discovery;
 pub mod dispatch;

@@ -235,18 +235,7 @@ impl Transports {
                         udp.push((addr, Arc::new(sock)));
                     }
                 }
-                Transport::Tcp => {
-                    let sock =
-                        tokio::net::TcpListener::bind(l.address)
-                            .await
-                            .map_err(|source| TransportError::Bind {
-                                transport: l.transport,
-                                addr: l.address,
-                                source,
-                            })?;
-                    tcp_listeners.push((l.transport, sock));
-                }
-                Transport::Tls => {
+                Transport::Tcp | Transport::Tls => {
                     tcp_listeners.push((l.transport, bind_tcp(l).await?));
                 }
                 Transport::Ws | Transport::Wss => {

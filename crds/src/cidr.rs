@@ -1,4 +1,6 @@
-//! IPv4/IPv6 networks: the trusted sources of auth and guard, and the sources of access rules.
+//! IPv4/IPv6 networks: one parser for the configuration's checks and the sbc's matching (the
+//! trusted sources of auth and guard, the sources of access and routing rules, the inside
+//! networks), so a network the checks accept is always one the sbc can use.
 
 use std::net::IpAddr;
 
@@ -55,6 +57,14 @@ impl Cidr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_the_checks_accept_the_sbc_uses() {
+        // An IPv4-mapped IPv6 network is an IPv4 one: its prefix counts IPv4 bits.
+        assert!(Cidr::parse("::ffff:10.0.0.0/104").is_none());
+        assert!(Cidr::parse("::ffff:10.0.0.0/8").is_some());
+        assert!(Cidr::parse("10.0.0.0/8x").is_none());
+    }
 
     #[test]
     fn matches_v4_v6_and_mapped() {
