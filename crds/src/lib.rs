@@ -6,6 +6,7 @@ pub mod cidr;
 pub mod cluster;
 pub mod config;
 pub mod dispatcher;
+pub mod listing;
 pub mod observe;
 pub mod policy;
 pub mod routing;

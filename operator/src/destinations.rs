@@ -22,7 +22,7 @@ use hyper_util::rt::TokioIo;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 use kube::api::{Api, ListParams};
-use serde::Deserialize;
+use kubesbc_crds::listing::DispatcherSnapshot;
 use tokio::net::TcpStream;
 
 /// Time one pod has to answer `GET /dispatcher` (connect, headers and body).
@@ -68,38 +68,18 @@ pub struct PodView {
     pub sets: BTreeMap<u32, BTreeMap<String, bool>>,
 }
 
-/// Just what we read of the sbc's `DispatcherSnapshot`; unknown fields are ignored, so the
-/// sbc may add to its JSON freely.
-#[derive(Deserialize)]
-struct Listing {
-    #[serde(default)]
-    sets: Vec<ListedSet>,
-}
-
-#[derive(Deserialize)]
-struct ListedSet {
-    id: u32,
-    #[serde(default)]
-    destinations: Vec<ListedDestination>,
-}
-
-#[derive(Deserialize)]
-struct ListedDestination {
-    uri: String,
-    state: String,
-}
-
 impl PodView {
     /// Parses the body of `GET /dispatcher`. A destination listed twice in a set counts once,
     /// and is usable only if every listing of it is.
     pub fn from_json(body: &[u8]) -> Result<PodView, ProbeError> {
-        let listing: Listing = serde_json::from_slice(body)?;
+        // The sbc's own listing type: unknown fields and states are tolerated.
+        let listing: DispatcherSnapshot = serde_json::from_slice(body)?;
         let mut sets: BTreeMap<u32, BTreeMap<String, bool>> = BTreeMap::new();
         for set in listing.sets {
             let dests = sets.entry(set.id).or_default();
             for d in set.destinations {
                 // `trying` still takes traffic (Kamailio's meaning); inactive and disabled do not.
-                let usable = matches!(d.state.as_str(), "active" | "trying");
+                let usable = d.state.takes_traffic();
                 if dests.len() >= MAX_DESTINATIONS_PER_SET && !dests.contains_key(&d.uri) {
                     continue;
                 }

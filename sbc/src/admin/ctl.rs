@@ -307,18 +307,14 @@ fn write_destination(out: &mut dyn Write, d: &DestinationSnapshot) -> io::Result
     if let Some(desc) = &d.description {
         writeln!(out, "{I}DESCRIPTION: {}", clean(desc))?;
     }
-    if let Some(l) = &d.latency {
-        writeln!(
-            out,
-            "{I}LATENCY: AVG {:.3} STD {:.3} EST {:.3} MAX {:.3} TIMEOUT {}",
-            l.avg_ms, l.std_ms, l.est_ms, l.max_ms, l.timeouts
-        )?;
+    if !d.target.is_empty() {
+        writeln!(out, "{I}TARGET: {}", clean(&d.target))?;
     }
     if let Some(c) = &d.counters {
         writeln!(
             out,
-            "{I}COUNTERS: REQUESTS {} FAILURES {}",
-            c.requests, c.failures
+            "{I}COUNTERS: REQUESTS {} FAILURES {} PROBES_FAILED {} PROBES_ANSWERED {}",
+            c.requests, c.failures, c.probe_failures, c.probe_successes
         )?;
     }
     Ok(())

@@ -30,9 +30,8 @@ mod server;
 
 pub use health::{Health, NotReady, UpCheck};
 pub use listing::{
-    DestinationCounters, DestinationSnapshot, DestinationState, DispatcherSnapshot,
-    LatencySnapshot, SetSnapshot, SnapshotProvider, any_destination_up, destination_samples,
-    dispatcher_listing,
+    DestinationCounters, DestinationSnapshot, DestinationState, DispatcherSnapshot, SetSnapshot,
+    SnapshotProvider, any_destination_up, destination_samples, dispatcher_listing,
 };
 pub use routes::{admits, respond, respond_async};
 pub use server::{AdminServer, serve};

@@ -22,7 +22,7 @@ pub(crate) fn sample_sets() -> Vec<SetSnapshot> {
                 state: DestinationState::Active,
                 active_calls: 2,
                 description: None,
-                latency: None,
+                target: "udp:127.0.0.1:5080".into(),
                 counters: None,
             },
             DestinationSnapshot {
@@ -33,14 +33,13 @@ pub(crate) fn sample_sets() -> Vec<SetSnapshot> {
                 state: DestinationState::Inactive,
                 active_calls: 0,
                 description: Some("backup".into()),
-                latency: Some(LatencySnapshot {
-                    avg_ms: 1.5,
-                    std_ms: 0.25,
-                    est_ms: 1.25,
-                    max_ms: 4.0,
-                    timeouts: 3,
+                target: "tcp:127.0.0.1:5082".into(),
+                counters: Some(DestinationCounters {
+                    requests: 7,
+                    failures: 3,
+                    probe_failures: 2,
+                    probe_successes: 0,
                 }),
-                counters: None,
             },
         ],
     }]

@@ -24,7 +24,7 @@ pub use destination::{
     DestState, Destination, Resolver, StateChange, Target, flags, system_resolver,
 };
 pub use set::DispatchSet;
-pub use snapshot::{DestinationSnapshot, SetSnapshot, render_attrs};
+pub use snapshot::render_attrs;
 
 /// Why a dispatcher configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -249,21 +249,15 @@ impl Dispatcher {
     }
 
     /// A listing of every set and destination, for the admin API and `sbc ctl`.
-    pub fn snapshot(&self) -> Vec<SetSnapshot> {
+    pub fn snapshot(&self) -> Vec<kubesbc_crds::listing::SetSnapshot> {
         let table = self.table.load();
         table
             .sets
             .iter()
-            .map(|s| SetSnapshot {
+            .map(|s| kubesbc_crds::listing::SetSnapshot {
                 id: s.id,
-                algorithm: s.algorithm,
-                algorithm_number: s.algorithm.number(),
-                destinations: s
-                    .dests
-                    .iter()
-                    .enumerate()
-                    .map(|(i, d)| DestinationSnapshot::of(i, d))
-                    .collect(),
+                algorithm: s.algorithm.name().to_owned(),
+                destinations: s.dests.iter().map(|d| snapshot::destination(d)).collect(),
             })
             .collect()
     }

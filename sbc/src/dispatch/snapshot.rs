@@ -1,90 +1,48 @@
 //! What `sbc ctl dispatcher list` and the admin endpoint show of the sets: a copy of their
-//! state at one moment, in kamcmd's terms.
+//! state at one moment, in kamcmd's terms ([`kubesbc_crds::listing`], the one set of
+//! listing types the sbc, `sbc ctl` and the operator share).
 
-use kubesbc_crds::config::{Algorithm, DestinationConfig};
-use serde::{Deserialize, Serialize};
+use kubesbc_crds::config::DestinationConfig;
+use kubesbc_crds::listing::{DestinationCounters, DestinationSnapshot, DestinationState};
 
 use super::destination::{DestState, Destination, flags};
 
-/// One set in a [`Dispatcher::snapshot`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SetSnapshot {
-    /// Set id.
-    pub id: u32,
-    /// Algorithm name.
-    pub algorithm: Algorithm,
-    /// Kamailio's number for it.
-    pub algorithm_number: u8,
-    /// Destinations in selection-index order (kamcmd's `IDX`).
-    pub destinations: Vec<DestinationSnapshot>,
-}
-
-/// One destination in a [`Dispatcher::snapshot`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DestinationSnapshot {
-    /// Index in the set.
-    pub index: usize,
-    /// URI as configured.
-    pub uri: String,
-    /// kamcmd's two flag letters: `A`ctive/`I`nactive/`D`isabled/`T`rying, then
-    /// `P`robing/`N`o-ping/`X`.
-    pub flags: String,
-    /// Priority.
-    pub priority: i32,
-    /// Attributes as `dispatcher.list` writes them (`duid=a;weight=50`).
-    pub attrs: String,
-    /// Description from the list or config.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub description: Option<String>,
-    /// Health state.
-    pub state: DestState,
-    /// Resolved address and transport (`udp:10.0.0.5:5060`).
-    pub target: String,
-    /// Calls in progress.
-    pub active_calls: u32,
-    /// Requests sent.
-    pub requests: u64,
-    /// Failed requests.
-    pub failures: u64,
-    /// Consecutive failed probes.
-    pub probe_failures: u32,
-    /// Consecutive successful probes.
-    pub probe_successes: u32,
-}
-
-impl DestinationSnapshot {
-    pub(super) fn of(index: usize, d: &Destination) -> DestinationSnapshot {
-        let f = d.flags();
-        let state = d.state();
-        // `P` means "pinged": a probing set pings every destination, whatever flag 8 says.
-        let probe = if d.is_probed() {
-            'P'
-        } else if f & flags::NOPING != 0 {
-            'N'
+/// The listing of destination `d`.
+pub(super) fn destination(d: &Destination) -> DestinationSnapshot {
+    let f = d.flags();
+    let state = d.state();
+    // `P` means "pinged": a probing set pings every destination, whatever flag 8 says.
+    let probe = if d.is_probed() {
+        'P'
+    } else if f & flags::NOPING != 0 {
+        'N'
+    } else {
+        'X'
+    };
+    DestinationSnapshot {
+        uri: d.uri.clone(),
+        flags: [state.letter(), probe].iter().collect(),
+        priority: d.config.priority,
+        attrs: render_attrs(&d.config),
+        description: d.config.description.clone(),
+        state: match state {
+            DestState::Active => DestinationState::Active,
+            DestState::Trying => DestinationState::Trying,
+            DestState::Inactive => DestinationState::Inactive,
+            DestState::Disabled => DestinationState::Disabled,
+        },
+        target: if d.is_resolved() {
+            d.target.to_string()
         } else {
-            'X'
-        };
-        DestinationSnapshot {
-            index,
-            uri: d.uri.clone(),
-            flags: [state.letter(), probe].iter().collect(),
-            priority: d.config.priority,
-            attrs: render_attrs(&d.config),
-            description: d.config.description.clone(),
-            state,
-            target: if d.is_resolved() {
-                d.target.to_string()
-            } else {
-                format!("{}:unresolved", d.target.transport)
-            },
-            active_calls: d.active_calls(),
+            format!("{}:unresolved", d.target.transport)
+        },
+        active_calls: u64::from(d.active_calls()),
+        counters: Some(DestinationCounters {
             requests: d.requests_sent(),
             failures: d.failures(),
             probe_failures: d.probe_failures(),
             probe_successes: d.probe_successes(),
-        }
+        }),
     }
 }
 

@@ -523,7 +523,10 @@ fn bad_configurations_are_refused() {
             .contains("cannot resolve host")
     );
     assert_eq!(d.snapshot()[0].destinations[0].target, "udp:unresolved");
-    assert_eq!(d.snapshot()[0].destinations[0].state, DestState::Inactive);
+    assert_eq!(
+        d.snapshot()[0].destinations[0].state,
+        kubesbc_crds::listing::DestinationState::Inactive
+    );
     assert!(d.select(7, &SelectKey::default(), &[]).is_none());
 }
 
@@ -652,7 +655,13 @@ fn snapshot_lists_flags_like_kamcmd() {
     assert_eq!(snap.iter().map(|s| s.id).collect::<Vec<_>>(), vec![1, 2]);
     assert_eq!(snap[0].destinations[0].flags, "AX", "set 1 does not probe");
     assert_eq!(snap[0].destinations[0].active_calls, 1);
-    assert_eq!(snap[0].destinations[0].requests, 1);
+    assert_eq!(
+        snap[0].destinations[0]
+            .counters
+            .as_ref()
+            .map(|c| c.requests),
+        Some(1)
+    );
     let s2: Vec<(&str, &str)> = snap[1]
         .destinations
         .iter()
@@ -661,15 +670,15 @@ fn snapshot_lists_flags_like_kamcmd() {
     assert_eq!(s2, vec![(C, "AN"), (A, "DX"), (B, "IP")]);
     let bs = &snap[1].destinations[2];
     assert_eq!(bs.attrs, "duid=b;weight=50");
-    assert_eq!(bs.state, DestState::Inactive);
-    assert_eq!(bs.failures, 1);
+    assert_eq!(bs.state, kubesbc_crds::listing::DestinationState::Inactive);
+    assert_eq!(bs.counters.as_ref().map(|c| c.failures), Some(1));
     assert_eq!(bs.target, "udp:127.0.0.1:5072");
-    assert_eq!(snap[1].algorithm_number, 9);
+    assert_eq!(snap[1].algorithm, "weight");
 
     let json = serde_json::to_value(&snap).unwrap();
     assert_eq!(json[1]["algorithm"], "weight");
-    assert_eq!(json[1]["destinations"][2]["activeCalls"], 0);
+    assert_eq!(json[1]["destinations"][2]["active_calls"], 0);
     assert_eq!(json[1]["destinations"][2]["description"], "two");
-    let back: Vec<SetSnapshot> = serde_json::from_value(json).unwrap();
+    let back: Vec<kubesbc_crds::listing::SetSnapshot> = serde_json::from_value(json).unwrap();
     assert_eq!(back, snap);
 }

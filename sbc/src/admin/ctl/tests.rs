@@ -33,6 +33,7 @@ SET:
             ATTRS: weight=50;duid=a
             STATE: active
             ACTIVE_CALLS: 2
+            TARGET: udp:127.0.0.1:5080
         DEST:
             URI: sip:127.0.0.1:5082;transport=tcp
             FLAGS: IP
@@ -40,7 +41,8 @@ SET:
             STATE: inactive
             ACTIVE_CALLS: 0
             DESCRIPTION: backup
-            LATENCY: AVG 1.500 STD 0.250 EST 1.250 MAX 4.000 TIMEOUT 3
+            TARGET: tcp:127.0.0.1:5082
+            COUNTERS: REQUESTS 7 FAILURES 3 PROBES_FAILED 2 PROBES_ANSWERED 0
 ";
 
 #[test]
