@@ -219,6 +219,26 @@ impl Proxy {
         }
     }
 
+    /// The sbc of the configuration `config` (written to `dir/sbc.yaml`) on `sip_port`, its
+    /// admin endpoint on a free loopback port.
+    pub fn start_sbc_config(dir: &TempDir, config: &str, sip_port: u16) -> Proxy {
+        let file = dir.write("sbc.yaml", config);
+        Proxy::start_sbc_file(dir, &file, sip_port)
+    }
+
+    /// The sbc of the configuration file `file` on `sip_port`, its admin endpoint on a free
+    /// loopback port (a fresh one per start: a restarted replica never races its old one).
+    pub fn start_sbc_file(dir: &TempDir, file: &Path, sip_port: u16) -> Proxy {
+        let admin = crate::loopback(crate::free_port());
+        let args = [
+            "--config".to_owned(),
+            file.display().to_string(),
+            "--admin".to_owned(),
+            admin.to_string(),
+        ];
+        Proxy::start_sbc(dir, &args, sip_port, admin)
+    }
+
     /// Starts `sbc ARGS` whose SIP port is `sip_port` (UDP and TCP) and admin endpoint `admin`,
     /// and waits until `/healthz` answers 200 or an OPTIONS gets 200.
     pub fn start_sbc(dir: &TempDir, args: &[String], sip_port: u16, admin: SocketAddr) -> Proxy {

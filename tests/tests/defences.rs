@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use kubesbc_e2e::sip::{RequestBuilder, SipClient};
 use kubesbc_e2e::uas::Pbx;
-use kubesbc_e2e::{Proxy, TempDir, e2e_tools, free_port, loopback, sbc_only};
+use kubesbc_e2e::{Proxy, TempDir, e2e_tools, free_port, sbc_only};
 
 const PBX: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 5);
 
@@ -36,15 +36,7 @@ dispatcher:
 {extra}"#,
         pbx.uri()
     );
-    let file = dir.write("sbc.yaml", &config);
-    let admin = loopback(free_port());
-    let args = [
-        "--config".to_owned(),
-        file.display().to_string(),
-        "--admin".to_owned(),
-        admin.to_string(),
-    ];
-    let proxy = Proxy::start_sbc(dir, &args, port, admin);
+    let proxy = Proxy::start_sbc_config(dir, &config, port);
     proxy.wait_destination(&pbx.uri(), true, Duration::from_secs(10));
     (proxy, SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
 }

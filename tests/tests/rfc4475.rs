@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kubesbc_e2e::uas::Pbx;
-use kubesbc_e2e::{Proxy, TempDir, e2e_tools, free_port, loopback, sbc_only};
+use kubesbc_e2e::{Proxy, TempDir, e2e_tools, free_port, sbc_only};
 use sbc::sip::torture::{CASES, Case, Expect};
 use sbc::sip::{HeaderName, Message};
 
@@ -174,15 +174,7 @@ dispatcher:
 "#,
         pbx.uri()
     );
-    let file = dir.write("sbc.yaml", &config);
-    let admin = loopback(free_port());
-    let args = [
-        "--config".to_owned(),
-        file.display().to_string(),
-        "--admin".to_owned(),
-        admin.to_string(),
-    ];
-    let proxy = Proxy::start_sbc(&dir, &args, port, admin);
+    let proxy = Proxy::start_sbc_config(&dir, &config, port);
     proxy.wait_destination(&pbx.uri(), true, Duration::from_secs(10));
     let sbc = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let sock = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 use kubesbc_e2e::{
-    CallRun, Proxy, Sipp, SippTransport, TempDir, UacOptions, e2e_tools, free_port, loopback,
+    CallRun, Proxy, Sipp, SippTransport, TempDir, UacOptions, e2e_tools, free_port,
     received_invites, sbc_only, scenario, start_calls_from,
 };
 
@@ -77,15 +77,7 @@ routing:
         b = uri(CARRIER_B, &carrier_b),
         intl = uri(INTL, &intl),
     );
-    let file = dir.write("sbc.yaml", &config);
-    let admin = loopback(free_port());
-    let args = [
-        "--config".to_owned(),
-        file.display().to_string(),
-        "--admin".to_owned(),
-        admin.to_string(),
-    ];
-    let proxy = Proxy::start_sbc(dir, &args, port, admin);
+    let proxy = Proxy::start_sbc_config(dir, &config, port);
     for (ip, s) in [
         (PBX, &pbx),
         (CARRIER_A, &carrier_a),

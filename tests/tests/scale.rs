@@ -17,8 +17,8 @@ use std::time::Duration;
 use kubesbc_e2e::sip::{RequestBuilder, SipClient, SipResponse, header, response_to};
 use kubesbc_e2e::uas::Pbx;
 use kubesbc_e2e::{
-    Proxy, RedisServer, Sipp, SippTransport, TempDir, e2e_tools, free_port, loopback, require_tool,
-    sbc_only, scenario, send_signal,
+    Proxy, RedisServer, Sipp, SippTransport, TempDir, e2e_tools, free_port, require_tool, sbc_only,
+    scenario, send_signal,
 };
 
 const POD_C: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
@@ -50,14 +50,7 @@ relay:
 /// Starts the sbc of the configuration file in `dir` (fresh admin port) and waits until
 /// every URI of `pbx` is up.
 fn start_replica(dir: &TempDir, port: u16, pbx: &[String]) -> Proxy {
-    let admin = loopback(free_port());
-    let args = [
-        "--config".to_owned(),
-        dir.path().join("sbc.yaml").display().to_string(),
-        "--admin".to_owned(),
-        admin.to_string(),
-    ];
-    let proxy = Proxy::start_sbc(dir, &args, port, admin);
+    let proxy = Proxy::start_sbc_file(dir, &dir.path().join("sbc.yaml"), port);
     for u in pbx {
         proxy.wait_destination(u, true, Duration::from_secs(10));
     }

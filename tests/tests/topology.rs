@@ -10,8 +10,8 @@ use std::time::Duration;
 use kubesbc_e2e::sip::{RequestBuilder, SipClient};
 use kubesbc_e2e::sipp::LoggedMessage;
 use kubesbc_e2e::{
-    MessageLog, Proxy, Sipp, SippTransport, TempDir, UacOptions, e2e_tools, free_port, loopback,
-    sbc_only, scenario,
+    MessageLog, Proxy, Sipp, SippTransport, TempDir, UacOptions, e2e_tools, free_port, sbc_only,
+    scenario,
 };
 
 const POD: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
@@ -63,15 +63,7 @@ relay:
   inside: {{address: "{INSIDE}:{port}", networks: ["{BACKEND}/32"]}}
 {extra}"#
     );
-    let file = dir.write("sbc.yaml", &config);
-    let admin = loopback(free_port());
-    let args = [
-        "--config".to_owned(),
-        file.display().to_string(),
-        "--admin".to_owned(),
-        admin.to_string(),
-    ];
-    let proxy = Proxy::start_sbc(dir, &args, port, admin);
+    let proxy = Proxy::start_sbc_config(dir, &config, port);
     proxy.wait_destination(&dest, true, Duration::from_secs(10));
     proxy
 }
