@@ -500,3 +500,97 @@ fn replicas_share_nonces_and_counts_through_redis_and_read_the_seeds_credentials
     let ttl: i64 = ttl.trim().trim_start_matches(':').parse().unwrap_or(-1);
     assert!(ttl > 0 && ttl <= 330, "TTL of {nc_key}: {ttl}");
 }
+
+/// Issue 15 item 4 from the wire: eleven REGISTERs someone sends with `To: alice` and no
+/// credentials (nor the password) do not lock alice out, on either replica: the REGISTER
+/// flood is counted per authenticated user, and before auth per source. And the
+/// authenticated alice cannot call as someone else: 403 naming the mismatch.
+#[test]
+fn spoofed_registers_lock_nobody_out_and_the_from_user_must_be_the_digest_user() {
+    if !sbc_only() || !require_tool("redis-server") {
+        return;
+    }
+    let redis_dir = TempDir::new("auth-spoof-redis");
+    let redis = RedisServer::start(&redis_dir);
+    let ha1 = md5_hex(&format!("alice:{REALM}:wonderland"));
+    let stored = redis.command(&[
+        "HSET",
+        "subscriber:alice",
+        "username",
+        "alice",
+        "domain",
+        REALM,
+        "ha1",
+        &ha1,
+    ]);
+    assert!(stored.is_some_and(|r| r.starts_with(':')), "HSET failed");
+    let backend = RawBackend::start();
+    let flood = "accessLists:\n  - name: e2e/registrations\n    registerFlood: {requests: 5, windowSecs: 60, banSecs: 60}\n";
+    let config = format!("{}{flood}", auth_config(Some(&redis), ""));
+    let (_da, a) = start("auth-spoof-a", &config, &backend);
+    let (_db, b) = start("auth-spoof-b", &config, &backend);
+
+    // The attacker, from another address, without the password.
+    let mut attacker = SipClient::udp_from(Ipv4Addr::new(127, 0, 0, 2), a.sip_addr());
+    let mut last = None;
+    for _ in 0..11 {
+        let req = REGISTER.request(&attacker);
+        last = attacker.request(&req.build(), T).map(|r| r.code);
+    }
+    assert!(
+        matches!(last, Some(401 | 403)),
+        "the attacker is challenged or blocked itself: {last:?}"
+    );
+
+    // Alice, from her own address, on either replica: registered.
+    for (name, p) in [("A", &a), ("B", &b)] {
+        let mut ua = SipClient::udp(p.sip_addr());
+        let (r, nonce) = REGISTER.challenge(&mut ua);
+        assert_eq!(r.code, 401, "replica {name}: {}", r.status_line);
+        let r = REGISTER.answer(&mut ua, &nonce, "00000001");
+        assert_eq!(
+            r.code, 200,
+            "replica {name}: alice locked out: {}",
+            r.status_line
+        );
+    }
+
+    // Alice authenticated, claiming to be bob in From.
+    let mut ua = SipClient::udp(a.sip_addr());
+    let (_, nonce) = INVITE.challenge(&mut ua);
+    let req = INVITE
+        .request(&ua)
+        .set("From", &format!("<sip:bob@{REALM}>;tag=f{}", token()))
+        .set("CSeq", "2 INVITE")
+        .set(
+            "Proxy-Authorization",
+            &INVITE.credentials(&nonce, "00000001"),
+        );
+    let r = ua.request(&req.build(), T).expect("an answer");
+    assert_eq!(r.code, 403, "{}", r.status_line);
+    assert!(
+        r.status_line.to_ascii_lowercase().contains("from"),
+        "the reason names the From mismatch: {}",
+        r.status_line
+    );
+    ua.send(&req.ack(&r).build());
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        backend.requests("INVITE").is_empty(),
+        "the spoofed INVITE reached the PBX"
+    );
+
+    // The limit is live, and it is hers: her own sixth authenticated REGISTER in the window
+    // is the one refused (the attacker's eleven did not count).
+    let mut ua = SipClient::udp(b.sip_addr());
+    let (_, nonce) = REGISTER.challenge(&mut ua);
+    let codes: Vec<u16> = (2..=6)
+        .map(|nc| REGISTER.answer(&mut ua, &nonce, &format!("{nc:08x}")).code)
+        .collect();
+    assert_eq!(codes[..3], [200, 200, 200], "{codes:?}");
+    assert_eq!(
+        codes.last(),
+        Some(&403),
+        "her sixth REGISTER is over the limit: {codes:?}"
+    );
+}
