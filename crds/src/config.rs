@@ -501,6 +501,11 @@ pub struct DestinationConfig {
     /// Free text shown in listings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// A WebRTC endpoint behind plain SIP (a gateway that speaks SIP over UDP or TCP for its
+    /// browsers): with a `media` section, media towards it gets the WebRTC profile
+    /// (DTLS-SRTP, ICE, rtcp-mux) as a ws or wss leg does.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub webrtc: bool,
 }
 
 fn is_zero_u32(v: &u32) -> bool {

@@ -183,13 +183,13 @@ fn media_port(sdp: &str) -> u16 {
     m.split(' ').nth(1).unwrap().parse().unwrap()
 }
 
-fn config(sip: u16, admin: u16, backend: SocketAddr, ng: &str) -> String {
+fn config(sip: u16, admin: u16, backend: SocketAddr, ng: &str, webrtc: bool) -> String {
     let ws = sip + 1;
     format!(
         "listeners:\n  - {{transport: udp, address: \"127.0.0.1:{sip}\"}}\n\
          \x20 - {{transport: ws, address: \"127.0.0.1:{ws}\"}}\n\
          admin:\n  address: \"127.0.0.1:{admin}\"\n\
-         dispatcher:\n  sets:\n    - id: 1\n      destinations: [{{uri: \"sip:{backend}\"}}]\n\
+         dispatcher:\n  sets:\n    - id: 1\n      destinations: [{{uri: \"sip:{backend}\", webrtc: {webrtc}}}]\n\
          media:\n  rtpengine: [\"{ng}\"]\n  pingIntervalMs: 200\n  timeoutMs: 300\n  retransmitMs: 100\n  retryAfterSecs: 7\n"
     )
 }
@@ -218,6 +218,11 @@ struct Bed {
 
 impl Bed {
     fn start(mode: Mode) -> Option<Bed> {
+        Bed::start_with(mode, false)
+    }
+
+    /// With the backend flagged `webrtc` when `webrtc_backend`.
+    fn start_with(mode: Mode, webrtc_backend: bool) -> Option<Bed> {
         if !sbc_only() || !require_tool("rtpengine") {
             return None;
         }
@@ -227,7 +232,7 @@ impl Bed {
         let (sip, admin) = (port_pair(), free_port());
         let cfg = dir.write(
             "sbc.yaml",
-            &config(sip, admin, uas.addr, &rtpengine.ng_name()),
+            &config(sip, admin, uas.addr, &rtpengine.ng_name(), webrtc_backend),
         );
         let args = vec!["--config".to_owned(), cfg.to_str().unwrap().to_owned()];
         let sbc = Proxy::start_sbc(&dir, &args, sip, loopback(admin));
@@ -464,6 +469,40 @@ fn a_browser_over_ws_gets_the_webrtc_profile_and_the_backend_plain_rtp() {
     }
 }
 
+/// A destination flagged `webrtc` (a WebRTC gateway speaking plain SIP over UDP) gets the
+/// WebRTC profile although its transport is UDP; the UDP caller gets plain RTP back.
+#[test]
+fn a_destination_flagged_webrtc_gets_the_webrtc_profile_over_udp() {
+    let Some(bed) = Bed::start_with(Mode::Answer, true) else {
+        return;
+    };
+    let mut caller = SipClient::udp(bed.sbc.sip_addr());
+    let inv = bed.invite(&caller, 4000);
+    let ok = caller
+        .request(&inv.build(), WAIT)
+        .expect("a final response");
+    assert_eq!(ok.code, 200, "{ok:?}\n{}", bed.sbc.log_tail());
+    let offer = bed.uas.wait_request("INVITE");
+    let offer = body(&offer);
+    for want in [
+        "UDP/TLS/RTP/SAVPF",
+        "a=ice-ufrag:",
+        "a=fingerprint:",
+        "a=rtcp-mux",
+    ] {
+        assert!(
+            offer.contains(want),
+            "no {want} towards the flagged backend:\n{offer}"
+        );
+    }
+    assert!(ok.body.contains("RTP/AVP"), "{}", ok.body);
+    assert!(
+        !ok.body.contains("SAVPF"),
+        "plain towards the UDP caller:\n{}",
+        ok.body
+    );
+}
+
 #[test]
 fn a_cancelled_call_and_a_refused_call_leave_nothing_in_rtpengine() {
     let Some(bed) = Bed::start(Mode::Ring) else {
@@ -577,7 +616,13 @@ fn sbc_accepts_a_media_section_at_startup_and_in_check() {
         return;
     }
     let dir = TempDir::new("media-accepted");
-    let text = config(free_port(), free_port(), loopback(5060), "127.0.0.1:2223");
+    let text = config(
+        free_port(),
+        free_port(),
+        loopback(5060),
+        "127.0.0.1:2223",
+        false,
+    );
     let cfg = dir.write("sbc.yaml", &text);
     let out = run_sbc(&dir, &["check", cfg.to_str().unwrap()], WAIT);
     assert_eq!(out.code, Some(0), "stderr:\n{}", out.stderr);

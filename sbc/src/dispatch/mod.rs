@@ -87,6 +87,8 @@ pub struct DispatchTable {
     sets: Vec<DispatchSet>,
     /// The configuration it was built from (rebuilt from when a host resolves later).
     config: DispatcherConfig,
+    /// Addresses of the destinations flagged `webrtc` (usually none).
+    webrtc: Vec<std::net::SocketAddr>,
 }
 
 impl DispatchTable {
@@ -106,6 +108,12 @@ impl DispatchTable {
     /// All sets, by id.
     pub fn sets(&self) -> &[DispatchSet] {
         &self.sets
+    }
+
+    /// Whether `addr` is a destination flagged `webrtc` (media towards it gets the WebRTC
+    /// profile).
+    pub fn is_webrtc(&self, addr: std::net::SocketAddr) -> bool {
+        self.webrtc.contains(&addr)
     }
 
     /// Whether some destination's host did not resolve.
@@ -290,10 +298,17 @@ fn build_table(
         .map(|c| DispatchSet::build(c, old.and_then(|o| o.set(c.id)), epoch, wake, resolver))
         .collect::<Result<Vec<_>, _>>()?;
     sets.sort_by_key(|s| s.id);
+    let webrtc = sets
+        .iter()
+        .flat_map(|s| s.dests.iter())
+        .filter(|d| d.config.webrtc && d.is_resolved())
+        .map(|d| d.target.addr)
+        .collect();
     Ok(DispatchTable {
         default_set: cfg.default_set,
         sets,
         config: cfg.clone(),
+        webrtc,
     })
 }
 

@@ -86,7 +86,12 @@ pub struct MediaStage {
     anchor: Anchor,
     metrics: MediaMetrics,
     invites: Mutex<HashMap<Vec<u8>, InviteSeen>>,
+    /// Whether a peer is a destination flagged `webrtc`.
+    webrtc_peers: Option<WebRtcPeers>,
 }
+
+/// Tells whether an address is a destination flagged `webrtc` (the dispatcher in force).
+pub type WebRtcPeers = std::sync::Arc<dyn Fn(std::net::SocketAddr) -> bool + Send + Sync>;
 
 /// What to do with a message after rtpengine answered.
 #[derive(Debug)]
@@ -147,6 +152,15 @@ impl MediaStage {
             anchor,
             metrics,
             invites: Mutex::new(HashMap::new()),
+            webrtc_peers: None,
+        }
+    }
+
+    /// Gives legs towards the destinations `peers` names the WebRTC profile.
+    pub fn with_webrtc_destinations(self, peers: WebRtcPeers) -> MediaStage {
+        MediaStage {
+            webrtc_peers: Some(peers),
+            ..self
         }
     }
 
@@ -213,7 +227,7 @@ impl MediaStage {
             msg,
             to: Leg {
                 transport: to.transport,
-                webrtc: false,
+                webrtc: self.webrtc_peers.as_ref().is_some_and(|f| f(to.addr)),
             },
             request,
         })
