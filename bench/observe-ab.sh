@@ -23,7 +23,9 @@ case "$HEP" in
 esac
 sink=$!
 trap 'kill "$sink" 2>/dev/null || true; rm -rf "$work"' EXIT
+# The listener is the one the bench's flags give (flags replace the file's listeners).
 cat >"$work/on.yaml" <<YAML
+listeners: [{transport: udp, address: "127.0.0.1:5060"}]
 observability:
   hep:
     collectors: ["$HEP:127.0.0.1:9060"]
