@@ -323,7 +323,7 @@ async fn run(
         let stage =
             sbc::media::stage::MediaStage::new(anchor, MediaMetrics::new(metrics.registry())?);
         let d = dispatcher.clone();
-        let stage = stage.with_webrtc_destinations(Arc::new(move |a| d.table().is_webrtc(a)));
+        let stage = stage.with_webrtc_destinations(Arc::new(move |a| d.is_webrtc(a)));
         tracing::info!(
             rtpengines = m.rtpengine.len(),
             "media anchoring through rtpengine"

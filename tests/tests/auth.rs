@@ -218,6 +218,26 @@ fn sha256_hex(s: &str) -> String {
         .collect()
 }
 
+/// Alice's credentials in the seeds' layout (`subscriber:alice`, MD5 and SHA-256 HA1),
+/// provisioned by the user's tooling: no cluster prefix.
+fn provision_alice(redis: &RedisServer) {
+    let ha1 = md5_hex(&format!("alice:{REALM}:wonderland"));
+    let ha1sha256 = sha256_hex(&format!("alice:{REALM}:wonderland"));
+    let stored = redis.command(&[
+        "HSET",
+        "subscriber:alice",
+        "username",
+        "alice",
+        "domain",
+        REALM,
+        "ha1",
+        &ha1,
+        "ha1sha256",
+        &ha1sha256,
+    ]);
+    assert!(stored.is_some_and(|r| r.starts_with(':')), "HSET failed");
+}
+
 /// A UA's side of digest auth for one method.
 #[derive(Clone, Copy)]
 struct Ua<'a> {
@@ -427,22 +447,7 @@ fn replicas_share_nonces_and_counts_through_redis_and_read_the_seeds_credentials
     }
     let redis_dir = TempDir::new("auth-redis");
     let redis = RedisServer::start(&redis_dir);
-    // The seeds' layout, provisioned by the user's tooling: no cluster prefix.
-    let ha1 = md5_hex(&format!("alice:{REALM}:wonderland"));
-    let ha1sha256 = sha256_hex(&format!("alice:{REALM}:wonderland"));
-    let stored = redis.command(&[
-        "HSET",
-        "subscriber:alice",
-        "username",
-        "alice",
-        "domain",
-        REALM,
-        "ha1",
-        &ha1,
-        "ha1sha256",
-        &ha1sha256,
-    ]);
-    assert!(stored.is_some_and(|r| r.starts_with(':')), "HSET failed");
+    provision_alice(&redis);
     let backend = RawBackend::start();
     let config = auth_config(Some(&redis), "");
     let (_da, a) = start("auth-replica-a", &config, &backend);
@@ -512,18 +517,7 @@ fn spoofed_registers_lock_nobody_out_and_the_from_user_must_be_the_digest_user()
     }
     let redis_dir = TempDir::new("auth-spoof-redis");
     let redis = RedisServer::start(&redis_dir);
-    let ha1 = md5_hex(&format!("alice:{REALM}:wonderland"));
-    let stored = redis.command(&[
-        "HSET",
-        "subscriber:alice",
-        "username",
-        "alice",
-        "domain",
-        REALM,
-        "ha1",
-        &ha1,
-    ]);
-    assert!(stored.is_some_and(|r| r.starts_with(':')), "HSET failed");
+    provision_alice(&redis);
     let backend = RawBackend::start();
     let flood = "accessLists:\n  - name: e2e/registrations\n    registerFlood: {requests: 5, windowSecs: 60, banSecs: 60}\n";
     let config = format!("{}{flood}", auth_config(Some(&redis), ""));

@@ -412,6 +412,14 @@ fn a_late_offer_is_offered_from_the_200_and_answered_from_the_ack() {
 }
 
 /// A browser's offer as Chrome writes it (ICE, DTLS fingerprint, rtcp-mux, opus).
+/// What the WebRTC profile puts in an SDP (rtpengine's, towards a WebRTC leg).
+const WEBRTC_SDP: [&str; 4] = [
+    "UDP/TLS/RTP/SAVPF",
+    "a=ice-ufrag:",
+    "a=fingerprint:",
+    "a=rtcp-mux",
+];
+
 fn browser_sdp(port: u16) -> String {
     format!(
         "v=0\r\no=- 8421931840 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n\
@@ -446,12 +454,7 @@ fn a_browser_over_ws_gets_the_webrtc_profile_and_the_backend_plain_rtp() {
         .sip_request(&inv.build(), WAIT)
         .expect("a final response");
     assert_eq!(ok.code, 200, "{ok:?}\n{}", bed.sbc.log_tail());
-    for want in [
-        "UDP/TLS/RTP/SAVPF",
-        "a=ice-ufrag:",
-        "a=fingerprint:",
-        "a=rtcp-mux",
-    ] {
+    for want in WEBRTC_SDP {
         assert!(
             ok.body.contains(want),
             "no {want} towards the browser:\n{}",
@@ -484,12 +487,7 @@ fn a_destination_flagged_webrtc_gets_the_webrtc_profile_over_udp() {
     assert_eq!(ok.code, 200, "{ok:?}\n{}", bed.sbc.log_tail());
     let offer = bed.uas.wait_request("INVITE");
     let offer = body(&offer);
-    for want in [
-        "UDP/TLS/RTP/SAVPF",
-        "a=ice-ufrag:",
-        "a=fingerprint:",
-        "a=rtcp-mux",
-    ] {
+    for want in WEBRTC_SDP {
         assert!(
             offer.contains(want),
             "no {want} towards the flagged backend:\n{offer}"

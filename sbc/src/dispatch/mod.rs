@@ -256,6 +256,12 @@ impl Dispatcher {
         })
     }
 
+    /// Whether `addr` is a destination flagged `webrtc` in the sets in force (the media
+    /// stage asks per message: no refcount taken).
+    pub fn is_webrtc(&self, addr: std::net::SocketAddr) -> bool {
+        self.table.load().is_webrtc(addr)
+    }
+
     /// A listing of every set and destination, for the admin API and `sbc ctl`.
     pub fn snapshot(&self) -> Vec<kubesbc_crds::listing::SetSnapshot> {
         let table = self.table.load();
