@@ -96,9 +96,14 @@ pub enum SipClient {
 }
 
 impl SipClient {
-    /// A UDP client sending to `target`.
+    /// A UDP client sending to `target`, from 127.0.0.1 or from ::1 for an IPv6 target.
     pub fn udp(target: SocketAddr) -> SipClient {
-        let socket = UdpSocket::bind((LOOPBACK, 0)).expect("bind udp client");
+        let local: std::net::IpAddr = if target.is_ipv6() {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        } else {
+            LOOPBACK.into()
+        };
+        let socket = UdpSocket::bind((local, 0)).expect("bind udp client");
         SipClient::Udp { socket, target }
     }
 

@@ -5,7 +5,7 @@
 //! Unlike sipp it can send an in-dialog request of its own to any replica
 //! ([`Pbx::send_to`]), which is what the replica tests need.
 
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
@@ -23,14 +23,15 @@ pub struct Pbx {
 }
 
 impl Pbx {
-    /// A PBX on `ip` (a loopback address) and a free port.
-    pub fn start(ip: Ipv4Addr) -> Pbx {
+    /// A PBX on `ip` (a loopback address, 127.0.0.0/8 or ::1) and a free port.
+    pub fn start(ip: impl Into<IpAddr>) -> Pbx {
         Pbx::start_ignoring(ip, |_| false)
     }
 
     /// A PBX that receives, but never answers, the requests for which `ignore` holds (a
     /// backend that lost one INVITE).
-    pub fn start_ignoring(ip: Ipv4Addr, ignore: fn(&str) -> bool) -> Pbx {
+    pub fn start_ignoring(ip: impl Into<IpAddr>, ignore: fn(&str) -> bool) -> Pbx {
+        let ip = ip.into();
         assert!(ip.is_loopback(), "only loopback addresses");
         let socket = UdpSocket::bind((ip, crate::free_port())).expect("bind the test PBX");
         socket

@@ -1,8 +1,11 @@
-//! The RFC 4475 torture messages as bytes, and what the sbc does with each (a test table
-//! shared by the parser's unit tests and the end-to-end test `tests/tests/rfc4475.rs`).
+//! The RFC 4475 and RFC 5118 torture messages as bytes, and what the sbc does with each (test
+//! tables shared by the parser's unit tests and the end-to-end test `tests/tests/rfc4475.rs`, which
+//! sends both through a running sbc).
 //!
-//! The messages are RFC 4475's (section 3, and its Appendix B archive), IETF Trust material
-//! reproduced under the IETF Trust Legal Provisions.
+//! The RFC 4475 messages are its own (section 3, and its Appendix B archive), IETF Trust
+//! material reproduced under the IETF Trust Legal Provisions. The RFC 5118 ones keep each
+//! section's IPv6 references, Request-URI, Via, Contact and body on a common set of headers,
+//! with a Call-ID and branch of their own so that a running sbc sees twelve transactions.
 
 /// What the sbc does with a message, as a caller sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1089,5 +1092,214 @@ s=-\r\n\
 c=IN IP4 192.0.2.5\r\n\
 t=0 0\r\n\
 m=audio 49217 RTP/AVP 0\r\n",
+    },
+];
+
+/// An RFC 5118 message: its request line and the headers every case shares, with the case's
+/// own Call-ID and Via, Contact and body.
+macro_rules! v6 {
+    ($line:literal, $method:literal, $name:literal, $via:literal, $contact:literal) => {
+        v6!($line, $method, $name, $via, $contact, "", "0", "")
+    };
+    ($line:literal, $method:literal, $name:literal, $via:literal, $contact:literal,
+     $ct:literal, $len:literal, $body:literal) => {
+        concat!(
+            $line,
+            "\r\n",
+            "To: sip:user@example.com\r\n",
+            "From: sip:user@example.com;tag=81x2\r\n",
+            "Via: ",
+            $via,
+            "\r\n",
+            "Call-ID: ",
+            $name,
+            ".SSG9559905523997077@hlau_4100\r\n",
+            "Max-Forwards: 70\r\n",
+            "Contact: ",
+            $contact,
+            "\r\n",
+            "CSeq: 98176 ",
+            $method,
+            "\r\n",
+            $ct,
+            "Content-Length: ",
+            $len,
+            "\r\n\r\n",
+            $body
+        )
+        .as_bytes()
+    };
+}
+
+/// Every message of RFC 5118 section 4, in order.
+pub const RFC5118: &[Case] = &[
+    Case {
+        name: "ipv6-good",
+        section: "4.1",
+        title: "Valid SIP Message with an IPv6 Reference",
+        expect: Expect::Relayed,
+        bytes: v6!(
+            "REGISTER sip:[2001:db8::10] SIP/2.0",
+            "REGISTER",
+            "ipv6-good",
+            "SIP/2.0/UDP [2001:db8::9:1];branch=z9hG4bKas3-ipv6-good",
+            "\"Caller\" <sip:caller@[2001:db8::1]>"
+        ),
+    },
+    Case {
+        name: "ipv6-bad",
+        section: "4.2",
+        title: "Invalid SIP Message with an IPv6 Reference",
+        expect: Expect::Refused(400, "Bad Request-URI"),
+        bytes: v6!(
+            "REGISTER sip:2001:db8::10 SIP/2.0",
+            "REGISTER",
+            "ipv6-bad",
+            "SIP/2.0/UDP [2001:db8::9:1];branch=z9hG4bKas3-ipv6-bad",
+            "\"Caller\" <sip:caller@[2001:db8::1]>"
+        ),
+    },
+    Case {
+        name: "port-ambiguous",
+        section: "4.3",
+        title: "Port Ambiguous in a SIP URI",
+        expect: Expect::Relayed,
+        bytes: v6!(
+            "REGISTER sip:[2001:db8::10:5070] SIP/2.0",
+            "REGISTER",
+            "port-ambiguous",
+            "SIP/2.0/UDP [2001:db8::9:1];branch=z9hG4bKas3-port-ambiguous",
+            "\"Caller\" <sip:caller@[2001:db8::1]>"
+        ),
+    },
+    Case {
+        name: "port-unambiguous",
+        section: "4.4",
+        title: "Port Unambiguous in a SIP URI",
+        expect: Expect::Relayed,
+        bytes: v6!(
+            "REGISTER sip:[2001:db8::10]:5070 SIP/2.0",
+            "REGISTER",
+            "port-unambiguous",
+            "SIP/2.0/UDP [2001:db8::9:1];branch=z9hG4bKas3-port-unambiguous",
+            "\"Caller\" <sip:caller@[2001:db8::1]>"
+        ),
+    },
+    Case {
+        name: "via-received-param-with-delim",
+        section: "4.5",
+        title: "IPv6 Reference Delimiters in Via Header (received with brackets)",
+        expect: Expect::Relayed,
+        bytes: v6!(
+            "OPTIONS sip:[2001:db8::10] SIP/2.0",
+            "OPTIONS",
+            "via-received-param-with-delim",
+            "SIP/2.0/UDP [2001:db8::9:1];received=[2001:db8::9:255];branch=z9hG4bKas3-with-delim",
+            "\"Caller\" <sip:caller@[2001:db8::1]>"
+        ),
+    },
+    Case {
+        name: "via-received-param-no-delim",
+        section: "4.5",
+        title: "IPv6 Reference Delimiters in Via Header (received without brackets)",
+        expect: Expect::Relayed,
+        bytes: v6!(
+            "OPTIONS sip:[2001:db8::10] SIP/2.0",
+            "OPTIONS",
+            "via-received-param-no-delim",
+            "SIP/2.0/UDP [2001:db8::9:1];received=2001:db8::9:255;branch=z9hG4bKas3-no-delim",
+            "\"Caller\" <sip:caller@[2001:db8::1]>"
+        ),
+    },
+    Case {
+        name: "ipv6-in-sdp",
+        section: "4.6",
+        title: "SIP Request with IPv6 Addresses in Session Description Protocol (SDP) Body",
+        expect: Expect::Relayed,
+        bytes: v6!(
+            "INVITE sip:user@[2001:db8::10] SIP/2.0",
+            "INVITE",
+            "ipv6-in-sdp",
+            "SIP/2.0/UDP [2001:db8::20];branch=z9hG4bKas3-ipv6-in-sdp",
+            "\"Caller\" <sip:caller@[2001:db8::20]>",
+            "Content-Type: application/sdp\r\n",
+            "251",
+            "v=0\r\no=assistant 971731711378798081 0 IN IP6 2001:db8::20\r\n\
+s=Live video feed for today's meeting\r\nc=IN IP6 2001:db8::20\r\n\
+t=3338481189 3370017201\r\nm=audio 6000 RTP/AVP 2\r\na=rtpmap:2 G726-32/8000\r\n\
+m=video 6024 RTP/AVP 107\r\na=rtpmap:107 H263-1998/90000\r\n"
+        ),
+    },
+    Case {
+        name: "mult-ip-in-header",
+        section: "4.7",
+        title: "Multiple IP Addresses in SIP Headers",
+        expect: Expect::Relayed,
+        bytes: v6!(
+            "BYE sip:user@host.example.net SIP/2.0",
+            "BYE",
+            "mult-ip-in-header",
+            "SIP/2.0/UDP [2001:db8::9:1]:6050;branch=z9hG4bKas3-mult-ip-in-header, \
+SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKjhja8781hjuaij65144, \
+SIP/2.0/TCP [2001:db8::9:255];branch=z9hG4bK451jj;received=192.0.2.200",
+            "<sip:caller@[2001:db8::9:1]:6050>"
+        ),
+    },
+    Case {
+        name: "mult-ip-in-sdp",
+        section: "4.8",
+        title: "Multiple IP Addresses in SDP",
+        expect: Expect::Relayed,
+        bytes: v6!(
+            "INVITE sip:user@[2001:db8::10] SIP/2.0",
+            "INVITE",
+            "mult-ip-in-sdp",
+            "SIP/2.0/UDP [2001:db8::9:1];branch=z9hG4bKas3-mult-ip-in-sdp",
+            "\"Caller\" <sip:caller@[2001:db8::1]>",
+            "Content-Type: application/sdp\r\n",
+            "189",
+            "v=0\r\no=bob 280744730 28977631 IN IP4 host.example.com\r\ns=\r\nt=0 0\r\n\
+m=audio 22334 RTP/AVP 0\r\nc=IN IP4 192.0.2.1\r\nm=video 6024 RTP/AVP 107\r\n\
+c=IN IP6 2001:db8::1\r\na=rtpmap:107 H263-1998/90000\r\n"
+        ),
+    },
+    Case {
+        name: "ipv4-mapped-ipv6",
+        section: "4.9",
+        title: "IPv4-Mapped IPv6 Addresses",
+        expect: Expect::Relayed,
+        bytes: v6!(
+            "INVITE sip:user@example.com SIP/2.0",
+            "INVITE",
+            "ipv4-mapped-ipv6",
+            "SIP/2.0/UDP [::ffff:192.0.2.10]:19823;branch=z9hG4bKbh19",
+            "\"T. desk phone\" <sip:ted@[::ffff:192.0.2.10]:19823>"
+        ),
+    },
+    Case {
+        name: "ipv6-correct-abnf-2-colons",
+        section: "4.10",
+        title: "IPv6 Reference Bug in RFC 3261 ABNF (two colons)",
+        expect: Expect::Relayed,
+        bytes: v6!(
+            "REGISTER sip:user@[2001:db8::192.0.2.1] SIP/2.0",
+            "REGISTER",
+            "ipv6-correct-abnf-2-colons",
+            "SIP/2.0/UDP [2001:db8::9:1];branch=z9hG4bKas3-2-colons",
+            "\"Caller\" <sip:caller@[2001:db8::1]>"
+        ),
+    },
+    Case {
+        name: "ipv6-bug-abnf-3-colons",
+        section: "4.10",
+        title: "IPv6 Reference Bug in RFC 3261 ABNF (three colons)",
+        expect: Expect::Relayed,
+        bytes: v6!(
+            "REGISTER sip:user@[2001:db8:::192.0.2.1] SIP/2.0",
+            "REGISTER",
+            "ipv6-bug-abnf-3-colons",
+            "SIP/2.0/UDP [2001:db8::9:1];branch=z9hG4bKas3-3-colons",
+            "\"Caller\" <sip:caller@[2001:db8::1]>"
+        ),
     },
 ];
