@@ -78,10 +78,35 @@ def crd_schemas():
 SCHEMAS = crd_schemas()
 
 
+def unknown_fields(schema, value, path=""):
+    """Fields the schema does not declare: `kubectl apply --validate=strict` (the default)
+    refuses them, and JSON Schema without additionalProperties: false does not."""
+    if isinstance(value, list):
+        return [u for i, v in enumerate(value) for u in unknown_fields(schema.get("items", {}), v, f"{path}[{i}]")]
+    if not isinstance(value, dict) or schema.get("x-kubernetes-preserve-unknown-fields"):
+        return []
+    props, extra = schema.get("properties", {}), schema.get("additionalProperties")
+    out = []
+    for k, v in value.items():
+        here = f"{path}.{k}" if path else k
+        if k in props:
+            out += unknown_fields(props[k], v, here)
+        elif isinstance(extra, dict):
+            out += unknown_fields(extra, v, here)
+        elif extra is not True:
+            out.append(here)
+    return out
+
+
 def validate_cr(obj):
-    """Validates a kubesbc.io resource against the generated CRD schema."""
+    """Validates a kubesbc.io resource against the generated CRD schema (CEL rules: see
+    crds/tests/shipped.rs, which checks examples/ and scripts/ with kube-cel)."""
     schema = SCHEMAS[obj["kind"]]
     jsonschema.validate(obj, schema, cls=jsonschema.Draft7Validator)
+    body = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")}
+    unknown = unknown_fields(schema, body)
+    if unknown:
+        raise jsonschema.ValidationError(f"unknown field(s) {unknown}: kubectl apply refuses them")
 
 
 def validate_monitoring(obj):
