@@ -4,7 +4,8 @@
 #  1. creates the cluster from kind-config.yaml (host 127.0.0.1:5060, UDP and TCP, is NodePort
 #     30060 of the worker, where the sbc pods run);
 #  2. builds both images (scripts/build-images.sh) and loads them, and sipp's, into kind;
-#  3. installs the CRDs and the chart with its Redis (the URL Secret in namespace voip);
+#  3. installs the CRDs (scripts/upgrade-crds.sh) and the chart with its Redis (the URL Secret in
+#     namespace voip);
 #  4. runs two sipp backends as the `asterisk` Deployment and Service (scripts/kind/backends.yaml:
 #     in the foreground, tests/scenarios/uas.xml, which answers the OPTIONS probes);
 #  5. applies examples/ as they are, then points the SbcCluster at the chart's Redis
@@ -43,7 +44,7 @@ docker pull "$SIPP_IMAGE" >/dev/null
 kind load docker-image --name "$CLUSTER" "$REGISTRY/operator:$TAG" "$REGISTRY/sbc:$TAG" "$SIPP_IMAGE"
 
 echo "== CRDs and chart (with Redis)"
-kubectl apply --server-side -f manifests/crds.yaml
+scripts/upgrade-crds.sh   # Helm installs crds/ once and never upgrades them
 kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f -
 # Release kubesbc: scripts/kind/redis.patch.yaml names its Secret, kubesbc-redis-url.
 helm upgrade --install kubesbc charts/kubesbc --namespace kubesbc-system --create-namespace \

@@ -237,6 +237,29 @@ def kind_e2e_fits_the_examples():
     check("kind: the calls carry the AccessList's required header and a tenant of the TenantThrottle",
           calls_carry_what_the_examples_require)
 
+    def backends_stay_up_and_answer_probes():
+        objs = docs((ROOT / "scripts" / "kind" / "backends.yaml").read_text())
+        dep = next(o for o in objs if o["kind"] == "Deployment")
+        pod = dep["spec"]["template"]["spec"]
+        args = pod["containers"][0]["args"]
+        # -bg forks and returns: the container would exit at once and be restarted forever.
+        assert "-bg" not in args, args
+        scenario = args[args.index("-sf") + 1]
+        mount = next(m for m in pod["containers"][0]["volumeMounts"] if scenario.startswith(m["mountPath"] + "/"))
+        volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+        cm = volume["configMap"]["name"]
+        for name in ("kind-e2e.sh", "kind-up.sh"):
+            text = (ROOT / "scripts" / name).read_text()
+            assert f"create configmap {cm} --from-file={scenario.rsplit('/', 1)[1]}=tests/scenarios/uas.xml" in text, name
+        # sipp's built-in uas does not answer OPTIONS: the dispatcher would mark both down.
+        uas = ET.parse(ROOT / "tests" / "scenarios" / "uas.xml").getroot()
+        assert any(e.get("request") == "OPTIONS" for e in uas.iter("recv")), "uas.xml answers no OPTIONS"
+        svc = next(o for o in objs if o["kind"] == "Service")
+        dset = example("dispatcherset.yaml")["spec"]["destinations"]["service"]
+        assert svc["metadata"]["name"] == dset["name"] and dset["port"] in [p["name"] for p in svc["spec"]["ports"]]
+    check("kind: the sipp backends run in the foreground, answer OPTIONS, and are the example's Service",
+          backends_stay_up_and_answer_probes)
+
 
 def manifest_text(rendered):
     parts = [
