@@ -78,10 +78,35 @@ def crd_schemas():
 SCHEMAS = crd_schemas()
 
 
+def unknown_fields(schema, value, path=""):
+    """Fields the schema does not declare: `kubectl apply --validate=strict` (the default)
+    refuses them, and JSON Schema without additionalProperties: false does not."""
+    if isinstance(value, list):
+        return [u for i, v in enumerate(value) for u in unknown_fields(schema.get("items", {}), v, f"{path}[{i}]")]
+    if not isinstance(value, dict) or schema.get("x-kubernetes-preserve-unknown-fields"):
+        return []
+    props, extra = schema.get("properties", {}), schema.get("additionalProperties")
+    out = []
+    for k, v in value.items():
+        here = f"{path}.{k}" if path else k
+        if k in props:
+            out += unknown_fields(props[k], v, here)
+        elif isinstance(extra, dict):
+            out += unknown_fields(extra, v, here)
+        elif extra is not True:
+            out.append(here)
+    return out
+
+
 def validate_cr(obj):
-    """Validates a kubesbc.io resource against the generated CRD schema."""
+    """Validates a kubesbc.io resource against the generated CRD schema (CEL rules: see
+    crds/tests/shipped.rs, which checks examples/ and scripts/ with kube-cel)."""
     schema = SCHEMAS[obj["kind"]]
     jsonschema.validate(obj, schema, cls=jsonschema.Draft7Validator)
+    body = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")}
+    unknown = unknown_fields(schema, body)
+    if unknown:
+        raise jsonschema.ValidationError(f"unknown field(s) {unknown}: kubectl apply refuses them")
 
 
 def validate_monitoring(obj):
@@ -137,6 +162,103 @@ EXAMPLES_NON_DEFAULT = {
     "redis": {"enabled": True, "auth": {"enabled": False}},
     "examples": {"enabled": True, "serviceType": "LoadBalancer", "replicas": 3},
 }
+
+
+# The merge patches under scripts/kind/ and the example each patches (scripts/kind-e2e.sh).
+KIND_PATCHES = {"redis.patch.yaml": "sbccluster.yaml"}
+
+
+def merge_patch(target, patch):
+    """RFC 7386 JSON merge patch, as `kubectl patch --type merge` applies it."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    out = copy.deepcopy(target) if isinstance(target, dict) else {}
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = merge_patch(out.get(k), v)
+    return out
+
+
+def kind_e2e_fits_the_examples():
+    """What scripts/kind-e2e.sh takes from the examples, kind-config.yaml and the chart agrees.
+
+    On a cluster each mismatch is a failed e2e run: a node port kind does not map, a mapping on
+    a node without sbc pods under externalTrafficPolicy Local, a Redis Secret the chart does not
+    create, an INVITE the AccessList or the TenantThrottle of the examples refuses.
+    """
+    import re
+    import xml.etree.ElementTree as ET
+    example = lambda name: docs((ROOT / "examples" / name).read_text())[0]  # noqa: E731
+    cluster = example("sbccluster.yaml")
+    script = (ROOT / "scripts" / "kind-e2e.sh").read_text()
+
+    def node_ports_mapped():
+        nodes = docs((ROOT / "kind-config.yaml").read_text())[0]["nodes"]
+        workers = [n for n in nodes if n.get("role") == "worker"]
+        assert len(workers) == 1, "one worker: every sbc pod runs where the ports are mapped"
+        mapped = {(m["containerPort"], m.get("protocol", "TCP")): m["hostPort"]
+                  for m in workers[0].get("extraPortMappings", [])}
+        assert not any(n.get("extraPortMappings") for n in nodes if n.get("role") != "worker"), \
+            "a port mapped on the control plane reaches no sbc pod under externalTrafficPolicy Local"
+        sip = [lst for lst in cluster["spec"]["listeners"] if lst["transport"] in ("udp", "tcp")]
+        for lst in sip:
+            key = (lst.get("nodePort"), lst["transport"].upper())
+            assert key in mapped, f"listener {lst} has no node port kind-config.yaml maps"
+            assert mapped[key] == 5060 and "127.0.0.1:5060" in script, (key, mapped[key])
+    check("kind: the example's SIP node ports are mapped to 127.0.0.1:5060 on the worker", node_ports_mapped)
+
+    def redis_patch_names_the_charts_secret():
+        patch = yaml.safe_load((ROOT / "scripts" / "kind" / "redis.patch.yaml").read_text())
+        ref = patch["spec"]["redis"]["urlSecretRef"]
+        release = re.search(r"helm upgrade --install (\S+) charts/kubesbc", script).group(1)
+        ns = re.search(r"^NS=(\S+)$", script, re.M).group(1)
+        assert f"redis.urlSecretNamespace=\"$NS\"" in script and f"-n \"$NS\" patch sbccluster {cluster['metadata']['name']}" in script
+        rendered = render({"redis": {"enabled": True, "urlSecretNamespace": ns}}, name=release)
+        secret = next(o for o in objects(rendered) if o["kind"] == "Secret"
+                      and o["metadata"]["name"] == ref["name"])
+        assert secret["metadata"]["namespace"] == ns and ref["key"] in secret["data"], secret["metadata"]
+    check("kind: scripts/kind/redis.patch.yaml names the Redis URL Secret the chart creates", redis_patch_names_the_charts_secret)
+
+    def calls_carry_what_the_examples_require():
+        invite = next(e.text for e in ET.parse(ROOT / "scripts" / "kind" / "uac.xml").getroot().iter("send")
+                      if e.text and e.text.strip().startswith("INVITE"))
+        headers = {line.split(":", 1)[0].strip().lower() for line in invite.splitlines() if ":" in line}
+        acl, throttle = example("accesslist.yaml"), example("tenantthrottle.yaml")
+        wanted = [h["name"] for r in acl["spec"]["rules"] if r["action"] == "deny"
+                  and "INVITE" in r.get("methods", ["INVITE"]) for h in r.get("requiredHeaders", [])]
+        wanted.append(throttle["spec"]["header"])
+        for h in wanted:
+            assert h.lower() in headers, f"the INVITE of scripts/kind/uac.xml lacks {h}"
+        tenant = re.search(r"-key tenant (\S+)", script).group(1)
+        assert tenant in throttle["spec"]["tenants"], f"tenant {tenant} is not in the TenantThrottle"
+        assert "-key signature" in script and "secret company-signature" in script
+    check("kind: the calls carry the AccessList's required header and a tenant of the TenantThrottle",
+          calls_carry_what_the_examples_require)
+
+    def backends_stay_up_and_answer_probes():
+        objs = docs((ROOT / "scripts" / "kind" / "backends.yaml").read_text())
+        dep = next(o for o in objs if o["kind"] == "Deployment")
+        pod = dep["spec"]["template"]["spec"]
+        args = pod["containers"][0]["args"]
+        # -bg forks and returns: the container would exit at once and be restarted forever.
+        assert "-bg" not in args, args
+        scenario = args[args.index("-sf") + 1]
+        mount = next(m for m in pod["containers"][0]["volumeMounts"] if scenario.startswith(m["mountPath"] + "/"))
+        volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+        cm = volume["configMap"]["name"]
+        for name in ("kind-e2e.sh", "kind-up.sh"):
+            text = (ROOT / "scripts" / name).read_text()
+            assert f"create configmap {cm} --from-file={scenario.rsplit('/', 1)[1]}=tests/scenarios/uas.xml" in text, name
+        # sipp's built-in uas does not answer OPTIONS: the dispatcher would mark both down.
+        uas = ET.parse(ROOT / "tests" / "scenarios" / "uas.xml").getroot()
+        assert any(e.get("request") == "OPTIONS" for e in uas.iter("recv")), "uas.xml answers no OPTIONS"
+        svc = next(o for o in objs if o["kind"] == "Service")
+        dset = example("dispatcherset.yaml")["spec"]["destinations"]["service"]
+        assert svc["metadata"]["name"] == dset["name"] and dset["port"] in [p["name"] for p in svc["spec"]["ports"]]
+    check("kind: the sipp backends run in the foreground, answer OPTIONS, and are the example's Service",
+          backends_stay_up_and_answer_probes)
 
 
 def manifest_text(rendered):
@@ -410,11 +532,23 @@ def main():
             check(f"validate examples/{f.relative_to(ROOT / 'examples')}: {obj['kind']}/{obj['metadata']['name']}",
                   lambda obj=obj: validate_any(obj))
 
-    # Every manifest scripts/kind-e2e.sh applies besides the chart and examples/.
+    # Every manifest scripts/kind-e2e.sh (and kind-up.sh) applies besides the chart and
+    # examples/. A `*.patch.yaml` is a merge patch (`kubectl patch --type merge --patch-file`)
+    # of the example KIND_PATCHES names: that example, patched, is validated.
     for f in sorted((ROOT / "scripts" / "kind").glob("*.yaml")):
+        if f.name.endswith(".patch.yaml"):
+            target = KIND_PATCHES.get(f.name)
+            if target is None:
+                check(f"scripts/kind/{f.name} is a patch of a known example (KIND_PATCHES)", lambda: False)
+                continue
+            patched = merge_patch(docs((ROOT / "examples" / target).read_text())[0], yaml.safe_load(f.read_text()))
+            check(f"validate examples/{target} patched with scripts/kind/{f.name}",
+                  lambda obj=patched: validate_any(obj))
+            continue
         for obj in docs(f.read_text()):
             check(f"validate scripts/kind/{f.name}: {obj['kind']}/{obj['metadata']['name']}",
                   lambda obj=obj: validate_any(obj))
+    kind_e2e_fits_the_examples()
 
     # examples/invalid/ holds resources the CRD schemas must refuse, each with the word the
     # refusal must contain on its first line (`# expect-rejected: WORD`).
