@@ -338,7 +338,9 @@ def main():
         for rendered in (default, full, nondefault, examples_nondefault):
             notes = next(v for k, v in rendered.items() if k.endswith("NOTES.txt"))
             assert "example.invalid" not in notes, notes
-    check("NOTES point at nothing that does not exist", notes_are_real)
+        chart = (CHART / "Chart.yaml").read_text()
+        assert "example.invalid" not in chart, "Chart.yaml names a URL that does not exist"
+    check("NOTES and Chart.yaml point at nothing that does not exist", notes_are_real)
 
     def redis_secret_beside_the_clusters():
         objs = objects(nondefault)

@@ -96,3 +96,46 @@ fn backend_stopped_mid_run_calls_fail_over_and_it_comes_back() {
         "the restarted backend took {back} of {calls} calls (round robin: about half)"
     );
 }
+
+/// The defect issue 14 found with `examples/dispatcherset-static.yaml`: a static destination
+/// whose host does not resolve stopped the sbc at start. Now the sbc starts, lists that
+/// destination down (`udp:unresolved`), and calls reach the set's other destination. sbc only.
+#[test]
+fn a_static_host_that_does_not_resolve_is_down_and_the_sbc_serves_the_others() {
+    if !e2e_tools() || !kubesbc_e2e::sbc_only() {
+        return;
+    }
+    let dir = TempDir::new("unresolved");
+    let pbx = kubesbc_e2e::uas::Pbx::start(std::net::Ipv4Addr::new(127, 0, 0, 5));
+    let port = kubesbc_e2e::free_port();
+    // Set 2 as the example's carriers set, with a host name (the reserved `.invalid` TLD,
+    // which never resolves) in place of its documentation address, weighted above the PBX.
+    let config = format!(
+        r#"
+listeners:
+  - {{transport: udp, address: "127.0.0.1:{port}"}}
+dispatcher:
+  defaultSet: 2
+  sets:
+    - id: 2
+      algorithm: 9
+      destinations:
+        - {{uri: "sip:carrier-a.invalid:5060;transport=udp", weight: 70, priority: 10}}
+        - {{uri: "{}", weight: 30}}
+      probing: {{intervalMs: 500, timeoutMs: 400}}
+"#,
+        pbx.uri()
+    );
+    let proxy = kubesbc_e2e::Proxy::start_sbc_config(&dir, &config, port);
+    proxy.wait_destination(&pbx.uri(), true, Duration::from_secs(10));
+    let listing = proxy.dispatcher_listing();
+    let flags = kubesbc_e2e::proxy::destination_flags(&listing, "carrier-a.invalid")
+        .unwrap_or_else(|| panic!("the unresolved destination is listed: {listing}"));
+    assert!(flags.starts_with('I'), "down while unresolved: {listing}");
+    assert!(listing.contains("udp:unresolved"), "{listing}");
+    let sbc = kubesbc_e2e::loopback(port);
+    for _ in 0..5 {
+        let r = kubesbc_e2e::sip::invite_once(sbc, Duration::from_secs(3));
+        assert_eq!(r.map(|r| r.code), Some(200), "{}", proxy.log_tail());
+    }
+}
