@@ -571,6 +571,25 @@ def main():
                 name = f"{obj['kind']}/{obj['metadata']['name']}"
                 check(f"validate operator output: {name} (kubernetes {KUBE_VERSION})",
                       lambda obj=obj: validate_any(obj))
+
+            def redis_policy_admits_the_sbc_pods():
+                # The Redis policy must select the chart's Redis pods and admit the pods the
+                # operator renders: a label drift on either side would cut the sbc off Redis.
+                objs = objects(nondefault)
+                pol = next(o for o in objs if o["kind"] == "NetworkPolicy" and o["metadata"]["name"].endswith("-redis"))
+                redis = next(o for o in objs if o["kind"] in ("Deployment", "StatefulSet")
+                             and o["spec"]["template"]["metadata"]["labels"].get("app.kubernetes.io/component") == "redis")
+                want = pol["spec"]["podSelector"]["matchLabels"]
+                have = redis["spec"]["template"]["metadata"]["labels"]
+                assert want.items() <= have.items(), (want, have)
+                sbc = [o for o in docs(proc.stdout) if o["kind"] in ("Deployment", "DaemonSet")]
+                assert sbc, "the operator renders sbc pods"
+                peers = pol["spec"]["ingress"][0]["from"]
+                for o in sbc:
+                    labels = o["spec"]["template"]["metadata"]["labels"]
+                    assert any(p["podSelector"]["matchLabels"].items() <= labels.items() for p in peers), (peers, labels)
+            check("the Redis NetworkPolicy selects the chart's Redis and admits the operator's sbc pods",
+                  redis_policy_admits_the_sbc_pods)
     elif os.environ.get("CI") == "true":
         check("cargo available for the operator output check", lambda: False)
 
