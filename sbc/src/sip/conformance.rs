@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 
-use super::torture::{CASES, Expect, RFC5118};
+use super::torture::{CASES, Case, Expect, RFC5118};
 use super::uri::{Uri, Via};
 use super::{HeaderName, Message, Method};
 
@@ -31,12 +31,18 @@ fn parse(bytes: &'static [u8]) -> Message {
     Message::parse(Bytes::from_static(bytes), 65535).expect("parses")
 }
 
-fn case(name: &str) -> &'static [u8] {
-    CASES
+/// The bytes of the case `name` of `table`.
+fn case_in(table: &[Case], name: &str) -> &'static [u8] {
+    table
         .iter()
         .find(|c| c.name == name)
         .map(|c| c.bytes)
         .unwrap_or_else(|| panic!("no case {name}"))
+}
+
+/// An RFC 4475 case.
+fn case(name: &str) -> &'static [u8] {
+    case_in(CASES, name)
 }
 
 #[test]
@@ -114,12 +120,9 @@ fn rfc4475_valid_messages_keep_their_meaning() {
     assert_eq!(parse(case("noreason")).code(), Some(100));
 }
 
+/// An RFC 5118 case.
 fn v6(name: &str) -> &'static [u8] {
-    RFC5118
-        .iter()
-        .find(|c| c.name == name)
-        .map(|c| c.bytes)
-        .unwrap_or_else(|| panic!("no RFC 5118 case {name}"))
+    case_in(RFC5118, name)
 }
 
 #[test]
